@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Set-up and everyday commands. Each one creates .venv on first use (Python 3.11+).
+#   ./dev.sh repro   install, then `dvc repro` the whole pipeline
+#   ./dev.sh test    install, then run the test suite
+#   ./dev.sh ui      the MLflow UI over the project's store, on 127.0.0.1:5000
+#   ./dev.sh bench   the benchmarks in bench/ (by hand; slow)
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${RNNLAB_VENV:-.venv}
+
+find_python() {
+  for py in "${PYTHON:-}" python3.11 python3.12 python3.13 python3; do
+    [ -n "$py" ] || continue
+    if command -v "$py" >/dev/null 2>&1 &&
+       "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$py"; return 0
+    fi
+  done
+  echo "error: rnnlab needs Python 3.11 or newer (set PYTHON=/path/to/python3.11)" >&2
+  return 1
+}
+
+install() {
+  local stamp="$VENV/.installed"
+  if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then return 0; fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$(find_python)" -m venv "$VENV"
+  fi
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+  touch "$stamp"
+}
+
+# Stage commands call `python` and queue workers call `dvc`: both from this venv.
+export PATH="$PWD/$VENV/bin:$PATH"
+export MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1
+
+cmd=${1:-help}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  install) install ;;
+  repro)   install; dvc repro "$@" ;;
+  test)    install; python -m pytest "$@" ;;
+  ui)      install
+           exec mlflow ui --backend-store-uri "sqlite:///$PWD/mlflow.db" \
+             --default-artifact-root "$PWD/mlruns" --host 127.0.0.1 --port "${PORT:-5000}" --workers 1 ;;
+  bench)   install; for b in bench/bench_*.py; do python "$b" "$@"; done ;;
+  *) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
+esac

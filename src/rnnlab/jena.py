@@ -1,0 +1,190 @@
+"""Jena Climate: parse the CSV, check its schema, and z-score it with training statistics.
+
+The file has a quoted 15-column header, a ``dd.mm.yyyy HH:MM:SS`` timestamp and 14
+numeric columns written with two decimals, one row every 10 minutes (420,551 rows for
+2009-2016). Parsing is polars' multithreaded reader; Python never loops over rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from rnnlab.download import atomic_output
+from rnnlab.errors import DataFormatError
+
+TIME_COLUMN = "Date Time"
+FEATURES = (
+    "p (mbar)", "T (degC)", "Tpot (K)", "Tdew (degC)", "rh (%)", "VPmax (mbar)",
+    "VPact (mbar)", "VPdef (mbar)", "sh (g/kg)", "H2OC (mmol/mol)", "rho (g/m**3)",
+    "wv (m/s)", "max. wv (m/s)", "wd (deg)",
+)
+HEADER = (TIME_COLUMN, *FEATURES)
+TIME_FORMAT = "%d.%m.%Y %H:%M:%S"
+# md5 of the canonical jena_climate_2009_2016.csv (43,164,220 bytes): results on any
+# other file are not comparable with the lecture's.
+CANONICAL_MD5 = "959915f05bfafef18e471a97ae679535"
+WIND_COLUMNS = ("wv (m/s)", "max. wv (m/s)")
+SENTINEL = -9999.0
+
+# Names of the files the normalize step writes into its output directory.
+FEATURES_FILE = "features.npy"
+TIMESTAMPS_FILE = "timestamps.npy"
+STATS_FILE = "stats.json"
+
+
+@dataclass(frozen=True)
+class JenaTable:
+    timestamps: np.ndarray  # (N,) datetime64[s]
+    values: np.ndarray      # (N, 14) float64, columns in FEATURES order
+
+
+def _check_header(path: Path) -> None:
+    with open(path, newline="", encoding="utf-8") as f:
+        first = f.readline()
+    if not first.strip():
+        raise DataFormatError(f"{path}: the file is empty; expected the Jena header {HEADER}")
+    found = next(csv.reader([first]))
+    for i, expected in enumerate(HEADER):
+        if i >= len(found):
+            raise DataFormatError(f"{path}: line 1: missing column {i + 1} {expected!r} "
+                                  f"(the header has {len(found)} columns, expected {len(HEADER)})")
+        if found[i] != expected:
+            raise DataFormatError(f"{path}: line 1: column {i + 1} is {found[i]!r}, expected "
+                                  f"{expected!r}; the file must have the 15 columns of the "
+                                  "Jena Climate header, in order")
+    if len(found) > len(HEADER):
+        raise DataFormatError(f"{path}: line 1: unexpected extra column(s) {found[len(HEADER):]}")
+
+
+def _first_bad_line(path: Path) -> str:
+    """Slow path, only after the fast reader failed: find the first malformed line."""
+    with open(path, newline="", encoding="utf-8") as f:
+        for lineno, row in enumerate(csv.reader(f), start=1):
+            if lineno == 1:
+                continue
+            if len(row) != len(HEADER):
+                return f"line {lineno}: {len(row)} fields, expected {len(HEADER)}"
+            for name, value in zip(FEATURES, row[1:]):
+                try:
+                    float(value)
+                except ValueError:
+                    return f"line {lineno}: column {name!r}: cannot parse {value!r} as a number"
+    return "no malformed line found"
+
+
+def read_jena_csv(path: Path) -> JenaTable:
+    """Parse and validate a Jena Climate CSV; errors name the line and the column."""
+    path = Path(path)
+    _check_header(path)
+    schema = {TIME_COLUMN: pl.String, **{c: pl.Float64 for c in FEATURES}}
+    try:
+        df = pl.read_csv(path, schema=schema, has_header=True)
+    except (pl.exceptions.PolarsError, UnicodeDecodeError) as e:
+        raise DataFormatError(f"{path}: {_first_bad_line(path)} ({type(e).__name__})") from e
+    if df.height == 0:
+        raise DataFormatError(f"{path}: no data rows after the header")
+    # Empty fields come back as nulls: name the first one.
+    nulls = df.select(pl.any_horizontal(pl.all().is_null()).arg_true().first()).item()
+    if nulls is not None:
+        row = df.row(nulls, named=True)
+        col = next(k for k, v in row.items() if v is None)
+        raise DataFormatError(f"{path}: line {nulls + 2}: column {col!r} is empty")
+    ts = df.get_column(TIME_COLUMN).str.strptime(pl.Datetime("ms"), TIME_FORMAT, strict=False)
+    bad = ts.is_null().arg_true()
+    if len(bad):
+        i = bad[0]
+        raise DataFormatError(f"{path}: line {i + 2}: column {TIME_COLUMN!r}: cannot parse "
+                              f"{df[i, TIME_COLUMN]!r} as dd.mm.yyyy HH:MM:SS")
+    values = df.select(FEATURES).to_numpy()
+    return JenaTable(timestamps=ts.to_numpy().astype("datetime64[s]"), values=values)
+
+
+def zscore_stats(values: np.ndarray, train_rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and std (ddof 0, as NumPy and the lecture) over ``values[lo:hi]``."""
+    lo, hi = train_rows
+    train = values[lo:hi]
+    mean = train.mean(axis=0)
+    std = train.std(axis=0)
+    if np.any(std == 0):
+        flat = [FEATURES[i] for i in np.flatnonzero(std == 0)]
+        raise DataFormatError(f"column(s) {flat} are constant over the training rows "
+                              f"{lo}..{hi}: cannot z-score them")
+    return mean, std
+
+
+def normalize_jena(csv_path: Path, out_dir: Path, *, train_rows: tuple[int, int | None],
+                   target: str, wind_sentinel_fill: float | None) -> dict:
+    """Parse ``csv_path`` and write features.npy (float32), timestamps.npy and stats.json.
+
+    ``wind_sentinel_fill``: the real file writes -9999 for missing wind speeds; a number
+    replaces them (before the statistics are taken), None keeps them as the lecture did.
+    Returns the stats dict that was written.
+    """
+    table = read_jena_csv(csv_path)
+    values = table.values
+    n = len(values)
+    if target not in FEATURES:
+        raise DataFormatError(f"target {target!r} is not a Jena column; choose one of {FEATURES}")
+    lo, hi = train_rows[0], n if train_rows[1] is None else train_rows[1]
+    if not 0 <= lo < hi <= n:
+        raise DataFormatError(f"{csv_path}: train_rows {list(train_rows)} do not fit the "
+                              f"{n:,} data rows")
+
+    replaced = {}
+    for name in WIND_COLUMNS:
+        col = FEATURES.index(name)
+        mask = values[:, col] == SENTINEL
+        replaced[name] = int(mask.sum())
+        if wind_sentinel_fill is not None:
+            values[mask, col] = wind_sentinel_fill
+    action = "kept" if wind_sentinel_fill is None else f"replaced by {wind_sentinel_fill:g}"
+    print(f"normalize: {sum(replaced.values())} sentinel {SENTINEL:g} value(s) {action}: "
+          + ", ".join(f"{k}: {v}" for k, v in replaced.items()), file=sys.stderr)
+    duplicates = int(n - np.unique(table.timestamps).size)
+    if duplicates:
+        print(f"normalize: {duplicates} repeated timestamp(s) kept (rows are positions, "
+              "as in the lecture)", file=sys.stderr)
+
+    mean, std = zscore_stats(values, (lo, hi))
+    features = ((values - mean) / std).astype(np.float32)  # (N, 14)
+
+    stats = {
+        "columns": list(FEATURES),
+        "target": target,
+        "target_index": FEATURES.index(target),
+        "mean": dict(zip(FEATURES, mean.tolist())),
+        "std": dict(zip(FEATURES, std.tolist())),
+        "n_rows": n,
+        "train_rows": [lo, hi],
+        "wind_sentinel_fill": wind_sentinel_fill,
+        "sentinels_found": replaced,
+        "repeated_timestamps": duplicates,
+        "first_timestamp": str(table.timestamps[0]),
+        "last_timestamp": str(table.timestamps[-1]),
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out_dir / FEATURES_FILE) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, features)
+    with atomic_output(out_dir / TIMESTAMPS_FILE) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, table.timestamps)
+    with atomic_output(out_dir / STATS_FILE) as tmp:
+        tmp.write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def load_features(prepared: Path, mmap: bool = True) -> tuple[np.ndarray, dict]:
+    """The normalized (N, 14) float32 matrix (memory-mapped by default) and its stats."""
+    prepared = Path(prepared)
+    stats = json.loads((prepared / STATS_FILE).read_text())
+    features = np.load(prepared / FEATURES_FILE, mmap_mode="r" if mmap else None)
+    return features, stats

@@ -1,0 +1,26 @@
+"""DVC stage: download a data set (checksummed, atomic) to the path dvc.yaml gives."""
+
+import argparse
+from pathlib import Path
+
+from _params import SourceConfig, load_params, run_stage, section
+
+from rnnlab.download import download_csv
+from rnnlab.errors import ChecksumError
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dataset", choices=["jena"])
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    source = section(load_params(), f"data.{args.dataset}", SourceConfig)
+    try:
+        download_csv(source.url, args.out, md5=source.md5)
+    except ChecksumError as e:
+        raise ChecksumError(f"{e} (params.yaml: data.{args.dataset}.md5)") from e
+    print(f"download: {source.url} -> {args.out} (md5 verified)")
+
+
+if __name__ == "__main__":
+    run_stage(main)
