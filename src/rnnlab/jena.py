@@ -71,7 +71,11 @@ def _first_bad_line(path: Path) -> str:
                 continue
             if len(row) != len(HEADER):
                 return f"line {lineno}: {len(row)} fields, expected {len(HEADER)}"
+            if not row[0].strip():
+                return f"line {lineno}: column {TIME_COLUMN!r} is empty"
             for name, value in zip(FEATURES, row[1:]):
+                if not value.strip():
+                    return f"line {lineno}: column {name!r} is empty"
                 try:
                     float(value)
                 except ValueError:
@@ -90,12 +94,9 @@ def read_jena_csv(path: Path) -> JenaTable:
         raise DataFormatError(f"{path}: {_first_bad_line(path)} ({type(e).__name__})") from e
     if df.height == 0:
         raise DataFormatError(f"{path}: no data rows after the header")
-    # Empty fields come back as nulls: name the first one.
-    nulls = df.select(pl.any_horizontal(pl.all().is_null()).arg_true().first()).item()
-    if nulls is not None:
-        row = df.row(nulls, named=True)
-        col = next(k for k, v in row.items() if v is None)
-        raise DataFormatError(f"{path}: line {nulls + 2}: column {col!r} is empty")
+    # Empty fields and short rows come back as nulls: let the slow path name the line.
+    if df.select(pl.any_horizontal(pl.all().is_null()).any()).item():
+        raise DataFormatError(f"{path}: {_first_bad_line(path)}")
     ts = df.get_column(TIME_COLUMN).str.strptime(pl.Datetime("ms"), TIME_FORMAT, strict=False)
     bad = ts.is_null().arg_true()
     if len(bad):

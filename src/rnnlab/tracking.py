@@ -68,11 +68,12 @@ def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
     import mlflow
 
     root = Path(root).resolve()
+    default_store = not os.environ.get("MLFLOW_TRACKING_URI")  # read before set_tracking_uri sets it
     mlflow.set_tracking_uri(tracking_uri(root))
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         # The artifact location is fixed at creation: make it absolute, at the real root.
-        location = (root / "mlruns").as_uri() if "MLFLOW_TRACKING_URI" not in os.environ else None
+        location = (root / "mlruns").as_uri() if default_store else None
         exp_id = mlflow.create_experiment(experiment, artifact_location=location)
     else:
         exp_id = exp.experiment_id

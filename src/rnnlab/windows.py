@@ -1,4 +1,4 @@
-"""Windowed views of the Jena matrix: the lecture's sampling, without materializing windows.
+r"""Windowed views of the Jena matrix: the lecture's sampling, without materializing windows.
 
 One sample is anchored at a *target row* ``r``. With ``lookback=L``, ``step=s``,
 ``delay=D`` (the lecture's defaults: L=1440 ten-minute rows = 10 days, s=6 = hourly,

@@ -1,0 +1,84 @@
+"""params.yaml problems reach the user as one line naming the file, the field and the fix."""
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rnnlab.config import ConfigError, from_mapping
+from rnnlab.paths import repo_root
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Example:
+    size: int
+    rate: float
+    rows: tuple[int, int | None]
+    name: str | None = None
+
+
+def test_from_mapping_types_and_defaults():
+    cfg = from_mapping(Example, {"size": 3, "rate": 1, "rows": [0, None]}, where="p.yaml: ex")
+    assert cfg == Example(size=3, rate=1.0, rows=(0, None), name=None)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"size": 3, "rate": 1, "rows": [0, 1], "sise": 4}, r"p.yaml: ex: unknown key\(s\) 'sise'; known keys are size, rate, rows, name"),
+    ({"rate": 1, "rows": [0, 1]}, "p.yaml: ex: missing key 'size'"),
+    ({"size": "3", "rate": 1, "rows": [0, 1]}, "p.yaml: ex.size: expected an integer, got '3'"),
+    ({"size": True, "rate": 1, "rows": [0, 1]}, "p.yaml: ex.size: expected an integer"),
+    ({"size": 3, "rate": 1, "rows": [0]}, r"p.yaml: ex.rows: expected a list of 2 items"),
+    ({"size": 3, "rate": 1, "rows": [0, "end"]}, r"p.yaml: ex.rows\[1\]: expected null, got 'end'"),
+])
+def test_from_mapping_errors(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_mapping(Example, data, where="p.yaml: ex")
+
+
+def run_stage(tmp_path, params: dict, *args: str) -> subprocess.CompletedProcess:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run([sys.executable, str(ROOT / "stages" / args[0]), *args[1:]],
+                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+
+
+def repo_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_stage_rejects_unknown_key_in_one_line(tmp_path):
+    params = repo_params()
+    params["jena"]["lookbak"] = 720
+    proc = run_stage(tmp_path, params, "windows.py", "prep", "out")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: params.yaml: jena: unknown key(s) 'lookbak'; known keys are lookback, step, "
+        "delay, batch_size, train_rows, val_rows, test_rows, target, wind_sentinel_fill"]
+
+
+def test_stage_rejects_bad_url_and_md5(tmp_path):
+    params = repo_params()
+    params["data"]["jena"]["url"] = "/data/jena.zip"
+    proc = run_stage(tmp_path, params, "download.py", "jena", "out.csv")
+    assert proc.returncode == 1
+    assert "params.yaml: data.jena.url: '/data/jena.zip' is not an http(s):// or file:// URL" in proc.stderr
+    params["data"]["jena"]["url"] = "file:///nowhere/jena.zip"
+    params["data"]["jena"]["md5"] = "abc"
+    proc = run_stage(tmp_path, params, "download.py", "jena", "out.csv")
+    assert "params.yaml: data.jena.md5: 'abc' is not a 32-digit hex md5" in proc.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_repo_root_sees_through_dvc_temp_copies(tmp_path):
+    (tmp_path / ".dvc").mkdir()
+    inner = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    (inner / "stages").mkdir(parents=True)
+    assert repo_root(inner) == tmp_path
+    assert repo_root(inner / "stages") == tmp_path
+    assert repo_root(tmp_path) == tmp_path

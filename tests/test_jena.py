@@ -1,0 +1,135 @@
+import json
+import re
+
+import numpy as np
+import pytest
+
+from rnnlab.errors import DataFormatError
+from rnnlab.jena import FEATURES, HEADER, SENTINEL, load_features, normalize_jena, read_jena_csv
+from rnnlab.synthetic import jena_frame, write_jena_csv
+
+HEADER_LINE = ",".join(f'"{c}"' for c in HEADER)
+
+
+@pytest.fixture(scope="module")
+def jena_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("csv") / "jena.csv"
+    write_jena_csv(path, rows=3000, seed=3)
+    return path
+
+
+def lines_of(path):
+    return path.read_text().split("\n")
+
+
+def write_lines(path, lines):
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_generator_writes_the_true_format(jena_csv):
+    lines = lines_of(jena_csv)
+    assert lines[0] == HEADER_LINE
+    assert len(lines) == 3001 and lines[-1] != ""           # no trailing newline, as the real file
+    assert lines[1].startswith("01.01.2009 00:10:00,")
+    row = re.compile(r"^\d\d\.\d\d\.\d{4} \d\d:\d\d:\d\d(,-?\d+\.\d\d){14}$")
+    assert all(row.match(line) for line in lines[1:])
+    assert sum("-9999.00,-9999.00" in line for line in lines) >= 2
+    stamps = [line.split(",")[0] for line in lines[1:]]
+    assert len(stamps) - len(set(stamps)) == 1                # one repeated timestamp
+
+
+def test_parse_round_trips_the_generator(jena_csv):
+    table = read_jena_csv(jena_csv)
+    frame = jena_frame(3000, seed=3)
+    assert table.values.shape == (3000, 14)
+    np.testing.assert_allclose(table.values, frame.select(FEATURES).to_numpy(), atol=5e-3)
+    assert str(table.timestamps[0]) == "2009-01-01T00:10:00"
+    assert str(table.timestamps[1]) == "2009-01-01T00:20:00"
+
+
+def test_renamed_column_is_named(tmp_path, jena_csv):
+    lines = lines_of(jena_csv)
+    lines[0] = lines[0].replace('"rh (%)"', '"relhum (%)"')
+    with pytest.raises(DataFormatError, match=r"line 1: column 6 is 'relhum \(%\)', expected 'rh \(%\)'"):
+        read_jena_csv(write_lines(tmp_path / "x.csv", lines))
+
+
+def test_missing_column_is_named(tmp_path, jena_csv):
+    lines = [",".join(line.split(",")[:-1]) for line in lines_of(jena_csv)]
+    with pytest.raises(DataFormatError, match=r"missing column 15 'wd \(deg\)'"):
+        read_jena_csv(write_lines(tmp_path / "x.csv", lines))
+
+
+def test_unparseable_value_names_the_line(tmp_path, jena_csv):
+    lines = lines_of(jena_csv)
+    fields = lines[1234].split(",")
+    fields[3] = "27x.15"
+    lines[1234] = ",".join(fields)
+    with pytest.raises(DataFormatError, match=r"x\.csv: line 1235: column 'Tpot \(K\)': cannot parse '27x\.15'"):
+        read_jena_csv(write_lines(tmp_path / "x.csv", lines))
+
+
+def test_empty_value_names_the_line(tmp_path, jena_csv):
+    lines = lines_of(jena_csv)
+    fields = lines[99].split(",")
+    fields[2] = ""
+    lines[99] = ",".join(fields)
+    with pytest.raises(DataFormatError, match=r"line 100: column 'T \(degC\)' is empty"):
+        read_jena_csv(write_lines(tmp_path / "x.csv", lines))
+
+
+def test_bad_date_names_the_line(tmp_path, jena_csv):
+    lines = lines_of(jena_csv)
+    lines[10] = "2009-01-01 01:40:00" + lines[10][19:]
+    with pytest.raises(DataFormatError, match=r"line 11: column 'Date Time': cannot parse"):
+        read_jena_csv(write_lines(tmp_path / "x.csv", lines))
+
+
+def test_short_row_names_the_line(tmp_path, jena_csv):
+    lines = lines_of(jena_csv)
+    lines[500] = ",".join(lines[500].split(",")[:10])
+    with pytest.raises(DataFormatError, match=r"line 501: 10 fields, expected 15"):
+        read_jena_csv(write_lines(tmp_path / "x.csv", lines))
+
+
+def test_normalize_uses_training_rows_only(tmp_path, jena_csv):
+    out = tmp_path / "prep"
+    stats = normalize_jena(jena_csv, out, train_rows=(0, 1000), target="T (degC)",
+                           wind_sentinel_fill=0.0)
+    raw = read_jena_csv(jena_csv).values
+    raw[raw == SENTINEL] = 0.0
+    mean, std = raw[:1000].mean(axis=0), raw[:1000].std(axis=0)
+    features, loaded = load_features(out)
+    assert isinstance(features, np.memmap) and features.dtype == np.float32
+    np.testing.assert_allclose(features, (raw - mean) / std, rtol=1e-5, atol=1e-5)
+    assert loaded == json.loads((out / "stats.json").read_text()) == stats
+    assert stats["std"]["T (degC)"] == pytest.approx(std[1])
+    assert stats["mean"]["p (mbar)"] == pytest.approx(mean[0])
+    # Rows past the training split have no influence on the statistics.
+    assert abs(features[:1000].mean(axis=0)).max() < 1e-4
+    assert abs(features[1000:].mean(axis=0)).max() > 1e-3
+    assert sorted(p.name for p in out.iterdir()) == ["features.npy", "stats.json", "timestamps.npy"]
+    assert np.load(out / "timestamps.npy").dtype == np.dtype("datetime64[s]")
+
+
+def test_sentinels_replaced_and_counted(tmp_path, jena_csv, capsys):
+    stats = normalize_jena(jena_csv, tmp_path / "a", train_rows=(0, 2000), target="T (degC)",
+                           wind_sentinel_fill=0.0)
+    n_bad = sum("-9999.00,-9999.00" in line for line in lines_of(jena_csv))
+    assert stats["sentinels_found"] == {"wv (m/s)": n_bad, "max. wv (m/s)": n_bad}
+    assert f"{2 * n_bad} sentinel -9999 value(s) replaced by 0" in capsys.readouterr().err
+    feats, _ = load_features(tmp_path / "a")
+    wv = feats[:, FEATURES.index("wv (m/s)")] * stats["std"]["wv (m/s)"] + stats["mean"]["wv (m/s)"]
+    assert wv.min() > -1e-3                                   # no -9999 left
+    kept = normalize_jena(jena_csv, tmp_path / "b", train_rows=(0, 2000), target="T (degC)",
+                          wind_sentinel_fill=None)
+    assert kept["mean"]["wv (m/s)"] < 0                       # the lecture's behaviour
+
+
+def test_unknown_target_and_bad_split(tmp_path, jena_csv):
+    with pytest.raises(DataFormatError, match="target 'T' is not a Jena column"):
+        normalize_jena(jena_csv, tmp_path, train_rows=(0, 100), target="T", wind_sentinel_fill=0)
+    with pytest.raises(DataFormatError, match=r"train_rows \[0, 5000\] do not fit the 3,000"):
+        normalize_jena(jena_csv, tmp_path, train_rows=(0, 5000), target="T (degC)",
+                       wind_sentinel_fill=0)

@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+
+from rnnlab.errors import RnnlabError
+from rnnlab.windows import JenaWindows, load_spec, make_window_spec, save_spec
+
+N = 3000
+SPLITS = {"train": (0, 1500), "val": (1501, 2200), "test": (2201, None)}
+
+
+@pytest.fixture(scope="module")
+def features():
+    # Distinct values everywhere: cell (i, j) = i + j / 100, so any off-by-one shows.
+    return (np.arange(N)[:, None] + np.arange(14)[None, :] / 100).astype(np.float32)
+
+
+def spec_for(lookback=144, step=6, delay=24, splits=SPLITS):
+    return make_window_spec(n_rows=N, lookback=lookback, step=step, delay=delay,
+                            target_index=1, splits=splits)
+
+
+def direct_sample(features, r, lookback, step, delay, target=1):
+    """The lecture's generator for one target row r, written out plainly."""
+    x = np.stack([features[i] for i in range(r - lookback, r, step)])
+    return x, features[r + delay][target]
+
+
+def test_ranges_follow_the_convention():
+    spec = spec_for()
+    assert spec.train == (144, 1500)           # lo + lookback <= r < hi
+    assert spec.val == (1501 + 144, 2200)
+    assert spec.test == (2201 + 144, N - 24 - 1)  # open split: hi = N - delay - 1
+    assert spec.timesteps == 24 and spec.offsets[0] == -144 and spec.offsets[-1] == -6
+
+
+@pytest.mark.parametrize("lookback, step, delay", [(144, 6, 24), (100, 7, 0), (60, 1, 13)])
+def test_batch_matches_direct_formula(features, lookback, step, delay):
+    spec = spec_for(lookback, step, delay)
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        w = JenaWindows(features, spec, split)
+        start, stop = getattr(spec, split)
+        # random target rows plus both split edges
+        rows = np.concatenate([rng.integers(start, stop, 20), [start, start + 1, stop - 1]])
+        x, y = w.batch(rows)
+        assert x.shape == (len(rows), -(-lookback // step), 14) and y.shape == (len(rows),)
+        for b, r in enumerate(rows):
+            ex, ey = direct_sample(features, int(r), lookback, step, delay)
+            np.testing.assert_array_equal(x[b], ex)
+            assert y[b] == ey
+        # Every input row of the first window lies inside the split.
+        lo = SPLITS[split][0]
+        assert x[-3, 0, 0] == lo
+
+
+def test_reversed_equals_flipped(features):
+    spec = spec_for()
+    fwd = JenaWindows(features, spec, "val")
+    rev = JenaWindows(features, spec, "val", reverse=True)
+    rows = fwd.rows[::37]
+    (xf, yf), (xr, yr) = fwd.batch(rows), rev.batch(rows)
+    np.testing.assert_array_equal(xr, xf[:, ::-1, :])
+    np.testing.assert_array_equal(yr, yf)
+
+
+def test_ordered_visits_every_window_once(features):
+    spec = spec_for()
+    w = JenaWindows(features, spec, "val")
+    batches = list(w.ordered(batch_size=128))
+    seen = np.concatenate([x[:, -1, 0] + 6 for x, _ in batches])   # last input row + step = r
+    np.testing.assert_array_equal(seen, np.arange(*spec.val))
+    assert len(batches) == -(-spec.count("val") // 128)
+    assert len(list(w.ordered(batch_size=128, max_batches=2))) == 2
+
+
+def test_shuffled_is_seeded_and_covers_the_split(features):
+    spec = spec_for()
+    w = JenaWindows(features, spec, "train")
+    def first_rows(seed, n):
+        it = w.shuffled(batch_size=64, seed=seed)
+        return np.concatenate([next(it)[0][:, -1, 0] + 6 for _ in range(n)])
+    a, b, c = first_rows(1, 5), first_rows(1, 5), first_rows(2, 5)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    one_pass = first_rows(1, spec.count("train") // 64)
+    assert len(np.unique(one_pass)) == len(one_pass)            # no repeats within a pass
+    assert not np.array_equal(one_pass, np.sort(one_pass))
+
+
+def test_spec_round_trip(tmp_path):
+    spec = spec_for()
+    save_spec(spec, tmp_path)
+    assert load_spec(tmp_path) == spec
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(step=0), "jena.step must be >= 1"),
+    (dict(lookback=3, step=6), r"jena.lookback \(3\) must be >= jena.step \(6\)"),
+    (dict(lookback=800), r"jena.val_rows \[1501, 2200\] holds no window"),
+    (dict(splits={**SPLITS, "test": (2201, N)}), r"jena.test_rows .* fall past the last row"),
+])
+def test_bad_window_params(kwargs, message):
+    with pytest.raises(RnnlabError, match=message):
+        spec_for(**kwargs)
+
+
+def test_matrix_and_spec_must_agree(features):
+    spec = make_window_spec(n_rows=N + 1, lookback=144, step=6, delay=24, target_index=1,
+                            splits=SPLITS)
+    with pytest.raises(RnnlabError, match="rerun `dvc repro`"):
+        JenaWindows(features, spec, "train")
