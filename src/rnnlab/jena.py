@@ -42,7 +42,12 @@ STATS_FILE = "stats.json"
 @dataclass(frozen=True)
 class JenaTable:
     timestamps: np.ndarray  # (N,) datetime64[s]
-    values: np.ndarray      # (N, 14) float64, columns in FEATURES order
+    frame: pl.DataFrame     # the 14 feature columns, Float64, in FEATURES order
+
+    @property
+    def values(self) -> np.ndarray:
+        """(N, 14) float64."""
+        return self.frame.to_numpy()
 
 
 def _check_header(path: Path) -> None:
@@ -97,24 +102,26 @@ def read_jena_csv(path: Path) -> JenaTable:
     # Empty fields and short rows come back as nulls: let the slow path name the line.
     if df.select(pl.any_horizontal(pl.all().is_null()).any()).item():
         raise DataFormatError(f"{path}: {_first_bad_line(path)}")
-    ts = df.get_column(TIME_COLUMN).str.strptime(pl.Datetime("ms"), TIME_FORMAT, strict=False)
+    # cache=False: the timestamps are (almost) all distinct, so a cache only costs time.
+    ts = df.get_column(TIME_COLUMN).str.to_datetime(TIME_FORMAT, time_unit="ms", strict=False,
+                                                     cache=False)
     bad = ts.is_null().arg_true()
     if len(bad):
         i = bad[0]
         raise DataFormatError(f"{path}: line {i + 2}: column {TIME_COLUMN!r}: cannot parse "
                               f"{df[i, TIME_COLUMN]!r} as dd.mm.yyyy HH:MM:SS")
-    values = df.select(FEATURES).to_numpy()
-    return JenaTable(timestamps=ts.to_numpy().astype("datetime64[s]"), values=values)
+    return JenaTable(timestamps=ts.to_numpy().astype("datetime64[s]"), frame=df.drop(TIME_COLUMN))
 
 
-def zscore_stats(values: np.ndarray, train_rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and std (ddof 0, as NumPy and the lecture) over ``values[lo:hi]``."""
+def zscore_stats(frame: pl.DataFrame, train_rows: tuple[int, int]) -> tuple[list, list]:
+    """Per-column mean and std (ddof 0, as NumPy and the lecture) over rows [lo, hi)."""
     lo, hi = train_rows
-    train = values[lo:hi]
-    mean = train.mean(axis=0)
-    std = train.std(axis=0)
-    if np.any(std == 0):
-        flat = [FEATURES[i] for i in np.flatnonzero(std == 0)]
+    row = frame.slice(lo, hi - lo).select(
+        [pl.col(c).mean().alias(f"m{i}") for i, c in enumerate(FEATURES)]
+        + [pl.col(c).std(ddof=0).alias(f"s{i}") for i, c in enumerate(FEATURES)]).row(0)
+    mean, std = list(row[:len(FEATURES)]), list(row[len(FEATURES):])
+    flat = [c for c, sd in zip(FEATURES, std) if not sd]
+    if flat:
         raise DataFormatError(f"column(s) {flat} are constant over the training rows "
                               f"{lo}..{hi}: cannot z-score them")
     return mean, std
@@ -129,8 +136,8 @@ def normalize_jena(csv_path: Path, out_dir: Path, *, train_rows: tuple[int, int 
     Returns the stats dict that was written.
     """
     table = read_jena_csv(csv_path)
-    values = table.values
-    n = len(values)
+    frame = table.frame
+    n = frame.height
     if target not in FEATURES:
         raise DataFormatError(f"target {target!r} is not a Jena column; choose one of {FEATURES}")
     lo, hi = train_rows[0], n if train_rows[1] is None else train_rows[1]
@@ -138,30 +145,32 @@ def normalize_jena(csv_path: Path, out_dir: Path, *, train_rows: tuple[int, int 
         raise DataFormatError(f"{csv_path}: train_rows {list(train_rows)} do not fit the "
                               f"{n:,} data rows")
 
-    replaced = {}
-    for name in WIND_COLUMNS:
-        col = FEATURES.index(name)
-        mask = values[:, col] == SENTINEL
-        replaced[name] = int(mask.sum())
-        if wind_sentinel_fill is not None:
-            values[mask, col] = wind_sentinel_fill
+    replaced = dict(zip(WIND_COLUMNS, frame.select(
+        (pl.col(c) == SENTINEL).sum() for c in WIND_COLUMNS).row(0)))
+    if wind_sentinel_fill is not None:
+        frame = frame.with_columns(
+            pl.when(pl.col(c) == SENTINEL).then(wind_sentinel_fill).otherwise(pl.col(c)).alias(c)
+            for c in WIND_COLUMNS)
     action = "kept" if wind_sentinel_fill is None else f"replaced by {wind_sentinel_fill:g}"
     print(f"normalize: {sum(replaced.values())} sentinel {SENTINEL:g} value(s) {action}: "
           + ", ".join(f"{k}: {v}" for k, v in replaced.items()), file=sys.stderr)
-    duplicates = int(n - np.unique(table.timestamps).size)
+    duplicates = n - pl.Series(table.timestamps.view(np.int64)).n_unique()
     if duplicates:
         print(f"normalize: {duplicates} repeated timestamp(s) kept (rows are positions, "
               "as in the lecture)", file=sys.stderr)
 
-    mean, std = zscore_stats(values, (lo, hi))
-    features = ((values - mean) / std).astype(np.float32)  # (N, 14)
+    mean, std = zscore_stats(frame, (lo, hi))
+    # z-score in float64 (polars, multithreaded), store float32, row-major for fast gathers.
+    features = np.ascontiguousarray(frame.select(
+        ((pl.col(c) - m) / sd).cast(pl.Float32) for c, m, sd in zip(FEATURES, mean, std)
+    ).to_numpy())                                                    # (N, 14) float32
 
     stats = {
         "columns": list(FEATURES),
         "target": target,
         "target_index": FEATURES.index(target),
-        "mean": dict(zip(FEATURES, mean.tolist())),
-        "std": dict(zip(FEATURES, std.tolist())),
+        "mean": dict(zip(FEATURES, mean)),
+        "std": dict(zip(FEATURES, std)),
         "n_rows": n,
         "train_rows": [lo, hi],
         "wind_sentinel_fill": wind_sentinel_fill,

@@ -22,7 +22,9 @@ A *reversed* dataset is the same index read with the time axis of each window
 flipped (x[T-1] first); targets do not change.
 
 What is stored is only each split's range of target rows. A batch is one vectorized
-gather: ``features[rows[:, None] + offsets[None, :]]`` -> (B, T, 14).
+gather, ``features[rows[:, None] + offsets[None, :]]`` -> (B, T, 14), done by
+``torch.index_select`` on the flattened row indices (measured 2.4x faster than NumPy's
+fancy indexing here, see bench/bench_jena.py) and returned as torch tensors.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from rnnlab.download import atomic_output
 from rnnlab.errors import RnnlabError
@@ -119,7 +122,11 @@ def load_spec(out_dir: Path) -> WindowSpec:
 
 
 class JenaWindows:
-    """Batches of one split: ``(x, y)`` with x (B, T, 14) float32 and y (B,) float32."""
+    """Batches of one split: ``(x, y)`` tensors, x (B, T, 14) float32 and y (B,) float32.
+
+    ``features`` may be memory-mapped; it is read into memory once (23.5 MB for the
+    full Jena file) since every batch touches rows all over it.
+    """
 
     def __init__(self, features: np.ndarray, spec: WindowSpec, split: str, *,
                  reverse: bool = False):
@@ -128,34 +135,36 @@ class JenaWindows:
         if features.shape[0] != spec.n_rows:
             raise RnnlabError(f"the feature matrix has {features.shape[0]:,} rows but the "
                               f"window spec was built for {spec.n_rows:,}; rerun `dvc repro`")
-        self.features = features
+        self.features = torch.from_numpy(np.require(features, np.float32, ["C", "W"]))  # (N, F)
         self.spec = spec
         self.split = split
         self.reverse = reverse
         self.rows = spec.rows(split)
         # Reversal is folded into the offsets, so a reversed batch costs nothing extra.
-        offsets = spec.offsets
-        self._offsets = offsets[::-1].copy() if reverse else offsets
+        offsets = spec.offsets[::-1].copy() if reverse else spec.offsets
+        self._offsets = torch.from_numpy(offsets)                     # (T,)
+        self._target = self.features[:, spec.target_index].contiguous()  # (N,)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def batch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather the windows anchored at target rows ``rows`` (B,) in one indexing op."""
-        idx = rows[:, None] + self._offsets[None, :]                 # (B, T)
-        x = self.features[idx]                                      # (B, T, 14)
-        y = self.features[rows + self.spec.delay, self.spec.target_index]  # (B,)
+        r = torch.from_numpy(np.asarray(rows, dtype=np.int64))         # (B,)
+        idx = (r[:, None] + self._offsets[None, :]).reshape(-1)        # (B*T,)
+        x = self.features.index_select(0, idx).view(len(r), len(self._offsets), -1)  # (B, T, F)
+        y = self._target.index_select(0, r + self.spec.delay)          # (B,)
         return x, y
 
     def ordered(self, batch_size: int, max_batches: int | None = None
-                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every window exactly once, in row order (validation and test)."""
         for i, start in enumerate(range(0, len(self.rows), batch_size)):
             if max_batches is not None and i >= max_batches:
                 return
             yield self.batch(self.rows[start:start + batch_size])
 
-    def shuffled(self, batch_size: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def shuffled(self, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """An endless stream of full batches: each pass is a fresh seeded permutation."""
         rng = np.random.default_rng(seed)
         while True:
