@@ -34,12 +34,15 @@ import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from rnnlab.download import atomic_output
 from rnnlab.errors import RnnlabError
+
+if TYPE_CHECKING:
+    import torch
 
 SPLITS = ("train", "val", "test")
 SPEC_FILE = "windows.json"
@@ -130,6 +133,8 @@ class JenaWindows:
 
     def __init__(self, features: np.ndarray, spec: WindowSpec, split: str, *,
                  reverse: bool = False):
+        import torch  # here, not at the top: the windows and naive stages never need it
+
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
         if features.shape[0] != spec.n_rows:
@@ -150,6 +155,8 @@ class JenaWindows:
 
     def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather the windows anchored at target rows ``rows`` (B,) in one indexing op."""
+        import torch
+
         r = torch.from_numpy(np.asarray(rows, dtype=np.int64))         # (B,)
         idx = (r[:, None] + self._offsets[None, :]).reshape(-1)        # (B*T,)
         x = self.features.index_select(0, idx).view(len(r), len(self._offsets), -1)  # (B, T, F)
