@@ -6,7 +6,7 @@ from pathlib import Path
 from _params import SourceConfig, load_params, run_stage, section
 
 from rnnlab.download import download_csv
-from rnnlab.errors import ChecksumError
+from rnnlab.errors import ChecksumError, DownloadError
 
 
 def main() -> None:
@@ -19,6 +19,9 @@ def main() -> None:
         download_csv(source.url, args.out, md5=source.md5)
     except ChecksumError as e:
         raise ChecksumError(f"{e} (params.yaml: data.{args.dataset}.md5)") from e
+    except DownloadError as e:
+        raise DownloadError(f"{e}. Offline? Point params.yaml: data.{args.dataset}.url at a "
+                            "local copy (README, 'Data without the internet')") from e
     print(f"download: {source.url} -> {args.out} (md5 verified)")
 
 
