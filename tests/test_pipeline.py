@@ -72,27 +72,31 @@ def hand_naive_mae(csv_bytes: bytes, split: tuple[int, int], lookback=144, step=
     return np.mean(np.abs(temp[rows + delay] - temp[rows - step])) / std
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    return project_copy(tmp_path_factory.mktemp("clone"))
+@pytest.fixture
+def repo(tmp_path, http_server, small_jena_zip):
+    """A fresh copy of the project whose params point at a small zip on loopback HTTP."""
+    repo = project_copy(tmp_path / "clone")
+    zip_path, md5 = small_jena_zip
+    shutil.copy(zip_path, http_server.root / "jena.zip")
+    set_params(repo, data__jena__url=http_server.url("jena.zip"), data__jena__md5=md5,
+               **{f"jena__{k}": v for k, v in SMALL_JENA.items()})
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "initial")
+    return repo
 
 
-def test_dvc_repro_end_to_end(repo, http_server, small_jena_zip):
+def test_data_half_end_to_end(repo, http_server, small_jena_zip):
     import zipfile
 
     from mlflow.tracking import MlflowClient
 
     zip_path, md5 = small_jena_zip
-    shutil.copy(zip_path, http_server.root / "jena.zip")
     url = http_server.url("jena.zip")
-    set_params(repo, data__jena__url=url, data__jena__md5="0" * 32,
-               **{f"jena__{k}": v for k, v in SMALL_JENA.items()})
-    sh(repo, "git", "init", "-q")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "initial")
 
     # A wrong checksum stops the pipeline with one clear line and leaves no file behind.
-    failed = sh(repo, "dvc", "repro", check=False)
+    set_params(repo, data__jena__md5="0" * 32)
+    failed = sh(repo, "dvc", "repro", "naive", check=False)
     assert failed.returncode != 0
     assert "error:" in failed.stderr and "md5 mismatch" in failed.stderr
     assert url in failed.stderr and md5 in failed.stderr
@@ -100,8 +104,7 @@ def test_dvc_repro_end_to_end(repo, http_server, small_jena_zip):
     assert not (repo / "data" / "raw").exists() or not any((repo / "data" / "raw").iterdir())
 
     set_params(repo, data__jena__md5=md5)
-    sh(repo, "git", "commit", "-qam", "point at the loopback mirror")
-    sh(repo, "dvc", "repro")
+    sh(repo, "dvc", "repro", "naive")
 
     csv = repo / "data/raw/jena_climate_2009_2016.csv"
     assert hashlib.md5(csv.read_bytes()).hexdigest() == md5
@@ -136,16 +139,73 @@ def test_dvc_repro_end_to_end(repo, http_server, small_jena_zip):
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["naive.json"]
 
     # Nothing changed: nothing reruns, no new run.
-    again = sh(repo, "dvc", "repro")
+    again = sh(repo, "dvc", "repro", "naive")
     assert "didn't change, skipping" in again.stdout
     assert len(client.search_runs([exp.experiment_id])) == 1
 
-    # An experiment with another delay reruns windows and naive, not download/normalize.
+    # An experiment with another delay, in a temporary copy under .dvc/tmp/exps, reruns
+    # windows and naive (not download/normalize) and logs to the same store.
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "results")
-    exp_run = sh(repo, "dvc", "exp", "run", "-n", "delay12", "-S", "jena.delay=12")
+    exp_run = sh(repo, "dvc", "exp", "run", "--temp", "-n", "delay12", "-S", "jena.delay=12",
+                 "naive")
     assert "Running stage 'naive'" in exp_run.stdout
     assert "Running stage 'normalize_jena'" not in exp_run.stdout
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
     assert len(runs) == 2 and runs[0].data.tags["dvc_exp_name"] == "delay12"
     assert runs[0].data.params["jena.delay"] == "12"
+    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
+TRAIN_CAPS = {"train__max_epochs": 1, "train__steps_per_epoch": 3, "train__max_eval_batches": 2}
+
+
+def test_training_half_end_to_end(repo, monkeypatch):
+    """Every Jena variant trains one short epoch through `dvc repro` and is tracked."""
+    from mlflow.tracking import MlflowClient
+
+    variants = list(yaml.safe_load((ROOT / "params.yaml").read_text())["models"])
+    assert {"dense", "gru", "gru_dropout", "gru_stacked", "gru_reversed", "bigru", "conv_gru",
+            "lstm"} <= set(variants)
+    set_params(repo, **TRAIN_CAPS, models__conv_gru__lookback=120)
+    sh(repo, "dvc", "repro")
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    exp = client.get_experiment_by_name("rnnlab-jena")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert set(runs) == {"naive", *variants}
+    for variant in variants:
+        metrics = json.loads((repo / f"metrics/{variant}.json").read_text())
+        assert set(metrics) >= {"val_mae", "test_mae", "val_mae_degc", "test_mae_degc",
+                                "best_epoch", "n_params", "seconds_per_epoch", "device",
+                                "mlflow_run_id"}
+        assert 0 < metrics["val_mae"] < 5 and metrics["best_epoch"] == 1
+        assert metrics["device"] == "cpu" and metrics["n_params"] > 0
+        run = runs[variant]
+        assert run.info.run_id == metrics["mlflow_run_id"]
+        assert run.data.metrics["val_mae"] == pytest.approx(metrics["val_mae"])
+        assert run.data.tags["variant"] == variant and run.data.tags["dataset"] == "jena"
+        assert run.data.params["train.epochs"] == "1"
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert [m.step for m in history] == [1]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"loss_curves.png", f"{variant}.json"} <= artifacts
+        assert run.inputs.dataset_inputs, "the training data is logged as a dataset input"
+        assert (repo / f"plots/{variant}.csv").read_text().startswith(
+            "epoch,train_loss,val_loss,val_mae,val_mae_degc\n1,")
+        assert (repo / f"models/{variant}.pt").stat().st_size > 0
+    # The logged model loads and predicts.
+    import mlflow.pytorch
+    import torch
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo}/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
+    model = mlflow.pytorch.load_model(f"runs:/{runs['gru'].info.run_id}/model")
+    assert model(torch.zeros(2, 24, 14)).shape == (2,)
+    # The top-level plot overlays every variant's validation curve.
+    shown = json.loads(sh(repo, "dvc", "plots", "show", "--json").stdout)
+    assert "jena_validation_mae" in json.dumps(shown)
+    # Editing one variant reruns only that variant.
+    set_params(repo, models__lstm__units=[16])
+    rerun = sh(repo, "dvc", "repro")
+    assert "Running stage 'train@lstm'" in rerun.stdout
+    assert "Running stage 'train@gru'" not in rerun.stdout

@@ -73,18 +73,26 @@ def test_ordered_visits_every_window_once(features):
     assert len(list(w.ordered(batch_size=128, max_batches=2))) == 2
 
 
-def test_shuffled_is_seeded_and_covers_the_split(features):
+def test_epoch_batches_are_seeded_by_epoch(features):
     spec = spec_for()
     w = JenaWindows(features, spec, "train")
-    def first_rows(seed, n):
-        it = w.shuffled(batch_size=64, seed=seed)
-        return np.concatenate([next(it)[0][:, -1, 0] + 6 for _ in range(n)])
-    a, b, c = first_rows(1, 5), first_rows(1, 5), first_rows(2, 5)
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
-    one_pass = first_rows(1, spec.count("train") // 64)
-    assert len(np.unique(one_pass)) == len(one_pass)            # no repeats within a pass
+
+    def rows_of(epoch, seed, steps=5, batch=64):
+        return np.concatenate([x[:, -1, 0].numpy() + 6
+                               for x, _ in w.epoch_batches(epoch, steps, batch, seed)])
+
+    np.testing.assert_array_equal(rows_of(3, 1), rows_of(3, 1))     # same (seed, epoch)
+    assert not np.array_equal(rows_of(3, 1), rows_of(4, 1))         # another epoch
+    assert not np.array_equal(rows_of(3, 1), rows_of(3, 2))         # another seed
+    n = spec.count("train")
+    one_pass = rows_of(1, 1, steps=n // 64)
+    assert len(np.unique(one_pass)) == len(one_pass)                # no repeats within a pass
     assert not np.array_equal(one_pass, np.sort(one_pass))
+    assert np.isin(one_pass, np.arange(*spec.train)).all()
+    more = rows_of(1, 1, steps=n // 64 + 3)                         # spills into a 2nd pass
+    assert len(more) == (n // 64 + 3) * 64
+    full = rows_of(1, 1, steps=None, batch=100)                     # one pass, short last batch
+    np.testing.assert_array_equal(np.sort(full), np.arange(*spec.train))
 
 
 def test_spec_round_trip(tmp_path):

@@ -43,6 +43,10 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         if len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} items, got {value!r}")
         return tuple(_check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if tp is float:
         # YAML writes 0 for 0.0; accept ints where a float is asked for, never bools.
         if isinstance(value, (int, float)) and not isinstance(value, bool):

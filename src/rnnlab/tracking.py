@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +56,43 @@ class Run:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         import mlflow
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_model(self, model, name: str = "model") -> None:
+        """The trained torch module, pickled (the ``pt2`` format would fix the input length)."""
+        import mlflow.pytorch
+        import torch
+        with warnings.catch_warnings():  # pickle is a choice made knowingly (see above)
+            warnings.filterwarnings("ignore", message=".*Pickle or CloudPickle.*")
+            mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
+                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+    def log_training_data(self, array, *, name: str, source: str, context: str = "training"
+                          ) -> None:
+        """Record the training matrix as the run's MLflow dataset input (digest + schema)."""
+        import mlflow
+        import mlflow.data
+        with warnings.catch_warnings():  # file:// sources match two equivalent source kinds
+            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
+            dataset = mlflow.data.from_numpy(array, source=source, name=name)
+        mlflow.log_input(dataset, context=context)
+
+    def log_loss_curves(self, history: list[Mapping[str, float]], title: str) -> None:
+        """A PNG of train and validation loss per epoch, as the run's ``loss_curves.png``."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import mlflow
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        epochs = [row["epoch"] for row in history]
+        ax.plot(epochs, [row["train_loss"] for row in history], "o-", label="train")
+        ax.plot(epochs, [row["val_loss"] for row in history], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        mlflow.log_figure(fig, "loss_curves.png")
+        plt.close(fig)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         import mlflow

@@ -171,11 +171,22 @@ class JenaWindows:
                 return
             yield self.batch(self.rows[start:start + batch_size])
 
-    def shuffled(self, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """An endless stream of full batches: each pass is a fresh seeded permutation."""
-        rng = np.random.default_rng(seed)
-        while True:
-            perm = rng.permutation(self.rows)
-            size = min(batch_size, len(perm))  # a split smaller than one batch: whole split
-            for start in range(0, len(perm) - size + 1, size):
-                yield self.batch(perm[start:start + size])
+    def epoch_batches(self, epoch: int, steps: int | None, batch_size: int, seed: int
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Training batches of one epoch, shuffled by ``(seed, epoch)`` alone.
+
+        ``steps`` full batches (the lecture's ``steps_per_epoch``), drawn without
+        repetition from a permutation of the split, and from the next permutation when one
+        pass is not enough; ``steps=None`` is one pass with a short last batch. Depending
+        only on the epoch number makes a resumed run draw exactly the same batches.
+        """
+        rng = np.random.default_rng([seed, epoch])
+        if steps is None:
+            order = rng.permutation(self.rows)
+            steps = -(-len(order) // batch_size)
+        else:
+            need = steps * batch_size
+            passes = -(-need // len(self.rows))
+            order = np.concatenate([rng.permutation(self.rows) for _ in range(passes)])[:need]
+        for i in range(steps):
+            yield self.batch(order[i * batch_size:(i + 1) * batch_size])

@@ -1,0 +1,193 @@
+"""Architectures by name: a variant in params.yaml names an ``arch`` and its sizes.
+
+    build_model(spec, n_features=14, timesteps=240) -> nn.Module mapping (B, T, F) -> (B,)
+
+Registered: dense, gru, lstm, conv_gru (and whatever registers later). An unknown
+name fails with the list of known ones. Every model ends in one linear unit: the
+regression output for Jena (MAE loss), the logit for binary tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from rnnlab.errors import RnnlabError
+from rnnlab.recurrent import DropoutGRU
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One variant's architecture and training length (a ``models.<variant>`` entry)."""
+
+    dataset: str
+    arch: str
+    epochs: int
+    units: tuple[int, ...] = (32,)         # one entry per stacked recurrent layer
+    activations: tuple[str, ...] | None = None  # per layer; default tanh
+    dropout: float = 0.0                   # on each recurrent layer's inputs, one mask per sequence
+    recurrent_dropout: float = 0.0         # on the recurrent state, one mask per sequence
+    bidirectional: bool = False
+    reverse: bool = False                  # train and evaluate on reversed-order windows
+    lookback: int | None = None            # window overrides (conv_gru uses its own)
+    step: int | None = None
+    conv_filters: int = 32                 # conv_gru only
+    conv_kernel: int = 5
+    pool_size: int = 3
+
+    def validate(self, where: str) -> None:
+        if self.arch not in REGISTRY:
+            raise RnnlabError(f"{where}.arch: unknown architecture {self.arch!r}; known: "
+                              f"{', '.join(sorted(REGISTRY))}")
+        if self.activations is not None and len(self.activations) != len(self.units):
+            raise RnnlabError(f"{where}.activations: {len(self.activations)} given for "
+                              f"{len(self.units)} layers (units)")
+        for name in ("dropout", "recurrent_dropout"):
+            p = getattr(self, name)
+            if not 0.0 <= p < 1.0:
+                raise RnnlabError(f"{where}.{name}: {p} is not in [0, 1)")
+        if self.epochs < 1:
+            raise RnnlabError(f"{where}.epochs: must be >= 1, got {self.epochs}")
+
+
+Builder = Callable[[ModelSpec, int, int], nn.Module]
+REGISTRY: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    def add(builder: Builder) -> Builder:
+        REGISTRY[name] = builder
+        return builder
+    return add
+
+
+def build_model(spec: ModelSpec, n_features: int, timesteps: int) -> nn.Module:
+    try:
+        builder = REGISTRY[spec.arch]
+    except KeyError:
+        raise RnnlabError(f"unknown architecture {spec.arch!r}; known: "
+                          f"{', '.join(sorted(REGISTRY))}") from None
+    return builder(spec, n_features, timesteps)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class Recurrent(nn.Module):
+    """One recurrent layer, (B, T, I) -> (B, D*H) or (B, T, D*H) with D = 1 or 2.
+
+    The fused ``nn.GRU``/``nn.LSTM`` when no dropout is asked for and the activation is
+    tanh; otherwise ``DropoutGRU`` (one per direction).
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden: int, *, dropout: float,
+                 recurrent_dropout: float, activation: str, bidirectional: bool,
+                 return_sequences: bool):
+        super().__init__()
+        self.return_sequences = return_sequences
+        self.bidirectional = bidirectional
+        self.fused = dropout == 0 and recurrent_dropout == 0 and activation == "tanh"
+        if cell == "lstm" and not self.fused:
+            raise RnnlabError("lstm supports no dropout, recurrent_dropout or activation "
+                              "other than tanh yet; use a gru for those")
+        if self.fused:
+            rnn = nn.GRU if cell == "gru" else nn.LSTM
+            self.rnn = rnn(input_size, hidden, batch_first=True, bidirectional=bidirectional)
+        else:
+            make = lambda: DropoutGRU(input_size, hidden, dropout=dropout,  # noqa: E731
+                                      recurrent_dropout=recurrent_dropout,
+                                      activation=activation, return_sequences=return_sequences)
+            self.forward_rnn = make()
+            self.backward_rnn = make() if bidirectional else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.fused:
+            out, state = self.rnn(x)                      # out (B, T, D*H)
+            if self.return_sequences:
+                return out
+            h_n = state[0] if isinstance(state, tuple) else state   # (D, B, H)
+            return h_n.transpose(0, 1).reshape(x.size(0), -1)       # (B, D*H)
+        out = self.forward_rnn(x)
+        if self.backward_rnn is None:
+            return out
+        back = self.backward_rnn(x.flip(1))
+        if self.return_sequences:
+            back = back.flip(1)                           # align with forward time
+        return torch.cat([out, back], -1)
+
+
+def _recurrent_stack(spec: ModelSpec, cell: str, input_size: int) -> tuple[nn.Sequential, int]:
+    activations = spec.activations or ("tanh",) * len(spec.units)
+    layers, size = [], input_size
+    for i, (units, activation) in enumerate(zip(spec.units, activations)):
+        last = i == len(spec.units) - 1
+        layers.append(Recurrent(cell, size, units, dropout=spec.dropout,
+                                recurrent_dropout=spec.recurrent_dropout,
+                                activation=activation, bidirectional=spec.bidirectional,
+                                return_sequences=not last))
+        size = units * (2 if spec.bidirectional else 1)
+    return nn.Sequential(*layers), size
+
+
+class Head(nn.Module):
+    """body -> Linear(size, 1) -> (B,)."""
+
+    def __init__(self, body: nn.Module, size: int):
+        super().__init__()
+        self.body = body
+        self.out = nn.Linear(size, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.body(x)).squeeze(-1)
+
+
+@register("dense")
+def build_dense(spec: ModelSpec, n_features: int, timesteps: int) -> nn.Module:
+    """The lecture's densely connected baseline: Flatten -> Dense(units) relu -> Dense 1."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    size = n_features * timesteps
+    for units in spec.units:
+        layers += [nn.Linear(size, units), nn.ReLU()]
+        size = units
+    return Head(nn.Sequential(*layers), size)
+
+
+@register("gru")
+def build_gru(spec: ModelSpec, n_features: int, timesteps: int) -> nn.Module:
+    body, size = _recurrent_stack(spec, "gru", n_features)
+    return Head(body, size)
+
+
+@register("lstm")
+def build_lstm(spec: ModelSpec, n_features: int, timesteps: int) -> nn.Module:
+    body, size = _recurrent_stack(spec, "lstm", n_features)
+    return Head(body, size)
+
+
+class ConvFront(nn.Module):
+    """Conv1D(k) relu -> MaxPool -> Conv1D(k) relu over time, (B, T, F) -> (B, T', C)."""
+
+    def __init__(self, n_features: int, filters: int, kernel: int, pool: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv1d(n_features, filters, kernel), nn.ReLU(), nn.MaxPool1d(pool),
+            nn.Conv1d(filters, filters, kernel), nn.ReLU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.transpose(1, 2)).transpose(1, 2)   # Conv1d wants (B, C, T)
+
+
+@register("conv_gru")
+def build_conv_gru(spec: ModelSpec, n_features: int, timesteps: int) -> nn.Module:
+    """The lecture's "combining CNNs and RNNs": a 1D convnet shortens the sequence for a GRU."""
+    remaining = (timesteps - spec.conv_kernel + 1) // spec.pool_size - spec.conv_kernel + 1
+    if remaining < 1:
+        raise RnnlabError(f"conv_gru: {timesteps} time steps are too few for two kernels of "
+                          f"{spec.conv_kernel} and pooling by {spec.pool_size}")
+    front = ConvFront(n_features, spec.conv_filters, spec.conv_kernel, spec.pool_size)
+    body, size = _recurrent_stack(spec, "gru", spec.conv_filters)
+    return Head(nn.Sequential(front, body), size)

@@ -1,0 +1,206 @@
+"""Recurrent layers with Keras-style ``dropout`` and ``recurrent_dropout``.
+
+PyTorch's ``nn.GRU(dropout=p)`` only drops between stacked layers. The lecture's GRUs
+(Gal & Ghahramani's variational dropout, as Keras implements it) draw **one mask per
+sequence** for the inputs and one for the recurrent state, and reuse both at every time
+step; masks are scaled by 1/(1-p) in training and absent in eval mode.
+
+``DropoutGRU`` keeps ``nn.GRU``'s parameter names and gate layout (r, z, n; the
+"reset after" form that Keras' GRU also uses), so with both rates at 0 and tanh it
+computes exactly what ``nn.GRU`` computes with the same weights. The input projection of
+all time steps is one matmul; the per-step loop does one (B, H) x (H, 3H) matmul and a
+few element-wise ops, and the backward pass is written by hand (``_GRURecurrence``):
+autograd over the step loop was 2-3x slower than ``nn.GRU`` here. The two loops are
+TorchScript-compiled (20-25 % faster than eager here, eager is the fallback). Measured
+with 128 x 240 x 14 batches on 2 cores, forward + backward + RMSprop: nn.GRU 55 ms,
+DropoutGRU 40 ms at p = 0 and 40-42 ms at p = 0.2 (bench/bench_models.py).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+
+def _gru_steps(gi: Tensor, h: Tensor, w_hh_t: Tensor, b_hh: Tensor, mask_h: Tensor,
+               use_mask: bool, relu: bool, return_sequences: bool) -> Tensor:
+    # gi: (B, T, 3H) input projections (bias included); h: (B, H); w_hh_t: (H, 3H).
+    # unbind/chunk rather than indexing: their backward concatenates once, whereas the
+    # backward of gi[:, t] would allocate a zero (B, T, 3H) gradient at every step.
+    outputs: list[Tensor] = []
+    for g in gi.unbind(1):                                      # (B, 3H) per step
+        h_in = h * mask_h if use_mask else h
+        gh = torch.addmm(b_hh, h_in, w_hh_t)                    # (B, 3H)
+        g_r, g_z, g_n = g.chunk(3, 1)
+        h_r, h_z, h_n = gh.chunk(3, 1)
+        r = torch.sigmoid(g_r + h_r)
+        z = torch.sigmoid(g_z + h_z)
+        pre = g_n + r * h_n
+        n = torch.relu(pre) if relu else torch.tanh(pre)
+        h = n + z * (h - n)                                     # (1 - z) * n + z * h
+        if return_sequences:
+            outputs.append(h)
+    if return_sequences:
+        return torch.stack(outputs, 1)                          # (B, T, H)
+    return h
+
+
+def _gru_forward(gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask_h: Optional[Tensor],
+                 relu: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """No-graph forward loop; returns h_T and what the backward needs."""
+    steps, batch, three_h = gi.shape
+    hidden = three_h // 3
+    w_t = w_hh.t()
+    h = gi.new_zeros(batch, hidden)
+    h_prev = gi.new_empty(steps, batch, hidden)       # state entering each step
+    rz_all = gi.new_empty(steps, batch, 2 * hidden)   # reset and update gates
+    n_all = gi.new_empty(steps, batch, hidden)        # candidate state
+    hn_all = gi.new_empty(steps, batch, hidden)       # W_hn h + b_hn, needed for dr
+    for t in range(steps):
+        h_prev[t] = h
+        h_in = h * mask_h if mask_h is not None else h
+        gh = torch.addmm(b_hh, h_in, w_t)                                   # (B, 3H)
+        g = gi[t]
+        rz = torch.sigmoid(g[:, : 2 * hidden] + gh[:, : 2 * hidden])
+        rz_all[t] = rz
+        hn = gh[:, 2 * hidden:]
+        hn_all[t] = hn
+        pre = torch.addcmul(g[:, 2 * hidden:], rz[:, :hidden], hn)
+        n = torch.relu(pre) if relu else torch.tanh(pre)
+        n_all[t] = n
+        h = torch.addcmul(n, rz[:, hidden:], h - n)                         # (1-z) n + z h
+    return h, h_prev, rz_all, n_all, hn_all
+
+
+def _gru_backward(grad_out: Tensor, w_hh: Tensor, mask_h: Optional[Tensor], h_prev: Tensor,
+                  rz_all: Tensor, n_all: Tensor, hn_all: Tensor, relu: bool,
+                  return_sequences: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Backpropagation through time; returns dgi (T, B, 3H), dW_hh (3H, H), db_hh (3H,)."""
+    steps, batch, hidden = h_prev.shape
+    dgi = grad_out.new_empty(steps, batch, 3 * hidden)
+    dgh_n = grad_out.new_empty(steps, batch, hidden)
+    w_rz, w_n = w_hh[: 2 * hidden], w_hh[2 * hidden:]
+    dh = grad_out[steps - 1].clone() if return_sequences else grad_out.clone()
+    for t in range(steps - 1, -1, -1):
+        if return_sequences and t < steps - 1:
+            dh = dh + grad_out[t]
+        rz = rz_all[t]
+        n = n_all[t]
+        r = rz[:, :hidden]
+        z = rz[:, hidden:]
+        dn = dh * (1 - z)
+        dpre = dn * (n > 0) if relu else dn * (1 - n * n)
+        drz = torch.cat([dpre * hn_all[t], dh * (h_prev[t] - n)], 1) * rz * (1 - rz)
+        dgi[t, :, : 2 * hidden] = drz
+        dgi[t, :, 2 * hidden:] = dpre
+        dghn = dpre * r
+        dgh_n[t] = dghn
+        dh_in = torch.addmm(dghn @ w_n, drz, w_rz)                          # (B, H)
+        dh = dh * z + (dh_in * mask_h if mask_h is not None else dh_in)
+    dgh = torch.cat([dgi[:, :, : 2 * hidden], dgh_n], 2).reshape(steps * batch, 3 * hidden)
+    h_in = h_prev * mask_h if mask_h is not None else h_prev
+    return dgi, dgh.t() @ h_in.reshape(steps * batch, hidden), dgh.sum(0)
+
+
+try:  # TorchScript runs these loops 20-25 % faster than Python here; eager is the fallback
+    with warnings.catch_warnings():  # torch 2.13 marks torch.jit.script deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _gru_forward_impl = torch.jit.script(_gru_forward)
+        _gru_backward_impl = torch.jit.script(_gru_backward)
+except Exception:  # noqa: BLE001 - no TorchScript in this build: same results, slower
+    _gru_forward_impl, _gru_backward_impl = _gru_forward, _gru_backward
+
+
+class _GRURecurrence(torch.autograd.Function):
+    """The recurrent part of a GRU with a hand-written backward pass (BPTT).
+
+    Autograd would record ~10 nodes per time step and walk them one by one; here the
+    forward runs without a graph and keeps the gates, and the backward is one loop of a
+    few (B, H)-sized ops per step plus a single (3H, T*B) x (T*B, H) matmul for dW_hh.
+    Shapes: gi (T, B, 3H) time-major, w_hh (3H, H), b_hh (3H,), mask_h (B, H) or None.
+    """
+
+    @staticmethod
+    def forward(ctx, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask_h: Tensor | None,
+                relu: bool, return_sequences: bool) -> Tensor:
+        h, h_prev, rz_all, n_all, hn_all = _gru_forward_impl(gi, w_hh, b_hh, mask_h, relu)
+        ctx.save_for_backward(w_hh, mask_h, h_prev, rz_all, n_all, hn_all)
+        ctx.relu, ctx.return_sequences = relu, return_sequences
+        if return_sequences:
+            return torch.cat([h_prev[1:], h[None]], 0)                      # (T, B, H)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        w_hh, mask_h, *saved = ctx.saved_tensors
+        dgi, dw_hh, db_hh = _gru_backward_impl(grad_out.contiguous(), w_hh, mask_h, *saved,
+                                               ctx.relu, ctx.return_sequences)
+        return dgi, dw_hh, db_hh, None, None, None
+
+
+class DropoutGRU(nn.Module):
+    """One GRU layer (one direction), input (B, T, I) -> (B, H) or (B, T, H)."""
+
+    def __init__(self, input_size: int, hidden_size: int, *, dropout: float = 0.0,
+                 recurrent_dropout: float = 0.0, activation: str = "tanh",
+                 return_sequences: bool = False, fused_backward: bool = True):
+        super().__init__()
+        if activation not in ("tanh", "relu"):
+            raise ValueError(f"activation {activation!r}: choose tanh or relu")
+        for name, p in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p}")
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.dropout, self.recurrent_dropout = dropout, recurrent_dropout
+        self.activation = activation
+        self.return_sequences = return_sequences
+        self.fused_backward = fused_backward
+        self.weight_ih_l0 = nn.Parameter(torch.empty(3 * hidden_size, input_size))
+        self.weight_hh_l0 = nn.Parameter(torch.empty(3 * hidden_size, hidden_size))
+        self.bias_ih_l0 = nn.Parameter(torch.empty(3 * hidden_size))
+        self.bias_hh_l0 = nn.Parameter(torch.empty(3 * hidden_size))
+        bound = 1.0 / math.sqrt(hidden_size)   # nn.GRU's initialization
+        for w in self.parameters():
+            nn.init.uniform_(w, -bound, bound)
+
+    def sample_masks(self, batch: int, device: torch.device | None = None
+                     ) -> tuple[Tensor | None, Tensor | None]:
+        """One input mask (B, I) and one state mask (B, H), scaled by 1/(1-p)."""
+        def mask(size: int, p: float) -> Tensor | None:
+            if p == 0.0:
+                return None
+            keep = torch.full((batch, size), 1.0 - p, device=device)
+            return torch.bernoulli(keep) / (1.0 - p)
+        return mask(self.input_size, self.dropout), mask(self.hidden_size, self.recurrent_dropout)
+
+    def forward(self, x: Tensor, masks: tuple[Tensor | None, Tensor | None] | None = None
+                ) -> Tensor:
+        batch = x.size(0)
+        if not self.training:
+            masks = (None, None)
+        elif masks is None:
+            masks = self.sample_masks(batch, x.device)
+        mask_x, mask_h = masks
+        if mask_x is not None:
+            x = x * mask_x[:, None, :]                            # same mask at every step
+        relu = self.activation == "relu"
+        if not self.fused_backward:   # plain autograd: the reference the tests compare with
+            gi = torch.nn.functional.linear(x, self.weight_ih_l0, self.bias_ih_l0)  # (B, T, 3H)
+            h0 = x.new_zeros(batch, self.hidden_size)
+            use_mask = mask_h is not None
+            return _gru_steps(gi, h0, self.weight_hh_l0.t(), self.bias_hh_l0,
+                              mask_h if use_mask else h0, use_mask, relu, self.return_sequences)
+        # Input projections of all steps in one matmul, time-major for the loop.
+        gi = torch.nn.functional.linear(x.transpose(0, 1), self.weight_ih_l0,
+                                        self.bias_ih_l0).contiguous()         # (T, B, 3H)
+        out = _GRURecurrence.apply(gi, self.weight_hh_l0, self.bias_hh_l0, mask_h, relu,
+                                   self.return_sequences)
+        return out.transpose(0, 1) if self.return_sequences else out         # (B, T, H) | (B, H)
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, dropout={self.dropout}, "
+                f"recurrent_dropout={self.recurrent_dropout}, activation={self.activation}")

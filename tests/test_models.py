@@ -1,0 +1,114 @@
+"""Every variant in params.yaml builds, learns and sends a gradient to every parameter."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from rnnlab.config import from_mapping
+from rnnlab.errors import RnnlabError
+from rnnlab.models import REGISTRY, ModelSpec, build_model, count_parameters
+
+PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+JENA_VARIANTS = {k: v for k, v in PARAMS["models"].items() if v["dataset"] == "jena"}
+KERAS_PARAMS = {  # Keras' model.summary() totals for the lecture's models, 14 features
+    "gru": 4641,          # GRU(32): 3 * (14*32 + 32*32 + 2*32) + Dense(1) 33
+    "lstm": 6049 + 128,   # LSTM(32) 6016 + Dense(1) 33; nn.LSTM carries a second bias (4*32)
+}
+
+
+def spec_of(name: str) -> ModelSpec:
+    return from_mapping(ModelSpec, JENA_VARIANTS[name], where=f"params.yaml: models.{name}")
+
+
+def tiny_batch(spec: ModelSpec, batch: int = 8):
+    timesteps = 40 if spec.arch == "conv_gru" else 12
+    torch.manual_seed(0)
+    return torch.randn(batch, timesteps, 14), torch.randn(batch), timesteps
+
+
+@pytest.mark.parametrize("name", sorted(JENA_VARIANTS))
+def test_variant_builds_and_every_parameter_gets_a_gradient(name):
+    spec = spec_of(name)
+    x, y, timesteps = tiny_batch(spec, batch=7)   # odd: the L1 bias gradient (mean sign) != 0
+    model = build_model(spec, n_features=14, timesteps=timesteps).train()
+    out = model(x)
+    assert out.shape == (7,) and torch.isfinite(out).all()
+    torch.nn.functional.l1_loss(out, y).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}: no gradient for {pname}"
+
+
+@pytest.mark.parametrize("name", sorted(JENA_VARIANTS))
+def test_variant_learns_a_fixed_batch(name):
+    spec = spec_of(name)
+    x, y, timesteps = tiny_batch(spec, batch=16)
+    torch.manual_seed(1)
+    model = build_model(spec, n_features=14, timesteps=timesteps)
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
+
+    def loss_now():
+        model.eval()
+        with torch.no_grad():
+            return torch.nn.functional.l1_loss(model(x), y).item()
+
+    before = loss_now()
+    for _ in range(30):
+        model.train()
+        opt.zero_grad()
+        torch.nn.functional.l1_loss(model(x), y).backward()
+        opt.step()
+    assert loss_now() < 0.9 * before
+
+
+@pytest.mark.parametrize("name, expected", sorted(KERAS_PARAMS.items()))
+def test_parameter_counts_match_keras(name, expected):
+    assert count_parameters(build_model(spec_of(name), 14, 240)) == expected
+
+
+def test_lecture_settings_are_the_defaults():
+    assert spec_of("gru_dropout").dropout == 0.2 and spec_of("gru_dropout").recurrent_dropout == 0.2
+    stacked = spec_of("gru_stacked")
+    assert stacked.units == (32, 64) and stacked.activations == ("tanh", "relu")
+    assert (stacked.dropout, stacked.recurrent_dropout) == (0.1, 0.5)
+    conv = spec_of("conv_gru")
+    assert (conv.lookback, conv.step, conv.conv_kernel, conv.pool_size) == (720, 3, 5, 3)
+    assert {n: s["epochs"] for n, s in JENA_VARIANTS.items()} == {
+        "dense": 20, "gru": 20, "gru_dropout": 40, "gru_stacked": 40, "gru_reversed": 20,
+        "bigru": 40, "conv_gru": 20, "lstm": 20}
+
+
+def test_fused_layers_where_no_dropout():
+    plain = build_model(spec_of("gru"), 14, 240)
+    assert isinstance(plain.body[0].rnn, torch.nn.GRU)
+    dropout = build_model(spec_of("gru_dropout"), 14, 240)
+    assert not dropout.body[0].fused
+
+
+def test_bidirectional_custom_gru_matches_fused_at_zero_dropout():
+    torch.manual_seed(3)
+    fused = build_model(ModelSpec(dataset="jena", arch="gru", epochs=1, bidirectional=True), 14, 10)
+    custom = build_model(ModelSpec(dataset="jena", arch="gru", epochs=1, bidirectional=True,
+                                   activations=("tanh",), dropout=1e-9), 14, 10).eval()
+    rnn = fused.body[0].rnn
+    custom.body[0].forward_rnn.load_state_dict(
+        {k.replace("_reverse", ""): v for k, v in rnn.state_dict().items() if "reverse" not in k})
+    custom.body[0].backward_rnn.load_state_dict(
+        {k.replace("_reverse", ""): v for k, v in rnn.state_dict().items() if "reverse" in k})
+    custom.out.load_state_dict(fused.out.state_dict())
+    x = torch.randn(3, 10, 14)
+    torch.testing.assert_close(custom(x), fused(x), rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_arch_lists_the_known_ones():
+    with pytest.raises(RnnlabError, match=r"params.yaml: models.x.arch: unknown architecture "
+                                          r"'transformer'; known: conv_gru, dense, gru, lstm"):
+        from_mapping(ModelSpec, {"dataset": "jena", "arch": "transformer", "epochs": 1},
+                     where="params.yaml: models.x")
+    assert {"dense", "gru", "lstm", "conv_gru"} <= set(REGISTRY)
+
+
+def test_lstm_refuses_recurrent_dropout():
+    with pytest.raises(RnnlabError, match="lstm supports no dropout"):
+        build_model(ModelSpec(dataset="jena", arch="lstm", epochs=1, recurrent_dropout=0.2), 14, 10)

@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+import torch
+
+from rnnlab.device import resolve_device
+from rnnlab.errors import RnnlabError
+from rnnlab.models import ModelSpec, build_model
+from rnnlab.tasks import JenaTask
+from rnnlab.train import TrainConfig, TrainingDiverged, fit, seed_everything
+from rnnlab.windows import make_window_spec
+
+N = 1500
+SPLITS = {"train": (0, 800), "val": (801, 1150), "test": (1151, None)}
+
+
+@pytest.fixture(scope="module")
+def task():
+    rng = np.random.default_rng(0)
+    t = np.arange(N)
+    features = rng.normal(0, 0.3, (N, 14)).astype(np.float32)
+    features[:, 1] += np.sin(2 * np.pi * t / 144).astype(np.float32)   # a daily cycle to learn
+    spec = make_window_spec(n_rows=N, lookback=60, step=6, delay=12, target_index=1,
+                            splits=SPLITS)
+    return JenaTask(features, spec, batch_size=32, target_std=2.0)
+
+
+def make(arch="gru", **kw):
+    seed_everything(7)
+    return build_model(ModelSpec(dataset="jena", arch=arch, epochs=3, **kw), 14, 10)
+
+
+def run(task, model, tmp_path=None, epochs=3, on_epoch=None, fingerprint="f", **kw):
+    config = TrainConfig(epochs=epochs, steps_per_epoch=6, seed=11, **kw)
+    ckpt = tmp_path / "ckpt.pt" if tmp_path else None
+    return fit(model, task, config, torch.device("cpu"), checkpoint=ckpt, fingerprint=fingerprint,
+               on_epoch=on_epoch, progress=False)
+
+
+def test_metrics_history_and_best_epoch(task):
+    seen = []
+    result = run(task, make(), on_epoch=lambda e, row: seen.append((e, row["val_loss"])))
+    assert [e for e, _ in seen] == [1, 2, 3] == [r["epoch"] for r in result.history]
+    best = min(result.history, key=lambda r: r["val_mae"])
+    assert result.best_epoch == best["epoch"]
+    assert result.val["mae"] == pytest.approx(best["val_mae"], rel=1e-6)   # best weights restored
+    assert result.val["mae_degc"] == pytest.approx(2.0 * result.val["mae"])
+    assert set(result.test) == {"loss", "mae", "mae_degc"}
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("kw", [{}, {"dropout": 0.2, "recurrent_dropout": 0.2}])
+def test_same_seed_same_metrics(task, kw):
+    a, b = run(task, make(**kw)), run(task, make(**kw))
+    assert a.history == [dict(r, seconds=a.history[i]["seconds"]) for i, r in enumerate(b.history)]
+    assert a.val == b.val and a.test == b.test
+
+
+def test_resume_after_a_kill_gives_the_same_result(task, tmp_path):
+    kw = {"dropout": 0.2, "recurrent_dropout": 0.3}
+    straight = run(task, make(**kw), epochs=4)
+
+    def kill_after_two(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt  # the stage killed right after epoch 2's checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        run(task, make(**kw), tmp_path, epochs=4, on_epoch=kill_after_two)
+    replayed = []
+    resumed = run(task, make(**kw), tmp_path, epochs=4,
+                  on_epoch=lambda e, row: replayed.append(e))
+    assert resumed.resumed_from == 2
+    assert replayed == [1, 2, 3, 4]          # restored epochs are reported again
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(resumed.history) == strip(straight.history)
+    assert resumed.val == straight.val and resumed.test == straight.test
+    assert resumed.best_epoch == straight.best_epoch
+
+
+def test_checkpoint_of_other_params_is_ignored(task, tmp_path):
+    run(task, make(), tmp_path, epochs=2, fingerprint="old")
+    result = run(task, make(), tmp_path, epochs=2, fingerprint="new")
+    assert result.resumed_from == 0
+
+
+def test_nan_loss_stops_with_a_clear_error(task, tmp_path):
+    model = make()
+    with torch.no_grad():
+        model.out.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, step 1.*Set train.clip_norm"):
+        run(task, model, tmp_path)
+
+
+def test_clip_norm_bounds_each_update(task, monkeypatch):
+    model = make("dense", units=(32,))
+    norms = []
+    orig = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **k):
+        params = list(params)
+        orig(params, max_norm, *a, **k)
+        norms.append(torch.norm(torch.stack([p.grad.norm() for p in params])).item())
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)   # real clipping, then measure
+    run(task, model, epochs=1, clip_norm=0.01)
+    assert len(norms) == 6 and max(norms) <= 0.01 + 1e-6
+
+
+def test_device_resolution():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(RnnlabError, match=r"device 'tpu' is not one of auto, cpu, cuda, cuda:N, mps; this machine has cpu"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RnnlabError, match=r"device 'cuda:0' is not available here; this machine has cpu"):
+            resolve_device("cuda")
+        with pytest.raises(RnnlabError, match=r"device 'cuda:3' is not available"):
+            resolve_device("cuda:3")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(RnnlabError, match="device 'mps' is not available"):
+            resolve_device("mps")
