@@ -157,7 +157,9 @@ def test_data_half_end_to_end(repo, http_server, small_jena_zip):
     assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
 
 
-TRAIN_CAPS = {"train__max_epochs": 1, "train__steps_per_epoch": 3, "train__max_eval_batches": 2}
+TRAIN_CAPS = {"train__max_epochs": 1, "train__steps_per_epoch": 3, "train__max_eval_batches": 2,
+              "gradients__distance": 10, "gradients__train_steps": 5, "gradients__batches": 2,
+              "gradients__explode__steps": 10}
 
 
 def test_training_half_end_to_end(repo, monkeypatch):
@@ -173,7 +175,13 @@ def test_training_half_end_to_end(repo, monkeypatch):
     client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     exp = client.get_experiment_by_name("rnnlab-jena")
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-    assert set(runs) == {"naive", *variants}
+    assert set(runs) == {"naive", "gradients", *variants}
+    grads = json.loads((repo / "metrics/gradients.json").read_text())
+    for cell in ("rnn", "gru", "lstm"):
+        assert 0 < grads[f"{cell}_ratio_10_init"] < 1
+    assert grads["explode_max_applied_norm_clip"] <= 1.0 + 1e-5
+    assert grads["mlflow_run_id"] == runs["gradients"].info.run_id
+    assert (repo / "plots/gradients.png").read_bytes()[:4] == b"\x89PNG"
     for variant in variants:
         metrics = json.loads((repo / f"metrics/{variant}.json").read_text())
         assert set(metrics) >= {"val_mae", "test_mae", "val_mae_degc", "test_mae_degc",

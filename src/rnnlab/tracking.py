@@ -7,6 +7,7 @@ queued experiments alike. ``MLFLOW_TRACKING_URI`` overrides it.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import warnings
@@ -61,10 +62,15 @@ class Run:
         """The trained torch module, pickled (the ``pt2`` format would fix the input length)."""
         import mlflow.pytorch
         import torch
-        with warnings.catch_warnings():  # pickle is a choice made knowingly (see above)
-            warnings.filterwarnings("ignore", message=".*Pickle or CloudPickle.*")
+        # pickle is chosen knowingly (see above); MLflow logs a caution about it each time.
+        log = logging.getLogger("mlflow.pytorch")
+        level = log.level
+        log.setLevel(logging.ERROR)
+        try:
             mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        finally:
+            log.setLevel(level)
 
     def log_training_data(self, array, *, name: str, source: str, context: str = "training"
                           ) -> None:
