@@ -55,6 +55,16 @@ class JenaConfig:
         return {"train": self.train_rows, "val": self.val_rows, "test": self.test_rows}
 
 
+@dataclass(frozen=True)
+class ImdbConfig:
+    max_features: int
+    maxlen: int
+    val_fraction: float
+    batch_size: int
+    padding: str = "pre"
+    truncating: str = "pre"
+
+
 def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     try:
         with open(path) as f:

@@ -4,12 +4,13 @@ import argparse
 import csv
 import hashlib
 import json
+import pickle
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from _params import JenaConfig, SourceConfig, load_params, run_stage, section
+from _params import ImdbConfig, JenaConfig, SourceConfig, load_params, run_stage, section
 
 from rnnlab.config import from_mapping
 from rnnlab.device import resolve_device
@@ -18,7 +19,8 @@ from rnnlab.errors import RnnlabError
 from rnnlab.jena import CANONICAL_MD5, load_features
 from rnnlab.models import ModelSpec, build_model, count_parameters
 from rnnlab.paths import repo_root
-from rnnlab.tasks import JenaTask
+from rnnlab.imdb import CANONICAL_MD5 as IMDB_CANONICAL_MD5
+from rnnlab.tasks import ImdbTask, JenaTask
 from rnnlab.tracking import tracked_run
 from rnnlab.train import TrainConfig, fit, seed_everything
 from rnnlab.windows import make_window_spec
@@ -29,20 +31,30 @@ CHECKPOINTS = Path("checkpoints")   # resume state; not a DVC out (DVC clears ou
 @dataclass(frozen=True)
 class TrainParams:
     steps_per_epoch: int | None
+    imdb_steps_per_epoch: int | None = None
     max_epochs: int | None = None
     max_eval_batches: int | None = None
     clip_norm: float | None = None
 
 
-def write_outputs(result, metrics: dict, plots: Path, metrics_path: Path) -> None:
+# What each dataset reports: the metric keys of metrics/<variant>.json and plots columns.
+REPORT = {
+    "jena": {"metrics": ("mae", "mae_degc"), "plots": ("val_mae", "val_mae_degc"),
+             "experiment": "rnnlab-jena"},
+    "imdb": {"metrics": ("accuracy", "auc", "loss"), "plots": ("val_accuracy", "val_auc"),
+             "experiment": "rnnlab-imdb"},
+}
+
+
+def write_outputs(history, metrics: dict, plots: Path, metrics_path: Path, extra: tuple) -> None:
     with atomic_output(metrics_path) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    columns = ["epoch", "train_loss", "val_loss", "val_mae", "val_mae_degc"]
+    columns = ["epoch", "train_loss", "val_loss", *extra]
     with atomic_output(plots) as tmp:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(columns)
-            for row in result.history:
+            for row in history:
                 writer.writerow([row["epoch"]] + [f"{row[c]:.6f}" for c in columns[1:]])
 
 
@@ -62,67 +74,113 @@ def main() -> None:
                           f"known: {', '.join(models)}")
     where = f"params.yaml: models.{args.variant}"
     spec = from_mapping(ModelSpec, models[args.variant], where=where)
-    if spec.dataset != "jena":
-        raise RnnlabError(f"{where}.dataset: {spec.dataset!r} has no training stage yet "
-                          "(only jena)")
-    jena = section(params, "jena", JenaConfig)
+    if spec.dataset not in REPORT:
+        raise RnnlabError(f"{where}.dataset: {spec.dataset!r}; choose one of {', '.join(REPORT)}")
     train = section(params, "train", TrainParams)
-    source = section(params, "data.jena", SourceConfig)
+    source = section(params, f"data.{spec.dataset}", SourceConfig)
     seed = params.get("seed")
     if not isinstance(seed, int):
         raise RnnlabError(f"params.yaml: seed: expected an integer, got {seed!r}")
     device = resolve_device(str(params.get("device", "auto")))
-
-    features, stats = load_features(args.prepared, mmap=False)            # (N, 14) float32
-    window = make_window_spec(n_rows=stats["n_rows"], lookback=spec.lookback or jena.lookback,
-                              step=spec.step or jena.step, delay=jena.delay,
-                              target_index=stats["target_index"], splits=jena.splits)
-    target_std = stats["std"][stats["target"]]
-    task = JenaTask(features, window, batch_size=jena.batch_size, reverse=spec.reverse,
-                    target_std=target_std)
-    seed_everything(seed)
-    model = build_model(spec, n_features=features.shape[1], timesteps=window.timesteps)
+    report = REPORT[spec.dataset]
     epochs = min(spec.epochs, train.max_epochs) if train.max_epochs else spec.epochs
-    config = TrainConfig(epochs=epochs, steps_per_epoch=train.steps_per_epoch, seed=seed,
-                         clip_norm=train.clip_norm, max_eval_batches=train.max_eval_batches)
 
+    if spec.dataset == "jena":
+        jena = section(params, "jena", JenaConfig)
+        features, stats = load_features(args.prepared, mmap=False)        # (N, 14) float32
+        window = make_window_spec(n_rows=stats["n_rows"], lookback=spec.lookback or jena.lookback,
+                                  step=spec.step or jena.step, delay=jena.delay,
+                                  target_index=stats["target_index"], splits=jena.splits)
+        task = JenaTask(features, window, batch_size=jena.batch_size, reverse=spec.reverse,
+                        target_std=stats["std"][stats["target"]])
+        n_inputs, timesteps, steps = features.shape[1], window.timesteps, train.steps_per_epoch
+        data_params = asdict(jena) | {"lookback": window.lookback, "step": window.step}
+        train_data = features[window.train[0] - window.lookback:window.train[1]]
+        real = (source.md5 or "").lower() == CANONICAL_MD5
+    else:
+        imdb = section(params, "imdb", ImdbConfig)
+        stats = json.loads((args.prepared / "stats.json").read_text())
+        n_inputs, timesteps, steps = stats["vocab_size"], imdb.maxlen, train.imdb_steps_per_epoch
+        data_params = asdict(imdb)
+        real = (source.md5 or "").lower() == IMDB_CANONICAL_MD5
+        task = None if spec.arch == "tfidf_logreg" else ImdbTask(
+            args.prepared, batch_size=imdb.batch_size, reverse=spec.reverse)
+        train_data = None if task is None else task.data["train"][0].numpy()
+
+    config = TrainConfig(epochs=epochs, steps_per_epoch=steps, seed=seed,
+                         clip_norm=train.clip_norm, max_eval_batches=train.max_eval_batches)
     run_params = {"variant": args.variant, "model": asdict(spec), "train": asdict(config),
-                  "jena": asdict(jena) | {"lookback": window.lookback, "step": window.step},
-                  "data": {"jena": asdict(source)}, "seed": seed, "device": str(device)}
+                  spec.dataset: data_params, "data": {spec.dataset: asdict(source)},
+                  "seed": seed, "device": str(device)}
     fingerprint = hashlib.sha256(json.dumps(
         {**run_params, "data_stats": stats}, sort_keys=True, default=str).encode()).hexdigest()
-    real = (source.md5 or "").lower() == CANONICAL_MD5
-    tags = {"variant": args.variant, "dataset": "jena", "seed": seed,
+    tags = {"variant": args.variant, "dataset": spec.dataset, "seed": seed,
             "data_source": "canonical" if real else "other"}
     checkpoint = CHECKPOINTS / f"{args.variant}.pt"
     checkpoint.parent.mkdir(exist_ok=True)
 
-    with tracked_run(experiment="rnnlab-jena", run_name=args.variant, params=run_params,
+    with tracked_run(experiment=report["experiment"], run_name=args.variant, params=run_params,
                      tags=tags, root=repo_root()) as run:
-        run.log_training_data(features[window.train[0] - window.lookback:window.train[1]],
-                              name="jena-normalized-train", source=source.url)
-        result = fit(model, task, config, device, checkpoint=checkpoint,
-                     fingerprint=fingerprint, desc=args.variant,
-                     on_epoch=lambda epoch, row: run.log_metrics(row, step=epoch),
-                     progress=sys.stderr.isatty())
-        metrics = {"val_mae": result.val["mae"], "test_mae": result.test["mae"],
-                   "val_mae_degc": result.val["mae_degc"],
-                   "test_mae_degc": result.test["mae_degc"], "best_epoch": result.best_epoch,
-                   "epochs_run": len(result.history), "n_params": count_parameters(model),
-                   "seconds_per_epoch": result.seconds_per_epoch, "device": str(device),
-                   "mlflow_run_id": run.id}
+        if task is None:                 # scikit-learn baseline: one fit, no epochs
+            history, result_val, result_test, best_epoch, seconds, model = fit_tfidf(
+                spec, args.prepared, seed)
+            n_params = int(model[-1].coef_.size + model[-1].intercept_.size)
+            for row in history:
+                run.log_metrics(row, step=row["epoch"])
+        else:
+            run.log_training_data(train_data, name=f"{spec.dataset}-train", source=source.url)
+            seed_everything(seed)
+            model = build_model(spec, n_features=n_inputs, timesteps=timesteps)
+            result = fit(model, task, config, device, checkpoint=checkpoint,
+                         fingerprint=fingerprint, desc=args.variant,
+                         on_epoch=lambda epoch, row: run.log_metrics(row, step=epoch),
+                         progress=sys.stderr.isatty())
+            history, result_val, result_test = result.history, result.val, result.test
+            best_epoch, seconds = result.best_epoch, result.seconds_per_epoch
+            n_params = count_parameters(model)
+        metrics = {f"{split}_{k}": values[k] for split, values in
+                   (("val", result_val), ("test", result_test)) for k in report["metrics"]}
+        metrics |= {"best_epoch": best_epoch, "epochs_run": len(history), "n_params": n_params,
+                    "seconds_per_epoch": seconds, "device": "cpu" if task is None else str(device),
+                    "mlflow_run_id": run.id}
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        write_outputs(result, metrics, args.plots, args.metrics)
+        write_outputs(history, metrics, args.plots, args.metrics, report["plots"])
         with atomic_output(args.model) as tmp:
-            torch.save(model.state_dict(), tmp)
+            if task is None:
+                with open(tmp, "wb") as f:
+                    pickle.dump(model, f)
+            else:
+                torch.save(model.state_dict(), tmp)
         run.log_artifact(args.metrics)
-        run.log_loss_curves(result.history, f"{args.variant} (best epoch {result.best_epoch})")
-        run.log_model(model.cpu())
+        run.log_loss_curves(history, f"{args.variant} (best epoch {best_epoch})")
+        if task is not None:
+            run.log_model(model.cpu())
     checkpoint.unlink(missing_ok=True)
-    print(f"{args.variant}: val MAE {metrics['val_mae']:.4f} ({metrics['val_mae_degc']:.2f} degC), "
-          f"test MAE {metrics['test_mae']:.4f} ({metrics['test_mae_degc']:.2f} degC), "
-          f"best epoch {result.best_epoch}, {metrics['n_params']:,} parameters, "
-          f"{result.seconds_per_epoch:.1f} s/epoch on {device}")
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                      if k.startswith(("val_", "test_")))
+    print(f"{args.variant}: {shown}; best epoch {best_epoch}, {n_params:,} parameters, "
+          f"{seconds:.1f} s/epoch on {metrics['device']}")
+
+
+def fit_tfidf(spec: ModelSpec, prepared: Path, seed: int):
+    """The scikit-learn baseline, shaped like one epoch of the engine's history."""
+    import time
+
+    from rnnlab.baselines import binary_metrics, make_tfidf_logreg
+    from rnnlab.imdb import load_imdb, load_texts
+
+    texts = load_texts(prepared)
+    labels = {s: load_imdb(prepared, s)[1] for s in ("train", "val", "test")}
+    began = time.perf_counter()
+    model = make_tfidf_logreg(ngram_max=spec.ngram_max, c=spec.c, seed=seed)
+    model.fit(texts["train"], labels["train"])
+    seconds = time.perf_counter() - began
+    scores = {s: binary_metrics(model.predict_proba(texts[s])[:, 1], labels[s])
+              for s in ("train", "val", "test")}
+    history = [{"epoch": 1, "train_loss": scores["train"]["loss"], "val_loss": scores["val"]["loss"],
+                "val_accuracy": scores["val"]["accuracy"], "val_auc": scores["val"]["auc"],
+                "seconds": seconds}]
+    return history, scores["val"], scores["test"], 1, seconds, model
 
 
 if __name__ == "__main__":

@@ -18,8 +18,12 @@ KERAS_PARAMS = {  # Keras' model.summary() totals for the lecture's models, 14 f
 }
 
 
+IMDB_TORCH_VARIANTS = {k: v for k, v in PARAMS["models"].items()
+                       if v["dataset"] == "imdb" and v["arch"] != "tfidf_logreg"}
+
+
 def spec_of(name: str) -> ModelSpec:
-    return from_mapping(ModelSpec, JENA_VARIANTS[name], where=f"params.yaml: models.{name}")
+    return from_mapping(ModelSpec, PARAMS["models"][name], where=f"params.yaml: models.{name}")
 
 
 def tiny_batch(spec: ModelSpec, batch: int = 8):
@@ -103,7 +107,8 @@ def test_bidirectional_custom_gru_matches_fused_at_zero_dropout():
 
 def test_unknown_arch_lists_the_known_ones():
     with pytest.raises(RnnlabError, match=r"params.yaml: models.x.arch: unknown architecture "
-                                          r"'transformer'; known: conv_gru, dense, gru, lstm"):
+                                          r"'transformer'; known: conv_gru, dense, embed_rnn, gru, lstm, "
+                                          r"multihot_dense, tfidf_logreg"):
         from_mapping(ModelSpec, {"dataset": "jena", "arch": "transformer", "epochs": 1},
                      where="params.yaml: models.x")
     assert {"dense", "gru", "lstm", "conv_gru"} <= set(REGISTRY)
@@ -112,3 +117,34 @@ def test_unknown_arch_lists_the_known_ones():
 def test_lstm_refuses_recurrent_dropout():
     with pytest.raises(RnnlabError, match="lstm supports no dropout"):
         build_model(ModelSpec(dataset="jena", arch="lstm", epochs=1, recurrent_dropout=0.2), 14, 10)
+
+
+@pytest.mark.parametrize("name", sorted(IMDB_TORCH_VARIANTS))
+def test_imdb_variant_learns_and_every_parameter_gets_a_gradient(name):
+    spec = spec_of(name)
+    torch.manual_seed(0)
+    vocab = 50
+    x = torch.randint(2, vocab, (15, 30))
+    x[:, :5] = 0                                        # front padding, as the data has
+    y = (x == 7).any(1).float()                         # "positive" if word 7 occurs
+    model = build_model(spec, n_features=vocab, timesteps=30)
+    loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
+    out = model(x)
+    assert out.shape == (15,)
+    loss_fn(out, y).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}: no gradient for {pname}"
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-2, alpha=0.9, eps=1e-7)
+    before = loss_fn(model(x), y).item()
+    for _ in range(30):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    assert loss_fn(model(x), y).item() < 0.9 * before
+
+
+def test_imdb_lecture_architectures():
+    assert count_parameters(build_model(spec_of("imdb_simplernn"), 10002, 500)) == (
+        10002 * 32 + (32 * 32 + 32 * 32 + 2 * 32) + 33)   # Keras: 320,000 + 2,080 + 33 (+32 bias)
+    assert count_parameters(build_model(spec_of("imdb_dense"), 10002, 500)) == (
+        10002 * 16 + 16 + 16 * 16 + 16 + 17)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from rnnlab.synthetic import JENA_CSV_NAME
+from rnnlab.synthetic import JENA_CSV_NAME, write_imdb_tarball
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_JENA = {"lookback": 144, "step": 6, "delay": 24, "train_rows": [0, 2500],
@@ -74,11 +74,14 @@ def hand_naive_mae(csv_bytes: bytes, split: tuple[int, int], lookback=144, step=
 
 @pytest.fixture
 def repo(tmp_path, http_server, small_jena_zip):
-    """A fresh copy of the project whose params point at a small zip on loopback HTTP."""
+    """A fresh copy of the project whose params point at small archives on loopback HTTP."""
     repo = project_copy(tmp_path / "clone")
     zip_path, md5 = small_jena_zip
     shutil.copy(zip_path, http_server.root / "jena.zip")
+    imdb_md5 = write_imdb_tarball(http_server.root / "imdb.tar.gz", per_class=40, seed=2)
     set_params(repo, data__jena__url=http_server.url("jena.zip"), data__jena__md5=md5,
+               data__imdb__url=http_server.url("imdb.tar.gz"), data__imdb__md5=imdb_md5,
+               imdb__maxlen=60, imdb__max_features=300,
                **{f"jena__{k}": v for k, v in SMALL_JENA.items()})
     sh(repo, "git", "init", "-q")
     sh(repo, "git", "add", "-A")
@@ -109,9 +112,9 @@ def test_data_half_end_to_end(repo, http_server, small_jena_zip):
     csv = repo / "data/raw/jena_climate_2009_2016.csv"
     assert hashlib.md5(csv.read_bytes()).hexdigest() == md5
     assert csv.read_bytes() == zipfile.ZipFile(zip_path).read(JENA_CSV_NAME)
-    prepared = repo / "data/prepared/jena/normalized"
+    prepared = repo / "data/prepared/jena"
     assert np.load(prepared / "features.npy").shape == (5000, 14)
-    windows = json.loads((repo / "data/prepared/jena/windows/windows.json").read_text())
+    windows = json.loads((repo / "data/prepared/jena_windows/windows.json").read_text())
     assert windows["val"] == [2501 + 144, 3800] and windows["timesteps"] == 24
 
     metrics = json.loads((repo / "metrics/naive.json").read_text())
@@ -162,17 +165,35 @@ TRAIN_CAPS = {"train__max_epochs": 1, "train__steps_per_epoch": 3, "train__max_e
               "gradients__explode__steps": 10}
 
 
-def test_training_half_end_to_end(repo, monkeypatch):
-    """Every Jena variant trains one short epoch through `dvc repro` and is tracked."""
+def test_whole_pipeline_end_to_end(repo, monkeypatch):
+    """`dvc repro` of everything: every variant of both halves trains briefly, is tracked."""
     from mlflow.tracking import MlflowClient
 
-    variants = list(yaml.safe_load((ROOT / "params.yaml").read_text())["models"])
+    models = yaml.safe_load((ROOT / "params.yaml").read_text())["models"]
+    variants = [k for k, v in models.items() if v["dataset"] == "jena"]
+    imdb_variants = [k for k, v in models.items() if v["dataset"] == "imdb"]
     assert {"dense", "gru", "gru_dropout", "gru_stacked", "gru_reversed", "bigru", "conv_gru",
             "lstm"} <= set(variants)
+    assert {"imdb_dense", "imdb_simplernn", "imdb_lstm", "imdb_lstm_reversed", "imdb_bilstm",
+            "imdb_tfidf_logreg"} <= set(imdb_variants)
     set_params(repo, **TRAIN_CAPS, models__conv_gru__lookback=120)
     sh(repo, "dvc", "repro")
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    imdb_exp = client.get_experiment_by_name("rnnlab-imdb")
+    imdb_runs = {r.info.run_name: r for r in client.search_runs([imdb_exp.experiment_id])}
+    assert set(imdb_runs) == set(imdb_variants)
+    for variant in imdb_variants:
+        metrics = json.loads((repo / f"metrics/{variant}.json").read_text())
+        assert set(metrics) >= {"val_accuracy", "test_accuracy", "val_auc", "test_auc",
+                                "val_loss", "test_loss", "best_epoch", "n_params",
+                                "seconds_per_epoch", "device", "mlflow_run_id"}
+        assert 0 <= metrics["val_accuracy"] <= 1 and metrics["mlflow_run_id"] == \
+            imdb_runs[variant].info.run_id
+        assert imdb_runs[variant].data.tags["dataset"] == "imdb"
+    # The generated reviews carry a clear signal: the classical baseline finds it.
+    assert json.loads((repo / "metrics/imdb_tfidf_logreg.json").read_text())["test_accuracy"] > 0.8
+
     exp = client.get_experiment_by_name("rnnlab-jena")
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
     assert set(runs) == {"naive", "gradients", *variants}

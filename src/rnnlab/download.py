@@ -12,6 +12,7 @@ import http.client
 import os
 import shutil
 import stat
+import tarfile
 import sys
 import tempfile
 import time
@@ -213,3 +214,53 @@ def download_csv(url: str, dest: Path, *, md5: str | None, **fetch_kwargs) -> st
         _check_md5(url, md5, digest, raw.stat().st_size)
         shutil.move(raw, dest)  # same directory: a rename
         return digest
+
+
+def extract_tar_members(tar_path: Path, dest: Path, wanted, *, label: str | None = None) -> int:
+    """Extract the members for which ``wanted(name)`` is true into ``dest``, atomically.
+
+    Everything is written into a temporary directory beside ``dest`` and renamed at the
+    end. Any member, wanted or not, with an absolute path, a ``..`` component, or that is
+    a link or a device refuses the whole archive and leaves nothing behind. Returns the
+    number of files extracted.
+    """
+    tar_path, dest = Path(tar_path), Path(dest)
+    label = label or str(tar_path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
+        try:
+            tar = tarfile.open(tar_path, "r:*")
+        except tarfile.TarError as e:
+            raise DownloadError(f"{label}: not a tar archive ({e})") from e
+        with tar:
+            try:
+                for member in tar:
+                    name = member.name
+                    parts = PurePosixPath(name).parts
+                    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+                        reason = "an absolute path"
+                    elif ".." in parts:
+                        reason = "a '..' component that would write outside the target directory"
+                    elif member.issym() or member.islnk():
+                        reason = f"a link (to {member.linkname!r})"
+                    elif not (member.isfile() or member.isdir()):
+                        reason = "a device or other special file"
+                    else:
+                        if member.isfile() and wanted(name):
+                            # The 'data' filter re-checks all of the above and drops modes.
+                            tar.extract(member, tmp, filter="data")
+                            count += 1
+                        continue
+                    raise UnsafeArchiveError(
+                        f"{label}: refusing member {name!r}: {reason}. The archive is not "
+                        "the expected download; check the URL.")
+            except (tarfile.TarError, EOFError, OSError) as e:
+                if isinstance(e, UnsafeArchiveError):
+                    raise
+                raise DownloadError(f"{label}: damaged or truncated archive ({e})") from e
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+        os.makedirs(tmp)  # TemporaryDirectory cleans up the (now empty) path itself
+    return count

@@ -37,6 +37,10 @@ class ModelSpec:
     conv_filters: int = 32                 # conv_gru only
     conv_kernel: int = 5
     pool_size: int = 3
+    cell: str = "lstm"                     # embed_rnn only: rnn (simple, tanh), gru, lstm
+    embedding_dim: int = 32                # embed_rnn only
+    ngram_max: int = 2                     # tfidf_logreg only: 1 = words, 2 = + bigrams
+    c: float = 1.0                         # tfidf_logreg only: inverse regularization
 
     def validate(self, where: str) -> None:
         if self.arch not in REGISTRY:
@@ -49,6 +53,8 @@ class ModelSpec:
             p = getattr(self, name)
             if not 0.0 <= p < 1.0:
                 raise RnnlabError(f"{where}.{name}: {p} is not in [0, 1)")
+        if self.cell not in ("rnn", "gru", "lstm"):
+            raise RnnlabError(f"{where}.cell: {self.cell!r}; choose rnn, gru or lstm")
         if self.epochs < 1:
             raise RnnlabError(f"{where}.epochs: must be >= 1, got {self.epochs}")
 
@@ -91,11 +97,11 @@ class Recurrent(nn.Module):
         self.return_sequences = return_sequences
         self.bidirectional = bidirectional
         self.fused = dropout == 0 and recurrent_dropout == 0 and activation == "tanh"
-        if cell == "lstm" and not self.fused:
-            raise RnnlabError("lstm supports no dropout, recurrent_dropout or activation "
+        if cell in ("lstm", "rnn") and not self.fused:
+            raise RnnlabError(f"{cell} supports no dropout, recurrent_dropout or activation "
                               "other than tanh yet; use a gru for those")
         if self.fused:
-            rnn = nn.GRU if cell == "gru" else nn.LSTM
+            rnn = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}[cell]
             self.rnn = rnn(input_size, hidden, batch_first=True, bidirectional=bidirectional)
         else:
             make = lambda: DropoutGRU(input_size, hidden, dropout=dropout,  # noqa: E731
@@ -191,3 +197,42 @@ def build_conv_gru(spec: ModelSpec, n_features: int, timesteps: int) -> nn.Modul
     front = ConvFront(n_features, spec.conv_filters, spec.conv_kernel, spec.pool_size)
     body, size = _recurrent_stack(spec, "gru", spec.conv_filters)
     return Head(nn.Sequential(front, body), size)
+
+
+class MultiHot(nn.Module):
+    """(B, L) word ids -> (B, V) 0/1 vector of the words present; padding dropped."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, ids: Tensor) -> Tensor:
+        hot = torch.zeros(ids.size(0), self.vocab_size, device=ids.device)
+        hot.scatter_(1, ids, 1.0)
+        hot[:, 0] = 0.0                                     # id 0 is padding
+        return hot
+
+
+@register("multihot_dense")
+def build_multihot_dense(spec: ModelSpec, n_features: int, timesteps: int) -> nn.Module:
+    """The lecture's IMDB baseline: multi-hot words -> Dense 16 relu -> Dense 16 relu -> 1."""
+    layers: list[nn.Module] = [MultiHot(n_features)]
+    size = n_features
+    for units in spec.units:
+        layers += [nn.Linear(size, units), nn.ReLU()]
+        size = units
+    return Head(nn.Sequential(*layers), size)
+
+
+@register("embed_rnn")
+def build_embed_rnn(spec: ModelSpec, n_features: int, timesteps: int) -> nn.Module:
+    """Embedding(vocab, dim) -> recurrent stack (``cell``) -> logit; ``n_features`` = vocab."""
+    body, size = _recurrent_stack(spec, spec.cell, spec.embedding_dim)
+    return Head(nn.Sequential(nn.Embedding(n_features, spec.embedding_dim), body), size)
+
+
+@register("tfidf_logreg")
+def build_tfidf_logreg(spec: ModelSpec, n_features: int, timesteps: int):
+    """Not a torch model: the stage fits it with scikit-learn (rnnlab.baselines)."""
+    from rnnlab.baselines import make_tfidf_logreg
+    return make_tfidf_logreg(ngram_max=spec.ngram_max, c=spec.c, seed=0)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
+import tarfile
 import zipfile
 from datetime import datetime
 from pathlib import Path
@@ -113,14 +115,79 @@ def write_jena_zip(path: Path, rows: int, seed: int = 0, *, macosx: bool = True,
     return md5
 
 
+_POSITIVE = ("wonderful", "brilliant", "moving", "superb", "delightful", "masterpiece",
+             "great", "loved", "charming", "beautiful")
+_NEGATIVE = ("awful", "boring", "dreadful", "worst", "clumsy", "tedious", "waste",
+             "terrible", "hated", "dull")
+_NEUTRAL = ("the", "film", "movie", "plot", "actor", "scene", "story", "director", "and", "a",
+            "was", "it", "of", "to", "is", "this", "in", "with", "music", "ending", "café",
+            "naïve", "über", "señor", "cinéma")
+
+
+def imdb_review(rng: np.random.Generator, positive: bool, length: int) -> str:
+    """A review of ``length`` words: mostly neutral, with words of its sentiment (and a few
+    of the other one), ``<br />`` line breaks and non-ASCII words, as the real reviews have."""
+    pools = (_POSITIVE, _NEGATIVE) if positive else (_NEGATIVE, _POSITIVE)
+    words = []
+    for _ in range(length):
+        u = rng.random()
+        pool = pools[0] if u < 0.15 else pools[1] if u < 0.19 else _NEUTRAL
+        words.append(pool[rng.integers(len(pool))])
+    words[0] = words[0].capitalize()
+    for i in rng.integers(1, length, size=max(1, length // 40)):
+        words[i] = words[i] + ".<br /><br />"
+    return " ".join(words) + "."
+
+
+def write_imdb_tarball(path: Path, per_class: int, seed: int = 0, *,
+                       extra_members: list[tuple[tarfile.TarInfo, bytes | None]] | None = None
+                       ) -> str:
+    """Write an aclImdb_v1.tar.gz-shaped archive; return its md5.
+
+    ``per_class`` reviews in each of train/pos, train/neg, test/pos, test/neg, named
+    ``<id>_<rating>.txt`` (ratings 7-10 positive, 1-4 negative), plus the top-level files
+    the real archive has. ``extra_members`` appends raw members (tests: hostile names).
+    """
+    rng = np.random.default_rng(seed)
+    path = Path(path)
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(data), 0o644, 1_700_000_000
+        tar.addfile(info, io.BytesIO(data))
+
+    with atomic_output(path) as tmp:
+        with tarfile.open(tmp, "w:gz") as tar:
+            add(tar, "aclImdb/README", b"Large Movie Review Dataset v1.0 (generated stand-in)\n")
+            add(tar, "aclImdb/imdb.vocab", "\n".join(_NEUTRAL + _POSITIVE + _NEGATIVE).encode())
+            for split in ("train", "test"):
+                for label in ("pos", "neg"):
+                    for i in range(per_class):
+                        rating = rng.integers(7, 11) if label == "pos" else rng.integers(1, 5)
+                        text = imdb_review(rng, label == "pos", int(rng.integers(20, 120)))
+                        add(tar, f"aclImdb/{split}/{label}/{i}_{rating}.txt", text.encode())
+                add(tar, f"aclImdb/{split}/urls_pos.txt", b"http://www.imdb.com/title/tt0/\n")
+            for info, data in extra_members or []:
+                tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rnnlab.synthetic", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=["jena"])
+    parser.add_argument("dataset", choices=["jena", "imdb"])
     parser.add_argument("out", type=Path, help="a .zip (like the download) or a .csv")
-    parser.add_argument("--rows", type=int, default=FULL_JENA_ROWS)
+    parser.add_argument("--rows", type=int, default=FULL_JENA_ROWS, help="jena: data rows")
+    parser.add_argument("--per-class", type=int, default=12_500,
+                        help="imdb: reviews per split and label")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.dataset == "imdb":
+        md5 = write_imdb_tarball(args.out, args.per_class, args.seed)
+        print(f"wrote {args.out} ({4 * args.per_class:,} reviews); md5: {md5}")
+        print(f"use it: dvc exp run -S data.imdb.url={args.out.resolve().as_uri()} "
+              f"-S data.imdb.md5={md5}")
+        return
     if args.out.suffix == ".zip":
         md5 = write_jena_zip(args.out, args.rows, args.seed)
     else:

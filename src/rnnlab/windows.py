@@ -173,20 +173,27 @@ class JenaWindows:
 
     def epoch_batches(self, epoch: int, steps: int | None, batch_size: int, seed: int
                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Training batches of one epoch, shuffled by ``(seed, epoch)`` alone.
+        """Training batches of one epoch, shuffled by ``(seed, epoch)`` alone (see
+        ``shuffled_batches``): a resumed run draws exactly the same batches."""
+        for rows in shuffled_batches(self.rows, epoch, steps, batch_size, seed):
+            yield self.batch(rows)
 
-        ``steps`` full batches (the lecture's ``steps_per_epoch``), drawn without
-        repetition from a permutation of the split, and from the next permutation when one
-        pass is not enough; ``steps=None`` is one pass with a short last batch. Depending
-        only on the epoch number makes a resumed run draw exactly the same batches.
-        """
-        rng = np.random.default_rng([seed, epoch])
-        if steps is None:
-            order = rng.permutation(self.rows)
-            steps = -(-len(order) // batch_size)
-        else:
-            need = steps * batch_size
-            passes = -(-need // len(self.rows))
-            order = np.concatenate([rng.permutation(self.rows) for _ in range(passes)])[:need]
-        for i in range(steps):
-            yield self.batch(order[i * batch_size:(i + 1) * batch_size])
+
+def shuffled_batches(rows: np.ndarray, epoch: int, steps: int | None, batch_size: int,
+                     seed: int) -> Iterator[np.ndarray]:
+    """The rows of one training epoch, in batches, depending only on ``(seed, epoch)``.
+
+    ``steps`` full batches (the lecture's ``steps_per_epoch``), drawn without repetition
+    from a permutation of ``rows``, and from the next permutation when one pass is not
+    enough; ``steps=None`` is one pass with a short last batch.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    if steps is None:
+        order = rng.permutation(rows)
+        steps = -(-len(order) // batch_size)
+    else:
+        need = steps * batch_size
+        passes = -(-need // len(rows))
+        order = np.concatenate([rng.permutation(rows) for _ in range(passes)])[:need]
+    for i in range(steps):
+        yield order[i * batch_size:(i + 1) * batch_size]

@@ -1,0 +1,140 @@
+import io
+import json
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+
+from conftest import leftovers
+from rnnlab.errors import DownloadError, UnsafeArchiveError
+from rnnlab.imdb import (OOV, PAD, build_vocabulary, download_imdb, encode, load_imdb,
+                         load_texts, prepare_imdb, read_reviews, split_validation, tokenize)
+from rnnlab.synthetic import write_imdb_tarball
+
+
+@pytest.fixture(scope="module")
+def tarball(tmp_path_factory):
+    path = tmp_path_factory.mktemp("imdb") / "aclImdb_v1.tar.gz"
+    return path, write_imdb_tarball(path, per_class=30, seed=1)
+
+
+def test_download_over_http_unpacks_only_the_review_folders(http_server, tarball, tmp_path):
+    path, md5 = tarball
+    shutil.copy(path, http_server.root / "imdb.tar.gz")
+    dest = tmp_path / "raw" / "imdb"
+    assert download_imdb(http_server.url("imdb.tar.gz"), dest, md5=md5, progress=False) == 120
+    files = leftovers(tmp_path / "raw")
+    assert len(files) == 120
+    assert all(f.startswith("imdb/aclImdb/") and f.endswith(".txt") for f in files)
+    assert not (dest / "aclImdb" / "README").exists()
+    assert not (dest / "aclImdb" / "train" / "urls_pos.txt").exists()
+    reviews = read_reviews(dest, "train")
+    assert len(reviews.texts) == 60 and reviews.labels.sum() == 30
+    assert any("<br />" in t for t in reviews.texts) and any("é" in t for t in reviews.texts)
+
+
+def test_wrong_md5_leaves_nothing(tarball, tmp_path):
+    path, _ = tarball
+    with pytest.raises(DownloadError, match="md5 mismatch"):
+        download_imdb(path.as_uri(), tmp_path / "raw" / "imdb", md5="0" * 32, progress=False)
+    assert leftovers(tmp_path / "raw") == []
+
+
+def hostile(tmp_path, info: tarfile.TarInfo, data: bytes | None = b"x"):
+    if data is not None:
+        info.size = len(data)
+    path = tmp_path / "bad.tar.gz"
+    write_imdb_tarball(path, per_class=3, extra_members=[(info, data)])
+    return path
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda: tarfile.TarInfo("aclImdb/../../evil.txt"), "'..'"),
+    (lambda: tarfile.TarInfo("/tmp/evil.txt"), "absolute path"),
+    (lambda: _link("aclImdb/train/pos/99_9.txt", "/etc/passwd", tarfile.SYMTYPE), "a link"),
+    (lambda: _link("aclImdb/train/pos/98_9.txt", "aclImdb/README", tarfile.LNKTYPE), "a link"),
+    (lambda: _dev("aclImdb/train/pos/dev"), "device"),
+])
+def test_hostile_archives_are_refused_whole(tmp_path, make, reason):
+    info = make()
+    path = hostile(tmp_path, info, None if info.type in (tarfile.SYMTYPE, tarfile.LNKTYPE,
+                                                          tarfile.CHRTYPE) else b"x")
+    dest = tmp_path / "out" / "imdb"
+    with pytest.raises(UnsafeArchiveError, match=reason) as e:
+        download_imdb(path.as_uri(), dest, md5=None, progress=False)
+    assert info.name in str(e.value)
+    assert leftovers(tmp_path / "out") == [] and not dest.exists()
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def _link(name, target, kind):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+def _dev(name):
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.CHRTYPE
+    return info
+
+
+def test_truncated_archive_is_a_clear_error(tarball, tmp_path):
+    path, _ = tarball
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DownloadError, match="damaged or truncated"):
+        download_imdb(cut.as_uri(), tmp_path / "out" / "imdb", md5=None, progress=False)
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_tokenize_strips_tags_and_lowercases():
+    assert tokenize("Great film.<br /><br />The END, naïve señor!") == [
+        "great", "film", "the", "end", "naïve", "señor"]
+
+
+def test_vocabulary_ranks_by_frequency_and_reserves_ids():
+    vocab = build_vocabulary([["b", "a", "b"], ["c", "b", "a"]], max_features=2)
+    assert vocab == {"b": 2, "a": 3}                 # 0 = padding, 1 = out of vocabulary
+    assert PAD == 0 and OOV == 1
+
+
+def test_padding_truncation_and_reversal():
+    vocab = {"a": 2, "b": 3, "c": 4}
+    tokens = [["a", "b", "c", "zzz"], ["a"]]
+    pre = encode(tokens, vocab, 3)
+    np.testing.assert_array_equal(pre, [[3, 4, 1], [0, 0, 2]])        # keeps the end, pads front
+    post = encode(tokens, vocab, 3, padding="post", truncating="post")
+    np.testing.assert_array_equal(post, [[2, 3, 4], [2, 0, 0]])
+    rev = encode(tokens, vocab, 3, reverse=True)
+    np.testing.assert_array_equal(rev, [[4, 3, 2], [0, 0, 2]])       # x[::-1], then pad
+
+
+def test_validation_split_is_seeded():
+    a, b, c = split_validation(100, 0.2, 1), split_validation(100, 0.2, 1), split_validation(100, 0.2, 2)
+    assert np.array_equal(a[1], b[1]) and not np.array_equal(a[1], c[1])
+    assert len(a[1]) == 20 and not set(a[0]) & set(a[1])
+
+
+def test_prepare_builds_the_vocabulary_on_training_reviews_only(tarball, tmp_path):
+    path, md5 = tarball
+    raw = tmp_path / "raw"
+    download_imdb(path.as_uri(), raw, md5=md5, progress=False)
+    # A word that appears only in a test review, and one only in a validation review.
+    test_file = next((raw / "aclImdb" / "test" / "neg").glob("*.txt"))
+    test_file.write_text(test_file.read_text() + " zyzzyvaonlyintest")
+    stats = prepare_imdb(raw, tmp_path / "prep", max_features=1000, maxlen=50,
+                         val_fraction=0.25, seed=3)
+    assert len(stats["val_ids"]) == 15 and all(i.startswith("train/") for i in stats["val_ids"])
+    vocab = json.loads((tmp_path / "prep" / "vocab.json").read_text())
+    assert "zyzzyvaonlyintest" not in vocab
+    assert stats["counts"] == {"train": 45, "val": 15, "test": 60}
+    x, y = load_imdb(tmp_path / "prep", "train")
+    assert x.shape == (45, 50) and x.dtype == np.int32 and set(np.unique(y)) == {0, 1}
+    xr, _ = load_imdb(tmp_path / "prep", "train", reverse=True)
+    assert not np.array_equal(x, xr)
+    assert len(load_texts(tmp_path / "prep")["test"]) == 60
+    # Every vocabulary word occurs in the training part (validation and test excluded).
+    train_words = {w for t in load_texts(tmp_path / "prep")["train"] for w in tokenize(t)}
+    assert set(vocab) <= train_words
