@@ -148,3 +148,9 @@ def test_imdb_lecture_architectures():
         10002 * 32 + (32 * 32 + 32 * 32 + 2 * 32) + 33)   # Keras: 320,000 + 2,080 + 33 (+32 bias)
     assert count_parameters(build_model(spec_of("imdb_dense"), 10002, 500)) == (
         10002 * 16 + 16 + 16 * 16 + 16 + 17)
+
+
+def test_embedding_starts_as_keras_does():
+    model = build_model(spec_of("imdb_lstm"), 10002, 500)
+    weight = model.body[0].weight
+    assert weight.abs().max() <= 0.05 and weight.std() > 0.02

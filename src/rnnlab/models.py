@@ -228,7 +228,12 @@ def build_multihot_dense(spec: ModelSpec, n_features: int, timesteps: int) -> nn
 def build_embed_rnn(spec: ModelSpec, n_features: int, timesteps: int) -> nn.Module:
     """Embedding(vocab, dim) -> recurrent stack (``cell``) -> logit; ``n_features`` = vocab."""
     body, size = _recurrent_stack(spec, spec.cell, spec.embedding_dim)
-    return Head(nn.Sequential(nn.Embedding(n_features, spec.embedding_dim), body), size)
+    embedding = nn.Embedding(n_features, spec.embedding_dim)
+    # Keras' Embedding starts uniform in +-0.05; PyTorch's N(0, 1) is 20x larger and, with
+    # RMSprop's small steps, learned far slower here (val accuracy after 2 epochs of the
+    # LSTM on the real reviews: 0.83 with N(0, 1), 0.89 with +-0.05).
+    nn.init.uniform_(embedding.weight, -0.05, 0.05)
+    return Head(nn.Sequential(embedding, body), size)
 
 
 @register("tfidf_logreg")
