@@ -100,10 +100,6 @@ class Run:
         mlflow.log_figure(fig, "loss_curves.png")
         plt.close(fig)
 
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        import mlflow
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
-
 
 @contextmanager
 def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],

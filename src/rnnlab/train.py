@@ -15,7 +15,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -67,7 +67,6 @@ class FitResult:
     test: dict[str, float]
     seconds_per_epoch: float
     resumed_from: int = 0           # last epoch restored from a checkpoint (0: none)
-    extra: dict = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
