@@ -228,7 +228,8 @@ def extract_tar_members(tar_path: Path, dest: Path, wanted, *, label: str | None
     label = label or str(tar_path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     count = 0
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
+    tmp = tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.")
+    try:
         try:
             tar = tarfile.open(tar_path, "r:*")
         except tarfile.TarError as e:
@@ -256,11 +257,10 @@ def extract_tar_members(tar_path: Path, dest: Path, wanted, *, label: str | None
                         f"{label}: refusing member {name!r}: {reason}. The archive is not "
                         "the expected download; check the URL.")
             except (tarfile.TarError, EOFError, OSError) as e:
-                if isinstance(e, UnsafeArchiveError):
-                    raise
                 raise DownloadError(f"{label}: damaged or truncated archive ({e})") from e
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
-        os.makedirs(tmp)  # TemporaryDirectory cleans up the (now empty) path itself
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)   # gone already after a successful rename
     return count

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 import sys
 import tempfile
 import time
@@ -83,8 +84,7 @@ def tokenize(text: str) -> list[str]:
 
 def build_vocabulary(token_lists: list[list[str]], max_features: int) -> dict[str, int]:
     """The max_features most frequent words -> ids 2.. (ties broken alphabetically)."""
-    from collections import Counter
-    counts = Counter()
+    counts: Counter[str] = Counter()
     for tokens in token_lists:
         counts.update(tokens)
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_features]
