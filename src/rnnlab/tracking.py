@@ -16,11 +16,63 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:          # Windows: no flock; start parallel workers on an existing store
+    fcntl = None
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
+
+
+def _lock_path(uri: str) -> Path | None:
+    """``<db>.lock`` beside a SQLite store; None for a server (it serializes by itself)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    return db.with_name(db.name + ".lock")
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on a SQLite store while it is created or migrated.
+
+    MLflow creates a fresh SQLite store by running its schema migrations; two processes
+    doing that at once (``dvc queue start -j 2`` on a new clone) fail with errors such as
+    ``duplicate column name`` or ``table _alembic_tmp_experiments already exists``. Runs
+    written after that are ordinary SQLite transactions and need no lock.
+    """
+    path = _lock_path(uri)
+    if path is None or fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def experiment_id(name: str, root: Path) -> str:
+    """The id of experiment ``name`` in the store, created (once, under the lock) if new."""
+    import mlflow
+
+    root = Path(root).resolve()
+    uri = tracking_uri(root)
+    default_store = uri == f"sqlite:///{root}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    with store_lock(uri):
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        # The artifact location is fixed at creation: make it absolute, at the real root.
+        location = (root / "mlruns").as_uri() if default_store else None
+        return mlflow.create_experiment(name, artifact_location=location)
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -108,15 +160,7 @@ def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
     import mlflow
 
     root = Path(root).resolve()
-    default_store = not os.environ.get("MLFLOW_TRACKING_URI")  # read before set_tracking_uri sets it
-    mlflow.set_tracking_uri(tracking_uri(root))
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
-        # The artifact location is fixed at creation: make it absolute, at the real root.
-        location = (root / "mlruns").as_uri() if default_store else None
-        exp_id = mlflow.create_experiment(experiment, artifact_location=location)
-    else:
-        exp_id = exp.experiment_id
+    exp_id = experiment_id(experiment, root)
     all_tags = {
         "git_commit": git_commit(root),
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME") or "workspace",
