@@ -2,7 +2,9 @@
 # Set-up and everyday commands. Each one creates .venv on first use (Python 3.11+).
 #   ./dev.sh repro   install, then `dvc repro` the whole pipeline
 #   ./dev.sh test    install, then run the test suite
-#   ./dev.sh ui      the MLflow UI over the project's store, on 127.0.0.1:5000
+#   ./dev.sh ui      the MLflow UI over the project's store, on 127.0.0.1:5000 (PORT=...)
+#   ./dev.sh plots   `dvc plots show` (or `plots diff REV`) as a page that works offline
+#   ./dev.sh browser install Debian's chromium + chromedriver (for the browser tests)
 #   ./dev.sh bench   the benchmarks in bench/ (by hand; slow)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,6 +33,19 @@ install() {
   touch "$stamp"
 }
 
+# Debian's chromium and chromedriver (tests/test_browser.py drives them with Selenium).
+install_browser() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return 0; fi
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      echo "browser: not root and no password-less sudo; install chromium and" \
+           "chromium-driver yourself (the browser tests skip without them)" >&2; return 1; fi
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+}
+
 # Stage commands call `python` and queue workers call `dvc`: both from this venv.
 export PATH="$PWD/$VENV/bin:$PATH"
 export MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1
@@ -41,9 +56,9 @@ case "$cmd" in
   install) install ;;
   repro)   install; dvc repro "$@" ;;
   test)    install; python -m pytest "$@" ;;
-  ui)      install
-           exec mlflow ui --backend-store-uri "sqlite:///$PWD/mlflow.db" \
-             --default-artifact-root "$PWD/mlruns" --host 127.0.0.1 --port "${PORT:-5000}" --workers 1 ;;
+  ui)      install; exec python -m rnnlab.ui "$@" ;;
+  plots)   install; exec python -m rnnlab.offline_plots "$@" ;;
+  browser) install_browser ;;
   bench)   install; for b in bench/bench_*.py; do python "$b" "$@"; done ;;
-  *) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
+  *) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
 esac

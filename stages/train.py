@@ -6,7 +6,8 @@ import hashlib
 import json
 import pickle
 import sys
-from dataclasses import asdict, dataclass
+import statistics
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -79,8 +80,7 @@ def main() -> None:
     train = section(params, "train", TrainParams)
     source = section(params, f"data.{spec.dataset}", SourceConfig)
     seed = params.get("seed")
-    if not isinstance(seed, int):
-        raise RnnlabError(f"params.yaml: seed: expected an integer, got {seed!r}")
+    seeds = seed_list(params)
     device = resolve_device(str(params.get("device", "auto")))
     report = REPORT[spec.dataset]
     epochs = min(spec.epochs, train.max_epochs) if train.max_epochs else spec.epochs
@@ -109,57 +109,120 @@ def main() -> None:
 
     config = TrainConfig(epochs=epochs, steps_per_epoch=steps, seed=seed,
                          clip_norm=train.clip_norm, max_eval_batches=train.max_eval_batches)
-    run_params = {"variant": args.variant, "model": asdict(spec), "train": asdict(config),
-                  spec.dataset: data_params, "data": {spec.dataset: asdict(source)},
-                  "seed": seed, "device": str(device)}
-    fingerprint = hashlib.sha256(json.dumps(
-        {**run_params, "data_stats": stats}, sort_keys=True, default=str).encode()).hexdigest()
-    tags = {"variant": args.variant, "dataset": spec.dataset, "seed": seed,
-            "data_source": "canonical" if real else "other"}
-    checkpoint = CHECKPOINTS / f"{args.variant}.pt"
-    checkpoint.parent.mkdir(exist_ok=True)
+    base_params = {"variant": args.variant, "model": asdict(spec), spec.dataset: data_params,
+                   "data": {spec.dataset: asdict(source)}, "device": str(device),
+                   "seeds": seeds, "threads": torch.get_num_threads()}
+    CHECKPOINTS.mkdir(exist_ok=True)
 
-    with tracked_run(experiment=report["experiment"], run_name=args.variant, params=run_params,
-                     tags=tags, root=repo_root()) as run:
-        if task is None:                 # scikit-learn baseline: one fit, no epochs
-            history, result_val, result_test, best_epoch, seconds, model = fit_tfidf(
-                spec, args.prepared, seed)
-            n_params = int(model[-1].coef_.size + model[-1].intercept_.size)
-            for row in history:
-                run.log_metrics(row, step=row["epoch"])
-        else:
-            run.log_training_data(train_data, name=f"{spec.dataset}-train", source=source.url)
-            seed_everything(seed)
-            model = build_model(spec, n_features=n_inputs, timesteps=timesteps)
-            result = fit(model, task, config, device, checkpoint=checkpoint,
-                         fingerprint=fingerprint, desc=args.variant,
-                         on_epoch=lambda epoch, row: run.log_metrics(row, step=epoch),
-                         progress=sys.stderr.isatty())
-            history, result_val, result_test = result.history, result.val, result.test
-            best_epoch, seconds = result.best_epoch, result.seconds_per_epoch
-            n_params = count_parameters(model)
-        metrics = {f"{split}_{k}": values[k] for split, values in
-                   (("val", result_val), ("test", result_test)) for k in report["metrics"]}
-        metrics |= {"best_epoch": best_epoch, "epochs_run": len(history), "n_params": n_params,
-                    "seconds_per_epoch": seconds, "device": "cpu" if task is None else str(device),
-                    "mlflow_run_id": run.id}
-        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        write_outputs(history, metrics, args.plots, args.metrics, report["plots"])
-        with atomic_output(args.model) as tmp:
-            if task is None:
-                with open(tmp, "wb") as f:
-                    pickle.dump(model, f)
+    per_seed = []
+    for run_seed in seeds:
+        config = replace(config, seed=run_seed)
+        run_params = base_params | {"train": asdict(config), "seed": run_seed}
+        fingerprint = hashlib.sha256(json.dumps(       # thread count aside: resume anyway
+            {**run_params, "threads": None, "data_stats": stats}, sort_keys=True,
+            default=str).encode()).hexdigest()
+        tags = {"variant": args.variant, "dataset": spec.dataset, "seed": run_seed,
+                "data_source": "canonical" if real else "other"}
+        suffix = "" if len(seeds) == 1 else f".seed{run_seed}"
+        checkpoint = CHECKPOINTS / f"{args.variant}{suffix}.pt"
+        desc = args.variant if len(seeds) == 1 else f"{args.variant} seed {run_seed}"
+        with tracked_run(experiment=report["experiment"], run_name=args.variant,
+                         params=run_params, tags=tags, root=repo_root()) as run:
+            if task is None:                 # scikit-learn baseline: one fit, no epochs
+                history, result_val, result_test, best_epoch, seconds, model = fit_tfidf(
+                    spec, args.prepared, run_seed)
+                n_params = int(model[-1].coef_.size + model[-1].intercept_.size)
+                for row in history:
+                    run.log_metrics(row, step=row["epoch"])
             else:
-                torch.save(model.state_dict(), tmp)
-        run.log_artifact(args.metrics)
-        run.log_loss_curves(history, f"{args.variant} (best epoch {best_epoch})")
-        if task is not None:
-            run.log_model(model.cpu())
-    checkpoint.unlink(missing_ok=True)
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                      if k.startswith(("val_", "test_")))
-    print(f"{args.variant}: {shown}; best epoch {best_epoch}, {n_params:,} parameters, "
-          f"{seconds:.1f} s/epoch on {metrics['device']}")
+                run.log_training_data(train_data, name=f"{spec.dataset}-train", source=source.url)
+                seed_everything(run_seed)
+                model = build_model(spec, n_features=n_inputs, timesteps=timesteps)
+                result = fit(model, task, config, device, checkpoint=checkpoint,
+                             fingerprint=fingerprint, desc=desc,
+                             on_epoch=lambda epoch, row: run.log_metrics(row, step=epoch),
+                             progress=sys.stderr.isatty())
+                history, result_val, result_test = result.history, result.val, result.test
+                best_epoch, seconds = result.best_epoch, result.seconds_per_epoch
+                n_params = count_parameters(model)
+            metrics = {f"{split}_{k}": values[k] for split, values in
+                       (("val", result_val), ("test", result_test)) for k in report["metrics"]}
+            metrics |= {"best_epoch": best_epoch, "epochs_run": len(history),
+                        "n_params": n_params, "seconds_per_epoch": seconds,
+                        "device": "cpu" if task is None else str(device),
+                        "mlflow_run_id": run.id}
+            run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            run.log_dict(metrics, f"{args.variant}.json")     # this seed's metrics file
+            run.log_loss_curves(history, f"{desc} (best epoch {best_epoch})")
+            if task is not None:
+                run.log_model(model.cpu())
+        per_seed.append((run_seed, metrics, history, model))
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                          if k.startswith(("val_", "test_")))
+        print(f"{desc}: {shown}; best epoch {best_epoch}, {n_params:,} parameters, "
+              f"{seconds:.1f} s/epoch on {metrics['device']}")
+
+    metrics, history = combine_seeds([(s, m, h) for s, m, h, _ in per_seed])
+    write_outputs(history, metrics, args.plots, args.metrics, report["plots"])
+    model = per_seed[0][3]                  # the first seed's weights are the stage's model
+    with atomic_output(args.model) as tmp:
+        if task is None:
+            with open(tmp, "wb") as f:
+                pickle.dump(model, f)
+        else:
+            torch.save(model.state_dict(), tmp)
+    for path in CHECKPOINTS.glob(f"{args.variant}*.pt"):
+        if path.name == f"{args.variant}.pt" or path.name.startswith(f"{args.variant}.seed"):
+            path.unlink(missing_ok=True)
+    if len(seeds) > 1:
+        shown = ", ".join(f"{k} {metrics[k]:.4f} +- {metrics[k + '_std']:.4f}"
+                          for k in metrics if k.startswith(("val_", "test_"))
+                          and not k.endswith("_std") and f"{k}_std" in metrics)
+        print(f"{args.variant}, {len(seeds)} seeds: {shown}")
+
+
+def seed_list(params: dict) -> list[int]:
+    """``seeds`` when given (each variant trains once per seed), else ``[seed]``."""
+    seed = params.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise RnnlabError(f"params.yaml: seed: expected an integer, got {seed!r}")
+    seeds = params.get("seeds") or []
+    if not isinstance(seeds, list) or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise RnnlabError(f"params.yaml: seeds: expected a list of integers such as [1, 2, 3] "
+                          f"(or [] for the one `seed`), got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise RnnlabError(f"params.yaml: seeds: {seeds} repeats a seed; list each once")
+    return seeds or [seed]
+
+
+def combine_seeds(results: list[tuple[int, dict, list[dict]]]) -> tuple[dict, list[dict]]:
+    """One seed: its metrics and history. Several: means, ``<metric>_std`` (ddof 1) and
+    ``per_seed``; the history is the per-epoch mean over seeds."""
+    if len(results) == 1:
+        _, metrics, history = results[0]
+        return metrics | {"n_seeds": 1}, history
+    first = results[0][1]
+    metrics: dict = {}
+    for key, value in first.items():
+        values = [m[key] for _, m, _ in results]
+        if key == "mlflow_run_id" or not isinstance(value, (int, float)):
+            metrics[key] = value
+        else:
+            metrics[key] = float(statistics.fmean(values))
+            if key.startswith(("val_", "test_")):
+                metrics[f"{key}_std"] = float(statistics.stdev(values))
+    metrics["n_seeds"] = len(results)
+    metrics["per_seed"] = {str(s): {k: v for k, v in m.items()
+                                    if k.startswith(("val_", "test_")) or k in
+                                    ("best_epoch", "mlflow_run_id")}
+                           for s, m, _ in results}
+    n_epochs = min(len(h) for _, _, h in results)
+    history = [{key: float(statistics.fmean(h[i][key] for _, _, h in results))
+                for key in results[0][2][i]} for i in range(n_epochs)]
+    for row in history:
+        row["epoch"] = int(row["epoch"])
+    return metrics, history
 
 
 def fit_tfidf(spec: ModelSpec, prepared: Path, seed: int):

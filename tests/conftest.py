@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -59,15 +60,22 @@ class LoopbackServer:
         return f"http://127.0.0.1:{self.port}/{path}"
 
 
-@pytest.fixture
-def http_server(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
+@contextmanager
+def serving(root: Path):
+    root.mkdir(parents=True, exist_ok=True)
     server = LoopbackServer(root)
     server.thread.start()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    try:
+        yield server
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    with serving(tmp_path / "served") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -81,3 +89,21 @@ def small_jena_zip(tmp_path_factory) -> tuple[Path, str]:
 def leftovers(directory: Path) -> list[str]:
     """Every file left under ``directory`` (temp files included)."""
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory, small_jena_zip):
+    """The whole pipeline, `dvc repro` once per session, in a fresh copy on tiny data:
+    every variant for one short epoch (``TRAIN_CAPS``), the gradients stage and the report.
+
+    Shared by several test files; tests that change it (new params, reruns, experiments)
+    live in test_pipeline.py, which runs after the read-only users (test_browser.py)."""
+    from _project import TRAIN_CAPS, set_params, sh, small_project
+
+    base = tmp_path_factory.mktemp("tiny")
+    with serving(base / "served") as server:
+        repo = small_project(base / "clone", server, small_jena_zip)
+        set_params(repo, **TRAIN_CAPS, models__conv_gru__lookback=120)
+        sh(repo, "dvc", "repro")
+        yield repo

@@ -4,62 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from rnnlab.synthetic import JENA_CSV_NAME, write_imdb_tarball
-
-ROOT = Path(__file__).resolve().parents[1]
-SMALL_JENA = {"lookback": 144, "step": 6, "delay": 24, "train_rows": [0, 2500],
-              "val_rows": [2501, 3800], "test_rows": [3801, None]}
-
-
-def project_copy(dest: Path) -> Path:
-    """The repository's files as a fresh clone would have them, in a new git repo."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
-    return dest
-
-
-def env_for_tools() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env |= {"DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid",
-            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t.invalid"}
-    return env
-
-
-def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=repo, env=env_for_tools(), capture_output=True, text=True,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def set_params(repo: Path, **sections) -> None:
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for dotted, value in sections.items():
-        node = params
-        *parents, last = dotted.split("__")
-        for key in parents:
-            node = node[key]
-        node[last] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+from _project import ROOT, set_params, sh, small_project
+from rnnlab.synthetic import JENA_CSV_NAME
 
 
 def hand_naive_mae(csv_bytes: bytes, split: tuple[int, int], lookback=144, step=6, delay=24):
@@ -75,18 +28,7 @@ def hand_naive_mae(csv_bytes: bytes, split: tuple[int, int], lookback=144, step=
 @pytest.fixture
 def repo(tmp_path, http_server, small_jena_zip):
     """A fresh copy of the project whose params point at small archives on loopback HTTP."""
-    repo = project_copy(tmp_path / "clone")
-    zip_path, md5 = small_jena_zip
-    shutil.copy(zip_path, http_server.root / "jena.zip")
-    imdb_md5 = write_imdb_tarball(http_server.root / "imdb.tar.gz", per_class=40, seed=2)
-    set_params(repo, data__jena__url=http_server.url("jena.zip"), data__jena__md5=md5,
-               data__imdb__url=http_server.url("imdb.tar.gz"), data__imdb__md5=imdb_md5,
-               imdb__maxlen=60, imdb__max_features=300,
-               **{f"jena__{k}": v for k, v in SMALL_JENA.items()})
-    sh(repo, "git", "init", "-q")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "initial")
-    return repo
+    return small_project(tmp_path / "clone", http_server, small_jena_zip)
 
 
 def test_data_half_end_to_end(repo, http_server, small_jena_zip):
@@ -160,15 +102,11 @@ def test_data_half_end_to_end(repo, http_server, small_jena_zip):
     assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
 
 
-TRAIN_CAPS = {"train__max_epochs": 1, "train__steps_per_epoch": 3, "train__max_eval_batches": 2,
-              "gradients__distance": 10, "gradients__train_steps": 5, "gradients__batches": 2,
-              "gradients__explode__steps": 10}
-
-
-def test_whole_pipeline_end_to_end(repo, monkeypatch):
+def test_whole_pipeline_end_to_end(tiny_pipeline, monkeypatch):
     """`dvc repro` of everything: every variant of both halves trains briefly, is tracked."""
     from mlflow.tracking import MlflowClient
 
+    repo = tiny_pipeline
     models = yaml.safe_load((ROOT / "params.yaml").read_text())["models"]
     variants = [k for k, v in models.items() if v["dataset"] == "jena"]
     imdb_variants = [k for k, v in models.items() if v["dataset"] == "imdb"]
@@ -176,8 +114,6 @@ def test_whole_pipeline_end_to_end(repo, monkeypatch):
             "lstm"} <= set(variants)
     assert {"imdb_dense", "imdb_simplernn", "imdb_lstm", "imdb_lstm_reversed", "imdb_bilstm",
             "imdb_tfidf_logreg"} <= set(imdb_variants)
-    set_params(repo, **TRAIN_CAPS, models__conv_gru__lookback=120)
-    sh(repo, "dvc", "repro")
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     imdb_exp = client.get_experiment_by_name("rnnlab-imdb")
@@ -188,6 +124,7 @@ def test_whole_pipeline_end_to_end(repo, monkeypatch):
         assert set(metrics) >= {"val_accuracy", "test_accuracy", "val_auc", "test_auc",
                                 "val_loss", "test_loss", "best_epoch", "n_params",
                                 "seconds_per_epoch", "device", "mlflow_run_id"}
+        assert metrics["n_seeds"] == 1 and "per_seed" not in metrics
         assert 0 <= metrics["val_accuracy"] <= 1 and metrics["mlflow_run_id"] == \
             imdb_runs[variant].info.run_id
         assert imdb_runs[variant].data.tags["dataset"] == "imdb"
@@ -214,6 +151,7 @@ def test_whole_pipeline_end_to_end(repo, monkeypatch):
         assert run.info.run_id == metrics["mlflow_run_id"]
         assert run.data.metrics["val_mae"] == pytest.approx(metrics["val_mae"])
         assert run.data.tags["variant"] == variant and run.data.tags["dataset"] == "jena"
+        assert run.data.tags["seed"] == "1337"
         assert run.data.params["train.epochs"] == "1"
         history = client.get_metric_history(run.info.run_id, "val_loss")
         assert [m.step for m in history] == [1]
@@ -233,8 +171,133 @@ def test_whole_pipeline_end_to_end(repo, monkeypatch):
     # The top-level plot overlays every variant's validation curve.
     shown = json.loads(sh(repo, "dvc", "plots", "show", "--json").stdout)
     assert "jena_validation_mae" in json.dumps(shown)
-    # Editing one variant reruns only that variant.
+    # Every run finished: the store holds exactly the runs the stages made.
+    all_runs = client.search_runs([exp.experiment_id, imdb_exp.experiment_id])
+    assert len(all_runs) == len(variants) + len(imdb_variants) + 2
+    assert {r.info.status for r in all_runs} == {"FINISHED"}
+
+
+def read_metrics(repo: Path, name: str) -> dict:
+    return json.loads((repo / "metrics" / f"{name}.json").read_text())
+
+
+def table_row(summary: str, variant: str) -> list[str]:
+    (line,) = [ln for ln in summary.splitlines() if ln.startswith(f"| `{variant}` |")]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_report_puts_every_result_beside_the_lecture(tiny_pipeline):
+    repo = tiny_pipeline
+    summary = (repo / "reports/summary.md").read_text()
+    assert "not the canonical file" in summary and "**real**" not in summary
+    assert "Capped run" in summary and "train.max_epochs = 1" in summary
+    models = yaml.safe_load((repo / "params.yaml").read_text())["models"]
+    lecture_jena = {"naive": "0.290 (2.57)", "dense": "0.300", "gru": "0.265",
+                    "gru_dropout": "0.262", "gru_stacked": "0.263", "gru_reversed": "0.400",
+                    "bigru": "0.262", "conv_gru": "0.273", "lstm": "–"}
+    for variant, lecture in lecture_jena.items():
+        row = table_row(summary, variant)
+        m = read_metrics(repo, variant)
+        assert row[1] == f"{m['val_mae']:.3f}" and row[3] == f"{m['test_mae']:.3f}"
+        assert row[2] == f"{m['val_mae_degc']:.2f}" and row[4] == f"{m['test_mae_degc']:.2f}"
+        assert row[5].startswith(lecture)
+        assert row[7] == f"{m['n_params']:,}" and row[9] == "cpu"
+    lecture_imdb = {"imdb_dense": "0.88", "imdb_simplernn": "0.85", "imdb_lstm": "0.89",
+                    "imdb_lstm_reversed": "0.88", "imdb_bilstm": "0.89", "imdb_tfidf_logreg": "–"}
+    for variant, lecture in lecture_imdb.items():
+        row = table_row(summary, variant)
+        m = read_metrics(repo, variant)
+        assert row[1] == f"{m['val_accuracy']:.3f}" and row[4] == f"{m['test_auc']:.3f}"
+        assert row[5] == lecture and row[8] == f"{m['seconds_per_epoch']:.1f}"
+    assert len([v for v in models if v in summary]) == len(models)
+    for chart in ("jena_validation", "imdb_validation", "jena_vs_lecture", "imdb_vs_lecture"):
+        png = (repo / f"reports/{chart}.png").read_bytes()
+        assert png[:4] == b"\x89PNG" and len(png) > 10_000
+        assert f"]({chart}.png)" in summary
+    # The charts are DVC image plots too.
+    shown = json.loads(sh(repo, "dvc", "plots", "show", "--json").stdout)
+    assert "reports/jena_validation.png" in shown["data"]
+
+
+def test_queued_sweep_with_two_workers(tiny_pipeline):
+    """`dvc exp run --queue` of a 2-point grid, `dvc queue start -j 2` with one torch thread
+    per worker: both experiments finish with their own params, metrics and MLflow runs."""
+    from mlflow.tracking import MlflowClient
+
+    repo = tiny_pipeline
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "tiny results")
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    before = {r.info.run_id for r in client.search_runs(
+        [client.get_experiment_by_name("rnnlab-jena").experiment_id])}
+
+    sh(repo, "dvc", "exp", "run", "--queue", "-S", "models.gru_dropout.dropout=0.1,0.3",
+       "train@gru_dropout")
+    sh(repo, "dvc", "queue", "start", "-j", "2", env={"OMP_NUM_THREADS": "1"})
+    for _ in range(120):                              # the workers run in the background
+        status = sh(repo, "dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+
+    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
+    experiments = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                dropout = data["params"]["params.yaml"]["data"]["models"]["gru_dropout"]["dropout"]
+                metrics = data["metrics"]["metrics/gru_dropout.json"]["data"]
+                experiments[rev["name"]] = (dropout, metrics)
+    assert sorted(d for d, _ in experiments.values()) == [0.1, 0.3]
+
+    new = [r for r in client.search_runs(
+        [client.get_experiment_by_name("rnnlab-jena").experiment_id])
+        if r.info.run_id not in before]
+    assert len(new) == 2 and {r.data.tags["variant"] for r in new} == {"gru_dropout"}
+    for run in new:
+        dropout, metrics = experiments[run.data.tags["dvc_exp_name"]]
+        assert run.data.params["model.dropout"] == str(dropout)
+        assert run.data.params["threads"] == "1"
+        assert run.info.run_id == metrics["mlflow_run_id"] and run.info.status == "FINISHED"
+        assert run.data.metrics["val_mae"] == pytest.approx(metrics["val_mae"])
+    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
+def test_editing_one_variant_reruns_only_it(tiny_pipeline):
+    repo = tiny_pipeline
     set_params(repo, models__lstm__units=[16])
     rerun = sh(repo, "dvc", "repro")
     assert "Running stage 'train@lstm'" in rerun.stdout
+    assert "Running stage 'report'" in rerun.stdout
     assert "Running stage 'train@gru'" not in rerun.stdout
+    assert read_metrics(repo, "lstm")["n_params"] == 4 * 16 * (14 + 16 + 2) + 17
+
+
+def test_seeds_train_each_variant_once_per_seed(tiny_pipeline):
+    from mlflow.tracking import MlflowClient
+
+    repo = tiny_pipeline
+    set_params(repo, seeds=[3, 4])
+    sh(repo, "dvc", "repro", "-s", "train@gru")
+    m = read_metrics(repo, "gru")
+    assert m["n_seeds"] == 2 and set(m["per_seed"]) == {"3", "4"}
+    per_seed = [m["per_seed"][s]["val_mae"] for s in ("3", "4")]
+    assert per_seed[0] != per_seed[1], "two seeds, two different trainings"
+    assert m["val_mae"] == pytest.approx(np.mean(per_seed))
+    assert m["val_mae_std"] == pytest.approx(np.std(per_seed, ddof=1))
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    exp = client.get_experiment_by_name("rnnlab-jena")
+    runs = client.search_runs([exp.experiment_id], "tags.variant = 'gru'")
+    by_seed = {r.data.tags["seed"]: r for r in runs}
+    assert set(by_seed) == {"1337", "3", "4"}
+    for seed in ("3", "4"):
+        assert by_seed[seed].info.run_id == m["per_seed"][seed]["mlflow_run_id"]
+        assert by_seed[seed].data.metrics["val_mae"] == pytest.approx(
+            m["per_seed"][seed]["val_mae"])
+
+    sh(repo, "dvc", "repro", "-s", "report")
+    row = table_row((repo / "reports/summary.md").read_text(), "gru")
+    assert row[1] == f"{m['val_mae']:.3f} ± {m['val_mae_std']:.3f}" and row[-1] == "2"

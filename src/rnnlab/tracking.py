@@ -110,6 +110,11 @@ class Run:
         import mlflow
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    def log_dict(self, data: Mapping[str, Any], name: str) -> None:
+        """``data`` as the JSON artifact ``name`` (what a stage writes as its metrics file)."""
+        import mlflow
+        mlflow.log_dict(dict(data), name)
+
     def log_model(self, model, name: str = "model") -> None:
         """The trained torch module, pickled (the ``pt2`` format would fix the input length)."""
         import mlflow.pytorch

@@ -1,0 +1,286 @@
+"""The reproduction report: every variant's figures beside the lecture's published ones.
+
+Reads what the stages wrote (``metrics/<variant>.json``, ``plots/<variant>.csv``) and
+writes ``summary.md`` plus PNG charts. Nothing here trains or reads MLflow.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rnnlab.download import atomic_output
+from rnnlab.errors import RnnlabError
+
+# The lecture's validation figures (Chollet, Deep Learning with Python, 1st ed., ch. 6.3).
+# Jena: MAE in normalized units; the book converts the naive 0.29 to 2.57 degC, so its
+# temperature std is 2.57 / 0.29 = 8.86 degC, used below for the other models' degC.
+LECTURE_JENA_MAE = {"naive": 0.29, "dense": 0.30, "gru": 0.265, "gru_dropout": 0.262,
+                    "gru_stacked": 0.263, "gru_reversed": 0.40, "bigru": 0.262,
+                    "conv_gru": 0.273}
+LECTURE_DEGC_PER_UNIT = 2.57 / 0.29
+LECTURE_IMDB_ACCURACY = {"imdb_dense": 0.88, "imdb_simplernn": 0.85, "imdb_lstm": 0.89,
+                         "imdb_lstm_reversed": 0.88, "imdb_bilstm": 0.89}
+CHARTS = ("jena_validation.png", "imdb_validation.png", "jena_vs_lecture.png",
+          "imdb_vs_lecture.png")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """What a data set's params say about where its data came from."""
+    name: str
+    url: str
+    md5: str | None
+    canonical_md5: str
+
+    @property
+    def real(self) -> bool:
+        return (self.md5 or "").lower() == self.canonical_md5
+
+    def describe(self) -> str:
+        if self.real:
+            return (f"**real**: the canonical file (md5 `{self.md5}`, verified on download) "
+                    f"from `{self.url}`")
+        return (f"**not the canonical file** (md5 `{self.md5}`, from `{self.url}`): generated "
+                f"data (`python -m rnnlab.synthetic`) or another copy; its figures are not "
+                f"comparable with the lecture's unless that copy is the real data")
+
+
+@dataclass
+class Variant:
+    name: str
+    dataset: str
+    metrics: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def value(self, key: str) -> float | None:
+        v = self.metrics.get(key)
+        return float(v) if isinstance(v, (int, float)) else None
+
+    def std(self, key: str) -> float | None:
+        return self.value(f"{key}_std")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RnnlabError(f"{path}: not found; run the stage that writes it first "
+                          f"(`dvc repro` runs them all)") from None
+    except json.JSONDecodeError as e:
+        raise RnnlabError(f"{path}: not valid JSON ({e}); rerun its stage: dvc repro -f "
+                          f"<stage>") from None
+    if not isinstance(data, dict):
+        raise RnnlabError(f"{path}: expected a JSON object of metrics")
+    return data
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def load_variants(models: Mapping[str, Mapping[str, Any]], metrics_dir: Path,
+                  plots_dir: Path) -> list[Variant]:
+    """Every variant of ``params.yaml: models`` with its metrics and per-epoch history."""
+    variants = []
+    for name, spec in models.items():
+        variants.append(Variant(name=name, dataset=str(spec.get("dataset")),
+                                metrics=read_json(metrics_dir / f"{name}.json"),
+                                history=read_history(plots_dir / f"{name}.csv")))
+    return variants
+
+
+def fmt(value: float | None, std: float | None = None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = f"{value:.{digits}f}"
+    return f"{text} ± {std:.{digits}f}" if std is not None else text
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def jena_rows(naive: Variant | None, variants: list[Variant]) -> list[list[str]]:
+    rows = []
+    for v in ([naive] if naive else []) + variants:
+        lecture = LECTURE_JENA_MAE.get(v.name)
+        val = v.value("val_mae")
+        rows.append([
+            f"`{v.name}`",
+            fmt(val, v.std("val_mae")), fmt(v.value("val_mae_degc"), v.std("val_mae_degc"), 2),
+            fmt(v.value("test_mae"), v.std("test_mae")),
+            fmt(v.value("test_mae_degc"), v.std("test_mae_degc"), 2),
+            "–" if lecture is None else f"{lecture:.3f} ({lecture * LECTURE_DEGC_PER_UNIT:.2f})",
+            "–" if lecture is None or val is None else f"{val - lecture:+.3f}",
+            f"{int(v.value('n_params') or 0):,}",
+            fmt(v.value("seconds_per_epoch"), digits=1) if v.name != "naive" else "–",
+            str(v.metrics.get("device", "–")),
+            str(v.metrics.get("best_epoch", "–")) if v.name != "naive" else "–",
+            str(v.metrics.get("n_seeds", 1)) if v.name != "naive" else "–",
+        ])
+    return rows
+
+
+def imdb_rows(variants: list[Variant]) -> list[list[str]]:
+    rows = []
+    for v in variants:
+        lecture = LECTURE_IMDB_ACCURACY.get(v.name)
+        val = v.value("val_accuracy")
+        rows.append([
+            f"`{v.name}`",
+            fmt(val, v.std("val_accuracy")), fmt(v.value("test_accuracy"), v.std("test_accuracy")),
+            fmt(v.value("val_auc"), v.std("val_auc")), fmt(v.value("test_auc"), v.std("test_auc")),
+            "–" if lecture is None else f"{lecture:.2f}",
+            "–" if lecture is None or val is None else f"{val - lecture:+.3f}",
+            f"{int(v.value('n_params') or 0):,}", fmt(v.value("seconds_per_epoch"), digits=1),
+            str(v.metrics.get("device", "–")), str(v.metrics.get("best_epoch", "–")),
+            str(v.metrics.get("n_seeds", 1)),
+        ])
+    return rows
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def curves_chart(path: Path, variants: list[Variant], column: str, ylabel: str, title: str,
+                 hline: tuple[float, str] | None = None) -> None:
+    """The validation curves of ``variants`` overlaid, one line per variant."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    for v in variants:
+        if v.history and column in v.history[0]:
+            ax.plot([r["epoch"] for r in v.history], [r[column] for r in v.history], "o-",
+                    markersize=3, label=v.name)
+    if hline is not None:
+        ax.axhline(hline[0], color="black", linestyle="--", linewidth=1, label=hline[1])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def lecture_chart(path: Path, variants: list[Variant], key: str, lecture: Mapping[str, float],
+                  ylabel: str, title: str) -> None:
+    """Ours (validation and test, with seed std as error bars) beside the lecture's bar."""
+    plt = _plt()
+    names = [v.name for v in variants]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names) + 2), 4.5), dpi=100)
+    width = 0.27
+    xs = range(len(names))
+    for offset, (label, split) in zip((-width, 0), (("ours, validation", "val"),
+                                                   ("ours, test", "test"))):
+        values = [v.value(f"{split}_{key}") or 0.0 for v in variants]
+        errors = [v.std(f"{split}_{key}") or 0.0 for v in variants]
+        ax.bar([x + offset for x in xs], values, width, yerr=errors, capsize=3, label=label)
+    ax.bar([x + width for x in xs], [lecture.get(n, 0.0) for n in names], width,
+           label="lecture, validation", color="grey")
+    ax.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_report(params: Mapping[str, Any], metrics_dir: Path, plots_dir: Path, out: Path,
+                 sources: Mapping[str, DataSource]) -> Path:
+    """``out/summary.md`` and the charts of ``CHARTS``; returns the summary's path."""
+    models = params.get("models") or {}
+    variants = load_variants(models, metrics_dir, plots_dir)
+    jena = [v for v in variants if v.dataset == "jena"]
+    imdb = [v for v in variants if v.dataset == "imdb"]
+    naive_path = metrics_dir / "naive.json"
+    naive = Variant("naive", "jena", read_json(naive_path)) if naive_path.exists() else None
+    out.mkdir(parents=True, exist_ok=True)
+
+    train = params.get("train") or {}
+    seeds = params.get("seeds") or []
+    caps = {k: train.get(k) for k in ("max_epochs", "max_eval_batches") if train.get(k)}
+    lines = ["# rnnlab: reproduction report", "",
+             "Written by the `report` stage from `metrics/` and `plots/` "
+             "(`dvc repro report`). The lecture's figures are its published validation "
+             "numbers (Deep Learning with Python, ch. 6.3).", "",
+             "## Data", "",
+             f"- Jena Climate: {sources['jena'].describe()}.",
+             f"- IMDB reviews: {sources['imdb'].describe()}.", ""]
+    if caps:
+        lines += [f"**Capped run** ({', '.join(f'train.{k} = {v}' for k, v in caps.items())}): "
+                  "fewer epochs or evaluation batches than the lecture; a quick check, not a "
+                  "reproduction.", ""]
+    if seeds:
+        lines += [f"Each variant trained once per seed ({', '.join(map(str, seeds))}); "
+                  "figures are mean ± standard deviation (n - 1) over the seeds.", ""]
+    else:
+        lines += [f"One seed ({params.get('seed')}) per variant: the lecture's reruns vary by "
+                  "about 0.2 °C, so set `seeds: [1, 2, 3]` to see the spread.", ""]
+
+    lines += ["## Jena temperature forecasting (24 h ahead)", "",
+              "MAE in normalized units (°C in brackets: times the training split's std of "
+              "the temperature). Lecture °C: its MAE times 2.57 / 0.29.", ""]
+    lines += markdown_table(
+        ["variant", "val MAE", "val °C", "test MAE", "test °C", "lecture val MAE (°C)",
+         "val − lecture", "params", "s/epoch", "device", "best epoch", "seeds"],
+        jena_rows(naive, jena))
+    lines += ["", "![Jena validation curves](jena_validation.png)", "",
+              "![Jena: ours vs the lecture](jena_vs_lecture.png)", ""]
+
+    lines += ["## IMDB sentiment", "", "Accuracy and ROC AUC.", ""]
+    lines += markdown_table(
+        ["variant", "val acc", "test acc", "val AUC", "test AUC", "lecture val acc",
+         "val − lecture", "params", "s/epoch", "device", "best epoch", "seeds"],
+        imdb_rows(imdb))
+    lines += ["", "![IMDB validation curves](imdb_validation.png)", "",
+              "![IMDB: ours vs the lecture](imdb_vs_lecture.png)", ""]
+
+    gradients = metrics_dir / "gradients.json"
+    if gradients.exists():
+        g = read_json(gradients)
+        distance = (params.get("gradients") or {}).get("distance")
+        rows = [[cell, f"{g.get(f'{cell}_ratio_{distance}_init', float('nan')):.2e}",
+                 f"{g.get(f'{cell}_ratio_{distance}_trained', float('nan')):.2e}"]
+                for cell in ("rnn", "gru", "lstm")]
+        lines += ["## Vanishing gradients", "",
+                  f"||dL/dh|| {distance} steps back over the one at the output "
+                  "(`metrics/gradients.json`; chart `plots/gradients.png`).", ""]
+        lines += markdown_table(["cell", "at initialization", "after training"], rows)
+        lines += ["", f"Exploding: first non-finite step without clipping "
+                      f"{g.get('explode_diverged_step_noclip', '–')}, with clipping "
+                      f"{g.get('explode_diverged_step_clip', '–')} (0 = never).", ""]
+
+    naive_mae = naive.value("val_mae") if naive else None
+    curves_chart(out / "jena_validation.png", jena, "val_mae", "validation MAE (normalized)",
+                 "Jena: validation MAE per epoch",
+                 None if naive_mae is None else (naive_mae, "naive persistence"))
+    curves_chart(out / "imdb_validation.png", imdb, "val_accuracy", "validation accuracy",
+                 "IMDB: validation accuracy per epoch")
+    lecture_chart(out / "jena_vs_lecture.png", ([naive] if naive else []) + jena, "mae",
+                  LECTURE_JENA_MAE, "MAE (normalized)", "Jena: MAE, ours vs the lecture")
+    lecture_chart(out / "imdb_vs_lecture.png", imdb, "accuracy", LECTURE_IMDB_ACCURACY,
+                  "accuracy", "IMDB: accuracy, ours vs the lecture")
+    summary = out / "summary.md"
+    with atomic_output(summary) as tmp:
+        tmp.write_text("\n".join(lines))
+    return summary
