@@ -2,6 +2,8 @@
 # Set-up and everyday commands. Each one creates .venv on first use (Python 3.11+).
 #   ./dev.sh repro   install, then `dvc repro` the whole pipeline
 #   ./dev.sh test    install, then run the test suite
+#   ./dev.sh demo    a tiny offline run of the whole pipeline on generated data (minutes)
+#   ./dev.sh runs    the MLflow runs per DVC experiment
 #   ./dev.sh ui      the MLflow UI over the project's store, on 127.0.0.1:5000 (PORT=...)
 #   ./dev.sh plots   `dvc plots show` (or `plots diff REV`) as a page that works offline
 #   ./dev.sh browser install Debian's chromium + chromedriver (for the browser tests)
@@ -56,9 +58,11 @@ case "$cmd" in
   install) install ;;
   repro)   install; dvc repro "$@" ;;
   test)    install; python -m pytest "$@" ;;
+  demo)    install; exec python -m rnnlab.demo "$@" ;;
+  runs)    install; exec python -m rnnlab.runs "$@" ;;
   ui)      install; exec python -m rnnlab.ui "$@" ;;
   plots)   install; exec python -m rnnlab.offline_plots "$@" ;;
   browser) install_browser ;;
   bench)   install; for b in bench/bench_*.py; do python "$b" "$@"; done ;;
-  *) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
+  *) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
 esac

@@ -133,14 +133,15 @@ def main() -> None:
                     spec, args.prepared, run_seed)
                 n_params = int(model[-1].coef_.size + model[-1].intercept_.size)
                 for row in history:
-                    run.log_metrics(row, step=row["epoch"])
+                    run.log_metrics(epoch_metrics(row), step=row["epoch"])
             else:
                 run.log_training_data(train_data, name=f"{spec.dataset}-train", source=source.url)
                 seed_everything(run_seed)
                 model = build_model(spec, n_features=n_inputs, timesteps=timesteps)
                 result = fit(model, task, config, device, checkpoint=checkpoint,
                              fingerprint=fingerprint, desc=desc,
-                             on_epoch=lambda epoch, row: run.log_metrics(row, step=epoch),
+                             on_epoch=lambda epoch, row: run.log_metrics(epoch_metrics(row),
+                                                                         step=epoch),
                              progress=sys.stderr.isatty())
                 history, result_val, result_test = result.history, result.val, result.test
                 best_epoch, seconds = result.best_epoch, result.seconds_per_epoch
@@ -179,6 +180,12 @@ def main() -> None:
                           for k in metrics if k.startswith(("val_", "test_"))
                           and not k.endswith("_std") and f"{k}_std" in metrics)
         print(f"{args.variant}, {len(seeds)} seeds: {shown}")
+
+
+def epoch_metrics(row: dict) -> dict:
+    """One epoch's figures as MLflow metrics ``epoch/<name>`` (a chart section of their own):
+    the plain names (``val_mae``...) hold the kept best epoch's, as metrics/<variant>.json."""
+    return {f"epoch/{k}": v for k, v in row.items() if k != "epoch"}
 
 
 def seed_list(params: dict) -> list[int]:

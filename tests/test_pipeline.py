@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -153,8 +154,10 @@ def test_whole_pipeline_end_to_end(tiny_pipeline, monkeypatch):
         assert run.data.tags["variant"] == variant and run.data.tags["dataset"] == "jena"
         assert run.data.tags["seed"] == "1337"
         assert run.data.params["train.epochs"] == "1"
-        history = client.get_metric_history(run.info.run_id, "val_loss")
+        history = client.get_metric_history(run.info.run_id, "epoch/val_loss")
         assert [m.step for m in history] == [1]
+        assert [m.value for m in client.get_metric_history(run.info.run_id, "epoch/val_mae")
+                ] == [pytest.approx(metrics["val_mae"])]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"loss_curves.png", f"{variant}.json"} <= artifacts
         assert run.inputs.dataset_inputs, "the training data is logged as a dataset input"
@@ -263,6 +266,16 @@ def test_queued_sweep_with_two_workers(tiny_pipeline):
         assert run.info.run_id == metrics["mlflow_run_id"] and run.info.status == "FINISHED"
         assert run.data.metrics["val_mae"] == pytest.approx(metrics["val_mae"])
     assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
+
+    # `python -m rnnlab.runs` counts the runs of each DVC experiment.
+    listing = sh(repo, sys.executable, "-m", "rnnlab.runs").stdout
+    for name in experiments:
+        (line,) = [ln for ln in listing.splitlines() if ln.startswith(f"{name} ")]
+        assert line.split()[1:4] == ["rnnlab-jena", "1", "1"] and line.endswith("gru_dropout")
+    (total,) = [ln for ln in listing.splitlines() if ln.startswith("total")]
+    total_runs = len(client.search_runs([client.get_experiment_by_name(n).experiment_id
+                                         for n in ("rnnlab-jena", "rnnlab-imdb")]))
+    assert total.split()[1:] == [str(total_runs), str(total_runs)]
 
 
 def test_editing_one_variant_reruns_only_it(tiny_pipeline):

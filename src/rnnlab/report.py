@@ -92,8 +92,9 @@ def load_variants(models: Mapping[str, Mapping[str, Any]], metrics_dir: Path,
     """Every variant of ``params.yaml: models`` with its metrics and per-epoch history."""
     variants = []
     for name, spec in models.items():
+        path = metrics_dir / f"{name}.json"       # absent: not trained yet (a partial run)
         variants.append(Variant(name=name, dataset=str(spec.get("dataset")),
-                                metrics=read_json(metrics_dir / f"{name}.json"),
+                                metrics=read_json(path) if path.exists() else {},
                                 history=read_history(plots_dir / f"{name}.csv")))
     return variants
 
@@ -114,6 +115,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
 def jena_rows(naive: Variant | None, variants: list[Variant]) -> list[list[str]]:
     rows = []
     for v in ([naive] if naive else []) + variants:
+        if not v.metrics:
+            rows.append([f"`{v.name}`", "not run", *["–"] * 10])
+            continue
         lecture = LECTURE_JENA_MAE.get(v.name)
         val = v.value("val_mae")
         rows.append([
@@ -135,6 +139,9 @@ def jena_rows(naive: Variant | None, variants: list[Variant]) -> list[list[str]]
 def imdb_rows(variants: list[Variant]) -> list[list[str]]:
     rows = []
     for v in variants:
+        if not v.metrics:
+            rows.append([f"`{v.name}`", "not run", *["–"] * 10])
+            continue
         lecture = LECTURE_IMDB_ACCURACY.get(v.name)
         val = v.value("val_accuracy")
         rows.append([
@@ -276,9 +283,10 @@ def write_report(params: Mapping[str, Any], metrics_dir: Path, plots_dir: Path, 
                  None if naive_mae is None else (naive_mae, "naive persistence"))
     curves_chart(out / "imdb_validation.png", imdb, "val_accuracy", "validation accuracy",
                  "IMDB: validation accuracy per epoch")
-    lecture_chart(out / "jena_vs_lecture.png", ([naive] if naive else []) + jena, "mae",
+    lecture_chart(out / "jena_vs_lecture.png",
+                  [v for v in ([naive] if naive else []) + jena if v.metrics], "mae",
                   LECTURE_JENA_MAE, "MAE (normalized)", "Jena: MAE, ours vs the lecture")
-    lecture_chart(out / "imdb_vs_lecture.png", imdb, "accuracy", LECTURE_IMDB_ACCURACY,
+    lecture_chart(out / "imdb_vs_lecture.png", [v for v in imdb if v.metrics], "accuracy", LECTURE_IMDB_ACCURACY,
                   "accuracy", "IMDB: accuracy, ours vs the lecture")
     summary = out / "summary.md"
     with atomic_output(summary) as tmp:

@@ -1,0 +1,192 @@
+"""In a real browser (Debian's headless Chromium, driven by Selenium): the MLflow UI over a
+tiny repro's store, and the offline `dvc plots show` page.
+
+Screenshots go to ``test-artifacts/`` (or ``$RNNLAB_TEST_ARTIFACTS``), not committed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from _project import ROOT, env_for_tools, sh
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(os.environ.get("RNNLAB_TEST_ARTIFACTS") or ROOT / "test-artifacts")
+
+
+def ensure_browser() -> None:
+    """Install Debian's chromium + chromedriver if missing (`./dev.sh browser`: needs root or
+    password-less sudo), else skip saying why."""
+    if CHROMIUM.exists() and CHROMEDRIVER.exists():
+        return
+    proc = subprocess.run(["bash", str(ROOT / "dev.sh"), "browser"], capture_output=True,
+                          text=True, timeout=900)
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("no browser: /usr/bin/chromium and /usr/bin/chromedriver are missing and "
+                    f"`./dev.sh browser` could not install them: {proc.stderr.strip()[-300:]}")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    ensure_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = tempfile.mkdtemp(prefix="rnnlab-chromium-")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", f"--user-data-dir={profile}", "--window-size=1600,1000",
+                # Nothing but loopback resolves: the pages must work without the internet.
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(tiny_pipeline):
+    """`python -m rnnlab.ui` (what `./dev.sh ui` runs) over the tiny repro's store."""
+    port = free_port()
+    log_path = tiny_pipeline.parent / "ui.log"          # outside the repository
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "rnnlab.ui", "--port", str(port)],
+                            cwd=tiny_pipeline, env=env_for_tools(), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("the MLflow UI did not start:\n"
+                                     + log_path.read_text()[-3000:])
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+
+
+def wait_for_text(driver, predicate, timeout: float = 60) -> str:
+    """The page's text once ``predicate(text)`` holds (the UI renders after its API calls)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = driver.find_element("tag name", "body").text
+        if predicate(text):
+            return text
+        if time.monotonic() > deadline:
+            raise AssertionError(f"page never showed what was expected; it shows:\n{text[:3000]}")
+        time.sleep(0.5)
+
+
+def test_mlflow_ui_lists_and_compares_every_variant(browser, mlflow_ui, tiny_pipeline):
+    from mlflow.tracking import MlflowClient
+    from selenium.webdriver.common.keys import Keys
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tiny_pipeline}/mlflow.db")
+    exp = client.get_experiment_by_name("rnnlab-jena")
+    runs = client.search_runs([exp.experiment_id])
+    variants = {r.info.run_name for r in runs}
+    assert {"naive", "gru", "gru_dropout", "lstm", "bigru"} <= variants
+
+    # The runs list: every run by name, and the count.
+    browser.get(f"{mlflow_ui}/#/experiments/{exp.experiment_id}/runs")
+    wait_for_text(browser, lambda t: f"{len(runs)} matching runs" in t
+                  and variants <= set(t.splitlines()))
+    browser.save_screenshot(str(ARTIFACTS / "mlflow_runs.png"))
+
+    # Filtering by DVC experiment (the documented search) narrows the list.
+    box = browser.find_element("css selector", "input[placeholder*='metrics']")
+    box.send_keys("tags.dvc_exp_name = 'workspace' and tags.variant = 'gru'", Keys.ENTER)
+    wait_for_text(browser, lambda t: "1 matching runs" in t or "1 matching run" in t)
+    browser.save_screenshot(str(ARTIFACTS / "mlflow_runs_filtered.png"))
+
+    # The compare view of the lecture's recurrent models: names and final val_mae side by side.
+    compared = [r for r in runs if r.info.run_name in ("gru", "gru_dropout", "bigru", "lstm")]
+    ids = [r.info.run_id for r in compared]
+    browser.get(f"{mlflow_ui}/#/compare-runs?runs={json.dumps(ids)}"
+                f"&experiments={json.dumps([exp.experiment_id])}")
+    text = wait_for_text(browser, lambda t: "Comparing 4 Runs" in t and "\nMetrics\n" in t)
+    names = text.split("Run Name:", 1)[1].split("Start Time", 1)[0].split()
+    assert sorted(names) == ["bigru", "gru", "gru_dropout", "lstm"]
+    # The metrics grid renders only the rows in view: read it in view, at the top, at the end.
+    metric = browser.find_element("xpath", "//*[normalize-space(text())='val_mae']")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", metric)
+    time.sleep(1)
+    browser.save_screenshot(str(ARTIFACTS / "mlflow_compare.png"))
+    texts = [text, browser.find_element("tag name", "body").text]
+    scroll_grids = """
+        for (const el of document.querySelectorAll('*')) {
+            if (el.scrollHeight > el.clientHeight + 5) el.scrollTop = arguments[0];
+        }"""
+    for position in (0, 10**6):
+        browser.execute_script(scroll_grids, position)
+        time.sleep(1)
+        texts.append(browser.find_element("tag name", "body").text)
+    shown = set(re.findall(r"\d+\.\d{3}\b", "\n".join(texts)))
+    for run in compared:
+        assert f"{run.data.metrics['val_mae']:.3f}" in shown, (run.info.run_name, shown)
+
+
+def test_offline_plots_page_renders_without_internet(browser, tiny_pipeline):
+    """`./dev.sh plots show` writes a self-contained page whose vega charts draw offline;
+    DVC's default page (vega from a CDN) draws none under the same conditions."""
+    # DVC's own page first: its scripts cannot load when nothing resolves.
+    cdn_page = tiny_pipeline.parent / "cdn_plots"
+    sh(tiny_pipeline, "dvc", "plots", "show", "-o", str(cdn_page))
+    browser.get((cdn_page / "index.html").as_uri())
+    time.sleep(2)
+    assert browser.execute_script("return document.querySelectorAll('.vega-embed').length") == 0
+
+    proc = subprocess.run([sys.executable, "-m", "rnnlab.offline_plots", "show"],
+                          cwd=tiny_pipeline, env=env_for_tools(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = tiny_pipeline / "dvc_plots" / "index.html"
+    html = page.read_text()
+    assert not re.search(r"<script[^>]+src=", html), "no external scripts"
+    assert "jena_validation_mae" in html and "reports/jena_validation.png" in html
+
+    browser.get(page.as_uri())
+    expected = html.count("vegaEmbed(")
+    assert expected >= 4                  # the two overlays and the two gradients charts
+    deadline = time.monotonic() + 60
+    while browser.execute_script(
+            "return document.querySelectorAll('.vega-embed svg, .vega-embed canvas').length"
+    ) < expected:
+        assert time.monotonic() < deadline, "the vega charts did not draw"
+        time.sleep(0.5)
+    images = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])")
+    assert images and all(width > 0 for _, width in images), images
+    browser.save_screenshot(str(ARTIFACTS / "dvc_plots_offline.png"))

@@ -1,0 +1,87 @@
+"""The report from hand-made metrics files: rows, lecture figures, seeds, data source."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rnnlab.errors import RnnlabError
+from rnnlab.imdb import CANONICAL_MD5 as IMDB_MD5
+from rnnlab.jena import CANONICAL_MD5 as JENA_MD5
+from rnnlab.report import DataSource, write_report
+
+MODELS = {"gru": {"dataset": "jena"}, "lstm": {"dataset": "jena"},
+          "imdb_lstm": {"dataset": "imdb"}, "imdb_bilstm": {"dataset": "imdb"}}
+
+
+def row(summary: str, variant: str) -> list[str]:
+    (line,) = [ln for ln in summary.splitlines() if ln.startswith(f"| `{variant}` |")]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+@pytest.fixture
+def outputs(tmp_path):
+    metrics, plots = tmp_path / "metrics", tmp_path / "plots"
+    metrics.mkdir()
+    plots.mkdir()
+    (metrics / "naive.json").write_text(json.dumps(
+        {"val_mae": 0.2897, "test_mae": 0.3081, "val_mae_degc": 2.564, "test_mae_degc": 2.727,
+         "n_params": 0, "device": "cpu"}))
+    (metrics / "gru.json").write_text(json.dumps(
+        {"val_mae": 0.2651, "val_mae_std": 0.0021, "test_mae": 0.2890, "test_mae_std": 0.003,
+         "val_mae_degc": 2.347, "val_mae_degc_std": 0.019, "test_mae_degc": 2.559,
+         "test_mae_degc_std": 0.027, "best_epoch": 7.5, "n_params": 4641,
+         "seconds_per_epoch": 39.06, "device": "cpu", "n_seeds": 2}))
+    (plots / "gru.csv").write_text("epoch,train_loss,val_loss,val_mae,val_mae_degc\n"
+                                   "1,0.31,0.28,0.28,2.5\n2,0.28,0.27,0.27,2.4\n")
+    (metrics / "imdb_lstm.json").write_text(json.dumps(
+        {"val_accuracy": 0.8782, "test_accuracy": 0.8666, "val_auc": 0.943, "test_auc": 0.935,
+         "best_epoch": 6, "n_params": 328_353, "seconds_per_epoch": 14.8, "device": "cpu",
+         "n_seeds": 1}))
+    (plots / "imdb_lstm.csv").write_text("epoch,train_loss,val_loss,val_accuracy,val_auc\n"
+                                         "1,0.6,0.5,0.80,0.88\n2,0.4,0.35,0.87,0.94\n")
+    return tmp_path
+
+
+def sources(real: bool):
+    return {"jena": DataSource("jena", "file:///x.zip", JENA_MD5 if real else "0" * 32, JENA_MD5),
+            "imdb": DataSource("imdb", "file:///y.tgz", IMDB_MD5 if real else "1" * 32,
+                               IMDB_MD5)}
+
+
+def test_report_rows_seeds_and_missing_variants(outputs):
+    params = {"seed": 1, "seeds": [1, 2], "train": {"max_epochs": None}, "models": MODELS,
+              "gradients": {"distance": 100}}
+    summary = write_report(params, outputs / "metrics", outputs / "plots", outputs / "reports",
+                           sources(real=True)).read_text()
+    assert summary.count("**real**") == 2 and "Capped run" not in summary
+    assert row(summary, "naive")[1:6] == ["0.290", "2.56", "0.308", "2.73", "0.290 (2.57)"]
+    gru = row(summary, "gru")
+    assert gru[1] == "0.265 ± 0.002" and gru[2] == "2.35 ± 0.02"
+    assert gru[5] == "0.265 (2.35)" and gru[6] == "+0.000" and gru[7] == "4,641"
+    assert gru[8] == "39.1" and gru[-1] == "2"
+    assert row(summary, "lstm")[1] == "not run"        # no metrics file: listed, not fatal
+    lstm = row(summary, "imdb_lstm")
+    assert lstm[1:7] == ["0.878", "0.867", "0.943", "0.935", "0.89", "-0.012"]
+    assert row(summary, "imdb_bilstm")[1] == "not run"
+    assert "mean ± standard deviation" in summary and "Vanishing gradients" not in summary
+    for chart in ("jena_validation", "imdb_validation", "jena_vs_lecture", "imdb_vs_lecture"):
+        assert (outputs / "reports" / f"{chart}.png").read_bytes()[:4] == b"\x89PNG"
+    assert not [p for p in (outputs / "reports").iterdir() if p.name.startswith(".")]
+
+
+def test_report_says_when_data_is_not_canonical_and_runs_are_capped(outputs):
+    params = {"seed": 1, "seeds": [], "train": {"max_epochs": 1}, "models": MODELS}
+    summary = write_report(params, outputs / "metrics", outputs / "plots", outputs / "reports",
+                           sources(real=False)).read_text()
+    assert summary.count("not the canonical file") == 2 and "**real**" not in summary
+    assert "**Capped run** (train.max_epochs = 1)" in summary
+    assert "One seed (1)" in summary
+
+
+def test_report_names_a_broken_metrics_file(outputs):
+    (outputs / "metrics" / "gru.json").write_text("{not json")
+    with pytest.raises(RnnlabError, match=r"gru\.json: not valid JSON.*dvc repro -f"):
+        write_report({"models": MODELS}, outputs / "metrics", outputs / "plots",
+                     outputs / "reports", sources(real=False))
