@@ -106,6 +106,10 @@ def fmt(value: float | None, std: float | None = None, digits: int = 3) -> str:
     return f"{text} ± {std:.{digits}f}" if std is not None else text
 
 
+def seconds(value: float | None) -> str:
+    return fmt(value, digits=1 if value is None or value >= 1 else 2)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -128,7 +132,7 @@ def jena_rows(naive: Variant | None, variants: list[Variant]) -> list[list[str]]
             "–" if lecture is None else f"{lecture:.3f} ({lecture * LECTURE_DEGC_PER_UNIT:.2f})",
             "–" if lecture is None or val is None else f"{val - lecture:+.3f}",
             f"{int(v.value('n_params') or 0):,}",
-            fmt(v.value("seconds_per_epoch"), digits=1) if v.name != "naive" else "–",
+            seconds(v.value("seconds_per_epoch")) if v.name != "naive" else "–",
             str(v.metrics.get("device", "–")),
             str(v.metrics.get("best_epoch", "–")) if v.name != "naive" else "–",
             str(v.metrics.get("n_seeds", 1)) if v.name != "naive" else "–",
@@ -150,7 +154,7 @@ def imdb_rows(variants: list[Variant]) -> list[list[str]]:
             fmt(v.value("val_auc"), v.std("val_auc")), fmt(v.value("test_auc"), v.std("test_auc")),
             "–" if lecture is None else f"{lecture:.2f}",
             "–" if lecture is None or val is None else f"{val - lecture:+.3f}",
-            f"{int(v.value('n_params') or 0):,}", fmt(v.value("seconds_per_epoch"), digits=1),
+            f"{int(v.value('n_params') or 0):,}", seconds(v.value("seconds_per_epoch")),
             str(v.metrics.get("device", "–")), str(v.metrics.get("best_epoch", "–")),
             str(v.metrics.get("n_seeds", 1)),
         ])
@@ -175,6 +179,8 @@ def curves_chart(path: Path, variants: list[Variant], column: str, ylabel: str, 
                     markersize=3, label=v.name)
     if hline is not None:
         ax.axhline(hline[0], color="black", linestyle="--", linewidth=1, label=hline[1])
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -199,7 +205,8 @@ def lecture_chart(path: Path, variants: list[Variant], key: str, lecture: Mappin
                                                    ("ours, test", "test"))):
         values = [v.value(f"{split}_{key}") or 0.0 for v in variants]
         errors = [v.std(f"{split}_{key}") or 0.0 for v in variants]
-        ax.bar([x + offset for x in xs], values, width, yerr=errors, capsize=3, label=label)
+        ax.bar([x + offset for x in xs], values, width, label=label,
+               **({"yerr": errors, "capsize": 3} if any(errors) else {}))
     ax.bar([x + width for x in xs], [lecture.get(n, 0.0) for n in names], width,
            label="lecture, validation", color="grey")
     ax.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=8)
@@ -270,12 +277,14 @@ def write_report(params: Mapping[str, Any], metrics_dir: Path, plots_dir: Path, 
                  f"{g.get(f'{cell}_ratio_{distance}_trained', float('nan')):.2e}"]
                 for cell in ("rnn", "gru", "lstm")]
         lines += ["## Vanishing gradients", "",
-                  f"||dL/dh|| {distance} steps back over the one at the output "
+                  f"‖dL/dh‖ {distance} steps back over the one at the output "
                   "(`metrics/gradients.json`; chart `plots/gradients.png`).", ""]
         lines += markdown_table(["cell", "at initialization", "after training"], rows)
-        lines += ["", f"Exploding: first non-finite step without clipping "
-                      f"{g.get('explode_diverged_step_noclip', '–')}, with clipping "
-                      f"{g.get('explode_diverged_step_clip', '–')} (0 = never).", ""]
+        def step(key: str) -> str:
+            return {0: "never", None: "–"}.get(g.get(key), str(g.get(key)))
+        lines += ["", "Exploding gradients (simple RNN, scaled recurrent weights, SGD): first "
+                      f"non-finite step without clipping: {step('explode_diverged_step_noclip')}; "
+                      f"with clipping: {step('explode_diverged_step_clip')}.", ""]
 
     naive_mae = naive.value("val_mae") if naive else None
     curves_chart(out / "jena_validation.png", jena, "val_mae", "validation MAE (normalized)",

@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     with store_lock(uri):
         rows = summarize(uri)
     print(f"store: {uri}")
-    print(f"{'dvc experiment':<24} {'MLflow experiment':<13} {'runs':>5} {'finished':>8}  variants")
+    print(f"{'dvc experiment':<24} {'MLflow experiment':<17} {'runs':>5} {'finished':>8}  variants")
     for dvc_exp, exp, n, done, variants in rows:
-        print(f"{dvc_exp:<24} {exp:<13} {n:>5} {done:>8}  {', '.join(variants)}")
-    print(f"{'total':<24} {'':<13} {sum(r[2] for r in rows):>5} {sum(r[3] for r in rows):>8}")
+        print(f"{dvc_exp:<24} {exp:<17} {n:>5} {done:>8}  {', '.join(variants)}")
+    print(f"{'total':<24} {'':<17} {sum(r[2] for r in rows):>5} {sum(r[3] for r in rows):>8}")
 
 
 if __name__ == "__main__":
