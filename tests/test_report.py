@@ -32,6 +32,8 @@ def outputs(tmp_path):
         {"val_mae": 0.2651, "val_mae_std": 0.0021, "test_mae": 0.2890, "test_mae_std": 0.003,
          "val_mae_degc": 2.347, "val_mae_degc_std": 0.019, "test_mae_degc": 2.559,
          "test_mae_degc_std": 0.027, "best_epoch": 7.5, "n_params": 4641,
+         "per_seed": {"1": {"val_mae": 0.2636, "best_epoch": 7},
+                      "2": {"val_mae": 0.2666, "best_epoch": 8}},
          "seconds_per_epoch": 39.06, "device": "cpu", "n_seeds": 2}))
     (plots / "gru.csv").write_text("epoch,train_loss,val_loss,val_mae,val_mae_degc\n"
                                    "1,0.31,0.28,0.28,2.5\n2,0.28,0.27,0.27,2.4\n")
@@ -60,7 +62,7 @@ def test_report_rows_seeds_and_missing_variants(outputs):
     gru = row(summary, "gru")
     assert gru[1] == "0.265 ± 0.002" and gru[2] == "2.35 ± 0.02"
     assert gru[5] == "0.265 (2.35)" and gru[6] == "+0.000" and gru[7] == "4,641"
-    assert gru[8] == "39.1" and gru[-1] == "2"
+    assert gru[8] == "39.1" and gru[-2] == "7/8" and gru[-1] == "2"
     assert row(summary, "lstm")[1] == "not run"        # no metrics file: listed, not fatal
     lstm = row(summary, "imdb_lstm")
     assert lstm[1:7] == ["0.878", "0.867", "0.943", "0.935", "0.89", "-0.012"]

@@ -57,6 +57,7 @@ class Variant:
     dataset: str
     metrics: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
+    arch: str = ""
 
     def value(self, key: str) -> float | None:
         v = self.metrics.get(key)
@@ -95,7 +96,8 @@ def load_variants(models: Mapping[str, Mapping[str, Any]], metrics_dir: Path,
         path = metrics_dir / f"{name}.json"       # absent: not trained yet (a partial run)
         variants.append(Variant(name=name, dataset=str(spec.get("dataset")),
                                 metrics=read_json(path) if path.exists() else {},
-                                history=read_history(plots_dir / f"{name}.csv")))
+                                history=read_history(plots_dir / f"{name}.csv"),
+                                arch=str(spec.get("arch", ""))))
     return variants
 
 
@@ -104,6 +106,14 @@ def fmt(value: float | None, std: float | None = None, digits: int = 3) -> str:
         return "–"
     text = f"{value:.{digits}f}"
     return f"{text} ± {std:.{digits}f}" if std is not None else text
+
+
+def best_epochs(v: Variant) -> str:
+    """The best epoch, or each seed's (``2/2/1``) when several seeds trained."""
+    per_seed = v.metrics.get("per_seed")
+    if isinstance(per_seed, dict) and per_seed:
+        return "/".join(str(s.get("best_epoch", "–")) for s in per_seed.values())
+    return str(v.metrics.get("best_epoch", "–"))
 
 
 def seconds(value: float | None) -> str:
@@ -134,7 +144,7 @@ def jena_rows(naive: Variant | None, variants: list[Variant]) -> list[list[str]]
             f"{int(v.value('n_params') or 0):,}",
             seconds(v.value("seconds_per_epoch")) if v.name != "naive" else "–",
             str(v.metrics.get("device", "–")),
-            str(v.metrics.get("best_epoch", "–")) if v.name != "naive" else "–",
+            best_epochs(v) if v.name != "naive" else "–",
             str(v.metrics.get("n_seeds", 1)) if v.name != "naive" else "–",
         ])
     return rows
@@ -155,7 +165,7 @@ def imdb_rows(variants: list[Variant]) -> list[list[str]]:
             "–" if lecture is None else f"{lecture:.2f}",
             "–" if lecture is None or val is None else f"{val - lecture:+.3f}",
             f"{int(v.value('n_params') or 0):,}", seconds(v.value("seconds_per_epoch")),
-            str(v.metrics.get("device", "–")), str(v.metrics.get("best_epoch", "–")),
+            str(v.metrics.get("device", "–")), best_epochs(v),
             str(v.metrics.get("n_seeds", 1)),
         ])
     return rows
@@ -173,10 +183,18 @@ def curves_chart(path: Path, variants: list[Variant], column: str, ylabel: str, 
     """The validation curves of ``variants`` overlaid, one line per variant."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    n_seeds = max((int(v.metrics.get("n_seeds", 1)) for v in variants if v.metrics), default=1)
+    if n_seeds > 1:
+        title += f" (mean over {n_seeds} seeds)"
     for v in variants:
-        if v.history and column in v.history[0]:
-            ax.plot([r["epoch"] for r in v.history], [r[column] for r in v.history], "o-",
-                    markersize=3, label=v.name)
+        if not v.history or column not in v.history[0]:
+            continue
+        if v.arch == "tfidf_logreg":                  # one fit, no epochs: a reference line
+            ax.axhline(v.history[-1][column], color="grey", linestyle=":", linewidth=1.2,
+                       label=f"{v.name} (one fit)")
+            continue
+        ax.plot([r["epoch"] for r in v.history], [r[column] for r in v.history], "o-",
+                markersize=3, label=v.name)
     if hline is not None:
         ax.axhline(hline[0], color="black", linestyle="--", linewidth=1, label=hline[1])
     from matplotlib.ticker import MaxNLocator
@@ -212,7 +230,7 @@ def lecture_chart(path: Path, variants: list[Variant], key: str, lecture: Mappin
     ax.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")
