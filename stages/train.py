@@ -172,9 +172,8 @@ def main() -> None:
                 pickle.dump(model, f)
         else:
             torch.save(model.state_dict(), tmp)
-    for path in CHECKPOINTS.glob(f"{args.variant}*.pt"):
-        if path.name == f"{args.variant}.pt" or path.name.startswith(f"{args.variant}.seed"):
-            path.unlink(missing_ok=True)
+    for path in [CHECKPOINTS / f"{args.variant}.pt", *CHECKPOINTS.glob(f"{args.variant}.seed*.pt")]:
+        path.unlink(missing_ok=True)
     if len(seeds) > 1:
         shown = ", ".join(f"{k} {metrics[k]:.4f} +- {metrics[k + '_std']:.4f}"
                           for k in metrics if k.startswith(("val_", "test_"))

@@ -36,7 +36,7 @@ TEMPLATE = """<!DOCTYPE html>
     <script>{vega_js}</script>
     <script>{vega_lite_js}</script>
     <script>{vega_embed_js}</script>
-    <style>table {{ border-spacing: 15px; }} img {{ max-width: 900px; }}</style>
+    <style>table { border-spacing: 15px; } img { max-width: 900px; }</style>
 </head>
 <body>
     {plot_divs}
@@ -81,7 +81,7 @@ def inline(js: str) -> str:
 def write_template(dest: Path, assets: dict[str, Path]) -> Path:
     js = {name: inline(path.read_text(encoding="utf8")) for name, path in assets.items()}
     page = (TEMPLATE.replace("{vega}", VEGA["vega"]).replace("{vega_lite}", VEGA["vega-lite"])
-            .replace("{vega_embed}", VEGA["vega-embed"]).replace("{{", "{").replace("}}", "}"))
+            .replace("{vega_embed}", VEGA["vega-embed"]))
     # Scripts last: their text may contain anything, including "{plot_divs}"-like braces.
     page = (page.replace("{vega_js}", js["vega"]).replace("{vega_lite_js}", js["vega-lite"])
             .replace("{vega_embed_js}", js["vega-embed"]))

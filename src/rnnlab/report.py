@@ -313,7 +313,8 @@ def write_report(params: Mapping[str, Any], metrics_dir: Path, plots_dir: Path, 
     lecture_chart(out / "jena_vs_lecture.png",
                   [v for v in ([naive] if naive else []) + jena if v.metrics], "mae",
                   LECTURE_JENA_MAE, "MAE (normalized)", "Jena: MAE, ours vs the lecture")
-    lecture_chart(out / "imdb_vs_lecture.png", [v for v in imdb if v.metrics], "accuracy", LECTURE_IMDB_ACCURACY,
+    lecture_chart(out / "imdb_vs_lecture.png", [v for v in imdb if v.metrics], "accuracy",
+                  LECTURE_IMDB_ACCURACY,
                   "accuracy", "IMDB: accuracy, ours vs the lecture")
     summary = out / "summary.md"
     with atomic_output(summary) as tmp:

@@ -36,7 +36,8 @@ def summarize(uri: str) -> list[tuple[str, str, int, int, list[str]]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rnnlab.runs", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rnnlab.runs",
+                                     description=__doc__.split("\n")[0])
     parser.parse_args(argv)
     uri = tracking_uri(repo_root())
     with store_lock(uri):
