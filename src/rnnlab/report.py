@@ -126,11 +126,23 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
     return lines
 
 
+NOT_RUN = ["not run", *["–"] * 10]
+
+
+def run_columns(v: Variant, trained: bool = True) -> list[str]:
+    """The columns every table ends with: params, s/epoch, device, best epoch(s), seeds."""
+    return [f"{int(v.value('n_params') or 0):,}",
+            seconds(v.value("seconds_per_epoch")) if trained else "–",
+            str(v.metrics.get("device", "–")),
+            best_epochs(v) if trained else "–",
+            str(v.metrics.get("n_seeds", 1)) if trained else "–"]
+
+
 def jena_rows(naive: Variant | None, variants: list[Variant]) -> list[list[str]]:
     rows = []
     for v in ([naive] if naive else []) + variants:
         if not v.metrics:
-            rows.append([f"`{v.name}`", "not run", *["–"] * 10])
+            rows.append([f"`{v.name}`", *NOT_RUN])
             continue
         lecture = LECTURE_JENA_MAE.get(v.name)
         val = v.value("val_mae")
@@ -141,11 +153,7 @@ def jena_rows(naive: Variant | None, variants: list[Variant]) -> list[list[str]]
             fmt(v.value("test_mae_degc"), v.std("test_mae_degc"), 2),
             "–" if lecture is None else f"{lecture:.3f} ({lecture * LECTURE_DEGC_PER_UNIT:.2f})",
             "–" if lecture is None or val is None else f"{val - lecture:+.3f}",
-            f"{int(v.value('n_params') or 0):,}",
-            seconds(v.value("seconds_per_epoch")) if v.name != "naive" else "–",
-            str(v.metrics.get("device", "–")),
-            best_epochs(v) if v.name != "naive" else "–",
-            str(v.metrics.get("n_seeds", 1)) if v.name != "naive" else "–",
+            *run_columns(v, trained=v.name != "naive"),
         ])
     return rows
 
@@ -154,7 +162,7 @@ def imdb_rows(variants: list[Variant]) -> list[list[str]]:
     rows = []
     for v in variants:
         if not v.metrics:
-            rows.append([f"`{v.name}`", "not run", *["–"] * 10])
+            rows.append([f"`{v.name}`", *NOT_RUN])
             continue
         lecture = LECTURE_IMDB_ACCURACY.get(v.name)
         val = v.value("val_accuracy")
@@ -164,9 +172,7 @@ def imdb_rows(variants: list[Variant]) -> list[list[str]]:
             fmt(v.value("val_auc"), v.std("val_auc")), fmt(v.value("test_auc"), v.std("test_auc")),
             "–" if lecture is None else f"{lecture:.2f}",
             "–" if lecture is None or val is None else f"{val - lecture:+.3f}",
-            f"{int(v.value('n_params') or 0):,}", seconds(v.value("seconds_per_epoch")),
-            str(v.metrics.get("device", "–")), best_epochs(v),
-            str(v.metrics.get("n_seeds", 1)),
+            *run_columns(v),
         ])
     return rows
 
