@@ -3,11 +3,9 @@
 import argparse
 from pathlib import Path
 
-from _params import SourceConfig, load_params, run_stage, section
+from _params import load_params, run_stage
 
-from rnnlab.download import download_csv
-from rnnlab.errors import ChecksumError, DownloadError
-from rnnlab.imdb import download_imdb
+from rnnlab.download import download_dataset
 
 
 def main() -> None:
@@ -15,17 +13,8 @@ def main() -> None:
     parser.add_argument("dataset", choices=["jena", "imdb"])
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
-    source = section(load_params(), f"data.{args.dataset}", SourceConfig)
-    try:
-        if args.dataset == "jena":
-            download_csv(source.url, args.out, md5=source.md5)
-        else:
-            download_imdb(source.url, args.out, md5=source.md5)
-    except ChecksumError as e:
-        raise ChecksumError(f"{e} (params.yaml: data.{args.dataset}.md5)") from e
-    except DownloadError as e:
-        raise DownloadError(f"{e}. Offline? Point params.yaml: data.{args.dataset}.url at a "
-                            "local copy (README, 'Data without the internet')") from e
+    source = getattr(load_params().data, args.dataset)
+    download_dataset(args.dataset, source.url, args.out, md5=source.md5)
     print(f"download: {source.url} -> {args.out} (md5 verified)")
 
 

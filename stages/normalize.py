@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from _params import JenaConfig, load_params, run_stage, section
+from _params import load_params, run_stage
 
 from rnnlab.jena import normalize_jena
 
@@ -13,11 +13,11 @@ def main() -> None:
     parser.add_argument("csv", type=Path)
     parser.add_argument("out_dir", type=Path)
     args = parser.parse_args()
-    jena = section(load_params(), "jena", JenaConfig)
+    jena = load_params().jena
     stats = normalize_jena(args.csv, args.out_dir, train_rows=jena.train_rows,
                            target=jena.target, wind_sentinel_fill=jena.wind_sentinel_fill)
-    print(f"normalize: {stats['n_rows']:,} rows x {len(stats['columns'])} features -> "
-          f"{args.out_dir} (target std {stats['std'][jena.target]:.4f})")
+    print(f"normalize: {stats.n_rows:,} rows x {len(stats.columns)} features -> "
+          f"{args.out_dir} (target std {stats.target_std:.4f})")
 
 
 if __name__ == "__main__":

@@ -3,25 +3,21 @@
 import argparse
 from pathlib import Path
 
-from _params import SourceConfig, load_params, run_stage, section
+from _params import load_params, run_stage
 
-from rnnlab.imdb import CANONICAL_MD5 as IMDB_CANONICAL_MD5
-from rnnlab.jena import CANONICAL_MD5 as JENA_CANONICAL_MD5
-from rnnlab.report import DataSource, write_report
+from rnnlab.report import data_sources, write_report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--plots", type=Path, required=True)
+    parser.add_argument("--jena", type=Path, required=True, help="the prepared Jena data")
+    parser.add_argument("--imdb", type=Path, required=True, help="the prepared IMDB data")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    params = load_params()
-    sources = {}
-    for name, canonical in (("jena", JENA_CANONICAL_MD5), ("imdb", IMDB_CANONICAL_MD5)):
-        source = section(params, f"data.{name}", SourceConfig)
-        sources[name] = DataSource(name, source.url, source.md5, canonical)
-    summary = write_report(params, args.metrics, args.plots, args.out, sources)
+    summary = write_report(load_params(), args.metrics, args.plots, args.out,
+                           data_sources(jena=args.jena, imdb=args.imdb))
     print(f"report: {summary} and {len(list(args.out.glob('*.png')))} charts")
 
 

@@ -3,21 +3,23 @@
 import argparse
 from pathlib import Path
 
-from _params import ImdbConfig, load_params, run_stage, section
+from _params import load_params, run_stage
 
-from rnnlab.imdb import prepare_imdb
+from rnnlab.imdb import prepare_imdb, save_sequence_spec
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("raw", type=Path)
     parser.add_argument("out_dir", type=Path)
+    parser.add_argument("windows_dir", type=Path, help="where the sequence spec goes")
     args = parser.parse_args()
     params = load_params()
-    imdb = section(params, "imdb", ImdbConfig)
+    imdb = params.imdb
     stats = prepare_imdb(args.raw, args.out_dir, max_features=imdb.max_features,
-                         maxlen=imdb.maxlen, val_fraction=imdb.val_fraction,
-                         seed=params["seed"], padding=imdb.padding, truncating=imdb.truncating)
+                         maxlen=imdb.maxlen, val_fraction=imdb.val_fraction, seed=params.seed,
+                         padding=imdb.padding, truncating=imdb.truncating)
+    save_sequence_spec(stats, args.windows_dir)
     print(f"tokenize: train {stats['counts']['train']:,}, val {stats['counts']['val']:,}, "
           f"test {stats['counts']['test']:,} reviews -> {args.out_dir}")
 

@@ -1,12 +1,11 @@
 """DVC stage: the split ranges of target rows under the window convention (no window copies)."""
 
 import argparse
-import json
 from pathlib import Path
 
-from _params import JenaConfig, load_params, run_stage, section
+from _params import load_params, run_stage
 
-from rnnlab.jena import STATS_FILE
+from rnnlab.jena import JenaStats
 from rnnlab.windows import SPLITS, make_window_spec, save_spec
 
 
@@ -15,14 +14,14 @@ def main() -> None:
     parser.add_argument("prepared", type=Path, help="the normalize stage's output directory")
     parser.add_argument("out_dir", type=Path)
     args = parser.parse_args()
-    jena = section(load_params(), "jena", JenaConfig)
-    stats = json.loads((args.prepared / STATS_FILE).read_text())
-    spec = make_window_spec(n_rows=stats["n_rows"], lookback=jena.lookback, step=jena.step,
-                            delay=jena.delay, target_index=stats["columns"].index(jena.target),
+    jena = load_params().jena
+    stats = JenaStats.load(args.prepared)
+    spec = make_window_spec(n_rows=stats.n_rows, lookback=jena.lookback, step=jena.step,
+                            delay=jena.delay, target_index=stats.target_index,
                             splits=jena.splits)
     save_spec(spec, args.out_dir)
     counts = ", ".join(f"{s} {spec.count(s):,}" for s in SPLITS)
-    print(f"windows: {spec.timesteps} steps x {len(stats['columns'])} features; {counts}")
+    print(f"windows: {spec.timesteps} steps x {len(stats.columns)} features; {counts}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import leftovers
 from rnnlab.errors import DownloadError, UnsafeArchiveError
-from rnnlab.imdb import (OOV, PAD, build_vocabulary, download_imdb, encode, load_imdb,
+from rnnlab.download import download_imdb
+from rnnlab.imdb import (OOV, PAD, build_vocabulary, encode, load_imdb,
                          load_texts, prepare_imdb, read_reviews, split_validation, tokenize)
 from rnnlab.synthetic import write_imdb_tarball
 

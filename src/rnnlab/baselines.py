@@ -21,3 +21,31 @@ def binary_metrics(prob: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"accuracy": float(np.mean((prob > 0.5) == labels)),
             "auc": float(roc_auc_score(labels, prob)),
             "loss": float(log_loss(labels, np.clip(prob, 1e-7, 1 - 1e-7)))}
+
+
+def fit_tfidf(prepared, *, ngram_max: int, c: float, seed: int):
+    """Fit the baseline on the prepared IMDB texts; returns ``(FitResult, pipeline)``,
+    shaped as the engine's result: one 'epoch' with its losses and validation figures."""
+    import time
+
+    from rnnlab.imdb import load_imdb, load_texts
+    from rnnlab.train import FitResult
+
+    texts = load_texts(prepared)
+    labels = {s: load_imdb(prepared, s)[1] for s in ("train", "val", "test")}
+    began = time.perf_counter()
+    model = make_tfidf_logreg(ngram_max=ngram_max, c=c, seed=seed)
+    model.fit(texts["train"], labels["train"])
+    seconds = time.perf_counter() - began
+    scores = {s: binary_metrics(model.predict_proba(texts[s])[:, 1], labels[s])
+              for s in ("train", "val", "test")}
+    history = [{"epoch": 1, "train_loss": scores["train"]["loss"], "val_loss": scores["val"]["loss"],
+                "val_accuracy": scores["val"]["accuracy"], "val_auc": scores["val"]["auc"],
+                "seconds": seconds}]
+    result = FitResult(best_epoch=1, history=history, val=scores["val"], test=scores["test"],
+                       seconds_per_epoch=seconds)
+    return result, model
+
+
+def count_tfidf_parameters(model) -> int:
+    return int(model[-1].coef_.size + model[-1].intercept_.size)

@@ -20,6 +20,11 @@ class ConfigError(ValueError):
     """A params section that does not fit its config class."""
 
 
+def child(where: str, name: str) -> str:
+    """``params.yaml`` + ``jena`` -> ``params.yaml: jena``; then ``params.yaml: jena.step``."""
+    return f"{where}.{name}" if ": " in where else f"{where}: {name}"
+
+
 def _check_type(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -30,7 +35,14 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
                 return _check_type(value, arm, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[-1])
+        # `int | None` given a string: say what the int arm wanted, not 'expected null'.
+        raise ConfigError(next((e for e in errors if 'expected null' not in e), errors[-1]))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of names, got {value!r}")
+        key_type, value_type = args
+        return {_check_type(k, key_type, f"{where} key"): _check_type(v, value_type, child(where, str(k)))
+                for k, v in value.items()}
     if tp is type(None):
         if value is None:
             return None
@@ -77,10 +89,13 @@ def from_mapping(cls: type[T], data: Any, *, where: str) -> T:
             f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
             f"known keys are {', '.join(fields)}"
         )
+    check_keys = getattr(cls, "check_keys", None)   # a class may narrow the keys further
+    if check_keys is not None:
+        check_keys(data, where)
     values = {}
     for name, f in fields.items():
         if name in data:
-            values[name] = _check_type(data[name], hints[name], f"{where}.{name}")
+            values[name] = _check_type(data[name], hints[name], child(where, name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}: missing key {name!r}")
     obj = cls(**values)

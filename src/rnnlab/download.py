@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
 import shutil
 import stat
@@ -19,49 +20,20 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from rnnlab.errors import ChecksumError, DownloadError, UnsafeArchiveError
+from rnnlab.atomic import atomic_output, file_md5, write_json
+from rnnlab.errors import ChecksumError, DataFormatError, DownloadError, UnsafeArchiveError
+from rnnlab.imdb import ARCHIVE_FILE, WANTED
 
+log = logging.getLogger(__name__)
 CHUNK = 1 << 20  # 1 MiB per read: large enough that Python overhead is negligible
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class _Transient(Exception):
     """A failure worth retrying (connection reset, truncated body, HTTP 5xx...)."""
-
-
-@contextmanager
-def atomic_output(dest: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``dest``; rename it to ``dest`` only if the block succeeds."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp_path, dest)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-def file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_md5(what: str, expected: str | None, actual: str, size: int) -> None:
@@ -124,8 +96,8 @@ def fetch(url: str, dest: Path, *, md5: str | None = None, retries: int = 3,
                 if attempt == retries:
                     raise DownloadError(f"{url}: {e} (gave up after {retries + 1} attempts)") from e
                 wait = backoff * 2**attempt
-                print(f"download {url}: {e}; retrying in {wait:g} s "
-                      f"(attempt {attempt + 2} of {retries + 1})", file=sys.stderr)
+                log.warning("download %s: %s; retrying in %g s (attempt %d of %d)", url, e,
+                            wait, attempt + 2, retries + 1)
                 time.sleep(wait)
         _check_md5(url, md5, digest, size)
     return digest
@@ -264,3 +236,34 @@ def extract_tar_members(tar_path: Path, dest: Path, wanted, *, label: str | None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)   # gone already after a successful rename
     return count
+
+
+def download_imdb(url: str, dest: Path, *, md5: str | None, **fetch_kwargs) -> int:
+    """Fetch the tarball (md5 of the tarball), unpack the four review folders to ``dest``."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.dl.") as tmp:
+        tarball = Path(tmp) / "aclImdb_v1.tar.gz"
+        digest = fetch(url, tarball, md5=md5, **fetch_kwargs)
+        count = extract_tar_members(tarball, dest, lambda n: bool(WANTED.match(n)), label=url)
+    if count == 0:
+        raise DataFormatError(f"{url}: no review files aclImdb/{{train,test}}/{{pos,neg}}/*.txt "
+                              "in the archive")
+    # The data's identity travels with it (not the URL: a mirror changes nothing downstream).
+    write_json(dest / ARCHIVE_FILE, {"md5": digest, "reviews": count})
+    return count
+
+
+def download_dataset(dataset: str, url: str, dest: Path, *, md5: str | None) -> None:
+    """The download stage of ``dataset`` (jena: the CSV from its zip; imdb: the unpacked
+    reviews); errors name the params key to change."""
+    try:
+        if dataset == "jena":
+            download_csv(url, dest, md5=md5)
+        else:
+            download_imdb(url, dest, md5=md5)
+    except ChecksumError as e:
+        raise ChecksumError(f"{e} (params.yaml: data.{dataset}.md5)") from e
+    except DownloadError as e:
+        raise DownloadError(f"{e}. Offline? Point params.yaml: data.{dataset}.url at a "
+                            "local copy (README, 'Data without the internet')") from e

@@ -15,17 +15,16 @@ front by default, as Keras' ``pad_sequences`` does.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rnnlab.download import atomic_output, extract_tar_members, fetch
+from rnnlab.atomic import atomic_output, write_json
 from rnnlab.errors import DataFormatError
 
 PAD, OOV = 0, 1
@@ -33,24 +32,13 @@ PAD, OOV = 0, 1
 CANONICAL_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
 SPLIT_DIRS = ("train", "test")
 LABEL_DIRS = {"neg": 0, "pos": 1}
-_WANTED = re.compile(r"^(?:\./)?aclImdb/(train|test)/(pos|neg)/\d+_\d+\.txt$")
+WANTED = re.compile(r"^(?:\./)?aclImdb/(train|test)/(pos|neg)/\d+_\d+\.txt$")
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 TOKEN = re.compile(r"(?u)\b\w\w+\b")
 FILES = {"x": "x_{split}.npy", "x_reversed": "x_{split}_reversed.npy", "y": "y_{split}.npy"}
+ARCHIVE_FILE = "archive.json"   # beside the unpacked reviews: the tarball's md5 and count
 
-
-def download_imdb(url: str, dest: Path, *, md5: str | None, **fetch_kwargs) -> int:
-    """Fetch the tarball (md5 of the tarball), unpack the four review folders to ``dest``."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.dl.") as tmp:
-        tarball = Path(tmp) / "aclImdb_v1.tar.gz"
-        fetch(url, tarball, md5=md5, **fetch_kwargs)
-        count = extract_tar_members(tarball, dest, lambda n: bool(_WANTED.match(n)), label=url)
-    if count == 0:
-        raise DataFormatError(f"{url}: no review files aclImdb/{{train,test}}/{{pos,neg}}/*.txt "
-                              "in the archive")
-    return count
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -157,14 +145,31 @@ def prepare_imdb(raw: Path, out: Path, *, max_features: int, maxlen: int, val_fr
              "train_review_length_median": float(np.median(lengths)),
              "train_truncated_fraction": float(np.mean(lengths > maxlen)),
              "val_ids": [train.ids[i] for i in va],
+             "archive_md5": archive_md5(raw),
              "seconds": round(time.perf_counter() - began, 2)}
     with atomic_output(out / "vocab.json") as tmp:
         tmp.write_text(json.dumps(vocab))
     with atomic_output(out / "stats.json") as tmp:
         tmp.write_text(json.dumps(stats, indent=1) + "\n")
-    print(f"tokenize: {sum(stats['counts'].values()):,} reviews, vocabulary {len(vocab):,} + 2 "
-          f"reserved ids, {stats['seconds']} s", file=sys.stderr)
+    log.info("tokenize: %s reviews, vocabulary %s + 2 reserved ids, %s s",
+             f"{sum(stats['counts'].values()):,}", f"{len(vocab):,}", stats["seconds"])
     return stats
+
+
+def save_sequence_spec(stats: dict, out_dir: Path) -> Path:
+    """IMDB's counterpart of the Jena window spec (``windows.json``): how a review becomes
+    one model input, (maxlen,) word ids of a vocab_size-word vocabulary. The train stages
+    of both data sets read their input shape from ``data/prepared/<dataset>_windows``."""
+    spec = {k: stats[k] for k in ("maxlen", "vocab_size", "padding", "truncating",
+                                  "pad_id", "oov_id")} | {"timesteps": stats["maxlen"]}
+    write_json(Path(out_dir) / "windows.json", spec)
+    return Path(out_dir) / "windows.json"
+
+
+def archive_md5(raw: Path) -> str | None:
+    """The md5 of the tarball the reviews under ``raw`` came from (None if unrecorded)."""
+    path = Path(raw) / ARCHIVE_FILE
+    return json.loads(path.read_text())["md5"] if path.exists() else None
 
 
 def load_imdb(prepared: Path, split: str, reverse: bool = False) -> tuple[np.ndarray, np.ndarray]:

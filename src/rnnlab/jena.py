@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
-from dataclasses import dataclass
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from rnnlab.download import atomic_output
+from rnnlab.atomic import atomic_output, file_md5, write_json
 from rnnlab.errors import DataFormatError
+
+log = logging.getLogger(__name__)
 
 TIME_COLUMN = "Date Time"
 FEATURES = (
@@ -37,6 +39,38 @@ SENTINEL = -9999.0
 FEATURES_FILE = "features.npy"
 TIMESTAMPS_FILE = "timestamps.npy"
 STATS_FILE = "stats.json"
+
+
+@dataclass(frozen=True)
+class JenaStats:
+    """What normalize learned about the file (``stats.json``); every later stage reads it."""
+    columns: list[str]
+    target: str
+    target_index: int
+    mean: dict[str, float]        # per column, over the training rows
+    std: dict[str, float]
+    n_rows: int
+    train_rows: list[int]         # [lo, hi] the statistics were taken over
+    wind_sentinel_fill: float | None
+    sentinels_found: dict[str, int]
+    repeated_timestamps: int
+    first_timestamp: str
+    last_timestamp: str
+    csv_md5: str                  # what was normalized: the data's identity, not its URL
+
+    @property
+    def target_std(self) -> float:
+        """Degrees C per normalized unit of the target."""
+        return self.std[self.target]
+
+    @property
+    def canonical(self) -> bool:
+        """The lecture's own file (its md5), so figures compare with the lecture's."""
+        return self.csv_md5 == CANONICAL_MD5
+
+    @classmethod
+    def load(cls, prepared: Path) -> JenaStats:
+        return cls(**json.loads((Path(prepared) / STATS_FILE).read_text()))
 
 
 @dataclass(frozen=True)
@@ -128,12 +162,12 @@ def zscore_stats(frame: pl.DataFrame, train_rows: tuple[int, int]) -> tuple[list
 
 
 def normalize_jena(csv_path: Path, out_dir: Path, *, train_rows: tuple[int, int | None],
-                   target: str, wind_sentinel_fill: float | None) -> dict:
+                   target: str, wind_sentinel_fill: float | None) -> JenaStats:
     """Parse ``csv_path`` and write features.npy (float32), timestamps.npy and stats.json.
 
     ``wind_sentinel_fill``: the real file writes -9999 for missing wind speeds; a number
     replaces them (before the statistics are taken), None keeps them as the lecture did.
-    Returns the stats dict that was written.
+    Returns the stats that were written.
     """
     table = read_jena_csv(csv_path)
     frame = table.frame
@@ -152,12 +186,12 @@ def normalize_jena(csv_path: Path, out_dir: Path, *, train_rows: tuple[int, int 
             pl.when(pl.col(c) == SENTINEL).then(wind_sentinel_fill).otherwise(pl.col(c)).alias(c)
             for c in WIND_COLUMNS)
     action = "kept" if wind_sentinel_fill is None else f"replaced by {wind_sentinel_fill:g}"
-    print(f"normalize: {sum(replaced.values())} sentinel {SENTINEL:g} value(s) {action}: "
-          + ", ".join(f"{k}: {v}" for k, v in replaced.items()), file=sys.stderr)
+    log.info("normalize: %d sentinel %g value(s) %s: %s", sum(replaced.values()), SENTINEL,
+             action, ", ".join(f"{k}: {v}" for k, v in replaced.items()))
     duplicates = n - pl.Series(table.timestamps.view(np.int64)).n_unique()
     if duplicates:
-        print(f"normalize: {duplicates} repeated timestamp(s) kept (rows are positions, "
-              "as in the lecture)", file=sys.stderr)
+        log.info("normalize: %d repeated timestamp(s) kept (rows are positions, as in "
+                 "the lecture)", duplicates)
 
     mean, std = zscore_stats(frame, (lo, hi))
     # z-score in float64 (polars, multithreaded), store float32, row-major for fast gathers.
@@ -165,20 +199,12 @@ def normalize_jena(csv_path: Path, out_dir: Path, *, train_rows: tuple[int, int 
         ((pl.col(c) - m) / sd).cast(pl.Float32) for c, m, sd in zip(FEATURES, mean, std)
     ).to_numpy())                                                    # (N, 14) float32
 
-    stats = {
-        "columns": list(FEATURES),
-        "target": target,
-        "target_index": FEATURES.index(target),
-        "mean": dict(zip(FEATURES, mean)),
-        "std": dict(zip(FEATURES, std)),
-        "n_rows": n,
-        "train_rows": [lo, hi],
-        "wind_sentinel_fill": wind_sentinel_fill,
-        "sentinels_found": replaced,
-        "repeated_timestamps": duplicates,
-        "first_timestamp": str(table.timestamps[0]),
-        "last_timestamp": str(table.timestamps[-1]),
-    }
+    stats = JenaStats(
+        columns=list(FEATURES), target=target, target_index=FEATURES.index(target),
+        mean=dict(zip(FEATURES, mean)), std=dict(zip(FEATURES, std)), n_rows=n,
+        train_rows=[lo, hi], wind_sentinel_fill=wind_sentinel_fill, sentinels_found=replaced,
+        repeated_timestamps=duplicates, first_timestamp=str(table.timestamps[0]),
+        last_timestamp=str(table.timestamps[-1]), csv_md5=file_md5(csv_path))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(out_dir / FEATURES_FILE) as tmp:
@@ -187,14 +213,13 @@ def normalize_jena(csv_path: Path, out_dir: Path, *, train_rows: tuple[int, int 
     with atomic_output(out_dir / TIMESTAMPS_FILE) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, table.timestamps)
-    with atomic_output(out_dir / STATS_FILE) as tmp:
-        tmp.write_text(json.dumps(stats, indent=2) + "\n")
+    write_json(out_dir / STATS_FILE, asdict(stats))
     return stats
 
 
-def load_features(prepared: Path, mmap: bool = True) -> tuple[np.ndarray, dict]:
+def load_features(prepared: Path, mmap: bool = True) -> tuple[np.ndarray, JenaStats]:
     """The normalized (N, 14) float32 matrix (memory-mapped by default) and its stats."""
     prepared = Path(prepared)
-    stats = json.loads((prepared / STATS_FILE).read_text())
+    stats = JenaStats.load(prepared)
     features = np.load(prepared / FEATURES_FILE, mmap_mode="r" if mmap else None)
     return features, stats

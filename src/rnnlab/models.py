@@ -2,61 +2,24 @@
 
     build_model(spec, n_features=14, timesteps=240) -> nn.Module mapping (B, T, F) -> (B,)
 
-Registered: dense, gru, lstm, conv_gru (and whatever registers later). An unknown
-name fails with the list of known ones. Every model ends in one linear unit: the
-regression output for Jena (MAE loss), the logit for binary tasks.
+One builder per torch architecture of ``rnnlab.params.ARCHITECTURES`` (which also says
+which fields each one reads): dense, gru, lstm, conv_gru (Jena); multihot_dense,
+embed_rnn (IMDB). An unknown name fails with the list of known ones. Every model ends
+in one linear unit: the regression output for Jena (MAE loss), the logit for binary tasks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from rnnlab.errors import RnnlabError
+from rnnlab.params import ARCHITECTURES, ModelSpec
 from rnnlab.recurrent import DropoutGRU
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One variant's architecture and training length (a ``models.<variant>`` entry)."""
-
-    dataset: str
-    arch: str
-    epochs: int
-    units: tuple[int, ...] = (32,)         # one entry per stacked recurrent layer
-    activations: tuple[str, ...] | None = None  # per layer; default tanh
-    dropout: float = 0.0                   # on each recurrent layer's inputs, one mask per sequence
-    recurrent_dropout: float = 0.0         # on the recurrent state, one mask per sequence
-    bidirectional: bool = False
-    reverse: bool = False                  # train and evaluate on reversed-order windows
-    lookback: int | None = None            # window overrides (conv_gru uses its own)
-    step: int | None = None
-    conv_filters: int = 32                 # conv_gru only
-    conv_kernel: int = 5
-    pool_size: int = 3
-    cell: str = "lstm"                     # embed_rnn only: rnn (simple, tanh), gru, lstm
-    embedding_dim: int = 32                # embed_rnn only
-    ngram_max: int = 2                     # tfidf_logreg only: 1 = words, 2 = + bigrams
-    c: float = 1.0                         # tfidf_logreg only: inverse regularization
-
-    def validate(self, where: str) -> None:
-        if self.arch not in REGISTRY:
-            raise RnnlabError(f"{where}.arch: unknown architecture {self.arch!r}; known: "
-                              f"{', '.join(sorted(REGISTRY))}")
-        if self.activations is not None and len(self.activations) != len(self.units):
-            raise RnnlabError(f"{where}.activations: {len(self.activations)} given for "
-                              f"{len(self.units)} layers (units)")
-        for name in ("dropout", "recurrent_dropout"):
-            p = getattr(self, name)
-            if not 0.0 <= p < 1.0:
-                raise RnnlabError(f"{where}.{name}: {p} is not in [0, 1)")
-        if self.cell not in ("rnn", "gru", "lstm"):
-            raise RnnlabError(f"{where}.cell: {self.cell!r}; choose rnn, gru or lstm")
-        if self.epochs < 1:
-            raise RnnlabError(f"{where}.epochs: must be >= 1, got {self.epochs}")
+__all__ = ["REGISTRY", "ModelSpec", "build_model", "count_parameters", "register"]
 
 
 Builder = Callable[[ModelSpec, int, int], nn.Module]
@@ -64,6 +27,9 @@ REGISTRY: dict[str, Builder] = {}
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
+    if name not in ARCHITECTURES or not ARCHITECTURES[name].torch:
+        raise ValueError(f"register {name!r} in rnnlab.params.ARCHITECTURES first (its fields)")
+
     def add(builder: Builder) -> Builder:
         REGISTRY[name] = builder
         return builder
@@ -234,10 +200,3 @@ def build_embed_rnn(spec: ModelSpec, n_features: int, timesteps: int) -> nn.Modu
     # LSTM on the real reviews: 0.83 with N(0, 1), 0.89 with +-0.05).
     nn.init.uniform_(embedding.weight, -0.05, 0.05)
     return Head(nn.Sequential(embedding, body), size)
-
-
-@register("tfidf_logreg")
-def build_tfidf_logreg(spec: ModelSpec, n_features: int, timesteps: int):
-    """Not a torch model: the stage fits it with scikit-learn (rnnlab.baselines)."""
-    from rnnlab.baselines import make_tfidf_logreg
-    return make_tfidf_logreg(ngram_max=spec.ngram_max, c=spec.c, seed=0)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rnnlab.download import atomic_output
+from rnnlab.atomic import atomic_output
 from rnnlab.errors import RnnlabError
 from rnnlab.paths import repo_root
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rnnlab.download import atomic_output
+from rnnlab.atomic import atomic_output
 from rnnlab.errors import RnnlabError
+from rnnlab.params import ModelSpec, Params
 
 # The lecture's validation figures (Chollet, Deep Learning with Python, 1st ed., ch. 6.3).
 # Jena: MAE in normalized units; the book converts the naive 0.29 to 2.57 degC, so its
@@ -32,22 +33,23 @@ CHARTS = ("jena_validation.png", "imdb_validation.png", "jena_vs_lecture.png",
 
 @dataclass(frozen=True)
 class DataSource:
-    """What a data set's params say about where its data came from."""
+    """What the prepared data says about where it came from: the md5 of the file that was
+    downloaded (the Jena CSV, the IMDB tarball), None when that half was not prepared."""
     name: str
-    url: str
     md5: str | None
     canonical_md5: str
 
     @property
     def real(self) -> bool:
-        return (self.md5 or "").lower() == self.canonical_md5
+        return self.md5 == self.canonical_md5
 
     def describe(self) -> str:
+        if self.md5 is None:
+            return "not prepared in this workspace"
         if self.real:
-            return (f"**real**: the canonical file (md5 `{self.md5}`, verified on download) "
-                    f"from `{self.url}`")
-        return (f"**not the canonical file** (md5 `{self.md5}`, from `{self.url}`): generated "
-                f"data (`python -m rnnlab.synthetic`) or another copy; its figures are not "
+            return f"**real**: the canonical file (md5 `{self.md5}`)"
+        return (f"**not the canonical file** (md5 `{self.md5}`): generated data "
+                f"(`python -m rnnlab.synthetic`) or another copy; its figures are not "
                 f"comparable with the lecture's unless that copy is the real data")
 
 
@@ -88,16 +90,16 @@ def read_history(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def load_variants(models: Mapping[str, Mapping[str, Any]], metrics_dir: Path,
+def load_variants(models: Mapping[str, ModelSpec], metrics_dir: Path,
                   plots_dir: Path) -> list[Variant]:
     """Every variant of ``params.yaml: models`` with its metrics and per-epoch history."""
     variants = []
     for name, spec in models.items():
         path = metrics_dir / f"{name}.json"       # absent: not trained yet (a partial run)
-        variants.append(Variant(name=name, dataset=str(spec.get("dataset")),
+        variants.append(Variant(name=name, dataset=spec.dataset,
                                 metrics=read_json(path) if path.exists() else {},
                                 history=read_history(plots_dir / f"{name}.csv"),
-                                arch=str(spec.get("arch", ""))))
+                                arch=spec.arch))
     return variants
 
 
@@ -243,20 +245,19 @@ def lecture_chart(path: Path, variants: list[Variant], key: str, lecture: Mappin
     plt.close(fig)
 
 
-def write_report(params: Mapping[str, Any], metrics_dir: Path, plots_dir: Path, out: Path,
+def write_report(params: Params, metrics_dir: Path, plots_dir: Path, out: Path,
                  sources: Mapping[str, DataSource]) -> Path:
     """``out/summary.md`` and the charts of ``CHARTS``; returns the summary's path."""
-    models = params.get("models") or {}
-    variants = load_variants(models, metrics_dir, plots_dir)
+    variants = load_variants(params.models, metrics_dir, plots_dir)
     jena = [v for v in variants if v.dataset == "jena"]
     imdb = [v for v in variants if v.dataset == "imdb"]
     naive_path = metrics_dir / "naive.json"
     naive = Variant("naive", "jena", read_json(naive_path)) if naive_path.exists() else None
     out.mkdir(parents=True, exist_ok=True)
 
-    train = params.get("train") or {}
-    seeds = params.get("seeds") or []
-    caps = {k: train.get(k) for k in ("max_epochs", "max_eval_batches") if train.get(k)}
+    seeds = params.seeds or ()
+    caps = {k: getattr(params.train, k) for k in ("max_epochs", "max_eval_batches")
+            if getattr(params.train, k)}
     lines = ["# rnnlab: reproduction report", "",
              "Written by the `report` stage from `metrics/` and `plots/` "
              "(`dvc repro report`). The lecture's figures are its published validation "
@@ -272,7 +273,7 @@ def write_report(params: Mapping[str, Any], metrics_dir: Path, plots_dir: Path, 
         lines += [f"Each variant trained once per seed ({', '.join(map(str, seeds))}); "
                   "figures are mean ± standard deviation (n - 1) over the seeds.", ""]
     else:
-        lines += [f"One seed ({params.get('seed')}) per variant: the lecture's reruns vary by "
+        lines += [f"One seed ({params.seed}) per variant: the lecture's reruns vary by "
                   "about 0.2 °C, so set `seeds: [1, 2, 3]` to see the spread.", ""]
 
     lines += ["## Jena temperature forecasting (24 h ahead)", "",
@@ -296,7 +297,7 @@ def write_report(params: Mapping[str, Any], metrics_dir: Path, plots_dir: Path, 
     gradients = metrics_dir / "gradients.json"
     if gradients.exists():
         g = read_json(gradients)
-        distance = (params.get("gradients") or {}).get("distance")
+        distance = params.gradients.distance
         rows = [[cell, f"{g.get(f'{cell}_ratio_{distance}_init', float('nan')):.2e}",
                  f"{g.get(f'{cell}_ratio_{distance}_trained', float('nan')):.2e}"]
                 for cell in ("rnn", "gru", "lstm")]
@@ -326,3 +327,15 @@ def write_report(params: Mapping[str, Any], metrics_dir: Path, plots_dir: Path, 
     with atomic_output(summary) as tmp:
         tmp.write_text("\n".join(lines))
     return summary
+
+
+def data_sources(*, jena: Path, imdb: Path) -> dict[str, DataSource]:
+    """Each half's data identity from its prepared statistics (absent: not prepared)."""
+    from rnnlab.imdb import CANONICAL_MD5 as IMDB_MD5
+    from rnnlab.jena import CANONICAL_MD5 as JENA_MD5
+    from rnnlab.jena import STATS_FILE
+
+    def md5(path: Path, key: str) -> str | None:
+        return read_json(path).get(key) if path.exists() else None
+    return {"jena": DataSource("jena", md5(Path(jena) / STATS_FILE, "csv_md5"), JENA_MD5),
+            "imdb": DataSource("imdb", md5(Path(imdb) / "stats.json", "archive_md5"), IMDB_MD5)}

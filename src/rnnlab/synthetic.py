@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from rnnlab.download import atomic_output
+from rnnlab.atomic import atomic_output
 from rnnlab.jena import FEATURES, HEADER, TIME_FORMAT
 
 JENA_CSV_NAME = "jena_climate_2009_2016.csv"

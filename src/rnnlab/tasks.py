@@ -1,20 +1,38 @@
-"""Datasets as the training engine sees them (see ``rnnlab.train.Task``)."""
+"""Datasets as the training engine sees them (see ``rnnlab.train.Task``), built from params.
+
+    task = build_task(params, spec, prepared, windows)   # JenaTask | ImdbTask | TfidfTask
+
+A task carries what the rest of a training run needs to know about its data set: the
+MLflow experiment, the metric keys of ``metrics/<variant>.json``, the plot columns, the
+shape of one input, the data's identity, and the params it depends on (for logging).
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from rnnlab.imdb import CANONICAL_MD5 as IMDB_CANONICAL_MD5
 from rnnlab.imdb import load_imdb
-from rnnlab.windows import JenaWindows, WindowSpec, shuffled_batches
+from rnnlab.jena import load_features
+from rnnlab.params import ARCHITECTURES, ModelSpec, Params
+from rnnlab.windows import (SPEC_FILE, JenaWindows, WindowSpec, load_spec, shuffled_batches,
+                            variant_spec)
 
 
 class JenaTask:
     """Temperature 24 h ahead from windows of the normalized matrix; MAE loss and metric."""
 
+    experiment = "rnnlab-jena"
+    metric_keys = ("mae", "mae_degc")            # metrics/<variant>.json: val_mae, test_mae...
+    plot_columns = ("val_mae", "val_mae_degc")   # plots/<variant>.csv beside the losses
     monitor = "mae"
     monitor_mode = "min"
 
@@ -22,8 +40,10 @@ class JenaTask:
                  reverse: bool = False, target_std: float = 1.0):
         self.windows = {split: JenaWindows(features, spec, split, reverse=reverse)
                         for split in ("train", "val", "test")}
+        self.spec = spec
         self.batch_size = batch_size
         self.target_std = target_std
+        self.n_inputs, self.timesteps = features.shape[1], spec.timesteps
 
     def train_batches(self, epoch: int, steps: int | None, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
         return self.windows["train"].epoch_batches(epoch, steps, self.batch_size, seed)
@@ -38,20 +58,29 @@ class JenaTask:
         mae = float((outputs.double() - targets.double()).abs().mean())
         return {"loss": mae, "mae": mae, "mae_degc": mae * self.target_std}
 
+    def training_rows(self) -> np.ndarray:
+        """The rows the training windows read, (n, 14): what MLflow records as the input."""
+        lo, hi = self.spec.train
+        return self.windows["train"].features[lo - self.spec.lookback:hi].numpy()
+
 
 class ImdbTask:
     """Sentiment of a review from its (maxlen,) word ids; binary cross-entropy on a logit."""
 
+    experiment = "rnnlab-imdb"
+    metric_keys = ("accuracy", "auc", "loss")
+    plot_columns = ("val_accuracy", "val_auc")
     monitor = "accuracy"
     monitor_mode = "max"
 
-    def __init__(self, prepared, *, batch_size: int, reverse: bool = False):
+    def __init__(self, prepared, *, batch_size: int, vocab_size: int, reverse: bool = False):
         self.data = {}
         for split in ("train", "val", "test"):
             x, y = load_imdb(prepared, split, reverse=reverse)
             self.data[split] = (torch.from_numpy(x.astype(np.int64)),
                                 torch.from_numpy(y.astype(np.float32)))
         self.batch_size = batch_size
+        self.n_inputs, self.timesteps = vocab_size, self.data["train"][0].shape[1]
 
     def train_batches(self, epoch: int, steps: int | None, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
         x, y = self.data["train"]
@@ -76,3 +105,52 @@ class ImdbTask:
         both = len(torch.unique(targets)) == 2
         auc = float(roc_auc_score(targets.numpy(), outputs.numpy())) if both else float("nan")
         return {"loss": loss, "accuracy": accuracy, "auc": auc}
+
+    def training_rows(self) -> np.ndarray:
+        return self.data["train"][0].numpy()
+
+
+class TfidfTask:
+    """The IMDB texts for the scikit-learn baseline (``rnnlab.baselines.fit_tfidf``)."""
+
+    experiment, metric_keys, plot_columns = ImdbTask.experiment, ImdbTask.metric_keys, ImdbTask.plot_columns
+
+    def __init__(self, prepared: Path):
+        self.prepared = Path(prepared)
+
+
+class Prepared:
+    """A task plus what a run records about its data (built by ``build_task``)."""
+
+    def __init__(self, task, *, steps_per_epoch: int | None, canonical: bool,
+                 data_params: dict[str, Any], data_stats: dict[str, Any]):
+        self.task = task
+        self.steps_per_epoch = steps_per_epoch
+        self.data_source = "canonical" if canonical else "other"
+        self.data_params = data_params     # logged to MLflow as ``<dataset>.*``
+        self.data_stats = data_stats       # part of the resume fingerprint
+
+
+def build_task(params: Params, spec: ModelSpec, prepared: Path, windows: Path) -> Prepared:
+    """The task of variant ``spec`` over the prepared data and its window spec
+    (``data/prepared/<dataset>_windows``: the windows_jena output, or IMDB's sequence spec
+    from tokenize_imdb)."""
+    if spec.dataset == "jena":
+        features, stats = load_features(prepared, mmap=False)             # (N, 14) float32
+        window = variant_spec(load_spec(windows), spec.lookback, spec.step)
+        task = JenaTask(features, window, batch_size=params.jena.batch_size,
+                        reverse=spec.reverse, target_std=stats.target_std)
+        return Prepared(task, steps_per_epoch=params.train.steps_per_epoch,
+                        canonical=stats.canonical,
+                        data_params=asdict(params.jena) | {"lookback": window.lookback,
+                                                           "step": window.step},
+                        data_stats=asdict(stats))
+    stats = json.loads((Path(prepared) / "stats.json").read_text())
+    sequences = json.loads((Path(windows) / SPEC_FILE).read_text())
+    task: ImdbTask | TfidfTask = (
+        ImdbTask(prepared, batch_size=params.imdb.batch_size, reverse=spec.reverse,
+                 vocab_size=sequences["vocab_size"])
+        if ARCHITECTURES[spec.arch].torch else TfidfTask(prepared))
+    return Prepared(task, steps_per_epoch=params.train.imdb_steps_per_epoch,
+                    canonical=stats.get("archive_md5") == IMDB_CANONICAL_MD5,
+                    data_params=asdict(params.imdb), data_stats=stats)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import math
 import random
 import sys
@@ -24,10 +25,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from rnnlab.download import atomic_output
+from rnnlab.atomic import atomic_output
 from rnnlab.errors import RnnlabError
 
 Batch = tuple[Tensor, Tensor]
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RnnlabError):
@@ -125,13 +127,12 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
             history, best_value, best_epoch = state["history"], state["best_value"], state["best_epoch"]
             best_state = state["best_model"]
             start = state["epoch"] + 1
-            print(f"{desc}: resuming after epoch {state['epoch']} from {checkpoint}",
-                  file=sys.stderr)
+            log.info("%s: resuming after epoch %d from %s", desc, state["epoch"], checkpoint)
             for row in history:          # a new tracking run gets the restored epochs too
                 if on_epoch is not None:
                     on_epoch(int(row["epoch"]), row)
         else:
-            print(f"{desc}: ignoring {checkpoint}: it belongs to other params", file=sys.stderr)
+            log.info("%s: ignoring %s: it belongs to other params", desc, checkpoint)
     resumed_from = start - 1
 
     for epoch in range(start, config.epochs + 1):
@@ -170,8 +171,8 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
         if best_value is None or sign * value < sign * best_value:
             best_value, best_epoch = value, epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        print(f"{desc} epoch {epoch}/{config.epochs}: train_loss {row['train_loss']:.4f} "
-              f"val_loss {row['val_loss']:.4f} ({row['seconds']:.1f} s)", file=sys.stderr)
+        log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f (%.1f s)", desc, epoch,
+                 config.epochs, row["train_loss"], row["val_loss"], row["seconds"])
         if checkpoint is not None:
             _save_checkpoint(checkpoint, {
                 "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),

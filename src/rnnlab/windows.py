@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rnnlab.download import atomic_output
+from rnnlab.atomic import atomic_output
 from rnnlab.errors import RnnlabError
 
 if TYPE_CHECKING:
@@ -59,6 +59,9 @@ class WindowSpec:
     train: tuple[int, int]
     val: tuple[int, int]
     test: tuple[int, int]
+    # The ``jena.*_rows`` they came from, so a variant's own lookback/step can be resolved
+    # from this spec alone (``variant_spec``).
+    split_rows: tuple[tuple[int, int | None], ...] = ()
 
     @property
     def offsets(self) -> np.ndarray:
@@ -105,7 +108,20 @@ def make_window_spec(*, n_rows: int, lookback: int, step: int, delay: int, targe
                 f"fall past the last row ({n_rows - 1}); lower the split's end or jena.delay")
         ranges[split] = (start, stop)
     return WindowSpec(lookback=lookback, step=step, delay=delay, target_index=target_index,
-                      n_rows=n_rows, **ranges)
+                      n_rows=n_rows, split_rows=tuple(tuple(splits[s]) for s in SPLITS),
+                      **ranges)
+
+
+def variant_spec(spec: WindowSpec, lookback: int | None = None, step: int | None = None
+                 ) -> WindowSpec:
+    """The windows of a variant with its own ``lookback``/``step`` (``models.<v>.lookback``):
+    the one place such overrides are resolved; the rest (delay, splits) is the stage's."""
+    if (lookback or spec.lookback) == spec.lookback and (step or spec.step) == spec.step:
+        return spec
+    return make_window_spec(n_rows=spec.n_rows, lookback=lookback or spec.lookback,
+                            step=step or spec.step, delay=spec.delay,
+                            target_index=spec.target_index,
+                            splits=dict(zip(SPLITS, spec.split_rows)))
 
 
 def save_spec(spec: WindowSpec, out_dir: Path) -> Path:
@@ -121,6 +137,7 @@ def save_spec(spec: WindowSpec, out_dir: Path) -> Path:
 def load_spec(out_dir: Path) -> WindowSpec:
     doc = json.loads((Path(out_dir) / SPEC_FILE).read_text())
     doc.pop("counts"), doc.pop("timesteps")
+    doc["split_rows"] = tuple(tuple(rows) for rows in doc.get("split_rows", ()))
     return WindowSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})
 
 

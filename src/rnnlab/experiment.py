@@ -1,0 +1,141 @@
+"""One variant's training run, as ``train@<variant>`` runs it: once per seed, each seed an
+MLflow run, resumable from per-epoch checkpoints; then the stage's outputs.
+
+    outputs = Outputs(metrics=Path("metrics/gru.json"), plots=Path("plots/gru.csv"),
+                      model=Path("models/gru.pt"))
+    train_variant(params, "gru", prepared=Path("data/prepared/jena"),
+                  windows=Path("data/prepared/jena_windows"), outputs=outputs)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import pickle
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnlab.atomic import atomic_output, write_json
+from rnnlab.device import resolve_device
+from rnnlab.params import ARCHITECTURES, Params
+from rnnlab.paths import repo_root
+from rnnlab.seeds import combine_seeds
+from rnnlab.tasks import build_task
+from rnnlab.tracking import tracked_run
+from rnnlab.train import TrainConfig, fit, seed_everything
+
+log = logging.getLogger(__name__)
+CHECKPOINTS = Path("checkpoints")   # resume state; not a DVC out (DVC clears outs before a run)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The files ``dvc.yaml`` declares for one variant."""
+    metrics: Path
+    plots: Path
+    model: Path
+
+
+def epoch_metrics(row: dict) -> dict:
+    """One epoch's figures as MLflow metrics ``epoch/<name>`` (a chart section of their own):
+    the plain names (``val_mae``...) hold the kept best epoch's, as metrics/<variant>.json."""
+    return {f"epoch/{k}": v for k, v in row.items() if k != "epoch"}
+
+
+def write_plots(path: Path, history: list[dict], extra: tuple[str, ...]) -> None:
+    columns = ["epoch", "train_loss", "val_loss", *extra]
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            for row in history:
+                writer.writerow([row["epoch"]] + [f"{row[c]:.6f}" for c in columns[1:]])
+
+
+def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outputs,
+                  windows: Path | None = None, checkpoints: Path = CHECKPOINTS,
+                  progress: bool = False) -> dict[str, Any]:
+    """Train ``variant`` once per seed, log each seed, write ``outputs``; return the metrics."""
+    spec = params.variant(variant)
+    data = build_task(params, spec, prepared, windows)
+    task = data.task
+    torch_model = ARCHITECTURES[spec.arch].torch
+    device = resolve_device(params.device) if torch_model else torch.device("cpu")
+    epochs = min(spec.epochs, params.train.max_epochs or spec.epochs)
+    config = TrainConfig(epochs=epochs, steps_per_epoch=data.steps_per_epoch, seed=params.seed,
+                         clip_norm=params.train.clip_norm,
+                         max_eval_batches=params.train.max_eval_batches)
+    seeds = params.seed_list
+    base_params = {"variant": variant, "model": asdict(spec), spec.dataset: data.data_params,
+                   "device": str(device), "seeds": seeds, "threads": torch.get_num_threads()}
+    checkpoints.mkdir(exist_ok=True)
+
+    per_seed, models = [], []
+    for seed in seeds:
+        config = replace(config, seed=seed)
+        run_params = base_params | {"train": asdict(config), "seed": seed}
+        fingerprint = hashlib.sha256(json.dumps(       # thread count aside: resume anyway
+            {**run_params, "threads": None, "data_stats": data.data_stats}, sort_keys=True,
+            default=str).encode()).hexdigest()
+        suffix = "" if len(seeds) == 1 else f".seed{seed}"
+        desc = variant if len(seeds) == 1 else f"{variant} seed {seed}"
+        tags = {"variant": variant, "dataset": spec.dataset, "seed": seed,
+                "data_source": data.data_source}
+        with tracked_run(experiment=task.experiment, run_name=variant, params=run_params,
+                         tags=tags, root=repo_root()) as run:
+            if torch_model:
+                run.log_training_data(task.training_rows(), name=f"{spec.dataset}-train",
+                                      source=str(Path(prepared).resolve()))
+                seed_everything(seed)
+                from rnnlab.models import build_model, count_parameters
+                model = build_model(spec, n_features=task.n_inputs, timesteps=task.timesteps)
+                result = fit(model, task, config, device,
+                             checkpoint=checkpoints / f"{variant}{suffix}.pt",
+                             fingerprint=fingerprint, desc=desc, progress=progress,
+                             on_epoch=lambda epoch, row: run.log_metrics(epoch_metrics(row),
+                                                                         step=epoch))
+                n_params = count_parameters(model)
+            else:                            # scikit-learn baseline: one fit, no epochs
+                from rnnlab.baselines import count_tfidf_parameters, fit_tfidf
+                result, model = fit_tfidf(task.prepared, ngram_max=spec.ngram_max, c=spec.c,
+                                          seed=seed)
+                n_params = count_tfidf_parameters(model)
+                for row in result.history:
+                    run.log_metrics(epoch_metrics(row), step=row["epoch"])
+            metrics = {f"{split}_{k}": values[k] for split, values in
+                       (("val", result.val), ("test", result.test)) for k in task.metric_keys}
+            metrics |= {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                        "n_params": n_params, "seconds_per_epoch": result.seconds_per_epoch,
+                        "device": str(device), "mlflow_run_id": run.id}
+            run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            run.log_dict(metrics, f"{variant}.json")     # this seed's metrics file
+            run.log_loss_curves(result.history, f"{desc} (best epoch {result.best_epoch})")
+            if torch_model:
+                run.log_model(model.cpu())
+        per_seed.append((seed, metrics, result.history))
+        models.append(model)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                          if k.startswith(("val_", "test_")))
+        log.info("%s: %s; best epoch %d, %s parameters, %.1f s/epoch on %s", desc, shown,
+                 result.best_epoch, f"{n_params:,}", result.seconds_per_epoch, metrics["device"])
+
+    metrics, history = combine_seeds(per_seed)
+    write_json(outputs.metrics, metrics)
+    write_plots(outputs.plots, history, task.plot_columns)
+    with atomic_output(outputs.model) as tmp:      # the first seed's weights are the model
+        if torch_model:
+            torch.save(models[0].state_dict(), tmp)
+        else:
+            tmp.write_bytes(pickle.dumps(models[0]))
+    for path in [checkpoints / f"{variant}.pt", *checkpoints.glob(f"{variant}.seed*.pt")]:
+        path.unlink(missing_ok=True)
+    if len(seeds) > 1:
+        shown = ", ".join(f"{k} {metrics[k]:.4f} +- {metrics[k + '_std']:.4f}"
+                          for k in metrics if f"{k}_std" in metrics)
+        log.info("%s, %d seeds: %s", variant, len(seeds), shown)
+    return metrics

@@ -1,0 +1,162 @@
+"""The lecture's first topic, run as one study: vanishing gradients (the norm of dL/dh_t
+reaching each earlier step, for a simple RNN, a GRU and an LSTM, at initialization and
+after a short training) and exploding gradients (a simple RNN with scaled recurrent
+weights under plain SGD, with and without clipping). Writes two CSVs, one figure and the
+metrics file, and logs them to MLflow. The measurements are in ``rnnlab.gradients``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rnnlab.atomic import atomic_output, write_json
+from rnnlab.errors import RnnlabError
+from rnnlab.gradients import (CELLS, CellRegressor, decay_ratio, explode_run,
+                              scale_recurrent_weights, state_gradient_norms, train_steps)
+from rnnlab.jena import load_features
+from rnnlab.params import Params
+from rnnlab.paths import repo_root
+from rnnlab.tracking import tracked_run
+from rnnlab.train import seed_everything
+from rnnlab.windows import JenaWindows, load_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StudyOutputs:
+    """The files dvc.yaml declares for the gradients stage."""
+    metrics: Path
+    vanishing: Path
+    exploding: Path
+    figure: Path
+
+
+def write_csv(path: Path, header: list[str], rows) -> None:
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+
+def figure(path: Path, norms: dict, traces: dict, distance: int) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    for (cell, when), values in norms.items():
+        left.semilogy(values, ("-" if when == "trained" else "--"), label=f"{cell}, {when}")
+    left.axvline(distance, color="grey", lw=0.5)
+    left.set_xlabel("distance from the output (time steps)")
+    left.set_ylabel("mean ||dL/dh_t||")
+    left.set_title("Vanishing: gradient reaching each earlier step")
+    left.legend(fontsize=8)
+    for label, trace in traces.items():
+        steps = np.arange(1, len(trace.grad_norms) + 1)
+        right.semilogy(steps, trace.grad_norms, marker="o", ms=2, label=f"{label}: gradient norm")
+        if trace.diverged_at:
+            right.axvline(trace.diverged_at, color="red", ls=":", label=f"{label}: loss non-finite")
+    right.set_xlabel("training step")
+    right.set_ylabel("global gradient norm (before clipping)")
+    right.set_title("Exploding: simple RNN, scaled recurrent weights, SGD")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def run_gradient_study(params: Params, prepared: Path, windows: Path, out: StudyOutputs) -> dict:
+    """Both measurements on the prepared Jena windows; returns the metrics written."""
+    cfg = params.gradients
+    seed = params.seed
+    batch_size = params.batch_size
+    clip = params.train.clip_norm or cfg.explode.clip_norm
+    torch.set_flush_denormal(False)   # the vanishing side reads tiny numbers on purpose
+
+    features, stats = load_features(prepared, mmap=False)
+    spec = load_spec(windows)
+    if not 0 < cfg.distance < spec.timesteps:
+        raise RnnlabError(f"params.yaml: gradients.distance ({cfg.distance}) must be between 1 "
+                          f"and the window length minus one ({spec.timesteps} time steps = "
+                          "jena.lookback / jena.step); lower it or lengthen the window")
+    train = JenaWindows(features, spec, "train")
+    val = JenaWindows(features, spec, "val")
+    # A fixed set of validation batches, spread over the split.
+    picks = np.linspace(0, len(val) - batch_size, cfg.batches).astype(int)
+    fixed = [val.batch(val.rows[i:i + batch_size]) for i in picks]
+
+    norms, metrics = {}, {}
+    for cell in CELLS:
+        seed_everything(seed)
+        model = CellRegressor(cell, features.shape[1], cfg.hidden)
+        norms[cell, "init"] = state_gradient_norms(model, fixed)
+        losses = train_steps(model, train.epoch_batches(1, cfg.train_steps, batch_size, seed),
+                             cfg.train_steps)
+        norms[cell, "trained"] = state_gradient_norms(model, fixed)
+        for when in ("init", "trained"):
+            metrics[f"{cell}_ratio_{cfg.distance}_{when}"] = decay_ratio(norms[cell, when],
+                                                                         cfg.distance)
+        metrics[f"{cell}_train_loss_last"] = float(np.mean(losses[-20:]))
+        log.info(f"gradients: {cell}: ||dL/dh|| {cfg.distance} steps back / at the output = "
+              f"{metrics[f'{cell}_ratio_{cfg.distance}_init']:.3g} at init, "
+              f"{metrics[f'{cell}_ratio_{cfg.distance}_trained']:.3g} after "
+              f"{cfg.train_steps} steps")
+
+    traces = {}
+    for label, clip_norm in (("no clipping", None), (f"clip_norm {clip:g}", clip)):
+        seed_everything(seed)
+        model = CellRegressor("rnn", features.shape[1], cfg.hidden, cfg.explode.nonlinearity)
+        scale_recurrent_weights(model, cfg.explode.recurrent_scale)
+        traces[label] = explode_run(model, train.epoch_batches(2, cfg.explode.steps,
+                                                               batch_size, seed),
+                                    cfg.explode.steps, lr=cfg.explode.lr, clip_norm=clip_norm)
+    plain, clipped = traces.values()
+    metrics |= {
+        "explode_diverged_step_noclip": plain.diverged_at or 0,
+        "explode_diverged_step_clip": clipped.diverged_at or 0,
+        "explode_max_grad_norm_noclip": float(np.nanmax(plain.grad_norms or [0])),
+        "explode_max_grad_norm_clip": float(np.nanmax(clipped.grad_norms or [0])),
+        "explode_max_applied_norm_clip": float(max(clipped.clipped_norms or [0])),
+        "explode_clip_norm": clip,
+    }
+    for label, t in traces.items():
+        state = f"diverged at step {t.diverged_at}" if t.diverged_at else "finite throughout"
+        log.info(f"gradients: exploding, {label}: max gradient norm "
+              f"{np.nanmax(t.grad_norms or [0]):.3g}, {state}")
+
+    depth = len(next(iter(norms.values())))
+    write_csv(out.vanishing, ["distance"] + [f"{c}_{w}" for c, w in norms],
+              ([d] + [f"{norms[k][d]:.6g}" for k in norms] for d in range(depth)))
+    n = max(len(t.losses) for t in traces.values())
+    cell = lambda seq, i: f"{seq[i]:.6g}" if i < len(seq) else ""  # noqa: E731
+    write_csv(out.exploding, ["step", "loss_noclip", "grad_norm_noclip", "loss_clip",
+                               "grad_norm_clip", "applied_norm_clip"],
+              ([i + 1, cell(plain.losses, i), cell(plain.grad_norms, i), cell(clipped.losses, i),
+                cell(clipped.grad_norms, i), cell(clipped.clipped_norms, i)] for i in range(n)))
+    figure(out.figure, norms, traces, cfg.distance)
+
+    run_params = {"gradients": asdict(cfg), "jena": {"batch_size": batch_size}, "seed": seed,
+                  "clip_norm_used": clip}
+    with tracked_run(experiment="rnnlab-jena", run_name="gradients", params=run_params,
+                     tags={"variant": "gradients", "dataset": "jena", "seed": seed},
+                     root=repo_root()) as run:
+        run.log_metrics(metrics)
+        for label, t in traces.items():
+            key = "noclip" if t.clip_norm is None else "clip"
+            for i, norm in enumerate(t.grad_norms, start=1):
+                if np.isfinite(norm):
+                    run.log_metrics({f"explode_grad_norm_{key}": norm}, step=i)
+        metrics["mlflow_run_id"] = run.id
+        write_json(out.metrics, metrics)
+        for path in (out.metrics, out.vanishing, out.exploding, out.figure):
+            run.log_artifact(path)
+
+    return metrics

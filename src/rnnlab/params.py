@@ -1,0 +1,269 @@
+"""The schema of ``params.yaml``: one typed, frozen tree, validated whole when loaded.
+
+    params = load_params(Path("params.yaml"))      # -> Params; one clear error otherwise
+    params.jena.lookback, params.models["gru"].units, params.seed_list
+
+Every section is a frozen dataclass; unknown keys are errors at every level (top level
+included) naming the key, its section and the known keys; each model variant accepts
+only the fields its architecture reads (``ARCHITECTURES``). Nothing here imports torch,
+so the data stages stay light and their DVC dependencies small.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rnnlab.config import ConfigError, from_mapping
+
+PARAMS_FILE = Path("params.yaml")
+DATASETS = ("jena", "imdb")
+# Variant names become file names, DVC stage names and shell arguments: keep them plain.
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+@dataclass(frozen=True)
+class SourceParams:
+    """Where a data set comes from (``data.<dataset>``): only its download stage reads it."""
+    url: str
+    md5: str | None = None
+
+    def validate(self, where: str) -> None:
+        if not self.url.startswith(("http://", "https://", "file://")):
+            raise ConfigError(f"{where}.url: {self.url!r} is not an http(s):// or file:// URL "
+                              "(a local file is file:///absolute/path)")
+        if self.md5 is not None and (len(self.md5) != 32 or
+                                     any(c not in "0123456789abcdefABCDEF" for c in self.md5)):
+            raise ConfigError(f"{where}.md5: {self.md5!r} is not a 32-digit hex md5")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    jena: SourceParams
+    imdb: SourceParams
+
+
+@dataclass(frozen=True)
+class JenaParams:
+    lookback: int
+    step: int
+    delay: int
+    batch_size: int
+    train_rows: tuple[int, int | None]
+    val_rows: tuple[int, int | None]
+    test_rows: tuple[int, int | None]
+    target: str
+    wind_sentinel_fill: float | None = 0.0
+
+    def validate(self, where: str) -> None:
+        if self.train_rows[1] is None:
+            raise ConfigError(f"{where}.train_rows: the end must be a row number, not null "
+                              "(the statistics are taken over these rows)")
+        if self.batch_size < 1:
+            raise ConfigError(f"{where}.batch_size: must be >= 1, got {self.batch_size}")
+
+    @property
+    def splits(self) -> dict[str, tuple[int, int | None]]:
+        return {"train": self.train_rows, "val": self.val_rows, "test": self.test_rows}
+
+
+@dataclass(frozen=True)
+class ImdbParams:
+    max_features: int
+    maxlen: int
+    val_fraction: float
+    batch_size: int
+    padding: str = "pre"
+    truncating: str = "pre"
+
+    def validate(self, where: str) -> None:
+        for name in ("max_features", "maxlen", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"{where}.val_fraction: must be in (0, 1), got {self.val_fraction}")
+        for name in ("padding", "truncating"):
+            if getattr(self, name) not in ("pre", "post"):
+                raise ConfigError(f"{where}.{name}: {getattr(self, name)!r}; choose pre or post")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """The training engine, for every variant."""
+    steps_per_epoch: int | None               # Jena; null = a full pass over the windows
+    imdb_steps_per_epoch: int | None = None   # IMDB; null = a full pass
+    max_epochs: int | None = None             # cap over every variant's epochs; null = none
+    max_eval_batches: int | None = None       # cap on val/test batches; null = all
+    clip_norm: float | None = None
+
+    def validate(self, where: str) -> None:
+        for name in ("steps_per_epoch", "imdb_steps_per_epoch", "max_epochs", "max_eval_batches"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{where}.{name}: must be >= 1 or null (no cap), got {value}")
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            raise ConfigError(f"{where}.clip_norm: must be > 0 or null, got {self.clip_norm}")
+
+
+@dataclass(frozen=True)
+class ExplodeParams:
+    recurrent_scale: float
+    nonlinearity: str
+    lr: float
+    steps: int
+    clip_norm: float          # used when train.clip_norm is null
+
+
+@dataclass(frozen=True)
+class GradientsParams:
+    hidden: int
+    batches: int
+    train_steps: int
+    distance: int
+    explode: ExplodeParams
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What a model builder reads from its variant: the datasets it fits and its fields."""
+    datasets: tuple[str, ...]
+    fields: tuple[str, ...]
+    torch: bool = True          # False: not built by rnnlab.models (scikit-learn)
+
+
+# Every variant has dataset, arch and epochs; these are the fields each architecture adds.
+# rnnlab.models registers one builder per name here (a test keeps the two in step).
+_WINDOW = ("reverse", "lookback", "step")
+_RECURRENT = ("units", "activations", "dropout", "recurrent_dropout", "bidirectional")
+ARCHITECTURES = {
+    "dense": Architecture(("jena",), ("units", *_WINDOW)),
+    "gru": Architecture(("jena",), (*_RECURRENT, *_WINDOW)),
+    "lstm": Architecture(("jena",), ("units", "bidirectional", *_WINDOW)),
+    "conv_gru": Architecture(("jena",), (*_RECURRENT, *_WINDOW, "conv_filters", "conv_kernel",
+                                         "pool_size")),
+    "multihot_dense": Architecture(("imdb",), ("units",)),
+    "embed_rnn": Architecture(("imdb",), ("cell", "units", "embedding_dim", "bidirectional",
+                                          "reverse")),
+    "tfidf_logreg": Architecture(("imdb",), ("ngram_max", "c"), torch=False),
+}
+COMMON_FIELDS = ("dataset", "arch", "epochs")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One variant's architecture and training length (a ``models.<variant>`` entry)."""
+
+    dataset: str
+    arch: str
+    epochs: int
+    units: tuple[int, ...] = (32,)         # one entry per stacked recurrent layer
+    activations: tuple[str, ...] | None = None  # per layer; default tanh
+    dropout: float = 0.0                   # on each recurrent layer's inputs, one mask per sequence
+    recurrent_dropout: float = 0.0         # on the recurrent state, one mask per sequence
+    bidirectional: bool = False
+    reverse: bool = False                  # train and evaluate on reversed-order sequences
+    lookback: int | None = None            # Jena window overrides (conv_gru uses its own)
+    step: int | None = None
+    conv_filters: int = 32                 # conv_gru only
+    conv_kernel: int = 5
+    pool_size: int = 3
+    cell: str = "lstm"                     # embed_rnn only: rnn (simple, tanh), gru, lstm
+    embedding_dim: int = 32                # embed_rnn only
+    ngram_max: int = 2                     # tfidf_logreg only: 1 = words, 2 = + bigrams
+    c: float = 1.0                         # tfidf_logreg only: inverse regularization
+
+    @staticmethod
+    def check_keys(data: Mapping[str, Any], where: str) -> None:
+        """Before the fields are read: the arch is known and every key is one it uses."""
+        arch = data.get("arch")
+        if arch not in ARCHITECTURES:
+            raise ConfigError(f"{where}.arch: unknown architecture {arch!r}; known: "
+                              f"{', '.join(sorted(ARCHITECTURES))}")
+        uses = ARCHITECTURES[arch].fields
+        unused = [k for k in data if k not in COMMON_FIELDS and k not in uses]
+        if unused:
+            raise ConfigError(f"{where}: {', '.join(map(repr, unused))} not used by arch "
+                              f"{arch!r}; it reads {', '.join(COMMON_FIELDS + uses)}")
+
+    def validate(self, where: str) -> None:
+        datasets = ARCHITECTURES[self.arch].datasets
+        if self.dataset not in datasets:
+            raise ConfigError(f"{where}.dataset: {self.dataset!r}; arch {self.arch!r} trains "
+                              f"on {' or '.join(datasets)}")
+        if self.activations is not None and len(self.activations) != len(self.units):
+            raise ConfigError(f"{where}.activations: {len(self.activations)} given for "
+                              f"{len(self.units)} layers (units)")
+        for name in ("activations",):
+            bad = [a for a in (self.activations or ()) if a not in ("tanh", "relu")]
+            if bad:
+                raise ConfigError(f"{where}.{name}: {bad[0]!r}; choose tanh or relu")
+        for name in ("dropout", "recurrent_dropout"):
+            p = getattr(self, name)
+            if not 0.0 <= p < 1.0:
+                raise ConfigError(f"{where}.{name}: {p} is not in [0, 1)")
+        if self.cell not in ("rnn", "gru", "lstm"):
+            raise ConfigError(f"{where}.cell: {self.cell!r}; choose rnn, gru or lstm")
+        for name in ("epochs", "conv_filters", "conv_kernel", "pool_size", "embedding_dim",
+                     "ngram_max"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
+        if not self.units or min(self.units) < 1:
+            raise ConfigError(f"{where}.units: one size >= 1 per layer, got {list(self.units)}")
+        for name in ("lookback", "step"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: must be >= 1 or absent, "
+                                  f"got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of params.yaml."""
+    seed: int
+    device: str
+    data: DataParams
+    jena: JenaParams
+    imdb: ImdbParams
+    train: TrainParams
+    gradients: GradientsParams
+    models: dict[str, ModelSpec]
+    seeds: tuple[int, ...] | None = None   # train each variant once per seed; null/[] = seed
+
+    def validate(self, where: str) -> None:
+        for name in self.models:
+            if not NAME.match(name):
+                raise ConfigError(f"{where}: models.{name!r}: a variant name is a lowercase "
+                                  "identifier (a-z, 0-9, _; starting with a letter)")
+        if self.seeds and len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"{where}: seeds: {list(self.seeds)} repeats a seed; "
+                              "list each once")
+
+    @property
+    def seed_list(self) -> list[int]:
+        """``seeds`` when given (each variant trains once per seed), else ``[seed]``."""
+        return list(self.seeds) if self.seeds else [self.seed]
+
+    def variant(self, name: str) -> ModelSpec:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise ConfigError(f"{PARAMS_FILE}: models: no variant {name!r}; known: "
+                              f"{', '.join(self.models)}") from None
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Read and validate the whole file; any problem is one ConfigError naming the key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run the stages from the repository root") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top")
+    return from_mapping(Params, raw, where=str(path))
