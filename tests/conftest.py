@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from contextlib import contextmanager
 from collections import defaultdict
@@ -9,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rnnlab.synthetic import write_jena_zip
 
@@ -92,18 +94,42 @@ def leftovers(directory: Path) -> list[str]:
 
 
 
+def readme_example_variant() -> dict:
+    """The variant the README's "Adding a variant" section shows, as a params entry."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Adding a variant", 1)[1]
+    block = section.split("```yaml", 1)[1].split("```", 1)[0]
+    return yaml.safe_load(block)
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory, small_jena_zip):
     """The whole pipeline, `dvc repro` once per session, in a fresh copy on tiny data:
-    every variant for one short epoch (``TRAIN_CAPS``), the gradients stage and the report.
-
-    Shared by several test files; tests that change it (new params, reruns, experiments)
-    live in test_pipeline.py, which runs after the read-only users (test_browser.py)."""
+    every variant (plus the README's example one) for one short epoch (``TRAIN_CAPS``), the
+    gradients stage and the report. Read-only: a test that changes things takes
+    ``pipeline_copy``."""
     from _project import TRAIN_CAPS, set_params, sh, small_project
 
     base = tmp_path_factory.mktemp("tiny")
     with serving(base / "served") as server:
         repo = small_project(base / "clone", server, small_jena_zip)
-        set_params(repo, **TRAIN_CAPS, models__conv_gru__lookback=120)
+        models = yaml.safe_load((repo / "params.yaml").read_text())["models"]
+        set_params(repo, **TRAIN_CAPS, models__conv_gru__lookback=120,
+                   models=models | readme_example_variant())
+        sh(repo, "git", "commit", "-qam", "the README's example variant")
         sh(repo, "dvc", "repro")
         yield repo
+
+
+@pytest.fixture
+def pipeline_copy(tiny_pipeline, tmp_path):
+    """A private copy of the tiny pipeline to change (the session's one stays as built);
+    its MLflow store points at its own artifact folder."""
+    import sqlite3
+
+    repo = Path(shutil.copytree(tiny_pipeline, tmp_path / "repo", symlinks=True))
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
+            db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)",
+                       (str(tiny_pipeline), str(repo)))
+    return repo

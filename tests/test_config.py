@@ -34,7 +34,7 @@ def test_from_mapping_types_and_defaults():
     ({"size": "3", "rate": 1, "rows": [0, 1]}, "p.yaml: ex.size: expected an integer, got '3'"),
     ({"size": True, "rate": 1, "rows": [0, 1]}, "p.yaml: ex.size: expected an integer"),
     ({"size": 3, "rate": 1, "rows": [0]}, r"p.yaml: ex.rows: expected a list of 2 items"),
-    ({"size": 3, "rate": 1, "rows": [0, "end"]}, r"p.yaml: ex.rows\[1\]: expected null, got 'end'"),
+    ({"size": 3, "rate": 1, "rows": [0, "end"]}, r"p.yaml: ex.rows\[1\]: expected an integer, got 'end'"),
 ])
 def test_from_mapping_errors(data, message):
     with pytest.raises(ConfigError, match=message):

@@ -25,8 +25,10 @@ def test_download_over_http_unpacks_only_the_review_folders(http_server, tarball
     dest = tmp_path / "raw" / "imdb"
     assert download_imdb(http_server.url("imdb.tar.gz"), dest, md5=md5, progress=False) == 120
     files = leftovers(tmp_path / "raw")
-    assert len(files) == 120
-    assert all(f.startswith("imdb/aclImdb/") and f.endswith(".txt") for f in files)
+    assert len(files) == 121 and "imdb/archive.json" in files
+    assert json.loads((dest / "archive.json").read_text()) == {"md5": md5, "reviews": 120}
+    assert all(f.startswith("imdb/aclImdb/") and f.endswith(".txt") for f in files
+               if f != "imdb/archive.json")
     assert not (dest / "aclImdb" / "README").exists()
     assert not (dest / "aclImdb" / "train" / "urls_pos.txt").exists()
     reviews = read_reviews(dest, "train")

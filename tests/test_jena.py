@@ -1,11 +1,14 @@
+import hashlib
 import json
+import logging
 import re
 
 import numpy as np
 import pytest
 
 from rnnlab.errors import DataFormatError
-from rnnlab.jena import FEATURES, HEADER, SENTINEL, load_features, normalize_jena, read_jena_csv
+from rnnlab.jena import (FEATURES, HEADER, SENTINEL, JenaStats, load_features, normalize_jena,
+                         read_jena_csv)
 from rnnlab.synthetic import jena_frame, write_jena_csv
 
 HEADER_LINE = ",".join(f'"{c}"' for c in HEADER)
@@ -103,9 +106,11 @@ def test_normalize_uses_training_rows_only(tmp_path, jena_csv):
     features, loaded = load_features(out)
     assert isinstance(features, np.memmap) and features.dtype == np.float32
     np.testing.assert_allclose(features, (raw - mean) / std, rtol=1e-5, atol=1e-5)
-    assert loaded == json.loads((out / "stats.json").read_text()) == stats
-    assert stats["std"]["T (degC)"] == pytest.approx(std[1])
-    assert stats["mean"]["p (mbar)"] == pytest.approx(mean[0])
+    assert loaded == JenaStats(**json.loads((out / "stats.json").read_text())) == stats
+    assert stats.std["T (degC)"] == stats.target_std == pytest.approx(std[1])
+    assert stats.mean["p (mbar)"] == pytest.approx(mean[0])
+    assert stats.csv_md5 == hashlib.md5(jena_csv.read_bytes()).hexdigest()
+    assert not stats.canonical
     # Rows past the training split have no influence on the statistics.
     assert abs(features[:1000].mean(axis=0)).max() < 1e-4
     assert abs(features[1000:].mean(axis=0)).max() > 1e-3
@@ -113,18 +118,19 @@ def test_normalize_uses_training_rows_only(tmp_path, jena_csv):
     assert np.load(out / "timestamps.npy").dtype == np.dtype("datetime64[s]")
 
 
-def test_sentinels_replaced_and_counted(tmp_path, jena_csv, capsys):
+def test_sentinels_replaced_and_counted(tmp_path, jena_csv, caplog):
+    caplog.set_level(logging.INFO)
     stats = normalize_jena(jena_csv, tmp_path / "a", train_rows=(0, 2000), target="T (degC)",
                            wind_sentinel_fill=0.0)
     n_bad = sum("-9999.00,-9999.00" in line for line in lines_of(jena_csv))
-    assert stats["sentinels_found"] == {"wv (m/s)": n_bad, "max. wv (m/s)": n_bad}
-    assert f"{2 * n_bad} sentinel -9999 value(s) replaced by 0" in capsys.readouterr().err
+    assert stats.sentinels_found == {"wv (m/s)": n_bad, "max. wv (m/s)": n_bad}
+    assert f"{2 * n_bad} sentinel -9999 value(s) replaced by 0" in caplog.text
     feats, _ = load_features(tmp_path / "a")
-    wv = feats[:, FEATURES.index("wv (m/s)")] * stats["std"]["wv (m/s)"] + stats["mean"]["wv (m/s)"]
+    wv = feats[:, FEATURES.index("wv (m/s)")] * stats.std["wv (m/s)"] + stats.mean["wv (m/s)"]
     assert wv.min() > -1e-3                                   # no -9999 left
     kept = normalize_jena(jena_csv, tmp_path / "b", train_rows=(0, 2000), target="T (degC)",
                           wind_sentinel_fill=None)
-    assert kept["mean"]["wv (m/s)"] < 0                       # the lecture's behaviour
+    assert kept.mean["wv (m/s)"] < 0                       # the lecture's behaviour
 
 
 def test_unknown_target_and_bad_split(tmp_path, jena_csv):

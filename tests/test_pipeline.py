@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from _project import ROOT, set_params, sh, small_project
+from _project import set_params, sh, small_project
 from rnnlab.synthetic import JENA_CSV_NAME
 
 
@@ -108,8 +108,9 @@ def test_whole_pipeline_end_to_end(tiny_pipeline, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     repo = tiny_pipeline
-    models = yaml.safe_load((ROOT / "params.yaml").read_text())["models"]
+    models = yaml.safe_load((repo / "params.yaml").read_text())["models"]
     variants = [k for k, v in models.items() if v["dataset"] == "jena"]
+    assert "gru64_dropout" in variants           # the README's example, trained like the rest
     imdb_variants = [k for k, v in models.items() if v["dataset"] == "imdb"]
     assert {"dense", "gru", "gru_dropout", "gru_stacked", "gru_reversed", "bigru", "conv_gru",
             "lstm"} <= set(variants)
@@ -213,7 +214,8 @@ def test_report_puts_every_result_beside_the_lecture(tiny_pipeline):
         assert row[1] == f"{m['val_accuracy']:.3f}" and row[4] == f"{m['test_auc']:.3f}"
         assert row[5] == lecture
         assert float(row[8]) == pytest.approx(m["seconds_per_epoch"], abs=0.051)
-    assert len([v for v in models if v in summary]) == len(models)
+    for variant in models:                       # one row each, matched whole
+        assert table_row(summary, variant)[0] == f"`{variant}`"
     for chart in ("jena_validation", "imdb_validation", "jena_vs_lecture", "imdb_vs_lecture"):
         png = (repo / f"reports/{chart}.png").read_bytes()
         assert png[:4] == b"\x89PNG" and len(png) > 10_000
@@ -223,12 +225,12 @@ def test_report_puts_every_result_beside_the_lecture(tiny_pipeline):
     assert "reports/jena_validation.png" in shown["data"]
 
 
-def test_queued_sweep_with_two_workers(tiny_pipeline):
+def test_queued_sweep_with_two_workers(pipeline_copy):
     """`dvc exp run --queue` of a 2-point grid, `dvc queue start -j 2` with one torch thread
     per worker: both experiments finish with their own params, metrics and MLflow runs."""
     from mlflow.tracking import MlflowClient
 
-    repo = tiny_pipeline
+    repo = pipeline_copy
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "tiny results")
     client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
@@ -279,8 +281,8 @@ def test_queued_sweep_with_two_workers(tiny_pipeline):
     assert total.split()[1:] == [str(total_runs), str(total_runs)]
 
 
-def test_editing_one_variant_reruns_only_it(tiny_pipeline):
-    repo = tiny_pipeline
+def test_editing_one_variant_reruns_only_it(pipeline_copy):
+    repo = pipeline_copy
     set_params(repo, models__lstm__units=[16])
     rerun = sh(repo, "dvc", "repro")
     assert "Running stage 'train@lstm'" in rerun.stdout
@@ -289,10 +291,10 @@ def test_editing_one_variant_reruns_only_it(tiny_pipeline):
     assert read_metrics(repo, "lstm")["n_params"] == 4 * 16 * (14 + 16 + 2) + 17
 
 
-def test_seeds_train_each_variant_once_per_seed(tiny_pipeline):
+def test_seeds_train_each_variant_once_per_seed(pipeline_copy):
     from mlflow.tracking import MlflowClient
 
-    repo = tiny_pipeline
+    repo = pipeline_copy
     set_params(repo, seeds=[3, 4])
     sh(repo, "dvc", "repro", "-s", "train@gru")
     m = read_metrics(repo, "gru")

@@ -6,13 +6,25 @@ import json
 
 import pytest
 
+from dataclasses import replace
+from pathlib import Path
+
 from rnnlab.errors import RnnlabError
 from rnnlab.imdb import CANONICAL_MD5 as IMDB_MD5
 from rnnlab.jena import CANONICAL_MD5 as JENA_MD5
-from rnnlab.report import DataSource, write_report
+from rnnlab.params import ModelSpec, load_params
+from rnnlab.report import DataSource, data_sources, write_report
 
-MODELS = {"gru": {"dataset": "jena"}, "lstm": {"dataset": "jena"},
-          "imdb_lstm": {"dataset": "imdb"}, "imdb_bilstm": {"dataset": "imdb"}}
+MODELS = {"gru": ModelSpec("jena", "gru", 20), "lstm": ModelSpec("jena", "lstm", 20),
+          "imdb_lstm": ModelSpec("imdb", "embed_rnn", 10),
+          "imdb_bilstm": ModelSpec("imdb", "embed_rnn", 10, bidirectional=True)}
+DEFAULTS = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+
+
+def params_with(*, seeds=(), max_epochs=None, distance=100):
+    return replace(DEFAULTS, seed=1, seeds=tuple(seeds), models=MODELS,
+                   train=replace(DEFAULTS.train, max_epochs=max_epochs),
+                   gradients=replace(DEFAULTS.gradients, distance=distance))
 
 
 def row(summary: str, variant: str) -> list[str]:
@@ -47,15 +59,12 @@ def outputs(tmp_path):
 
 
 def sources(real: bool):
-    return {"jena": DataSource("jena", "file:///x.zip", JENA_MD5 if real else "0" * 32, JENA_MD5),
-            "imdb": DataSource("imdb", "file:///y.tgz", IMDB_MD5 if real else "1" * 32,
-                               IMDB_MD5)}
+    return {"jena": DataSource("jena", JENA_MD5 if real else "0" * 32, JENA_MD5),
+            "imdb": DataSource("imdb", IMDB_MD5 if real else "1" * 32, IMDB_MD5)}
 
 
 def test_report_rows_seeds_and_missing_variants(outputs):
-    params = {"seed": 1, "seeds": [1, 2], "train": {"max_epochs": None}, "models": MODELS,
-              "gradients": {"distance": 100}}
-    summary = write_report(params, outputs / "metrics", outputs / "plots", outputs / "reports",
+    summary = write_report(params_with(seeds=[1, 2]), outputs / "metrics", outputs / "plots", outputs / "reports",
                            sources(real=True)).read_text()
     assert summary.count("**real**") == 2 and "Capped run" not in summary
     assert row(summary, "naive")[1:6] == ["0.290", "2.56", "0.308", "2.73", "0.290 (2.57)"]
@@ -74,8 +83,7 @@ def test_report_rows_seeds_and_missing_variants(outputs):
 
 
 def test_report_says_when_data_is_not_canonical_and_runs_are_capped(outputs):
-    params = {"seed": 1, "seeds": [], "train": {"max_epochs": 1}, "models": MODELS}
-    summary = write_report(params, outputs / "metrics", outputs / "plots", outputs / "reports",
+    summary = write_report(params_with(max_epochs=1), outputs / "metrics", outputs / "plots", outputs / "reports",
                            sources(real=False)).read_text()
     assert summary.count("not the canonical file") == 2 and "**real**" not in summary
     assert "**Capped run** (train.max_epochs = 1)" in summary
@@ -85,5 +93,13 @@ def test_report_says_when_data_is_not_canonical_and_runs_are_capped(outputs):
 def test_report_names_a_broken_metrics_file(outputs):
     (outputs / "metrics" / "gru.json").write_text("{not json")
     with pytest.raises(RnnlabError, match=r"gru\.json: not valid JSON.*dvc repro -f"):
-        write_report({"models": MODELS}, outputs / "metrics", outputs / "plots",
+        write_report(params_with(), outputs / "metrics", outputs / "plots",
                      outputs / "reports", sources(real=False))
+
+
+def test_data_sources_come_from_the_prepared_statistics(tmp_path):
+    (tmp_path / "jena").mkdir()
+    (tmp_path / "jena" / "stats.json").write_text(json.dumps({"csv_md5": JENA_MD5}))
+    sources = data_sources(jena=tmp_path / "jena", imdb=tmp_path / "imdb")
+    assert sources["jena"].real and "**real**" in sources["jena"].describe()
+    assert not sources["imdb"].real and sources["imdb"].describe() == "not prepared in this workspace"

@@ -118,3 +118,15 @@ def test_device_resolution():
     if not torch.backends.mps.is_available():
         with pytest.raises(RnnlabError, match="device 'mps' is not available"):
             resolve_device("mps")
+
+
+@pytest.mark.parametrize("present, expected", [
+    (["cpu", "cuda:0", "cuda:1", "mps"], "cuda:0"),   # cuda first, its first card
+    (["cpu", "mps"], "mps"),
+    (["cpu"], "cpu"),
+])
+def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch, present, expected):
+    # No GPU on the test machines: what the hardware reports is the one thing stood in for.
+    import rnnlab.device
+    monkeypatch.setattr(rnnlab.device, "available_devices", lambda: present)
+    assert str(resolve_device("auto")) == expected

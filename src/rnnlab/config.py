@@ -13,10 +13,12 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from rnnlab.errors import RnnlabError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(RnnlabError, ValueError):
     """A params section that does not fit its config class."""
 
 
@@ -83,15 +85,15 @@ def from_mapping(cls: type[T], data: Any, *, where: str) -> T:
         raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    check_keys = getattr(cls, "check_keys", None)   # a class may narrow the keys further
+    if check_keys is not None:
+        check_keys(data, where)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
             f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
             f"known keys are {', '.join(fields)}"
         )
-    check_keys = getattr(cls, "check_keys", None)   # a class may narrow the keys further
-    if check_keys is not None:
-        check_keys(data, where)
     values = {}
     for name, f in fields.items():
         if name in data:

@@ -77,7 +77,7 @@ def run_gradient_study(params: Params, prepared: Path, windows: Path, out: Study
     """Both measurements on the prepared Jena windows; returns the metrics written."""
     cfg = params.gradients
     seed = params.seed
-    batch_size = params.batch_size
+    batch_size = params.jena.batch_size
     clip = params.train.clip_norm or cfg.explode.clip_norm
     torch.set_flush_denormal(False)   # the vanishing side reads tiny numbers on purpose
 

@@ -187,7 +187,7 @@ class ModelSpec:
         uses = ARCHITECTURES[arch].fields
         unused = [k for k in data if k not in COMMON_FIELDS and k not in uses]
         if unused:
-            raise ConfigError(f"{where}: {', '.join(map(repr, unused))} not used by arch "
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unused))} for arch "
                               f"{arch!r}; it reads {', '.join(COMMON_FIELDS + uses)}")
 
     def validate(self, where: str) -> None:

@@ -1,0 +1,101 @@
+"""dvc.yaml against the code: every stage depends on exactly the code it runs, no stage on
+a data URL, and real DVC reruns what an edit touches and nothing else."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from _imports import ROOT, import_closure
+from _project import set_params, sh
+
+DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+PATHS = DVC_YAML["vars"][0]["paths"]
+
+
+def stage_definitions() -> dict[str, dict]:
+    """Each stage of dvc.yaml (the foreach ``train`` as one), ``${paths.*}`` resolved."""
+    stages = {}
+    for name, stage in DVC_YAML["stages"].items():
+        stage = stage.get("do", stage)
+        text = yaml.safe_dump(stage)
+        text = re.sub(r"\$\{paths\.(\w+)\}", lambda m: PATHS[m.group(1)], text)
+        stages[name] = yaml.safe_load(text)
+    return stages
+
+
+STAGES = stage_definitions()
+
+
+def script_of(stage: dict) -> Path:
+    (script,) = re.findall(r"python (stages/\w+\.py)", stage["cmd"])
+    return ROOT / script
+
+
+def code_deps(stage: dict) -> set[str]:
+    return {d for d in stage["deps"] if d.startswith(("src/", "stages/"))}
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_deps_are_its_import_closure(name):
+    stage = STAGES[name]
+    needed, declared = import_closure(script_of(stage)), code_deps(stage)
+    missing = sorted(needed - declared)
+    assert not missing, f"dvc.yaml: stage {name!r} runs {missing} but does not list them in deps"
+    extra = sorted(declared - needed)
+    assert not extra, (f"dvc.yaml: stage {name!r} lists {extra} in deps but never imports "
+                       "them: an edit there would rerun it for nothing")
+
+
+def test_only_download_stages_read_data_urls():
+    for name, stage in STAGES.items():
+        data_params = [p for p in stage.get("params", []) if str(p).startswith("data")]
+        if name.startswith("download_"):
+            assert data_params == [f"data.{name.removeprefix('download_')}"]
+        else:
+            assert data_params == [], f"{name} depends on {data_params}: a mirror would rerun it"
+
+
+def changed_stages(repo: Path) -> set[str]:
+    import json
+    status = json.loads(sh(repo, "dvc", "status", "--json").stdout or "{}")
+    return {name.split(":")[-1] for name in status}
+
+
+def test_touching_a_module_flags_exactly_the_stages_that_import_it(pipeline_copy):
+    repo = pipeline_copy
+    assert changed_stages(repo) == set()
+    stage_names = sh(repo, "dvc", "stage", "list", "--names-only").stdout.split()
+    modules = sorted({f for s in STAGES.values() for f in code_deps(s)})
+    for module in modules:
+        path = repo / module
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# touched\n")
+        try:
+            expected = {n for n in stage_names
+                        if module in code_deps(STAGES[n.split("@")[0]])}
+            assert changed_stages(repo) == expected, module
+        finally:
+            path.write_bytes(original)
+    assert changed_stages(repo) == set()
+
+
+def test_a_mirror_with_the_same_checksum_reruns_only_its_download(pipeline_copy):
+    repo = pipeline_copy
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    served = params["data"]["jena"]["url"]                 # http://127.0.0.1:<port>/jena.zip
+    mirror = repo.parent / "mirror" / "jena.zip"
+    mirror.parent.mkdir()
+    import urllib.request
+    with urllib.request.urlopen(served) as resp:
+        mirror.write_bytes(resp.read())
+    set_params(repo, data__jena__url=mirror.as_uri())
+    try:
+        assert changed_stages(repo) == {"download_jena"}
+        out = sh(repo, "dvc", "repro").stdout
+        assert re.findall(r"Running stage '([^']+)'", out) == ["download_jena"]
+    finally:
+        set_params(repo, data__jena__url=served)
