@@ -35,7 +35,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("csrc") / "recurrent.cpp"
-_CFLAGS = ["-O3", "-fopenmp", "-march=native"]
+_CFLAGS = ["-O3", "-fno-trapping-math", "-fopenmp", "-march=native"]
 _LDFLAGS = ["-fopenmp"]   # torch ships libgomp.so.1 with that soname: one OpenMP runtime
 
 _lock = threading.Lock()

@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -108,11 +109,16 @@ struct Blocks {
 
 inline Blocks make_blocks(int64_t batch) { return {std::max<int64_t>(1, std::min(batch, kMaxBlocks)), batch}; }
 
+// Blocks are handed out dynamically (an atomic counter), so when another process holds a
+// core the thread sharing it simply takes fewer blocks instead of stalling the others.
+// Which thread runs a block never changes its arithmetic, so results stay bit-identical.
 template <typename F>
 inline void for_blocks(const Blocks& blocks, const F& f) {
-  // grain 1: each block is a whole time loop, worth a thread on its own.
-  at::parallel_for(0, blocks.n, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) f(i, blocks.begin(i), blocks.end(i));
+  std::atomic<int64_t> next{0};
+  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks.n));
+  at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(1); i < blocks.n; i = next.fetch_add(1))
+      f(i, blocks.begin(i), blocks.end(i));
   });
 }
 
