@@ -8,7 +8,7 @@ recurrent-dropout mask ``mask_h`` (B, H) applied to the state before ``w_hh`` at
 to gi, w_hh and b_hh. ``gru_recurrence`` has exactly the semantics of
 ``rnnlab.recurrent._GRURecurrence.apply``.
 
-The extension (src/rnnlab/csrc/recurrent.cpp) is compiled by
+The extension (src/rnnlab/csrc/recurrent.cpp and recurrent_kernels.h) is compiled by
 ``torch.utils.cpp_extension.load`` at first use into
 ``$XDG_CACHE_HOME/rnnlab/torch_extensions/<key>`` (default ``~/.cache``), where the key
 hashes the source, the compiler flags, torch's version and the CPU's instruction-set flags
@@ -34,7 +34,9 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("csrc") / "recurrent.cpp"
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCE = _CSRC / "recurrent.cpp"
+_HEADERS = [_CSRC / "recurrent_kernels.h"]
 _CFLAGS = ["-O3", "-fno-trapping-math", "-fopenmp", "-march=native"]
 _LDFLAGS = ["-fopenmp"]   # torch ships libgomp.so.1 with that soname: one OpenMP runtime
 
@@ -62,7 +64,7 @@ def _cache_root() -> Path:
 def build_key() -> str:
     """Hex digest naming the build directory and the module."""
     h = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), " ".join(_CFLAGS + _LDFLAGS).encode(),
+    for part in (_SOURCE.read_bytes(), *(p.read_bytes() for p in _HEADERS), " ".join(_CFLAGS + _LDFLAGS).encode(),
                  torch.__version__.encode(), sys.version.encode(), _cpu_flags().encode()):
         h.update(part)
         h.update(b"\0")

@@ -14,6 +14,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "recurrent_kernels.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -25,80 +27,6 @@
 namespace {
 
 constexpr int64_t kMaxBlocks = 32;
-
-// ---------------------------------------------------------------- activations
-// float: a branch-free Cephes-style exp the compiler vectorizes (glibc's expf/tanhf are
-// scalar calls without -ffast-math); max relative error ~2 ulp. double: libm (gradcheck).
-inline float exp_approx(float x) {
-  x = x < -87.3f ? -87.3f : x;
-  x = x > 88.3f ? 88.3f : x;
-  float fx = x * 1.44269504088896341f + 12582912.f;  // round to nearest integer
-  fx -= 12582912.f;
-  float r = x - fx * 0.693359375f;
-  r = r - fx * -2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(fx) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
-}
-
-template <typename T> inline T sigmoid_(T x);
-template <> inline float sigmoid_(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
-template <> inline double sigmoid_(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-
-template <typename T> inline T tanh_(T x);
-template <> inline float tanh_(float x) { return 2.0f / (1.0f + exp_approx(-2.0f * x)) - 1.0f; }
-template <> inline double tanh_(double x) { return std::tanh(x); }
-
-template <typename T> inline void sigmoid_inplace(T* __restrict__ p, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) p[j] = sigmoid_(p[j]);
-}
-template <typename T> inline void act_inplace(T* __restrict__ p, int64_t n, bool relu) {
-  if (relu) {
-    for (int64_t j = 0; j < n; ++j) p[j] = p[j] > T(0) ? p[j] : T(0);
-  } else {
-    for (int64_t j = 0; j < n; ++j) p[j] = tanh_(p[j]);
-  }
-}
-
-// ---------------------------------------------------------------- small products
-// c (G) = bias + x (K) @ wt (K x G), wt row-major: the inner loop runs over G, contiguous.
-template <typename T>
-inline void matvec_bias(const T* __restrict__ x, const T* __restrict__ wt,
-                        const T* __restrict__ bias, T* __restrict__ c, int64_t K, int64_t G) {
-  for (int64_t j = 0; j < G; ++j) c[j] = bias[j];
-  for (int64_t k = 0; k < K; ++k) {
-    const T a = x[k];
-    const T* __restrict__ w = wt + k * G;
-    for (int64_t j = 0; j < G; ++j) c[j] += a * w[j];
-  }
-}
-
-// Backward of gh = b + x @ W^T for one row: dW (G x K) += dg (G) outer x (K),
-// db += dg, dx (K) = dg @ W (W row-major G x K).
-template <typename T>
-inline void matvec_backward(const T* __restrict__ dg, const T* __restrict__ x,
-                            const T* __restrict__ w, T* __restrict__ dw, T* __restrict__ db,
-                            T* __restrict__ dx, int64_t K, int64_t G) {
-  for (int64_t j = 0; j < G; ++j) db[j] += dg[j];
-  for (int64_t k = 0; k < K; ++k) dx[k] = T(0);
-  for (int64_t j = 0; j < G; ++j) {
-    const T a = dg[j];
-    const T* __restrict__ wr = w + j * K;
-    T* __restrict__ dwr = dw + j * K;
-    for (int64_t k = 0; k < K; ++k) {
-      dwr[k] += a * x[k];
-      dx[k] += a * wr[k];
-    }
-  }
-}
 
 // ---------------------------------------------------------------- blocking
 struct Blocks {
@@ -155,16 +83,12 @@ std::optional<at::Tensor> contiguous_mask(const std::optional<at::Tensor>& m) {
   return std::nullopt;
 }
 
-// Per-row h entering the matmul: h_prev * mask (or h_prev).
+// ================================================================= torch wrappers
 template <typename T>
-inline const T* masked(const T* hp, const T* m, T* buf, int64_t H) {
-  if (!m) return hp;
-  for (int64_t k = 0; k < H; ++k) buf[k] = hp[k] * m[k];
-  return buf;
+const T* opt_ptr(const std::optional<at::Tensor>& m) {
+  return m ? m->data_ptr<T>() : nullptr;
 }
 
-// ================================================================= GRU
-// saved gates per (t, b): [r, z, n, W_hn h + b_hn] (4H)
 std::vector<at::Tensor> gru_forward(const at::Tensor& gi_, const at::Tensor& w_hh_,
                                     const at::Tensor& b_hh_,
                                     const std::optional<at::Tensor>& mask_h_, bool relu) {
@@ -173,42 +97,41 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& gi_, const at::Tensor& w_h
   auto wt = w_hh_.t().contiguous();  // (H, 3H)
   auto b_hh = b_hh_.contiguous();
   auto mask_h = contiguous_mask(mask_h_);
-  const int64_t T = gi.size(0), B = gi.size(1), H = w_hh_.size(1), G = 3 * H;
+  const int64_t T = gi.size(0), B = gi.size(1), H = w_hh_.size(1);
   auto out = at::empty({T, B, H}, gi.options());
   auto gates = at::empty({T, B, 4 * H}, gi.options());
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "gru_forward", [&] {
-    const scalar_t* pgi = gi.data_ptr<scalar_t>();
-    const scalar_t* pwt = wt.data_ptr<scalar_t>();
-    const scalar_t* pb = b_hh.data_ptr<scalar_t>();
-    const scalar_t* pm = mask_h ? mask_h->data_ptr<scalar_t>() : nullptr;
-    scalar_t* pout = out.data_ptr<scalar_t>();
-    scalar_t* psv = gates.data_ptr<scalar_t>();
     for_blocks(make_blocks(B), [&](int64_t, int64_t r0, int64_t r1) {
-      std::vector<scalar_t> zero(H, scalar_t(0)), hbuf(H), gh(G);
-      for (int64_t t = 0; t < T; ++t) {
-        for (int64_t b = r0; b < r1; ++b) {
-          const scalar_t* hp = t ? pout + ((t - 1) * B + b) * H : zero.data();
-          const scalar_t* hin = masked(hp, pm ? pm + b * H : nullptr, hbuf.data(), H);
-          matvec_bias(hin, pwt, pb, gh.data(), H, G);
-          const scalar_t* __restrict__ g = pgi + (t * B + b) * G;
-          scalar_t* __restrict__ sv = psv + (t * B + b) * 4 * H;
-          for (int64_t j = 0; j < 2 * H; ++j) sv[j] = g[j] + gh[j];
-          sigmoid_inplace(sv, 2 * H);
-          for (int64_t j = 0; j < H; ++j) {
-            sv[3 * H + j] = gh[2 * H + j];
-            sv[2 * H + j] = g[2 * H + j] + sv[j] * gh[2 * H + j];
-          }
-          act_inplace(sv + 2 * H, H, relu);
-          scalar_t* __restrict__ ho = pout + (t * B + b) * H;
-          for (int64_t j = 0; j < H; ++j) {
-            const scalar_t n = sv[2 * H + j];
-            ho[j] = n + sv[H + j] * (hp[j] - n);
-          }
-        }
-      }
+      rnnlab::gru_forward_block<scalar_t>(
+          r0, r1, T, B, H, gi.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
+          b_hh.data_ptr<scalar_t>(), opt_ptr<scalar_t>(mask_h), relu,
+          out.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>());
     });
   });
   return {out, gates};
+}
+
+// Allocates dgi and the per-block partials, runs `block` on every block, reduces.
+template <typename F>
+std::vector<at::Tensor> backward_driver(const at::Tensor& out, int64_t G, const F& block) {
+  const int64_t T = out.size(0), B = out.size(1), H = out.size(2);
+  auto dgi = at::empty({T, B, G}, out.options());
+  const Blocks blocks = make_blocks(B);
+  auto dw_part = at::zeros({blocks.n, G, H}, out.options());
+  auto db_part = at::zeros({blocks.n, G}, out.options());
+  auto dw = at::empty({G, H}, out.options());
+  auto db = at::empty({G}, out.options());
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "recurrence_backward", [&] {
+    scalar_t* pdwp = dw_part.data_ptr<scalar_t>();
+    scalar_t* pdbp = db_part.data_ptr<scalar_t>();
+    scalar_t* pdgi = dgi.data_ptr<scalar_t>();
+    for_blocks(blocks, [&](int64_t blk, int64_t r0, int64_t r1) {
+      block(scalar_t(0), r0, r1, pdgi, pdwp + blk * G * H, pdbp + blk * G);
+    });
+    reduce_blocks(pdwp, blocks.n, G * H, dw.data_ptr<scalar_t>());
+    reduce_blocks(pdbp, blocks.n, G, db.data_ptr<scalar_t>());
+  });
+  return {dgi, dw, db};
 }
 
 std::vector<at::Tensor> gru_backward(const at::Tensor& grad_, const at::Tensor& w_hh_,
@@ -218,72 +141,17 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& grad_, const at::Tensor& 
   auto grad = grad_.contiguous();
   auto w = w_hh_.contiguous();  // (3H, H)
   auto mask_h = contiguous_mask(mask_h_);
-  const int64_t T = out.size(0), B = out.size(1), H = out.size(2), G = 3 * H;
-  auto dgi = at::empty({T, B, G}, out.options());
-  const Blocks blocks = make_blocks(B);
-  auto dw_part = at::zeros({blocks.n, G, H}, out.options());
-  auto db_part = at::zeros({blocks.n, G}, out.options());
-  auto dw = at::empty({G, H}, out.options());
-  auto db = at::empty({G}, out.options());
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "gru_backward", [&] {
-    const scalar_t* pg = grad.data_ptr<scalar_t>();
-    const scalar_t* pw = w.data_ptr<scalar_t>();
-    const scalar_t* pm = mask_h ? mask_h->data_ptr<scalar_t>() : nullptr;
-    const scalar_t* pout = out.data_ptr<scalar_t>();
-    const scalar_t* psv = gates.data_ptr<scalar_t>();
-    scalar_t* pdgi = dgi.data_ptr<scalar_t>();
-    scalar_t* pdwp = dw_part.data_ptr<scalar_t>();
-    scalar_t* pdbp = db_part.data_ptr<scalar_t>();
-    for_blocks(blocks, [&](int64_t blk, int64_t r0, int64_t r1) {
-      std::vector<scalar_t> zero(H, scalar_t(0)), hbuf(H), dgh(G), dhin(H);
-      std::vector<scalar_t> dh_all((r1 - r0) * H, scalar_t(0));
-      scalar_t* dwp = pdwp + blk * G * H;
-      scalar_t* dbp = pdbp + blk * G;
-      for (int64_t t = T - 1; t >= 0; --t) {
-        for (int64_t b = r0; b < r1; ++b) {
-          scalar_t* __restrict__ dh = dh_all.data() + (b - r0) * H;
-          if (return_sequences) {
-            const scalar_t* go = pg + (t * B + b) * H;
-            for (int64_t j = 0; j < H; ++j) dh[j] += go[j];
-          } else if (t == T - 1) {
-            std::memcpy(dh, pg + b * H, H * sizeof(scalar_t));
-          }
-          const scalar_t* __restrict__ sv = psv + (t * B + b) * 4 * H;
-          const scalar_t* __restrict__ hp = t ? pout + ((t - 1) * B + b) * H : zero.data();
-          scalar_t* __restrict__ dg = pdgi + (t * B + b) * G;
-          for (int64_t j = 0; j < H; ++j) {
-            const scalar_t r = sv[j], z = sv[H + j], n = sv[2 * H + j], hn = sv[3 * H + j];
-            const scalar_t dn = dh[j] * (scalar_t(1) - z);
-            const scalar_t dpre = relu ? (n > scalar_t(0) ? dn : scalar_t(0))
-                                       : dn * (scalar_t(1) - n * n);
-            const scalar_t dr = dpre * hn * r * (scalar_t(1) - r);
-            const scalar_t dz = dh[j] * (hp[j] - n) * z * (scalar_t(1) - z);
-            dg[j] = dr;
-            dg[H + j] = dz;
-            dg[2 * H + j] = dpre;
-            dgh[j] = dr;
-            dgh[H + j] = dz;
-            dgh[2 * H + j] = dpre * r;
-          }
-          const scalar_t* m = pm ? pm + b * H : nullptr;
-          const scalar_t* hin = masked(hp, m, hbuf.data(), H);
-          matvec_backward(dgh.data(), hin, pw, dwp, dbp, dhin.data(), H, G);
-          if (m) {
-            for (int64_t j = 0; j < H; ++j) dh[j] = dh[j] * sv[H + j] + dhin[j] * m[j];
-          } else {
-            for (int64_t j = 0; j < H; ++j) dh[j] = dh[j] * sv[H + j] + dhin[j];
-          }
-        }
-      }
-    });
-    reduce_blocks(pdwp, blocks.n, G * H, dw.data_ptr<scalar_t>());
-    reduce_blocks(pdbp, blocks.n, G, db.data_ptr<scalar_t>());
+  const int64_t T = out.size(0), B = out.size(1), H = out.size(2);
+  return backward_driver(out, 3 * H, [&](auto zero, int64_t r0, int64_t r1, auto* dgi,
+                                         auto* dwp, auto* dbp) {
+    using scalar_t = decltype(zero);
+    rnnlab::gru_backward_block<scalar_t>(
+        r0, r1, T, B, H, grad.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+        opt_ptr<scalar_t>(mask_h), out.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), relu,
+        return_sequences, dgi, dwp, dbp);
   });
-  return {dgi, dw, db};
 }
 
-// ================================================================= LSTM
-// saved per (t, b): gates [i, f, g, o] activated (4H), c (H), tanh(c) (H); out h (H).
 std::vector<at::Tensor> lstm_forward(const at::Tensor& gi_, const at::Tensor& w_hh_,
                                      const at::Tensor& b_hh_,
                                      const std::optional<at::Tensor>& mask_h_) {
@@ -292,40 +160,16 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& gi_, const at::Tensor& w_
   auto wt = w_hh_.t().contiguous();  // (H, 4H)
   auto b_hh = b_hh_.contiguous();
   auto mask_h = contiguous_mask(mask_h_);
-  const int64_t T = gi.size(0), B = gi.size(1), H = w_hh_.size(1), G = 4 * H;
+  const int64_t T = gi.size(0), B = gi.size(1), H = w_hh_.size(1);
   auto out = at::empty({T, B, H}, gi.options());
-  auto gates = at::empty({T, B, G}, gi.options());
+  auto gates = at::empty({T, B, 4 * H}, gi.options());
   auto cs = at::empty({T, B, 2 * H}, gi.options());  // [c, tanh(c)]
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "lstm_forward", [&] {
-    const scalar_t* pgi = gi.data_ptr<scalar_t>();
-    const scalar_t* pwt = wt.data_ptr<scalar_t>();
-    const scalar_t* pb = b_hh.data_ptr<scalar_t>();
-    const scalar_t* pm = mask_h ? mask_h->data_ptr<scalar_t>() : nullptr;
-    scalar_t* pout = out.data_ptr<scalar_t>();
-    scalar_t* psv = gates.data_ptr<scalar_t>();
-    scalar_t* pcs = cs.data_ptr<scalar_t>();
     for_blocks(make_blocks(B), [&](int64_t, int64_t r0, int64_t r1) {
-      std::vector<scalar_t> zero(2 * H, scalar_t(0)), hbuf(H), gh(G);
-      for (int64_t t = 0; t < T; ++t) {
-        for (int64_t b = r0; b < r1; ++b) {
-          const scalar_t* hp = t ? pout + ((t - 1) * B + b) * H : zero.data();
-          const scalar_t* __restrict__ cp = t ? pcs + ((t - 1) * B + b) * 2 * H : zero.data();
-          const scalar_t* hin = masked(hp, pm ? pm + b * H : nullptr, hbuf.data(), H);
-          matvec_bias(hin, pwt, pb, gh.data(), H, G);
-          const scalar_t* __restrict__ g = pgi + (t * B + b) * G;
-          scalar_t* __restrict__ sv = psv + (t * B + b) * G;
-          for (int64_t j = 0; j < G; ++j) sv[j] = g[j] + gh[j];
-          sigmoid_inplace(sv, 2 * H);
-          act_inplace(sv + 2 * H, H, false);
-          sigmoid_inplace(sv + 3 * H, H);
-          scalar_t* __restrict__ c = pcs + (t * B + b) * 2 * H;
-          for (int64_t j = 0; j < H; ++j) c[j] = sv[H + j] * cp[j] + sv[j] * sv[2 * H + j];
-          for (int64_t j = 0; j < H; ++j) c[H + j] = c[j];
-          act_inplace(c + H, H, false);
-          scalar_t* __restrict__ ho = pout + (t * B + b) * H;
-          for (int64_t j = 0; j < H; ++j) ho[j] = sv[3 * H + j] * c[H + j];
-        }
-      }
+      rnnlab::lstm_forward_block<scalar_t>(
+          r0, r1, T, B, H, gi.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
+          b_hh.data_ptr<scalar_t>(), opt_ptr<scalar_t>(mask_h), out.data_ptr<scalar_t>(),
+          gates.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>());
     });
   });
   return {out, gates, cs};
@@ -338,71 +182,17 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& grad_, const at::Tensor&
   auto grad = grad_.contiguous();
   auto w = w_hh_.contiguous();  // (4H, H)
   auto mask_h = contiguous_mask(mask_h_);
-  const int64_t T = out.size(0), B = out.size(1), H = out.size(2), G = 4 * H;
-  auto dgi = at::empty({T, B, G}, out.options());
-  const Blocks blocks = make_blocks(B);
-  auto dw_part = at::zeros({blocks.n, G, H}, out.options());
-  auto db_part = at::zeros({blocks.n, G}, out.options());
-  auto dw = at::empty({G, H}, out.options());
-  auto db = at::empty({G}, out.options());
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lstm_backward", [&] {
-    const scalar_t* pg = grad.data_ptr<scalar_t>();
-    const scalar_t* pw = w.data_ptr<scalar_t>();
-    const scalar_t* pm = mask_h ? mask_h->data_ptr<scalar_t>() : nullptr;
-    const scalar_t* pout = out.data_ptr<scalar_t>();
-    const scalar_t* psv = gates.data_ptr<scalar_t>();
-    const scalar_t* pcs = cs.data_ptr<scalar_t>();
-    scalar_t* pdgi = dgi.data_ptr<scalar_t>();
-    scalar_t* pdwp = dw_part.data_ptr<scalar_t>();
-    scalar_t* pdbp = db_part.data_ptr<scalar_t>();
-    for_blocks(blocks, [&](int64_t blk, int64_t r0, int64_t r1) {
-      std::vector<scalar_t> zero(2 * H, scalar_t(0)), hbuf(H), dhin(H);
-      std::vector<scalar_t> dh_all((r1 - r0) * H, scalar_t(0)), dc_all((r1 - r0) * H, scalar_t(0));
-      scalar_t* dwp = pdwp + blk * G * H;
-      scalar_t* dbp = pdbp + blk * G;
-      for (int64_t t = T - 1; t >= 0; --t) {
-        for (int64_t b = r0; b < r1; ++b) {
-          scalar_t* __restrict__ dh = dh_all.data() + (b - r0) * H;
-          scalar_t* __restrict__ dc = dc_all.data() + (b - r0) * H;
-          if (return_sequences) {
-            const scalar_t* go = pg + (t * B + b) * H;
-            for (int64_t j = 0; j < H; ++j) dh[j] += go[j];
-          } else if (t == T - 1) {
-            std::memcpy(dh, pg + b * H, H * sizeof(scalar_t));
-          }
-          const scalar_t* __restrict__ sv = psv + (t * B + b) * G;
-          const scalar_t* __restrict__ c = pcs + (t * B + b) * 2 * H;
-          const scalar_t* __restrict__ cp = t ? pcs + ((t - 1) * B + b) * 2 * H : zero.data();
-          const scalar_t* hp = t ? pout + ((t - 1) * B + b) * H : zero.data();
-          scalar_t* __restrict__ dg = pdgi + (t * B + b) * G;
-          for (int64_t j = 0; j < H; ++j) {
-            const scalar_t i = sv[j], f = sv[H + j], gg = sv[2 * H + j], o = sv[3 * H + j];
-            const scalar_t tc = c[H + j];
-            const scalar_t dcc = dc[j] + dh[j] * o * (scalar_t(1) - tc * tc);
-            dg[j] = dcc * gg * i * (scalar_t(1) - i);
-            dg[H + j] = dcc * cp[j] * f * (scalar_t(1) - f);
-            dg[2 * H + j] = dcc * i * (scalar_t(1) - gg * gg);
-            dg[3 * H + j] = dh[j] * tc * o * (scalar_t(1) - o);
-            dc[j] = dcc * f;
-          }
-          const scalar_t* m = pm ? pm + b * H : nullptr;
-          const scalar_t* hin = masked(hp, m, hbuf.data(), H);
-          matvec_backward(dg, hin, pw, dwp, dbp, dhin.data(), H, G);
-          if (m) {
-            for (int64_t j = 0; j < H; ++j) dh[j] = dhin[j] * m[j];
-          } else {
-            for (int64_t j = 0; j < H; ++j) dh[j] = dhin[j];
-          }
-        }
-      }
-    });
-    reduce_blocks(pdwp, blocks.n, G * H, dw.data_ptr<scalar_t>());
-    reduce_blocks(pdbp, blocks.n, G, db.data_ptr<scalar_t>());
+  const int64_t T = out.size(0), B = out.size(1), H = out.size(2);
+  return backward_driver(out, 4 * H, [&](auto zero, int64_t r0, int64_t r1, auto* dgi,
+                                         auto* dwp, auto* dbp) {
+    using scalar_t = decltype(zero);
+    rnnlab::lstm_backward_block<scalar_t>(
+        r0, r1, T, B, H, grad.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+        opt_ptr<scalar_t>(mask_h), out.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
+        cs.data_ptr<scalar_t>(), return_sequences, dgi, dwp, dbp);
   });
-  return {dgi, dw, db};
 }
 
-// ================================================================= Elman RNN
 std::vector<at::Tensor> rnn_forward(const at::Tensor& gi_, const at::Tensor& w_hh_,
                                     const at::Tensor& b_hh_,
                                     const std::optional<at::Tensor>& mask_h_, bool relu) {
@@ -414,24 +204,10 @@ std::vector<at::Tensor> rnn_forward(const at::Tensor& gi_, const at::Tensor& w_h
   const int64_t T = gi.size(0), B = gi.size(1), H = w_hh_.size(1);
   auto out = at::empty({T, B, H}, gi.options());
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "rnn_forward", [&] {
-    const scalar_t* pgi = gi.data_ptr<scalar_t>();
-    const scalar_t* pwt = wt.data_ptr<scalar_t>();
-    const scalar_t* pb = b_hh.data_ptr<scalar_t>();
-    const scalar_t* pm = mask_h ? mask_h->data_ptr<scalar_t>() : nullptr;
-    scalar_t* pout = out.data_ptr<scalar_t>();
     for_blocks(make_blocks(B), [&](int64_t, int64_t r0, int64_t r1) {
-      std::vector<scalar_t> zero(H, scalar_t(0)), hbuf(H), gh(H);
-      for (int64_t t = 0; t < T; ++t) {
-        for (int64_t b = r0; b < r1; ++b) {
-          const scalar_t* hp = t ? pout + ((t - 1) * B + b) * H : zero.data();
-          const scalar_t* hin = masked(hp, pm ? pm + b * H : nullptr, hbuf.data(), H);
-          matvec_bias(hin, pwt, pb, gh.data(), H, H);
-          const scalar_t* __restrict__ g = pgi + (t * B + b) * H;
-          scalar_t* __restrict__ ho = pout + (t * B + b) * H;
-          for (int64_t j = 0; j < H; ++j) ho[j] = g[j] + gh[j];
-          act_inplace(ho, H, relu);
-        }
-      }
+      rnnlab::rnn_forward_block<scalar_t>(
+          r0, r1, T, B, H, gi.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
+          b_hh.data_ptr<scalar_t>(), opt_ptr<scalar_t>(mask_h), relu, out.data_ptr<scalar_t>());
     });
   });
   return {out};
@@ -443,58 +219,15 @@ std::vector<at::Tensor> rnn_backward(const at::Tensor& grad_, const at::Tensor& 
   auto grad = grad_.contiguous();
   auto w = w_hh_.contiguous();  // (H, H)
   auto mask_h = contiguous_mask(mask_h_);
-  const int64_t T = out.size(0), B = out.size(1), H = out.size(2), G = H;
-  auto dgi = at::empty({T, B, G}, out.options());
-  const Blocks blocks = make_blocks(B);
-  auto dw_part = at::zeros({blocks.n, G, H}, out.options());
-  auto db_part = at::zeros({blocks.n, G}, out.options());
-  auto dw = at::empty({G, H}, out.options());
-  auto db = at::empty({G}, out.options());
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnn_backward", [&] {
-    const scalar_t* pg = grad.data_ptr<scalar_t>();
-    const scalar_t* pw = w.data_ptr<scalar_t>();
-    const scalar_t* pm = mask_h ? mask_h->data_ptr<scalar_t>() : nullptr;
-    const scalar_t* pout = out.data_ptr<scalar_t>();
-    scalar_t* pdgi = dgi.data_ptr<scalar_t>();
-    scalar_t* pdwp = dw_part.data_ptr<scalar_t>();
-    scalar_t* pdbp = db_part.data_ptr<scalar_t>();
-    for_blocks(blocks, [&](int64_t blk, int64_t r0, int64_t r1) {
-      std::vector<scalar_t> zero(H, scalar_t(0)), hbuf(H), dhin(H);
-      std::vector<scalar_t> dh_all((r1 - r0) * H, scalar_t(0));
-      scalar_t* dwp = pdwp + blk * G * H;
-      scalar_t* dbp = pdbp + blk * G;
-      for (int64_t t = T - 1; t >= 0; --t) {
-        for (int64_t b = r0; b < r1; ++b) {
-          scalar_t* __restrict__ dh = dh_all.data() + (b - r0) * H;
-          if (return_sequences) {
-            const scalar_t* go = pg + (t * B + b) * H;
-            for (int64_t j = 0; j < H; ++j) dh[j] += go[j];
-          } else if (t == T - 1) {
-            std::memcpy(dh, pg + b * H, H * sizeof(scalar_t));
-          }
-          const scalar_t* __restrict__ h = pout + (t * B + b) * H;
-          const scalar_t* hp = t ? pout + ((t - 1) * B + b) * H : zero.data();
-          scalar_t* __restrict__ dg = pdgi + (t * B + b) * G;
-          if (relu) {
-            for (int64_t j = 0; j < H; ++j) dg[j] = h[j] > scalar_t(0) ? dh[j] : scalar_t(0);
-          } else {
-            for (int64_t j = 0; j < H; ++j) dg[j] = dh[j] * (scalar_t(1) - h[j] * h[j]);
-          }
-          const scalar_t* m = pm ? pm + b * H : nullptr;
-          const scalar_t* hin = masked(hp, m, hbuf.data(), H);
-          matvec_backward(dg, hin, pw, dwp, dbp, dhin.data(), H, G);
-          if (m) {
-            for (int64_t j = 0; j < H; ++j) dh[j] = dhin[j] * m[j];
-          } else {
-            for (int64_t j = 0; j < H; ++j) dh[j] = dhin[j];
-          }
-        }
-      }
-    });
-    reduce_blocks(pdwp, blocks.n, G * H, dw.data_ptr<scalar_t>());
-    reduce_blocks(pdbp, blocks.n, G, db.data_ptr<scalar_t>());
+  const int64_t T = out.size(0), B = out.size(1), H = out.size(2);
+  return backward_driver(out, H, [&](auto zero, int64_t r0, int64_t r1, auto* dgi,
+                                     auto* dwp, auto* dbp) {
+    using scalar_t = decltype(zero);
+    rnnlab::rnn_backward_block<scalar_t>(
+        r0, r1, T, B, H, grad.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+        opt_ptr<scalar_t>(mask_h), out.data_ptr<scalar_t>(), relu, return_sequences, dgi, dwp,
+        dbp);
   });
-  return {dgi, dw, db};
 }
 
 }  // namespace
