@@ -180,3 +180,22 @@ def test_rejects_bad_shapes():
         fused.gru_recurrence(gi, w[:-1], b, None, False, True)
     with pytest.raises(RuntimeError, match="mask_h"):
         fused.gru_recurrence(gi, w, b, torch.ones(2, 4), False, True)
+
+
+def test_build_failure_falls_back_with_one_warning(tmp_path):
+    """A compiler that fails: available() is False, one warning line gives the reason."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import logging; logging.basicConfig(format='%(levelname)s %(message)s')\n"
+            "from rnnlab import fused\n"
+            "print(fused.available(), fused.available())\n")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), CXX="/bin/false")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1, done.stderr
+    assert "unavailable" in warnings[0] and "Error" in warnings[0]

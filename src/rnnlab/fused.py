@@ -107,7 +107,9 @@ def extension():
                 try:
                     _ext = _build()
                 except Exception as exc:  # noqa: BLE001 - any failure means: use the fallback
-                    reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+                    reason = " ".join(str(exc).split()) or type(exc).__name__
+                    if len(reason) > 400:   # a build log: its start is the command line
+                        reason = reason[:150] + " ... " + reason[-250:]
                     _error = f"{type(exc).__name__}: {reason}"
             if _error is not None:
                 log.warning("rnnlab.fused: C++ recurrences unavailable, using the Python "
