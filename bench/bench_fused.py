@@ -15,6 +15,7 @@ The numba prototype needs ``pip install numba``; without it those rows are skipp
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -209,7 +210,8 @@ def bench_config(title, cell, shape, impls, rounds, threads):
     torch.manual_seed(1)
     x, y = torch.randn(batch, steps, feat), torch.randn(batch)
     print(f"\n{title}: {cell.upper()}(32) at {shape}, {threads} thread(s), "
-          f"ms per step, median of {rounds} interleaved rounds")
+          f"ms per step, median of {rounds} interleaved rounds "
+          f"(load average {os.getloadavg()[0]:.2f} before)")
     torch.set_num_threads(threads)
     if numba is not None:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))

@@ -68,20 +68,69 @@ inline void matvec_bias(const T* __restrict__ x, const T* __restrict__ wt,
   }
 }
 
-// Backward of gh = b + x @ W^T for one row: dW (G x K) += dg (G) outer x (K),
-// db += dg, dx (K) = dg @ W (W row-major G x K). Two separate passes, and dx is summed
-// over even and odd j in two accumulators (scratch: K more elements), so the compiler keeps
-// them in registers and the FMA latency chains are interleaved.
-template <typename T>
-inline void matvec_backward(const T* __restrict__ dg, const T* __restrict__ x,
-                            const T* __restrict__ w, T* __restrict__ dw, T* __restrict__ db,
-                            T* __restrict__ dx, T* __restrict__ scratch, int64_t K, int64_t G) {
-  for (int64_t j = 0; j < G; ++j) db[j] += dg[j];
+// dW (G x K) += sum over the R rows of dg_r (G) outer x_r (K); db += sum_r dg_r. Rows come
+// in groups (dg: R x G, x: R x K, contiguous) so each dW row is loaded and stored once per
+// group rather than once per batch row.
+template <int R, typename T>
+inline void outer_accum(const T* __restrict__ dg, const T* __restrict__ x, T* __restrict__ dw,
+                        T* __restrict__ db, int64_t G, int64_t K) {
   for (int64_t j = 0; j < G; ++j) {
-    const T a = dg[j];
+    T a[R];
+    T sb = db[j];
+    for (int r = 0; r < R; ++r) {
+      a[r] = dg[r * G + j];
+      sb += a[r];
+    }
+    db[j] = sb;
     T* __restrict__ dwr = dw + j * K;
-    for (int64_t k = 0; k < K; ++k) dwr[k] += a * x[k];
+    for (int64_t k = 0; k < K; ++k) {
+      T s = dwr[k];
+      for (int r = 0; r < R; ++r) s += a[r] * x[r * K + k];
+      dwr[k] = s;
+    }
   }
+}
+
+constexpr int kGroup = 4;
+
+// Collects (dg, h_in) rows of one time step and flushes them into dW/db in groups.
+template <typename T>
+struct GradGroup {
+  int64_t G, K;
+  std::vector<T> dg, x;
+  int n = 0;
+  GradGroup(int64_t G_, int64_t K_) : G(G_), K(K_), dg(kGroup * G_), x(kGroup * K_) {}
+  T* next_dg() { return dg.data() + n * G; }
+  // Stores h_in = hp * m (or hp) as the current row and returns it.
+  const T* set_x(const T* hp, const T* m) {
+    T* __restrict__ xr = x.data() + n * K;
+    if (m) {
+      for (int64_t k = 0; k < K; ++k) xr[k] = hp[k] * m[k];
+    } else {
+      std::memcpy(xr, hp, K * sizeof(T));
+    }
+    return xr;
+  }
+  void push(T* dw, T* db) {
+    if (++n == kGroup) flush(dw, db);
+  }
+  void flush(T* dw, T* db) {
+    switch (n) {
+      case 4: outer_accum<4>(dg.data(), x.data(), dw, db, G, K); break;
+      case 3: outer_accum<3>(dg.data(), x.data(), dw, db, G, K); break;
+      case 2: outer_accum<2>(dg.data(), x.data(), dw, db, G, K); break;
+      case 1: outer_accum<1>(dg.data(), x.data(), dw, db, G, K); break;
+      default: break;
+    }
+    n = 0;
+  }
+};
+
+// dx (K) = dg (G) @ W (W row-major G x K), summed over even and odd j in two accumulators
+// (scratch: K elements) so that two FMA latency chains interleave.
+template <typename T>
+inline void dx_matvec(const T* __restrict__ dg, const T* __restrict__ w, T* __restrict__ dx,
+                      T* __restrict__ scratch, int64_t K, int64_t G) {
   for (int64_t k = 0; k < K; ++k) dx[k] = T(0);
   for (int64_t k = 0; k < K; ++k) scratch[k] = T(0);
   int64_t j = 0;
@@ -147,7 +196,8 @@ void gru_backward_block_impl(int64_t r0, int64_t r1, int64_t steps, int64_t B, i
                         T* dbp) {
   const int64_t H = HC > 0 ? HC : H_;  // compile-time for the common sizes
   const int64_t G = 3 * H;
-  std::vector<T> zero(H, T(0)), hbuf(H), dgh(G), dhin(H), dhin2(H);
+  std::vector<T> zero(H, T(0)), dhin(H), dhin2(H);
+  GradGroup<T> group(G, H);
   std::vector<T> dh_all((r1 - r0) * H, T(0));
   for (int64_t t = steps - 1; t >= 0; --t) {
     for (int64_t b = r0; b < r1; ++b) {
@@ -161,7 +211,7 @@ void gru_backward_block_impl(int64_t r0, int64_t r1, int64_t steps, int64_t B, i
       const T* __restrict__ sv = gates + (t * B + b) * 4 * H;
       const T* __restrict__ hp = t ? out + ((t - 1) * B + b) * H : zero.data();
       T* __restrict__ dg = dgi + (t * B + b) * G;
-      T* __restrict__ dgr = dgh.data();
+      T* __restrict__ dgr = group.next_dg();
       if (relu) {
         for (int64_t j = 0; j < H; ++j)
           dgr[2 * H + j] = sv[2 * H + j] > T(0) ? dh[j] * (T(1) - sv[H + j]) : T(0);
@@ -179,8 +229,9 @@ void gru_backward_block_impl(int64_t r0, int64_t r1, int64_t steps, int64_t B, i
       }
       std::memcpy(dg, dgr, 2 * H * sizeof(T));
       const T* m = mask ? mask + b * H : nullptr;
-      const T* hin = masked(hp, m, hbuf.data(), H);
-      matvec_backward(dgh.data(), hin, w, dwp, dbp, dhin.data(), dhin2.data(), H, G);
+      group.set_x(hp, m);
+      dx_matvec(dgr, w, dhin.data(), dhin2.data(), H, G);
+      group.push(dwp, dbp);
       if (m) {
         for (int64_t j = 0; j < H; ++j) dh[j] = dh[j] * sv[H + j] + dhin[j] * m[j];
       } else {
@@ -188,6 +239,7 @@ void gru_backward_block_impl(int64_t r0, int64_t r1, int64_t steps, int64_t B, i
       }
     }
   }
+  group.flush(dwp, dbp);
 }
 
 // ================================================================= LSTM
@@ -228,7 +280,8 @@ void lstm_backward_block_impl(int64_t r0, int64_t r1, int64_t steps, int64_t B, 
                          T* dbp) {
   const int64_t H = HC > 0 ? HC : H_;  // compile-time for the common sizes
   const int64_t G = 4 * H;
-  std::vector<T> zero(2 * H, T(0)), hbuf(H), dhin(H), dhin2(H);
+  std::vector<T> zero(2 * H, T(0)), dhin(H), dhin2(H);
+  GradGroup<T> group(G, H);
   std::vector<T> dh_all((r1 - r0) * H, T(0)), dc_all((r1 - r0) * H, T(0));
   for (int64_t t = steps - 1; t >= 0; --t) {
     for (int64_t b = r0; b < r1; ++b) {
@@ -256,8 +309,10 @@ void lstm_backward_block_impl(int64_t r0, int64_t r1, int64_t steps, int64_t B, 
         dc[j] = dcc * f;
       }
       const T* m = mask ? mask + b * H : nullptr;
-      const T* hin = masked(hp, m, hbuf.data(), H);
-      matvec_backward(dg, hin, w, dwp, dbp, dhin.data(), dhin2.data(), H, G);
+      std::memcpy(group.next_dg(), dg, G * sizeof(T));
+      group.set_x(hp, m);
+      dx_matvec(dg, w, dhin.data(), dhin2.data(), H, G);
+      group.push(dwp, dbp);
       if (m) {
         for (int64_t j = 0; j < H; ++j) dh[j] = dhin[j] * m[j];
       } else {
@@ -265,6 +320,7 @@ void lstm_backward_block_impl(int64_t r0, int64_t r1, int64_t steps, int64_t B, 
       }
     }
   }
+  group.flush(dwp, dbp);
 }
 
 // ================================================================= Elman RNN
@@ -292,7 +348,8 @@ void rnn_backward_block_impl(int64_t r0, int64_t r1, int64_t steps, int64_t B, i
                         const T* grad, const T* w, const T* mask, const T* out, bool relu,
                         bool return_sequences, T* dgi, T* dwp, T* dbp) {
   const int64_t H = HC > 0 ? HC : H_;  // compile-time for the common sizes
-  std::vector<T> zero(H, T(0)), hbuf(H), dhin(H), dhin2(H);
+  std::vector<T> zero(H, T(0)), dhin(H), dhin2(H);
+  GradGroup<T> group(H, H);
   std::vector<T> dh_all((r1 - r0) * H, T(0));
   for (int64_t t = steps - 1; t >= 0; --t) {
     for (int64_t b = r0; b < r1; ++b) {
@@ -312,8 +369,10 @@ void rnn_backward_block_impl(int64_t r0, int64_t r1, int64_t steps, int64_t B, i
         for (int64_t j = 0; j < H; ++j) dg[j] = dh[j] * (T(1) - h[j] * h[j]);
       }
       const T* m = mask ? mask + b * H : nullptr;
-      const T* hin = masked(hp, m, hbuf.data(), H);
-      matvec_backward(dg, hin, w, dwp, dbp, dhin.data(), dhin2.data(), H, H);
+      std::memcpy(group.next_dg(), dg, H * sizeof(T));
+      group.set_x(hp, m);
+      dx_matvec(dg, w, dhin.data(), dhin2.data(), H, H);
+      group.push(dwp, dbp);
       if (m) {
         for (int64_t j = 0; j < H; ++j) dh[j] = dhin[j] * m[j];
       } else {
@@ -321,6 +380,7 @@ void rnn_backward_block_impl(int64_t r0, int64_t r1, int64_t steps, int64_t B, i
       }
     }
   }
+  group.flush(dwp, dbp);
 }
 
 // ================================================================= dispatch on H
