@@ -42,6 +42,8 @@ if numba is not None:
     def _nb_gru_forward(gi, wt, b_hh, mask, use_mask, relu, out, gates, n_blocks):
         steps, batch, g3 = gi.shape
         hidden = g3 // 3
+        one = np.ones(1, gi.dtype)[0]      # typed constants: float32 stays float32
+        zero = one - one
         for blk in prange(n_blocks):
             r0, r1 = batch * blk // n_blocks, batch * (blk + 1) // n_blocks
             gh = np.empty(g3, gi.dtype)
@@ -50,7 +52,7 @@ if numba is not None:
             for t in range(steps):
                 for b in range(r0, r1):
                     for k in range(hidden):
-                        hp[k] = out[t - 1, b, k] if t > 0 else 0.0
+                        hp[k] = out[t - 1, b, k] if t > 0 else zero
                         hin[k] = hp[k] * mask[b, k] if use_mask else hp[k]
                     for j in range(g3):
                         gh[j] = b_hh[j]
@@ -59,12 +61,12 @@ if numba is not None:
                         for j in range(g3):
                             gh[j] += a * wt[k, j]
                     for j in range(2 * hidden):
-                        gates[t, b, j] = 1.0 / (1.0 + np.exp(-(gi[t, b, j] + gh[j])))
+                        gates[t, b, j] = one / (one + np.exp(-(gi[t, b, j] + gh[j])))
                     for j in range(hidden):
                         r = gates[t, b, j]
                         hn = gh[2 * hidden + j]
                         pre = gi[t, b, 2 * hidden + j] + r * hn
-                        n = max(pre, 0.0) if relu else np.tanh(pre)
+                        n = max(pre, zero) if relu else np.tanh(pre)
                         gates[t, b, 2 * hidden + j] = n
                         gates[t, b, 3 * hidden + j] = hn
                         out[t, b, j] = n + gates[t, b, hidden + j] * (hp[j] - n)
@@ -74,6 +76,8 @@ if numba is not None:
                          dgi, dw_part, db_part, n_blocks):
         steps, batch, hidden = out.shape
         g3 = 3 * hidden
+        one = np.ones(1, out.dtype)[0]
+        zero = one - one
         for blk in prange(n_blocks):
             r0, r1 = batch * blk // n_blocks, batch * (blk + 1) // n_blocks
             dh_all = np.zeros((r1 - r0, hidden), out.dtype)
@@ -91,18 +95,18 @@ if numba is not None:
                         for j in range(hidden):
                             dh[j] = grad[0, b, j]
                     for j in range(hidden):
-                        hp[j] = out[t - 1, b, j] if t > 0 else 0.0
+                        hp[j] = out[t - 1, b, j] if t > 0 else zero
                         r = gates[t, b, j]
                         z = gates[t, b, hidden + j]
                         n = gates[t, b, 2 * hidden + j]
                         hn = gates[t, b, 3 * hidden + j]
-                        dn = dh[j] * (1.0 - z)
+                        dn = dh[j] * (one - z)
                         if relu:
-                            dpre = dn if n > 0.0 else 0.0
+                            dpre = dn if n > zero else zero
                         else:
-                            dpre = dn * (1.0 - n * n)
-                        dr = dpre * hn * r * (1.0 - r)
-                        dz = dh[j] * (hp[j] - n) * z * (1.0 - z)
+                            dpre = dn * (one - n * n)
+                        dr = dpre * hn * r * (one - r)
+                        dz = dh[j] * (hp[j] - n) * z * (one - z)
                         dgi[t, b, j] = dr
                         dgi[t, b, hidden + j] = dz
                         dgi[t, b, 2 * hidden + j] = dpre
@@ -111,7 +115,7 @@ if numba is not None:
                         dgh[2 * hidden + j] = dpre * r
                         hin[j] = hp[j] * mask[b, j] if use_mask else hp[j]
                     for k in range(hidden):
-                        dhin[k] = 0.0
+                        dhin[k] = zero
                     for j in range(g3):
                         a = dgh[j]
                         db_part[blk, j] += a
@@ -119,7 +123,7 @@ if numba is not None:
                             dw_part[blk, j, k] += a * hin[k]
                             dhin[k] += a * w[j, k]
                     for j in range(hidden):
-                        m = mask[b, j] if use_mask else 1.0
+                        m = mask[b, j] if use_mask else one
                         dh[j] = dh[j] * gates[t, b, hidden + j] + dhin[j] * m
 
     class _NumbaGRU(torch.autograd.Function):
