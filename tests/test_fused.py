@@ -1,0 +1,201 @@
+"""The fused C++ recurrences against nn.GRU / nn.LSTM / nn.RNN, DropoutGRU and gradcheck."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnlab import fused
+from rnnlab.recurrent import DropoutGRU, _GRURecurrence
+
+pytestmark = pytest.mark.skipif(not fused.available(),
+                                reason=f"fused extension unavailable: {fused.unavailable_reason()}")
+
+B, T, I, H = 5, 7, 3, 6
+GATES = {"gru": 3, "lstm": 4, "rnn": 1}
+
+
+def _fused_layer(cell, rnn, x, mask_h=None, return_sequences=True):
+    """Runs the fused recurrence with rnn's weights on batch-first x."""
+    gi = F.linear(x.transpose(0, 1), rnn.weight_ih_l0, rnn.bias_ih_l0)      # (T, B, G*H)
+    w, b = rnn.weight_hh_l0, rnn.bias_hh_l0
+    if cell == "gru":
+        return fused.gru_recurrence(gi, w, b, mask_h, False, return_sequences)
+    if cell == "lstm":
+        return fused.lstm_recurrence(gi, w, b, mask_h, return_sequences)
+    relu = rnn.nonlinearity == "relu"
+    return fused.rnn_recurrence(gi, w, b, mask_h, relu, return_sequences)
+
+
+def _grads(module, x):
+    return [x.grad] + [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("cell,nonlinearity", [("gru", None), ("lstm", None),
+                                               ("rnn", "tanh"), ("rnn", "relu")])
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_matches_torch_modules(cell, nonlinearity, return_sequences):
+    torch.manual_seed(0)
+    kwargs = {"nonlinearity": nonlinearity} if nonlinearity else {}
+    ref = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}[cell](I, H, batch_first=True, **kwargs)
+    mine = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}[cell](I, H, batch_first=True, **kwargs)
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(B, T, I)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref, _ = ref(x1)
+    target = out_ref if return_sequences else out_ref[:, -1]
+    out = _fused_layer(cell, mine, x2, return_sequences=return_sequences)
+    out = out.transpose(0, 1) if return_sequences else out
+    assert out.shape == target.shape
+    torch.testing.assert_close(out, target, rtol=0, atol=1e-5)
+    g = torch.randn_like(target)
+    (target * g).sum().backward()
+    (out * g).sum().backward()
+    for a, b in zip(_grads(mine, x2), _grads(ref, x1)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_gru_matches_dropout_gru_reference(activation, return_sequences):
+    torch.manual_seed(1)
+    ref = DropoutGRU(I, H, dropout=0.3, recurrent_dropout=0.4, activation=activation,
+                     return_sequences=return_sequences, fused_backward=False)
+    ref.train()
+    x = torch.randn(B, T, I)
+    masks = ref.sample_masks(B)
+    assert masks[0] is not None and masks[1] is not None
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref = ref(x1, masks)
+    g = torch.randn_like(out_ref)          # O(1) gradients, so 1e-5 is a few float32 ulps
+    ref_grads = torch.autograd.grad((out_ref * g).sum(), [x1, *ref.parameters()])
+    # What DropoutGRU's fused path does, with the C++ recurrence in place of _GRURecurrence.
+    gi = F.linear((x2 * masks[0][:, None, :]).transpose(0, 1), ref.weight_ih_l0,
+                  ref.bias_ih_l0)
+    out = fused.gru_recurrence(gi, ref.weight_hh_l0, ref.bias_hh_l0, masks[1],
+                               activation == "relu", return_sequences)
+    out = out.transpose(0, 1) if return_sequences else out
+    torch.testing.assert_close(out, out_ref, rtol=0, atol=1e-5)
+    grads = torch.autograd.grad((out * g).sum(), [x2, *ref.parameters()])
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_gru_is_a_drop_in_for_gru_recurrence_function(relu, return_sequences):
+    torch.manual_seed(2)
+    gi = torch.randn(T, B, 3 * H)
+    w, b = torch.randn(3 * H, H) * 0.4, torch.randn(3 * H)
+    mask = torch.bernoulli(torch.full((B, H), 0.7)) / 0.7
+    outs, grads = [], []
+    for fn in (_GRURecurrence.apply, fused.gru_recurrence):
+        args = [t.clone().requires_grad_() for t in (gi, w, b)]
+        out = fn(*args, mask, relu, return_sequences)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.sin().sum(), args))
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-5)
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def _inputs(cell, dtype, mask=True, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    k = GATES[cell]
+    gi = torch.randn(4, 3, k * 4, dtype=dtype, generator=g)
+    w = torch.randn(k * 4, 4, dtype=dtype, generator=g) * 0.5
+    b = torch.randn(k * 4, dtype=dtype, generator=g)
+    m = (torch.bernoulli(torch.full((3, 4), 0.6, dtype=dtype), generator=g) / 0.6
+         if mask else None)
+    return gi, w, b, m
+
+
+def _call(cell, gi, w, b, m, relu, return_sequences):
+    if cell == "gru":
+        return fused.gru_recurrence(gi, w, b, m, relu, return_sequences)
+    if cell == "lstm":
+        return fused.lstm_recurrence(gi, w, b, m, return_sequences)
+    return fused.rnn_recurrence(gi, w, b, m, relu, return_sequences)
+
+
+@pytest.mark.parametrize("cell,relu", [("gru", False), ("gru", True), ("lstm", False),
+                                       ("rnn", False), ("rnn", True)])
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("mask", [True, False])
+def test_gradcheck_float64(cell, relu, return_sequences, mask):
+    gi, w, b, m = _inputs(cell, torch.float64, mask)
+    if relu:   # keep pre-activations away from relu's kink, where finite differences fail
+        gi = gi + torch.where(gi > 0, 0.3, -0.3).to(gi)
+    args = tuple(t.requires_grad_() for t in (gi, w, b))
+    assert torch.autograd.gradcheck(
+        lambda gi_, w_, b_: _call(cell, gi_, w_, b_, m, relu, return_sequences), args)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+def test_deterministic_and_thread_count_independent(cell):
+    gi, w, b, m = _inputs(cell, torch.float32, seed=4)
+    gi = torch.randn(30, 67, GATES[cell] * 4)          # odd batch: uneven blocks
+    m = torch.bernoulli(torch.full((67, 4), 0.7)) / 0.7
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (2, 2, 1, 3):
+            torch.set_num_threads(threads)
+            args = [t.clone().requires_grad_() for t in (gi, w, b)]
+            out = _call(cell, *args, m, False, True)
+            results.append([out.detach(), *torch.autograd.grad(out.cos().sum(), args)])
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for a, b_ in zip(results[0], other):
+            assert torch.equal(a, b_)
+
+
+def test_one_thread_uses_one_thread():
+    """With torch.set_num_threads(1), CPU time ~= wall time (no second busy thread)."""
+    import resource
+    import time
+
+    gi = torch.randn(200, 64, 96)
+    w, b = torch.randn(96, 32) * 0.2, torch.randn(96)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fused.gru_recurrence(gi, w, b, None, False, True)        # warm-up
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        for _ in range(5):
+            fused.gru_recurrence(gi, w, b, None, False, True)
+        r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    finally:
+        torch.set_num_threads(before)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    assert cpu < 1.3 * (t1 - t0) + 0.01, (cpu, t1 - t0)
+
+
+def test_rejects_bad_shapes():
+    gi, w, b, _ = _inputs("gru", torch.float32)
+    with pytest.raises(RuntimeError, match="w_hh"):
+        fused.gru_recurrence(gi, w[:-1], b, None, False, True)
+    with pytest.raises(RuntimeError, match="mask_h"):
+        fused.gru_recurrence(gi, w, b, torch.ones(2, 4), False, True)
+
+
+def test_build_failure_falls_back_with_one_warning(tmp_path):
+    """A compiler that fails: available() is False, one warning line gives the reason."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import logging; logging.basicConfig(format='%(levelname)s %(message)s')\n"
+            "from rnnlab import fused\n"
+            "print(fused.available(), fused.available())\n")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), CXX="/bin/false")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1, done.stderr
+    assert "unavailable" in warnings[0] and "Error" in warnings[0]
