@@ -76,8 +76,8 @@ base = vm("VmRSS")
 tracemalloc.start()
 features, stats = load_features(prepared)            # memory-mapped, as the stages do
 if stage == "windows":
-    spec = make_window_spec(n_rows=stats["n_rows"], lookback=1440, step=6, delay=144,
-                            target_index=stats["target_index"],
+    spec = make_window_spec(n_rows=stats.n_rows, lookback=1440, step=6, delay=144,
+                            target_index=stats.target_index,
                             splits={"train": (0, 200000), "val": (200001, 300000),
                                     "test": (300001, None)})
     save_spec(spec, out)

@@ -30,7 +30,6 @@ from rnnlab.errors import DataFormatError
 PAD, OOV = 0, 1
 # md5 of the canonical aclImdb_v1.tar.gz; other copies (our offline mirror) differ.
 CANONICAL_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
-SPLIT_DIRS = ("train", "test")
 LABEL_DIRS = {"neg": 0, "pos": 1}
 WANTED = re.compile(r"^(?:\./)?aclImdb/(train|test)/(pos|neg)/\d+_\d+\.txt$")
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)

@@ -37,7 +37,7 @@ SENTINEL = -9999.0
 
 # Names of the files the normalize step writes into its output directory.
 FEATURES_FILE = "features.npy"
-TIMESTAMPS_FILE = "timestamps.npy"
+TIMESTAMPS_FILE = "timestamps.npy"   # no stage reads it: row times for users' own plots
 STATS_FILE = "stats.json"
 
 

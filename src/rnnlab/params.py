@@ -22,7 +22,6 @@ import yaml
 from rnnlab.config import ConfigError, from_mapping
 
 PARAMS_FILE = Path("params.yaml")
-DATASETS = ("jena", "imdb")
 # Variant names become file names, DVC stage names and shell arguments: keep them plain.
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 

@@ -27,8 +27,6 @@ LECTURE_JENA_MAE = {"naive": 0.29, "dense": 0.30, "gru": 0.265, "gru_dropout": 0
 LECTURE_DEGC_PER_UNIT = 2.57 / 0.29
 LECTURE_IMDB_ACCURACY = {"imdb_dense": 0.88, "imdb_simplernn": 0.85, "imdb_lstm": 0.89,
                          "imdb_lstm_reversed": 0.88, "imdb_bilstm": 0.89}
-CHARTS = ("jena_validation.png", "imdb_validation.png", "jena_vs_lecture.png",
-          "imdb_vs_lecture.png")
 
 
 @dataclass(frozen=True)
@@ -247,7 +245,8 @@ def lecture_chart(path: Path, variants: list[Variant], key: str, lecture: Mappin
 
 def write_report(params: Params, metrics_dir: Path, plots_dir: Path, out: Path,
                  sources: Mapping[str, DataSource]) -> Path:
-    """``out/summary.md`` and the charts of ``CHARTS``; returns the summary's path."""
+    """``out/summary.md`` and its four PNG charts (the outs of dvc.yaml's report stage);
+    returns the summary's path."""
     variants = load_variants(params.models, metrics_dir, plots_dir)
     jena = [v for v in variants if v.dataset == "jena"]
     imdb = [v for v in variants if v.dataset == "imdb"]
