@@ -50,4 +50,7 @@ def import_closure(script: Path) -> set[str]:
             # importing rnnlab.x runs rnnlab/__init__.py first
             if name.startswith("rnnlab"):
                 todo.append(LIBRARY / "rnnlab" / "__init__.py")
-    return {str(p.relative_to(ROOT)) for p in seen}
+    closure = {str(p.relative_to(ROOT)) for p in seen}
+    if "src/rnnlab/fused.py" in closure:     # it compiles these at first use
+        closure |= {str(p.relative_to(ROOT)) for p in (LIBRARY / "rnnlab" / "csrc").iterdir()}
+    return closure

@@ -8,7 +8,7 @@ import yaml
 
 from rnnlab.config import from_mapping
 from rnnlab.errors import RnnlabError
-from rnnlab.models import REGISTRY, ModelSpec, build_model, count_parameters
+from rnnlab.models import REGISTRY, ModelSpec, Recurrent, build_model, count_parameters
 
 PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
 JENA_VARIANTS = {k: v for k, v in PARAMS["models"].items() if v["dataset"] == "jena"}
@@ -83,26 +83,28 @@ def test_lecture_settings_are_the_defaults():
     assert {n: JENA_VARIANTS[n]["epochs"] for n in lecture_epochs} == lecture_epochs
 
 
-def test_fused_layers_where_no_dropout():
-    plain = build_model(spec_of("gru"), 14, 240)
-    assert isinstance(plain.body[0].rnn, torch.nn.GRU)
-    dropout = build_model(spec_of("gru_dropout"), 14, 240)
-    assert not dropout.body[0].fused
-
-
-def test_bidirectional_custom_gru_matches_fused_at_zero_dropout():
+@pytest.mark.parametrize("cell, reference", [("gru", torch.nn.GRU), ("lstm", torch.nn.LSTM),
+                                             ("rnn", torch.nn.RNN)])
+@pytest.mark.parametrize("fused", [True, False])
+def test_bidirectional_layer_equals_torch_with_copied_weights(monkeypatch, cell, reference, fused):
+    """Our layers (C++ recurrences, or PyTorch's loop where those cannot be built) compute
+    what torch's own bidirectional layer computes with the same weights."""
     torch.manual_seed(3)
-    fused = build_model(ModelSpec(dataset="jena", arch="gru", epochs=1, bidirectional=True), 14, 10)
-    custom = build_model(ModelSpec(dataset="jena", arch="gru", epochs=1, bidirectional=True,
-                                   activations=("tanh",), dropout=1e-9), 14, 10).eval()
-    rnn = fused.body[0].rnn
-    custom.body[0].forward_rnn.load_state_dict(
-        {k.replace("_reverse", ""): v for k, v in rnn.state_dict().items() if "reverse" not in k})
-    custom.body[0].backward_rnn.load_state_dict(
-        {k.replace("_reverse", ""): v for k, v in rnn.state_dict().items() if "reverse" in k})
-    custom.out.load_state_dict(fused.out.state_dict())
-    x = torch.randn(3, 10, 14)
-    torch.testing.assert_close(custom(x), fused(x), rtol=1e-5, atol=1e-6)
+    theirs = reference(14, 8, batch_first=True, bidirectional=True)
+    ours = Recurrent(cell, 14, 8, dropout=0.0, recurrent_dropout=0.0, activation="tanh",
+                     bidirectional=True, return_sequences=True)
+    for layer in (ours.forward_rnn, ours.backward_rnn):
+        layer.native = fused
+    state = theirs.state_dict()
+    ours.forward_rnn.load_state_dict({k: v for k, v in state.items() if "reverse" not in k})
+    ours.backward_rnn.load_state_dict({k.replace("_reverse", ""): v for k, v in state.items()
+                                       if "reverse" in k})
+    x = torch.randn(5, 10, 14, requires_grad=True)
+    torch.testing.assert_close(ours(x), theirs(x)[0], rtol=1e-5, atol=1e-6)
+    ours(x).sum().backward()
+    grad_ours, x.grad = x.grad, None
+    theirs(x)[0].sum().backward()
+    torch.testing.assert_close(grad_ours, x.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_arch_lists_the_known_ones():
@@ -113,10 +115,6 @@ def test_unknown_arch_lists_the_known_ones():
                      where="params.yaml: models.x")
     assert {"dense", "gru", "lstm", "conv_gru"} <= set(REGISTRY)
 
-
-def test_lstm_refuses_recurrent_dropout():
-    with pytest.raises(RnnlabError, match="lstm supports no dropout"):
-        build_model(ModelSpec(dataset="jena", arch="lstm", epochs=1, recurrent_dropout=0.2), 14, 10)
 
 
 @pytest.mark.parametrize("name", sorted(IMDB_TORCH_VARIANTS))

@@ -61,6 +61,8 @@ KNOWN_TOP = "known keys are seed, device, data, jena, imdb, train, gradients, mo
     ("models.imdb_lstm.lookback", 100, "models.imdb_lstm: unknown key(s) 'lookback' for arch "
                                        "'embed_rnn'"),
     ("models.gru.cell", "rnn", "models.gru: unknown key(s) 'cell' for arch 'gru'"),
+    ("models.lstm.recurrent_dropout", 0.2, "models.lstm: unknown key(s) 'recurrent_dropout' "
+                                          "for arch 'lstm'"),
     # values
     ("models.gru.arch", "transformer", "params.yaml: models.gru.arch: unknown architecture "
                                        "'transformer'; known: conv_gru, dense, embed_rnn, gru"),

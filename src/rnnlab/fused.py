@@ -86,6 +86,9 @@ def _build():
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
             (build_dir / "lock").unlink(missing_ok=True)
+            if not list(build_dir.glob("*.so")):
+                log.info("rnnlab.fused: compiling the C++ recurrences into %s (once per "
+                         "machine, about a minute)", build_dir)
             return cpp_extension.load(
                 name=f"rnnlab_recurrent_{key}", sources=[str(_SOURCE)],
                 extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,

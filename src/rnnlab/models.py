@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from rnnlab.errors import RnnlabError
 from rnnlab.params import ARCHITECTURES, ModelSpec
-from rnnlab.recurrent import DropoutGRU
+from rnnlab.recurrent import RecurrentLayer
 
 __all__ = ["REGISTRY", "ModelSpec", "build_model", "count_parameters", "register"]
 
@@ -50,39 +50,23 @@ def count_parameters(model: nn.Module) -> int:
 
 
 class Recurrent(nn.Module):
-    """One recurrent layer, (B, T, I) -> (B, D*H) or (B, T, D*H) with D = 1 or 2.
-
-    The fused ``nn.GRU``/``nn.LSTM`` when no dropout is asked for and the activation is
-    tanh; otherwise ``DropoutGRU`` (one per direction).
-    """
+    """One recurrent layer, (B, T, I) -> (B, D*H) or (B, T, D*H) with D = 1 or 2: a
+    ``RecurrentLayer`` per direction (the backward one reads the sequence reversed)."""
 
     def __init__(self, cell: str, input_size: int, hidden: int, *, dropout: float,
                  recurrent_dropout: float, activation: str, bidirectional: bool,
                  return_sequences: bool):
         super().__init__()
+        if cell == "lstm" and activation != "tanh":
+            raise RnnlabError("an lstm layer is tanh only; use a gru for relu")
         self.return_sequences = return_sequences
-        self.bidirectional = bidirectional
-        self.fused = dropout == 0 and recurrent_dropout == 0 and activation == "tanh"
-        if cell in ("lstm", "rnn") and not self.fused:
-            raise RnnlabError(f"{cell} supports no dropout, recurrent_dropout or activation "
-                              "other than tanh yet; use a gru for those")
-        if self.fused:
-            rnn = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}[cell]
-            self.rnn = rnn(input_size, hidden, batch_first=True, bidirectional=bidirectional)
-        else:
-            make = lambda: DropoutGRU(input_size, hidden, dropout=dropout,  # noqa: E731
+        make = lambda: RecurrentLayer(cell, input_size, hidden, dropout=dropout,  # noqa: E731
                                       recurrent_dropout=recurrent_dropout,
                                       activation=activation, return_sequences=return_sequences)
-            self.forward_rnn = make()
-            self.backward_rnn = make() if bidirectional else None
+        self.forward_rnn = make()
+        self.backward_rnn = make() if bidirectional else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fused:
-            out, state = self.rnn(x)                      # out (B, T, D*H)
-            if self.return_sequences:
-                return out
-            h_n = state[0] if isinstance(state, tuple) else state   # (D, B, H)
-            return h_n.transpose(0, 1).reshape(x.size(0), -1)       # (B, D*H)
         out = self.forward_rnn(x)
         if self.backward_rnn is None:
             return out

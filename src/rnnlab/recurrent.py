@@ -5,15 +5,18 @@ PyTorch's ``nn.GRU(dropout=p)`` only drops between stacked layers. The lecture's
 sequence** for the inputs and one for the recurrent state, and reuse both at every time
 step; masks are scaled by 1/(1-p) in training and absent in eval mode.
 
-``DropoutGRU`` keeps ``nn.GRU``'s parameter names and gate layout (r, z, n; the
-"reset after" form that Keras' GRU also uses), so with both rates at 0 and tanh it
-computes exactly what ``nn.GRU`` computes with the same weights. The input projection of
-all time steps is one matmul; the per-step loop does one (B, H) x (H, 3H) matmul and a
-few element-wise ops, and the backward pass is written by hand (``_GRURecurrence``):
-autograd over the step loop was 2-3x slower than ``nn.GRU`` here. The two loops are
-TorchScript-compiled (20-25 % faster than eager here, eager is the fallback). Measured
-with 128 x 240 x 14 batches on 2 cores, forward + backward + RMSprop: nn.GRU 55 ms,
-DropoutGRU 40 ms at p = 0 and 40-42 ms at p = 0.2 (bench/bench_models.py).
+``RecurrentLayer`` (GRU, LSTM or simple RNN, one direction) keeps ``nn.GRU``'s parameter
+names and gate layout (for the GRU: r, z, n, the "reset after" form that Keras' GRU also
+uses), so with both rates at 0 it computes exactly what ``nn.GRU``/``nn.LSTM``/``nn.RNN``
+compute with the same weights. The input projection of all time steps is one matmul; the
+time loop, forward and backward, is one call into the C++ recurrences of
+``rnnlab.fused`` on the CPU (no framework dispatch per step). Where those cannot be built,
+the GRU falls back to the loops below: a per-step (B, H) x (H, 3H) matmul and a few
+element-wise ops, with the backward pass written by hand (``_GRURecurrence``; autograd
+over the step loop was 2-3x slower than ``nn.GRU`` here), TorchScript-compiled. Measured
+by ``bench/bench_fused.py`` (GRU(32), 128 x 240 x 14, forward + backward + RMSprop, median
+of 7 interleaved rounds, 2026-11-27): TorchScript loop 80.4 ms, C++ 37.7 ms with 1 thread;
+84.8 and 29.4 ms with 2.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+
+from rnnlab.errors import RnnlabError
 
 
 def _gru_steps(gi: Tensor, h: Tensor, w_hh_t: Tensor, b_hh: Tensor, mask_h: Tensor,
@@ -142,38 +147,68 @@ class _GRURecurrence(torch.autograd.Function):
         return dgi, dw_hh, db_hh, None, None, None
 
 
-class DropoutGRU(nn.Module):
-    """One GRU layer (one direction), input (B, T, I) -> (B, H) or (B, T, H)."""
+GATES = {"gru": 3, "lstm": 4, "rnn": 1}
 
-    def __init__(self, input_size: int, hidden_size: int, *, dropout: float = 0.0,
+
+def _use_fused(x: Tensor) -> bool:
+    """The C++ recurrences serve CPU tensors of float32/float64 when they could be built."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    from rnnlab import fused
+    return fused.available()
+
+
+class RecurrentLayer(nn.Module):
+    """One recurrent layer, one direction: input (B, T, I) -> (B, H) or (B, T, H).
+
+    ``cell``: ``gru`` (r, z, n; reset after, as Keras' GRU and ``nn.GRU``), ``lstm``
+    (i, f, g, o; zero initial state) or ``rnn`` (Elman). Parameters are named and laid out
+    as ``nn.GRU``/``nn.LSTM``/``nn.RNN``'s, so weights copy across. Keras-style
+    ``dropout`` (one input mask per sequence) and ``recurrent_dropout`` (one state mask per
+    sequence), scaled by 1/(1-p) and off in eval mode.
+
+    Which code runs the time loop: on the CPU the fused C++ recurrences of
+    ``rnnlab.fused`` (one call for the whole sequence, forward and backward); where they
+    cannot be built or on another device, PyTorch's own fused loop (cuDNN on CUDA) when no
+    state mask is asked for, else the TorchScript GRU loop below. All give the same results
+    (tests/test_fused.py, tests/test_recurrent.py).
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, *, dropout: float = 0.0,
                  recurrent_dropout: float = 0.0, activation: str = "tanh",
-                 return_sequences: bool = False, fused_backward: bool = True):
+                 return_sequences: bool = False, fused_backward: bool = True,
+                 native: bool = True):
         super().__init__()
-        if activation not in ("tanh", "relu"):
-            raise ValueError(f"activation {activation!r}: choose tanh or relu")
+        if cell not in GATES:
+            raise ValueError(f"cell {cell!r}: choose one of {', '.join(GATES)}")
+        if activation not in ("tanh", "relu") or (cell == "lstm" and activation != "tanh"):
+            raise ValueError(f"activation {activation!r}: choose tanh or relu (lstm: tanh)")
         for name, p in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p}")
+        self.cell = cell
         self.input_size, self.hidden_size = input_size, hidden_size
         self.dropout, self.recurrent_dropout = dropout, recurrent_dropout
         self.activation = activation
         self.return_sequences = return_sequences
         self.fused_backward = fused_backward
-        self.weight_ih_l0 = nn.Parameter(torch.empty(3 * hidden_size, input_size))
-        self.weight_hh_l0 = nn.Parameter(torch.empty(3 * hidden_size, hidden_size))
-        self.bias_ih_l0 = nn.Parameter(torch.empty(3 * hidden_size))
-        self.bias_hh_l0 = nn.Parameter(torch.empty(3 * hidden_size))
-        bound = 1.0 / math.sqrt(hidden_size)   # nn.GRU's initialization
+        self.native = native          # False: never the C++ recurrences (benchmarks, tests)
+        gates = GATES[cell] * hidden_size
+        self.weight_ih_l0 = nn.Parameter(torch.empty(gates, input_size))
+        self.weight_hh_l0 = nn.Parameter(torch.empty(gates, hidden_size))
+        self.bias_ih_l0 = nn.Parameter(torch.empty(gates))
+        self.bias_hh_l0 = nn.Parameter(torch.empty(gates))
+        bound = 1.0 / math.sqrt(hidden_size)   # nn.GRU's / nn.LSTM's initialization
         for w in self.parameters():
             nn.init.uniform_(w, -bound, bound)
 
-    def sample_masks(self, batch: int, device: torch.device | None = None
-                     ) -> tuple[Tensor | None, Tensor | None]:
+    def sample_masks(self, batch: int, device: torch.device | None = None,
+                     dtype: torch.dtype | None = None) -> tuple[Tensor | None, Tensor | None]:
         """One input mask (B, I) and one state mask (B, H), scaled by 1/(1-p)."""
         def mask(size: int, p: float) -> Tensor | None:
             if p == 0.0:
                 return None
-            keep = torch.full((batch, size), 1.0 - p, device=device)
+            keep = torch.full((batch, size), 1.0 - p, device=device, dtype=dtype)
             return torch.bernoulli(keep) / (1.0 - p)
         return mask(self.input_size, self.dropout), mask(self.hidden_size, self.recurrent_dropout)
 
@@ -183,24 +218,73 @@ class DropoutGRU(nn.Module):
         if not self.training:
             masks = (None, None)
         elif masks is None:
-            masks = self.sample_masks(batch, x.device)
+            masks = self.sample_masks(batch, x.device, x.dtype)
         mask_x, mask_h = masks
         if mask_x is not None:
             x = x * mask_x[:, None, :]                            # same mask at every step
         relu = self.activation == "relu"
         if not self.fused_backward:   # plain autograd: the reference the tests compare with
+            if self.cell != "gru":
+                raise ValueError("the autograd reference loop is a GRU's")
             gi = torch.nn.functional.linear(x, self.weight_ih_l0, self.bias_ih_l0)  # (B, T, 3H)
             h0 = x.new_zeros(batch, self.hidden_size)
             use_mask = mask_h is not None
             return _gru_steps(gi, h0, self.weight_hh_l0.t(), self.bias_hh_l0,
                               mask_h if use_mask else h0, use_mask, relu, self.return_sequences)
+        native = self.native and _use_fused(x)
+        # Without them: PyTorch's loop (cuDNN on CUDA); for a GRU on the CPU our TorchScript
+        # loop, 20-30 % faster than nn.GRU's there.
+        if mask_h is None and not native and (self.cell != "gru" or x.device.type != "cpu"):
+            return self._torch_loop(x, relu)
         # Input projections of all steps in one matmul, time-major for the loop.
         gi = torch.nn.functional.linear(x.transpose(0, 1), self.weight_ih_l0,
-                                        self.bias_ih_l0).contiguous()         # (T, B, 3H)
-        out = _GRURecurrence.apply(gi, self.weight_hh_l0, self.bias_hh_l0, mask_h, relu,
-                                   self.return_sequences)
+                                        self.bias_ih_l0).contiguous()         # (T, B, G*H)
+        if mask_h is not None:
+            mask_h = mask_h.to(gi.dtype).contiguous()
+        if native:
+            from rnnlab import fused
+            if self.cell == "gru":
+                out = fused.gru_recurrence(gi, self.weight_hh_l0, self.bias_hh_l0, mask_h,
+                                           relu, self.return_sequences)
+            elif self.cell == "lstm":
+                out = fused.lstm_recurrence(gi, self.weight_hh_l0, self.bias_hh_l0, mask_h,
+                                            self.return_sequences)
+            else:
+                out = fused.rnn_recurrence(gi, self.weight_hh_l0, self.bias_hh_l0, mask_h,
+                                           relu, self.return_sequences)
+        elif self.cell == "gru":
+            out = _GRURecurrence.apply(gi, self.weight_hh_l0, self.bias_hh_l0, mask_h, relu,
+                                       self.return_sequences)
+        else:
+            raise RnnlabError(f"a {self.cell} layer with recurrent_dropout needs the C++ "
+                              f"recurrences of rnnlab.fused on the CPU ({_fused_reason()})")
         return out.transpose(0, 1) if self.return_sequences else out         # (B, T, H) | (B, H)
 
+    def _torch_loop(self, x: Tensor, relu: bool) -> Tensor:
+        """PyTorch's own single-layer loop (cuDNN on CUDA), with this layer's weights."""
+        weights = [self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0]
+        h0 = x.new_zeros(1, x.size(0), self.hidden_size)
+        args = (weights, True, 1, 0.0, self.training, False, True)
+        if self.cell == "lstm":
+            out, h, _ = torch._VF.lstm(x, (h0, h0), *args)
+        elif self.cell == "gru":
+            out, h = torch._VF.gru(x, h0, *args)
+        else:
+            out, h = (torch._VF.rnn_relu if relu else torch._VF.rnn_tanh)(x, h0, *args)
+        return out if self.return_sequences else h[0]
+
     def extra_repr(self) -> str:
-        return (f"{self.input_size}, {self.hidden_size}, dropout={self.dropout}, "
+        return (f"{self.cell}, {self.input_size}, {self.hidden_size}, dropout={self.dropout}, "
                 f"recurrent_dropout={self.recurrent_dropout}, activation={self.activation}")
+
+
+def _fused_reason() -> str:
+    from rnnlab import fused
+    return fused.unavailable_reason() or "not on the CPU"
+
+
+class DropoutGRU(RecurrentLayer):
+    """One GRU layer (one direction) with Keras-style dropout: ``RecurrentLayer("gru", ...)``."""
+
+    def __init__(self, input_size: int, hidden_size: int, **kwargs):
+        super().__init__("gru", input_size, hidden_size, **kwargs)
