@@ -130,3 +130,27 @@ def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch, present, expected):
     import rnnlab.device
     monkeypatch.setattr(rnnlab.device, "available_devices", lambda: present)
     assert str(resolve_device("auto")) == expected
+
+
+@pytest.mark.parametrize("arch, kw", [("gru", {}), ("gru", {"dropout": 0.2, "recurrent_dropout": 0.3}),
+                                      ("lstm", {})])
+def test_evaluation_batch_size_changes_no_figure(task, arch, kw):
+    from rnnlab.train import evaluate
+    model = make(arch, **kw)
+    small = evaluate(model, task, "val", torch.device("cpu"), None)            # batches of 32
+    big = JenaTask(task.windows["train"].features.numpy(), task.spec, batch_size=32,
+                   eval_batch_size=1000, target_std=2.0)
+    assert -(-big.eval_size("val") // big.eval_batch_size) == 1
+    large = evaluate(model, big, "val", torch.device("cpu"), None)
+    assert large.keys() == small.keys()
+    for key in small:
+        assert large[key] == pytest.approx(small[key], rel=1e-6), key
+
+
+def test_evaluation_caps_count_batches_of_the_evaluation_size(task):
+    from rnnlab.train import evaluate
+    capped = JenaTask(task.windows["train"].features.numpy(), task.spec, batch_size=32,
+                      eval_batch_size=50, target_std=2.0)
+    seen = [len(y) for _, y in capped.eval_batches("val", 3)]
+    assert seen == [50, 50, 50]
+    assert evaluate(make(), capped, "val", torch.device("cpu"), 3)["mae"] > 0

@@ -78,7 +78,8 @@ def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outp
     per_seed, models = [], []
     for seed in seeds:
         config = replace(config, seed=seed)
-        run_params = base_params | {"train": asdict(config), "seed": seed}
+        run_params = base_params | {"seed": seed, "train": asdict(config) | {
+            "eval_batch_size": params.train.eval_batch_size}}
         fingerprint = hashlib.sha256(json.dumps(       # thread count aside: resume anyway
             {**run_params, "threads": None, "data_stats": data.data_stats}, sort_keys=True,
             default=str).encode()).hexdigest()

@@ -99,8 +99,11 @@ class TrainParams:
     max_epochs: int | None = None             # cap over every variant's epochs; null = none
     max_eval_batches: int | None = None       # cap on val/test batches; null = all
     clip_norm: float | None = None
+    eval_batch_size: int = 1024               # val/test batches: no gradients, so larger
 
     def validate(self, where: str) -> None:
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"{where}.eval_batch_size: must be >= 1, got {self.eval_batch_size}")
         for name in ("steps_per_epoch", "imdb_steps_per_epoch", "max_epochs", "max_eval_batches"):
             value = getattr(self, name)
             if value is not None and value < 1:

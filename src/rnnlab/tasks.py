@@ -37,11 +37,13 @@ class JenaTask:
     monitor_mode = "min"
 
     def __init__(self, features: np.ndarray, spec: WindowSpec, *, batch_size: int,
-                 reverse: bool = False, target_std: float = 1.0):
+                 eval_batch_size: int | None = None, reverse: bool = False,
+                 target_std: float = 1.0):
         self.windows = {split: JenaWindows(features, spec, split, reverse=reverse)
                         for split in ("train", "val", "test")}
         self.spec = spec
         self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
         self.target_std = target_std
         self.n_inputs, self.timesteps = features.shape[1], spec.timesteps
 
@@ -49,7 +51,10 @@ class JenaTask:
         return self.windows["train"].epoch_batches(epoch, steps, self.batch_size, seed)
 
     def eval_batches(self, split: str, max_batches: int | None) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.windows[split].ordered(self.batch_size, max_batches)
+        return self.windows[split].ordered(self.eval_batch_size, max_batches)
+
+    def eval_size(self, split: str) -> int:
+        return len(self.windows[split])
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return torch.nn.functional.l1_loss(output, target)
@@ -73,13 +78,15 @@ class ImdbTask:
     monitor = "accuracy"
     monitor_mode = "max"
 
-    def __init__(self, prepared, *, batch_size: int, vocab_size: int, reverse: bool = False):
+    def __init__(self, prepared, *, batch_size: int, vocab_size: int,
+                 eval_batch_size: int | None = None, reverse: bool = False):
         self.data = {}
         for split in ("train", "val", "test"):
             x, y = load_imdb(prepared, split, reverse=reverse)
             self.data[split] = (torch.from_numpy(x.astype(np.int64)),
                                 torch.from_numpy(y.astype(np.float32)))
         self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
         self.n_inputs, self.timesteps = vocab_size, self.data["train"][0].shape[1]
 
     def train_batches(self, epoch: int, steps: int | None, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -90,10 +97,14 @@ class ImdbTask:
 
     def eval_batches(self, split: str, max_batches: int | None) -> Iterator[tuple[Tensor, Tensor]]:
         x, y = self.data[split]
-        for i, start in enumerate(range(0, len(y), self.batch_size)):
+        size = self.eval_batch_size
+        for i, start in enumerate(range(0, len(y), size)):
             if max_batches is not None and i >= max_batches:
                 return
-            yield x[start:start + self.batch_size], y[start:start + self.batch_size]
+            yield x[start:start + size], y[start:start + size]
+
+    def eval_size(self, split: str) -> int:
+        return len(self.data[split][1])
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return torch.nn.functional.binary_cross_entropy_with_logits(output, target)
@@ -139,6 +150,7 @@ def build_task(params: Params, spec: ModelSpec, prepared: Path, windows: Path) -
         features, stats = load_features(prepared, mmap=False)             # (N, 14) float32
         window = variant_spec(load_spec(windows), spec.lookback, spec.step)
         task = JenaTask(features, window, batch_size=params.jena.batch_size,
+                        eval_batch_size=params.train.eval_batch_size,
                         reverse=spec.reverse, target_std=stats.target_std)
         return Prepared(task, steps_per_epoch=params.train.steps_per_epoch,
                         canonical=stats.canonical,
@@ -149,6 +161,7 @@ def build_task(params: Params, spec: ModelSpec, prepared: Path, windows: Path) -
     sequences = json.loads((Path(windows) / SPEC_FILE).read_text())
     task: ImdbTask | TfidfTask = (
         ImdbTask(prepared, batch_size=params.imdb.batch_size, reverse=spec.reverse,
+                 eval_batch_size=params.train.eval_batch_size,
                  vocab_size=sequences["vocab_size"])
         if ARCHITECTURES[spec.arch].torch else TfidfTask(prepared))
     return Prepared(task, steps_per_epoch=params.train.imdb_steps_per_epoch,

@@ -44,6 +44,7 @@ class Task(Protocol):
 
     def train_batches(self, epoch: int, steps: int | None, seed: int) -> Iterator[Batch]: ...
     def eval_batches(self, split: str, max_batches: int | None) -> Iterator[Batch]: ...
+    def eval_size(self, split: str) -> int: ...          # examples in the split
     def loss(self, output: Tensor, target: Tensor) -> Tensor: ...
     def metrics(self, outputs: Tensor, targets: Tensor) -> dict[str, float]: ...
 
@@ -84,14 +85,26 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, split: str, device: torch.device,
-             max_batches: int | None) -> dict[str, float]:
+             max_batches: int | None, *, progress: bool = False, desc: str = "") -> dict[str, float]:
+    """The task's metrics over ``split`` (every example once, or ``max_batches`` batches):
+    no gradients, in the task's evaluation batches; only the (n,) outputs are kept."""
     model.eval()
+    batches = -(-task.eval_size(split) // task.eval_batch_size)
+    if max_batches is not None:
+        batches = min(batches, max_batches)
     outputs, targets = [], []
-    for x, y in task.eval_batches(split, max_batches):
+    bar = tqdm(task.eval_batches(split, max_batches), total=batches, disable=not progress,
+               desc=f"{desc} {split}".strip(), file=sys.stderr, leave=False, mininterval=1.0)
+    for x, y in bar:
         outputs.append(model(x.to(device)).float().cpu())
         targets.append(y)
+    bar.close()
     out, tgt = torch.cat(outputs), torch.cat(targets)
     return task.metrics(out, tgt)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -162,7 +175,8 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{total / count:.4f}")
         bar.close()
-        val = evaluate(model, task, "val", device, config.max_eval_batches)
+        val = evaluate(model, task, "val", device, config.max_eval_batches, progress=progress,
+                       desc=f"{desc} {epoch}/{config.epochs}")
         row = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val["loss"],
                **{f"val_{k}": v for k, v in val.items() if k != "loss"},
                "seconds": time.perf_counter() - began}
@@ -171,8 +185,11 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
         if best_value is None or sign * value < sign * best_value:
             best_value, best_epoch = value, epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f (%.1f s)", desc, epoch,
-                 config.epochs, row["train_loss"], row["val_loss"], row["seconds"])
+        run_seconds = [r["seconds"] for r in history[resumed_from:]]
+        left = (config.epochs - epoch) * float(np.mean(run_seconds))
+        log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f (%.1f s%s)", desc, epoch,
+                 config.epochs, row["train_loss"], row["val_loss"], row["seconds"],
+                 f"; about {_duration(left)} left" if epoch < config.epochs else "")
         if checkpoint is not None:
             _save_checkpoint(checkpoint, {
                 "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
@@ -184,8 +201,10 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
     if best_state is None:
         raise RnnlabError(f"{desc}: no epoch to evaluate (epochs = {config.epochs})")
     model.load_state_dict(best_state)
-    val = evaluate(model, task, "val", device, config.max_eval_batches)
-    test = evaluate(model, task, "test", device, config.max_eval_batches)
+    val = evaluate(model, task, "val", device, config.max_eval_batches, progress=progress,
+                   desc=f"{desc} best epoch {best_epoch}")
+    test = evaluate(model, task, "test", device, config.max_eval_batches, progress=progress,
+                    desc=f"{desc} best epoch {best_epoch}")
     seconds = [row["seconds"] for row in history]
     return FitResult(best_epoch=best_epoch, history=history, val=val, test=test,
                      seconds_per_epoch=float(np.mean(seconds)) if seconds else math.nan,
