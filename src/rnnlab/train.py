@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from rnnlab.atomic import atomic_output
 from rnnlab.errors import RnnlabError
+from rnnlab.memory import return_freed_memory
 
 Batch = tuple[Tensor, Tensor]
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
     # Vanishing gradients reach denormal floats, which make CPU matmuls ~30x slower
     # (measured on the GRU's backward); flushing them to zero changes nothing visible.
     torch.set_flush_denormal(True)
+    return_freed_memory()            # batch buffers back to the system (rnnlab.memory)
     model.to(device)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=config.lr, alpha=config.rho,
                                     eps=config.eps)

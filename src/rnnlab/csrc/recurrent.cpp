@@ -23,6 +23,10 @@
 #include <cstring>
 #include <optional>
 #include <vector>
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#define RNNLAB_HAS_MXCSR 1
+#endif
 
 namespace {
 
@@ -40,13 +44,28 @@ inline Blocks make_blocks(int64_t batch) { return {std::max<int64_t>(1, std::min
 // Blocks are handed out dynamically (an atomic counter), so when another process holds a
 // core the thread sharing it simply takes fewer blocks instead of stalling the others.
 // Which thread runs a block never changes its arithmetic, so results stay bit-identical.
+//
+// The caller's floating-point mode travels with the work: torch.set_flush_denormal(True)
+// (which the training engine sets) only changes the calling thread's MXCSR, and the worker
+// threads would otherwise crawl through denormals (vanishing gradients reach them: a GRU
+// epoch measured 3x slower without this).
 template <typename F>
 inline void for_blocks(const Blocks& blocks, const F& f) {
   std::atomic<int64_t> next{0};
   const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks.n));
+#ifdef RNNLAB_HAS_MXCSR
+  const unsigned int caller_csr = _mm_getcsr();
+#endif
   at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+#ifdef RNNLAB_HAS_MXCSR
+    const unsigned int own_csr = _mm_getcsr();
+    _mm_setcsr(caller_csr);
+#endif
     for (int64_t i = next.fetch_add(1); i < blocks.n; i = next.fetch_add(1))
       f(i, blocks.begin(i), blocks.end(i));
+#ifdef RNNLAB_HAS_MXCSR
+    _mm_setcsr(own_csr);
+#endif
   });
 }
 
