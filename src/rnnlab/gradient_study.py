@@ -20,7 +20,6 @@ from rnnlab.errors import RnnlabError
 from rnnlab.gradients import (CELLS, CellRegressor, decay_ratio, explode_run,
                               scale_recurrent_weights, state_gradient_norms, train_steps)
 from rnnlab.jena import load_features
-from rnnlab.memory import return_freed_memory
 from rnnlab.params import Params
 from rnnlab.paths import repo_root
 from rnnlab.tracking import tracked_run
@@ -81,7 +80,6 @@ def run_gradient_study(params: Params, prepared: Path, windows: Path, out: Study
     batch_size = params.jena.batch_size
     clip = params.train.clip_norm or cfg.explode.clip_norm
     torch.set_flush_denormal(False)   # the vanishing side reads tiny numbers on purpose
-    return_freed_memory()
 
     features, stats = load_features(prepared, mmap=False)
     spec = load_spec(windows)

@@ -99,7 +99,7 @@ class TrainParams:
     max_epochs: int | None = None             # cap over every variant's epochs; null = none
     max_eval_batches: int | None = None       # cap on val/test batches; null = all
     clip_norm: float | None = None
-    eval_batch_size: int = 1024               # val/test batches: no gradients, so larger
+    eval_batch_size: int = 128                # val/test batches (no gradients)
 
     def validate(self, where: str) -> None:
         if self.eval_batch_size < 1:
