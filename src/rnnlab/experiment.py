@@ -21,7 +21,9 @@ from typing import Any
 import torch
 
 from rnnlab.atomic import atomic_output, write_json
+from rnnlab.baselines import count_tfidf_parameters, fit_tfidf
 from rnnlab.device import resolve_device
+from rnnlab.models import build_model, count_parameters
 from rnnlab.params import ARCHITECTURES, Params
 from rnnlab.paths import repo_root
 from rnnlab.seeds import combine_seeds
@@ -93,7 +95,6 @@ def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outp
                 run.log_training_data(task.training_rows(), name=f"{spec.dataset}-train",
                                       source=str(Path(prepared).resolve()))
                 seed_everything(seed)
-                from rnnlab.models import build_model, count_parameters
                 model = build_model(spec, n_features=task.n_inputs, timesteps=task.timesteps)
                 result = fit(model, task, config, device,
                              checkpoint=checkpoints / f"{variant}{suffix}.pt",
@@ -102,7 +103,6 @@ def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outp
                                                                          step=epoch))
                 n_params = count_parameters(model)
             else:                            # scikit-learn baseline: one fit, no epochs
-                from rnnlab.baselines import count_tfidf_parameters, fit_tfidf
                 result, model = fit_tfidf(task.prepared, ngram_max=spec.ngram_max, c=spec.c,
                                           seed=seed)
                 n_params = count_tfidf_parameters(model)

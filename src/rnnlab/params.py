@@ -200,10 +200,9 @@ class ModelSpec:
         if self.activations is not None and len(self.activations) != len(self.units):
             raise ConfigError(f"{where}.activations: {len(self.activations)} given for "
                               f"{len(self.units)} layers (units)")
-        for name in ("activations",):
-            bad = [a for a in (self.activations or ()) if a not in ("tanh", "relu")]
-            if bad:
-                raise ConfigError(f"{where}.{name}: {bad[0]!r}; choose tanh or relu")
+        bad = [a for a in (self.activations or ()) if a not in ("tanh", "relu")]
+        if bad:
+            raise ConfigError(f"{where}.activations: {bad[0]!r}; choose tanh or relu")
         for name in ("dropout", "recurrent_dropout"):
             p = getattr(self, name)
             if not 0.0 <= p < 1.0:
