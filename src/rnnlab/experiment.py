@@ -28,6 +28,7 @@ from rnnlab.params import ARCHITECTURES, Params
 from rnnlab.paths import repo_root
 from rnnlab.seeds import combine_seeds
 from rnnlab.tasks import build_task
+from rnnlab.threads import resolve_threads, thread_control
 from rnnlab.tracking import tracked_run
 from rnnlab.train import TrainConfig, fit, seed_everything
 
@@ -73,8 +74,13 @@ def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outp
                          clip_norm=params.train.clip_norm,
                          max_eval_batches=params.train.max_eval_batches)
     seeds = params.seed_list
+    policy = resolve_threads(params.train.threads)
+    if device.type != "cpu":
+        policy = replace(policy, tuned=False)
+    log.info("%s: %s on %s", variant, policy.describe(), device)
     base_params = {"variant": variant, "model": asdict(spec), spec.dataset: data.data_params,
-                   "device": str(device), "seeds": seeds, "threads": torch.get_num_threads()}
+                   "device": str(device), "seeds": seeds, "threads": policy.threads,
+                   "threads_source": policy.source + (", tuned" if policy.tuned else "")}
     checkpoints.mkdir(exist_ok=True)
 
     per_seed, models = [], []
@@ -83,7 +89,8 @@ def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outp
         run_params = base_params | {"seed": seed, "train": asdict(config) | {
             "eval_batch_size": params.train.eval_batch_size}}
         fingerprint = hashlib.sha256(json.dumps(       # thread count aside: resume anyway
-            {**run_params, "threads": None, "data_stats": data.data_stats}, sort_keys=True,
+            {**run_params, "threads": None, "threads_source": None,
+             "data_stats": data.data_stats}, sort_keys=True,
             default=str).encode()).hexdigest()
         suffix = "" if len(seeds) == 1 else f".seed{seed}"
         desc = variant if len(seeds) == 1 else f"{variant} seed {seed}"
@@ -99,6 +106,7 @@ def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outp
                 result = fit(model, task, config, device,
                              checkpoint=checkpoints / f"{variant}{suffix}.pt",
                              fingerprint=fingerprint, desc=desc, progress=progress,
+                             threads=thread_control(policy),
                              on_epoch=lambda epoch, row: run.log_metrics(epoch_metrics(row),
                                                                          step=epoch))
                 n_params = count_parameters(model)

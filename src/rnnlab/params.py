@@ -100,8 +100,12 @@ class TrainParams:
     max_eval_batches: int | None = None       # cap on val/test batches; null = all
     clip_norm: float | None = None
     eval_batch_size: int = 128                # val/test batches (no gradients)
+    threads: int | str = "auto"               # CPU threads: auto (measured) or a number
 
     def validate(self, where: str) -> None:
+        if self.threads != "auto" and (isinstance(self.threads, str) or self.threads < 1):
+            raise ConfigError(f"{where}.threads: must be auto or a number of threads >= 1, "
+                              f"got {self.threads!r}")
         if self.eval_batch_size < 1:
             raise ConfigError(f"{where}.eval_batch_size: must be >= 1, got {self.eval_batch_size}")
         for name in ("steps_per_epoch", "imdb_steps_per_epoch", "max_epochs", "max_eval_batches"):

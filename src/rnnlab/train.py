@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from rnnlab.atomic import atomic_output
 from rnnlab.errors import RnnlabError
+from rnnlab.threads import FixedThreads, ThreadTuner
 
 Batch = tuple[Tensor, Tensor]
 log = logging.getLogger(__name__)
@@ -120,12 +121,15 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device, *,
         checkpoint: Path | None = None, fingerprint: str = "",
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-        progress: bool = True, desc: str = "train") -> FitResult:
+        progress: bool = True, desc: str = "train",
+        threads: ThreadTuner | FixedThreads | None = None) -> FitResult:
     """Train ``model`` for ``config.epochs`` and return the best epoch's val/test metrics.
 
     ``checkpoint``: written after every epoch; if it exists with the same
     ``fingerprint`` (a digest of everything that defines the run), training resumes
     after its last epoch. The caller deletes it once the outputs are written.
+    ``threads``: told each step's wall time, it may change torch's thread count between
+    steps (rnnlab.threads); each epoch records the mean count as ``threads``.
     """
     # Vanishing gradients reach denormal floats, which make CPU matmuls ~30x slower
     # (measured on the GRU's backward); flushing them to zero changes nothing visible.
@@ -162,6 +166,7 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
         bar = tqdm(batches, total=config.steps_per_epoch, desc=f"{desc} {epoch}/{config.epochs}",
                    disable=not progress, file=sys.stderr, leave=False, mininterval=1.0)
         for step, (x, y) in enumerate(bar, start=1):
+            step_began = time.perf_counter()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             loss = task.loss(model(x), y)
@@ -177,6 +182,8 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
             optimizer.step()
             total += loss.item()
             count += 1
+            if threads is not None:
+                threads.step(time.perf_counter() - step_began)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{total / count:.4f}")
         bar.close()
@@ -185,6 +192,8 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
         row = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val["loss"],
                **{f"val_{k}": v for k, v in val.items() if k != "loss"},
                "seconds": time.perf_counter() - began}
+        if threads is not None:
+            row["threads"] = threads.mean_threads(count)
         history.append(row)
         value = val[task.monitor]
         if best_value is None or sign * value < sign * best_value:
