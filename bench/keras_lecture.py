@@ -1,24 +1,35 @@
-"""The lecture's Jena models in Keras 3 (TensorFlow backend), timed per training step.
+"""The lecture's models (Chollet, ch. 6.3 and ch. 3's IMDB baseline) in Keras 3 on TensorFlow.
 
-Run by bench/bench_models.py in a Python that has ``keras`` and ``tensorflow-cpu``
-(``pip install -e '.[bench]'``). Prints one JSON object: {model: {"default": ms, "xla": ms}}.
+Imported by bench/speed_worker.py in a Python that has ``keras`` and ``tensorflow-cpu``
+(``pip install -e '.[bench]'``, or another venv given with ``--keras-python``).
+Reversed-order variants are the same model: the order is the data's.
 """
 
-import json
 import os
-import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
+VOCAB = 10002          # rnnlab's 10,000 words plus its padding and unknown-word ids
 
-def lecture_model(name: str, timesteps: int, features: int) -> keras.Model:
-    seq = [keras.Input((timesteps, features))]
+
+def lecture_model(name: str) -> tuple[keras.Model, str]:
+    """The lecture's model for one of our variant names, and its loss."""
+    if name.startswith("imdb_"):
+        if name == "imdb_dense":      # the lecture multi-hot encodes the words beforehand
+            body = [keras.Input((VOCAB,)), layers.Dense(16, activation="relu"),
+                    layers.Dense(16, activation="relu")]
+        else:
+            cell = {"imdb_simplernn": lambda: layers.SimpleRNN(32),
+                    "imdb_lstm": lambda: layers.LSTM(32),
+                    "imdb_lstm_reversed": lambda: layers.LSTM(32),
+                    "imdb_bilstm": lambda: layers.Bidirectional(layers.LSTM(32))}[name]
+            body = [keras.Input((500,)), layers.Embedding(VOCAB, 32), cell()]
+        return keras.Sequential(body + [layers.Dense(1, activation="sigmoid")]), "binary_crossentropy"
+    seq = [keras.Input((240, 14))]          # conv_gru: lookback 720 / step 3 = 240 steps too
     if name == "dense":
         seq += [layers.Flatten(), layers.Dense(32, activation="relu")]
     elif name in ("gru", "gru_reversed"):
@@ -37,40 +48,5 @@ def lecture_model(name: str, timesteps: int, features: int) -> keras.Model:
     elif name == "lstm":
         seq += [layers.LSTM(32)]
     else:
-        raise SystemExit(f"unknown model {name}")
-    return keras.Sequential(seq + [layers.Dense(1)])
-
-
-class StepTimer(keras.callbacks.Callback):
-    def on_train_batch_begin(self, batch, logs=None):
-        self.t = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self.t)
-
-
-def time_steps(name: str, jit: bool, steps: int, warmup: int) -> float:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(128 * (steps + warmup), 240, 14)).astype("float32")
-    y = rng.normal(size=(128 * (steps + warmup),)).astype("float32")
-    model = lecture_model(name, 240, 14)
-    model.compile(optimizer=keras.optimizers.RMSprop(), loss="mae", jit_compile=jit)
-    timer = StepTimer()
-    timer.times = []
-    model.fit(x, y, batch_size=128, epochs=1, verbose=0, callbacks=[timer], shuffle=False)
-    return float(np.median(timer.times[warmup:]) * 1e3)
-
-
-def main() -> None:
-    names = sys.argv[1].split(",")
-    steps, warmup = int(sys.argv[2]), int(sys.argv[3])
-    out = {}
-    for name in names:
-        out[name] = {"default": time_steps(name, False, steps, warmup),
-                     "xla": time_steps(name, True, steps, warmup)}
-        print(f"keras {name}: {out[name]}", file=sys.stderr, flush=True)
-    print(json.dumps(out))
-
-
-if __name__ == "__main__":
-    main()
+        raise SystemExit(f"no lecture model for {name}")
+    return keras.Sequential(seq + [layers.Dense(1)]), "mae"

@@ -25,6 +25,7 @@ from rnnlab.baselines import count_tfidf_parameters, fit_tfidf
 from rnnlab.device import resolve_device
 from rnnlab.models import build_model, count_parameters
 from rnnlab.params import ARCHITECTURES, Params
+from rnnlab.recurrent import prepare_native
 from rnnlab.paths import repo_root
 from rnnlab.seeds import combine_seeds
 from rnnlab.tasks import build_task
@@ -77,7 +78,8 @@ def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outp
     policy = resolve_threads(params.train.threads)
     if device.type != "cpu":
         policy = replace(policy, tuned=False)
-    log.info("%s: %s on %s", variant, policy.describe(), device)
+    if torch_model:
+        log.info("%s: %s on %s", variant, policy.describe(), device)
     base_params = {"variant": variant, "model": asdict(spec), spec.dataset: data.data_params,
                    "device": str(device), "seeds": seeds, "threads": policy.threads,
                    "threads_source": policy.source + (", tuned" if policy.tuned else "")}
@@ -103,6 +105,7 @@ def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outp
                                       source=str(Path(prepared).resolve()))
                 seed_everything(seed)
                 model = build_model(spec, n_features=task.n_inputs, timesteps=task.timesteps)
+                prepare_native(model, device)
                 result = fit(model, task, config, device,
                              checkpoint=checkpoints / f"{variant}{suffix}.pt",
                              fingerprint=fingerprint, desc=desc, progress=progress,

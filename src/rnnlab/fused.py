@@ -10,7 +10,8 @@ to gi, w_hh and b_hh. ``gru_recurrence`` has exactly the semantics of
 
 The extension (src/rnnlab/csrc/recurrent.cpp and recurrent_kernels.h) is compiled by
 ``torch.utils.cpp_extension.load`` at first use into
-``$XDG_CACHE_HOME/rnnlab/torch_extensions/<key>`` (default ``~/.cache``), where the key
+``$XDG_CACHE_HOME/rnnlab/torch_extensions/<key>`` (default ``~/.cache``), from a copy of
+the sources kept there (so every clone of the repository shares one build), where the key
 hashes the source, the compiler flags, torch's version and the CPU's instruction-set flags
 (the build uses ``-march=native``, so a cache shared between machines never serves code
 for another CPU). An ``fcntl`` lock serializes builds across processes. If the build or
@@ -86,6 +87,17 @@ def _build():
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
             (build_dir / "lock").unlink(missing_ok=True)
+            # Compile a copy kept in the build directory: ninja's build file names its
+            # sources by absolute path, so building from each clone's own src/ recompiled
+            # (70 s) in every new clone, worktree or test copy that shared this cache.
+            sources = build_dir / "src"
+            sources.mkdir(exist_ok=True)
+            for original in (_SOURCE, *_HEADERS):
+                copy, text = sources / original.name, original.read_bytes()
+                if not copy.exists() or copy.read_bytes() != text:
+                    tmp = copy.with_suffix(".tmp")
+                    tmp.write_bytes(text)
+                    tmp.replace(copy)
             if not list(build_dir.glob("*.so")):
                 log.info("rnnlab.fused: compiling the C++ recurrences into %s (once per "
                          "machine, about a minute)", build_dir)
@@ -96,8 +108,8 @@ def _build():
             os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), path])
             try:
                 return cpp_extension.load(
-                    name=f"rnnlab_recurrent_{key}", sources=[str(_SOURCE)],
-                    extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
+                    name=f"rnnlab_recurrent_{key}", sources=[str(sources / _SOURCE.name)],
+                    extra_cflags=list(_CFLAGS), extra_ldflags=list(_LDFLAGS),  # load() appends to them
                     build_directory=str(build_dir), verbose=False)
             finally:
                 os.environ["PATH"] = path

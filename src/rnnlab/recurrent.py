@@ -278,6 +278,15 @@ class RecurrentLayer(nn.Module):
                 f"recurrent_dropout={self.recurrent_dropout}, activation={self.activation}")
 
 
+def prepare_native(model: nn.Module, device: torch.device) -> None:
+    """Builds or loads the C++ recurrences now if ``model`` will run them, so the one-off
+    compile (about a minute per machine) is not timed as part of the first epoch."""
+    if device.type == "cpu" and any(isinstance(m, RecurrentLayer) and m.native
+                                    for m in model.modules()):
+        from rnnlab import fused
+        fused.available()
+
+
 def _fused_reason() -> str:
     from rnnlab import fused
     return fused.unavailable_reason() or "not on the CPU"
