@@ -139,3 +139,96 @@ def test_unknown_target_and_bad_split(tmp_path, jena_csv):
     with pytest.raises(DataFormatError, match=r"train_rows \[0, 5000\] do not fit the 3,000"):
         normalize_jena(jena_csv, tmp_path, train_rows=(0, 5000), target="T (degC)",
                        wind_sentinel_fill=0)
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", "1e400", "-1e400"])
+def test_non_finite_value_names_the_line_and_writes_nothing(tmp_path, jena_csv, value):
+    # polars reads these as floats without complaint; one would make every statistic NaN.
+    lines = lines_of(jena_csv)
+    fields = lines[1234].split(",")
+    fields[3] = value
+    lines[1234] = ",".join(fields)
+    path = write_lines(tmp_path / "x.csv", lines)
+    out = tmp_path / "prep"
+    with pytest.raises(DataFormatError) as caught:
+        normalize_jena(path, out, train_rows=(0, 2000), target="T (degC)", wind_sentinel_fill=0.0)
+    assert str(caught.value) == (f"{path}: line 1235: column 'Tpot (K)': {value!r} is not a "
+                                 "finite number; write the reading as a number, or remove the row")
+    assert not out.exists()
+
+
+def benign(kind: str, text: str) -> bytes:
+    if kind == "bom":
+        return b"\xef\xbb\xbf" + text.encode()
+    if kind == "trailing_newline":
+        return (text + "\n").encode()
+    if kind == "trailing_blank_line":
+        return (text + "\n\n").encode()
+    if kind == "crlf":
+        return text.replace("\n", "\r\n").encode()
+    if kind == "crlf_bom_trailing_blank_line":
+        return b"\xef\xbb\xbf" + (text + "\n\n").replace("\n", "\r\n").encode()
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["bom", "trailing_newline", "trailing_blank_line", "crlf",
+                                  "crlf_bom_trailing_blank_line"])
+def test_benign_file_variants_read_the_same(tmp_path, jena_csv, kind):
+    path = tmp_path / "x.csv"
+    path.write_bytes(benign(kind, jena_csv.read_text()))
+    table, expected = read_jena_csv(path), read_jena_csv(jena_csv)
+    np.testing.assert_array_equal(table.values, expected.values)
+    np.testing.assert_array_equal(table.timestamps, expected.timestamps)
+
+
+@pytest.mark.parametrize("line, field, column", [
+    (1, 0, "Date Time"),        # in the header
+    (2, 0, "Date Time"),        # in a timestamp
+    (1501, 5, "rh (%)"),        # in a number
+    (3001, 14, "wd (deg)"),     # in the last field of the last line
+])
+def test_byte_that_is_not_utf8_names_the_line(tmp_path, jena_csv, line, field, column):
+    lines = jena_csv.read_bytes().split(b"\n")
+    fields = lines[line - 1].split(b",")
+    fields[field] = fields[field][:2] + b"\xe9" + fields[field][2:]   # latin-1 'é'
+    lines[line - 1] = b",".join(fields)
+    path = tmp_path / "x.csv"
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataFormatError) as caught:
+        read_jena_csv(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: line {line}: column {column!r}: byte 0xe9 is not UTF-8; "
+                              "save the file as UTF-8")
+    assert "\n" not in message
+
+
+def test_blank_line_inside_the_data_names_it(tmp_path, jena_csv):
+    lines = lines_of(jena_csv)
+    lines.insert(700, "")
+    with pytest.raises(DataFormatError, match=r"x\.csv: line 701: blank line inside the data"):
+        read_jena_csv(write_lines(tmp_path / "x.csv", lines))
+
+
+@pytest.mark.parametrize("swaps, count, first", [
+    ([(100, 101)], 1, 102),                  # two rows swapped: one step back
+    ([(100, 101), (2000, 2001)], 2, 102),
+    ([(1, 2999)], 2, 3),                     # the last row first: the clock runs back twice
+])
+def test_timestamps_out_of_order_are_reported(tmp_path, jena_csv, caplog, swaps, count, first):
+    lines = lines_of(jena_csv)
+    for a, b in swaps:
+        lines[a], lines[b] = lines[b], lines[a]
+    path = write_lines(tmp_path / "x.csv", lines)
+    caplog.set_level(logging.WARNING)
+    table = read_jena_csv(path)
+    assert table.values.shape == (3000, 14)                 # kept, in file order
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"{path}: {count} timestamp(s) earlier than the row before "
+                                  f"them, first at line {first} (")
+
+
+def test_timestamps_in_order_give_no_warning(jena_csv, caplog):
+    caplog.set_level(logging.WARNING)
+    read_jena_csv(jena_csv)                     # one repeated timestamp is not out of order
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -2,7 +2,8 @@
 
 The file has a quoted 15-column header, a ``dd.mm.yyyy HH:MM:SS`` timestamp and 14
 numeric columns written with two decimals, one row every 10 minutes (420,551 rows for
-2009-2016). Parsing is polars' multithreaded reader; Python never loops over rows.
+2009-2016). Parsing is polars' multithreaded reader; Python loops over the lines only to
+name the first bad one, after a vectorized check failed.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -84,9 +86,27 @@ class JenaTable:
         return self.frame.to_numpy()
 
 
+def _decode(raw: bytes, lineno: int) -> str:
+    """One line as text; a byte that is not UTF-8 is an error naming its line and column.
+
+    A UTF-8 byte-order mark (spreadsheets write one) is dropped from the first line.
+    """
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        field = raw[:e.start].count(b",")
+        column = f"column {HEADER[field]!r}" if field < len(HEADER) else f"field {field + 1}"
+        raise DataFormatError(f"line {lineno}: {column}: byte 0x{raw[e.start]:02x} is not "
+                              "UTF-8; save the file as UTF-8") from None
+
+
 def _check_header(path: Path) -> None:
-    with open(path, newline="", encoding="utf-8") as f:
-        first = f.readline()
+    with open(path, "rb") as f:
+        raw = f.readline()
+    try:
+        first = _decode(raw, 1)
+    except DataFormatError as e:
+        raise DataFormatError(f"{path}: {e}") from None
     if not first.strip():
         raise DataFormatError(f"{path}: the file is empty; expected the Jena header {HEADER}")
     found = next(csv.reader([first]))
@@ -102,28 +122,80 @@ def _check_header(path: Path) -> None:
         raise DataFormatError(f"{path}: line 1: unexpected extra column(s) {found[len(HEADER):]}")
 
 
+def _bad_row(lineno: int, row: list[str]) -> str | None:
+    """What is wrong with one parsed data row, or None."""
+    if len(row) != len(HEADER):
+        return f"line {lineno}: {len(row)} fields, expected {len(HEADER)}"
+    if not row[0].strip():
+        return f"line {lineno}: column {TIME_COLUMN!r} is empty"
+    for name, value in zip(FEATURES, row[1:]):
+        if not value.strip():
+            return f"line {lineno}: column {name!r} is empty"
+        try:
+            number = float(value)
+        except ValueError:
+            return f"line {lineno}: column {name!r}: cannot parse {value!r} as a number"
+        if not math.isfinite(number):
+            return (f"line {lineno}: column {name!r}: {value.strip()!r} is not a finite number; "
+                    "write the reading as a number, or remove the row")
+    return None
+
+
 def _first_bad_line(path: Path) -> str:
-    """Slow path, only after the fast reader failed: find the first malformed line."""
-    with open(path, newline="", encoding="utf-8") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
+    """Slow path, only after the fast reader failed or found bad values: name the first bad
+    line. Line by line in bytes, so that a byte that is not UTF-8 is named, not raised."""
+    blank = None                      # a blank line is an error only if data follows it
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = _decode(raw, lineno)
+            except DataFormatError as e:
+                return str(e)
             if lineno == 1:
                 continue
-            if len(row) != len(HEADER):
-                return f"line {lineno}: {len(row)} fields, expected {len(HEADER)}"
-            if not row[0].strip():
-                return f"line {lineno}: column {TIME_COLUMN!r} is empty"
-            for name, value in zip(FEATURES, row[1:]):
-                if not value.strip():
-                    return f"line {lineno}: column {name!r} is empty"
-                try:
-                    float(value)
-                except ValueError:
-                    return f"line {lineno}: column {name!r}: cannot parse {value!r} as a number"
+            if not text.strip():
+                blank = blank or lineno
+                continue
+            if blank is not None:
+                return f"line {blank}: blank line inside the data"
+            problem = _bad_row(lineno, next(csv.reader([text])))
+            if problem:
+                return problem
     return "no malformed line found"
 
 
+def _drop_trailing_blank_rows(df: pl.DataFrame) -> pl.DataFrame:
+    """A blank line at the end of the file reads as a row of nulls: drop those rows only."""
+    blank = df.select(pl.all_horizontal(pl.all().is_null())).to_series().to_numpy()
+    if not blank[-1]:
+        return df
+    filled = np.flatnonzero(~blank)
+    return df.head(int(filled[-1]) + 1 if len(filled) else 0)
+
+
+def _warn_out_of_order(path: Path, ts: pl.Series, stamps: pl.Series) -> int:
+    """Count the timestamps earlier than the row before them; log the first one's line.
+
+    Rows stay in file order (windows are positions, as in the lecture), but a file whose
+    clock runs backwards is worth knowing about before its windows mix up the days.
+    """
+    back = (ts.to_physical().diff() < 0).fill_null(False)   # ms since 1970, Int64
+    count = int(back.sum())
+    if count:
+        i = int(back.arg_true()[0])
+        log.warning("%s: %d timestamp(s) earlier than the row before them, first at line %d "
+                    "(%s after %s); rows are kept in file order", path, count, i + 2,
+                    stamps[i], stamps[i - 1])
+    return count
+
+
 def read_jena_csv(path: Path) -> JenaTable:
-    """Parse and validate a Jena Climate CSV; errors name the line and the column."""
+    """Parse and validate a Jena Climate CSV; errors name the line and the column.
+
+    Every check runs vectorized over the whole table; only when one fails is the file
+    read again line by line (``_first_bad_line``) to name the first bad line. Polars reads
+    a blank line as a row of nulls, so data row ``i`` is line ``i + 2``.
+    """
     path = Path(path)
     _check_header(path)
     schema = {TIME_COLUMN: pl.String, **{c: pl.Float64 for c in FEATURES}}
@@ -131,19 +203,25 @@ def read_jena_csv(path: Path) -> JenaTable:
         df = pl.read_csv(path, schema=schema, has_header=True)
     except (pl.exceptions.PolarsError, UnicodeDecodeError) as e:
         raise DataFormatError(f"{path}: {_first_bad_line(path)} ({type(e).__name__})") from e
+    if df.height:
+        df = _drop_trailing_blank_rows(df)
     if df.height == 0:
         raise DataFormatError(f"{path}: no data rows after the header")
-    # Empty fields and short rows come back as nulls: let the slow path name the line.
-    if df.select(pl.any_horizontal(pl.all().is_null()).any()).item():
+    # Empty fields and short rows come back as nulls; polars reads nan, inf and overflowing
+    # numbers (1e400) as non-finite floats that would poison every statistic: let the slow
+    # path name the line.
+    if df.select(pl.any_horizontal(pl.all().is_null()).any()
+                 | pl.any_horizontal(~pl.col(FEATURES).is_finite()).any()).item():
         raise DataFormatError(f"{path}: {_first_bad_line(path)}")
     # cache=False: the timestamps are (almost) all distinct, so a cache only costs time.
-    ts = df.get_column(TIME_COLUMN).str.to_datetime(TIME_FORMAT, time_unit="ms", strict=False,
-                                                     cache=False)
+    stamps = df.get_column(TIME_COLUMN)
+    ts = stamps.str.to_datetime(TIME_FORMAT, time_unit="ms", strict=False, cache=False)
     bad = ts.is_null().arg_true()
     if len(bad):
         i = bad[0]
         raise DataFormatError(f"{path}: line {i + 2}: column {TIME_COLUMN!r}: cannot parse "
                               f"{df[i, TIME_COLUMN]!r} as dd.mm.yyyy HH:MM:SS")
+    _warn_out_of_order(path, ts, stamps)
     return JenaTable(timestamps=ts.to_numpy().astype("datetime64[s]"), frame=df.drop(TIME_COLUMN))
 
 
