@@ -69,8 +69,6 @@ KNOWN_TOP = "known keys are seed, device, data, jena, imdb, train, gradients, mo
     ("models.gru.dataset", "imdb", "params.yaml: models.gru.dataset: 'imdb'; arch 'gru' trains on jena"),
     ("models.gru.epochs", 0, "params.yaml: models.gru.epochs: must be >= 1, got 0"),
     ("models.gru_stacked.activations", ["tanh", "sigmoid"], "activations: 'sigmoid'; choose tanh or relu"),
-    ("data.jena.md5", 12345678901234567890123456789012, "params.yaml: data.jena.md5: expected a "
-                                                       "string, got 12345678901234567890123456789012"),
     ("train.max_epochs", 0, "params.yaml: train.max_epochs: must be >= 1 or null (no cap), got 0"),
     ("jena.batch_size", 0, "params.yaml: jena.batch_size: must be >= 1, got 0"),
     ("imdb.maxlen", -5, "params.yaml: imdb.maxlen: must be >= 1, got -5"),
@@ -100,3 +98,130 @@ def test_missing_section_names_it(tmp_path):
 
 def test_every_torch_architecture_has_a_builder():
     assert set(REGISTRY) == {n for n, a in ARCHITECTURES.items() if a.torch}
+
+
+QUOTE = "YAML reads unquoted digits as a number; put the value in quotes"
+SPLIT_ORDER = "the splits run train, val, test in order without overlap (shared rows leak " \
+              "between them)"
+
+
+@pytest.mark.parametrize("dotted, value, message", [
+    # 0 is never a silent 'no limit': a count or a size is >= 1, and null lifts a cap
+    ("train.max_epochs", 0, "train.max_epochs: must be >= 1 or null (no cap), got 0"),
+    ("train.max_eval_batches", 0, "train.max_eval_batches: must be >= 1 or null (no cap), got 0"),
+    ("train.steps_per_epoch", 0, "train.steps_per_epoch: must be >= 1 or null (a full pass), got 0"),
+    ("train.imdb_steps_per_epoch", -3, "train.imdb_steps_per_epoch: must be >= 1 or null "
+                                       "(a full pass), got -3"),
+    ("train.eval_batch_size", 0, "train.eval_batch_size: must be >= 1, got 0"),
+    ("jena.batch_size", 0, "jena.batch_size: must be >= 1, got 0"),
+    ("imdb.batch_size", 0, "imdb.batch_size: must be >= 1, got 0"),
+    ("jena.step", 0, "jena.step: must be >= 1, got 0"),
+    ("jena.lookback", 0, "jena.lookback: must be >= 1, got 0"),
+    ("jena.lookback", 4, "jena.lookback: 4 is shorter than jena.step (6); a window needs "
+                         "lookback >= step"),
+    ("jena.delay", -1, "jena.delay: must be >= 0, got -1"),
+    ("imdb.maxlen", 0, "imdb.maxlen: must be >= 1, got 0"),
+    ("imdb.maxlen", -500, "imdb.maxlen: must be >= 1, got -500"),
+    ("imdb.max_features", 0, "imdb.max_features: must be >= 1, got 0"),
+    ("gradients.hidden", 0, "gradients.hidden: must be >= 1, got 0"),
+    ("gradients.batches", 0, "gradients.batches: must be >= 1, got 0"),
+    ("gradients.train_steps", 0, "gradients.train_steps: must be >= 1, got 0"),
+    ("gradients.distance", 0, "gradients.distance: must be >= 1, got 0"),
+    ("gradients.explode.steps", 0, "gradients.explode.steps: must be >= 1, got 0"),
+    ("gradients.explode.lr", 0, "gradients.explode.lr: must be > 0, got 0.0"),
+    ("gradients.explode.clip_norm", -1, "gradients.explode.clip_norm: must be > 0, got -1.0"),
+    ("gradients.explode.nonlinearity", "sigmoid", "gradients.explode.nonlinearity: 'sigmoid'; "
+                                                  "choose tanh or relu"),
+    ("models.imdb_tfidf_logreg.c", 0, "models.imdb_tfidf_logreg.c: the inverse regularization "
+                                      "must be > 0, got 0.0"),
+    # splits: [start, end] with start < end; train, val, test in order, disjoint
+    ("jena.val_rows", [100000, 300000], "jena.val_rows: [100000, 300000] starts before the end "
+                                        f"of train_rows [0, 200000]; {SPLIT_ORDER}: start it at "
+                                        "200000 or later"),
+    ("jena.val_rows", [0, 200000], "jena.val_rows: [0, 200000] starts before the end of "
+                                   "train_rows [0, 200000]"),
+    ("jena.test_rows", [250000, None], "jena.test_rows: [250000, null] starts before the end of "
+                                       f"val_rows [200001, 300000]; {SPLIT_ORDER}: start it at "
+                                       "300000 or later"),
+    ("jena.test_rows", [0, 100000], "jena.test_rows: [0, 100000] starts before the end of "
+                                    "val_rows [200001, 300000]"),
+    ("jena.val_rows", [200001, None], "jena.val_rows: the end is null (the end of the data), so "
+                                      "it runs over test_rows [300001, null]; give it an end "
+                                      "<= 300001"),
+    ("jena.train_rows", [300000, 200000], "jena.train_rows: [300000, 200000] is not [start, end] "
+                                          "with 0 <= start < end (end null = the end of the data)"),
+    ("jena.train_rows", [-5, 200000], "jena.train_rows: [-5, 200000] is not [start, end]"),
+    ("jena.val_rows", [250000, 250000], "jena.val_rows: [250000, 250000] is not [start, end]"),
+    ("jena.train_rows", [0, None], "jena.train_rows: the end must be a row number, not null"),
+    # values YAML reads as something else
+    ("data.jena.md5", 12345678901234567890123456789012,
+     f"data.jena.md5: expected a string, got 12345678901234567890123456789012: {QUOTE}"),
+    ("data.imdb.md5", 1234, f"data.imdb.md5: expected a string, got 1234: {QUOTE}"),
+    ("device", True, "device: expected a string, got True: YAML reads an unquoted "
+                     "yes/no/on/off/true/false as a boolean; put the value in quotes"),
+    ("train.clip_norm", float("nan"), "train.clip_norm: expected a finite number, got nan"),
+    ("gradients.explode.lr", float("inf"), "gradients.explode.lr: expected a finite number, got inf"),
+    ("jena.wind_sentinel_fill", float("-inf"), "jena.wind_sentinel_fill: expected a finite "
+                                               "number, got -inf"),
+    ("models.gru.dropout", float("nan"), "models.gru.dropout: expected a finite number, got nan"),
+    ("seed", 2**64, "seed: 18446744073709551616 does not fit a 64-bit integer; use a smaller "
+                    "number"),
+    ("jena.val_rows", [200001, 10**30], "jena.val_rows[1]: 1000000000000000000000000000000 does "
+                                        "not fit a 64-bit integer"),
+])
+def test_hostile_values_give_one_line_naming_key_value_and_fix(tmp_path, dotted, value, message):
+    with pytest.raises(ConfigError) as caught:
+        load_with(tmp_path, set_key(dotted, value))
+    text = str(caught.value)
+    assert text.startswith("params.yaml: ") or text.startswith(f"{tmp_path}/params.yaml: ")
+    assert message in text
+    assert "\n" not in text
+
+
+def test_quoted_all_digit_md5_is_the_string_it_means(tmp_path):
+    digits = "12345678901234567890123456789012"
+    params = load_with(tmp_path, set_key("data.jena.md5", digits))   # safe_dump quotes it
+    assert params.data.jena.md5 == digits
+
+
+@pytest.mark.parametrize("splits", [
+    {"train_rows": [0, 100], "val_rows": [100, 200], "test_rows": [200, None]},   # adjacent
+    {"train_rows": [10, 100], "val_rows": [150, 200], "test_rows": [250, 300]},   # gaps, closed
+])
+def test_ordered_disjoint_splits_load(tmp_path, splits):
+    params = load_with(tmp_path, lambda p: p["jena"].update(splits))
+    assert params.jena.splits == {k[:-5]: tuple(v) for k, v in splits.items()}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("seed: 1\nseed: 2\n", "line 2, column 1: not valid YAML: key 'seed' appears twice in one "
+                           "mapping; keep one"),
+    ("jena:\n\tlookback: 3\n", "line 2, column 1: not valid YAML: found character '\\t' that "
+                               "cannot start any token"),
+    ("seed: 1\n1: a\nzz: b\n", "unknown key(s) 1, 'zz'; known keys are seed,"),
+])
+def test_broken_yaml_is_one_line(tmp_path, text, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_params(path)
+    assert str(caught.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", [["gru"], {"a": 1}, None, 3])
+def test_arch_of_the_wrong_type_is_named(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"models\.gru\.arch: unknown architecture .*; known: "):
+        load_with(tmp_path, set_key("models.gru.arch", value))
+
+
+def test_unreadable_params_file_is_one_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes((ROOT / "params.yaml").read_bytes() + b"# caf\xe9\n")
+    line = (ROOT / "params.yaml").read_bytes().count(b"\n") + 1
+    with pytest.raises(ConfigError) as caught:
+        load_params(path)
+    assert str(caught.value) == (f"{path}: line {line}: byte 0xe9 is not UTF-8; "
+                                 "save the file as UTF-8")
+    with pytest.raises(ConfigError, match=r": cannot be read \(Is a directory\)$"):
+        load_params(tmp_path)

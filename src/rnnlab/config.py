@@ -8,6 +8,7 @@ ignored), and so are missing keys and values of the wrong type.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -64,15 +65,30 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         # YAML writes 0 for 0.0; accept ints where a float is asked for, never bools.
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # YAML reads .nan and .inf; either would slip past every range check (nan < 0
+            # and nan > 0 are both false) and poison the run.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{where}: expected a finite number, got {value!r}")
             return float(value)
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            # Seeds, sizes and row numbers end up in torch and NumPy as 64-bit integers.
+            if not -2**63 <= value < 2**63:
+                raise ConfigError(f"{where}: {value} does not fit a 64-bit integer; "
+                                  "use a smaller number")
             return value
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, (bool, int, float)):
+            # An all-digit md5 or a bare yes/no reads as a number or a boolean, and its
+            # digits may not survive (leading zeros, octal): only quotes keep the text.
+            read = ("an unquoted yes/no/on/off/true/false as a boolean" if isinstance(value, bool)
+                    else "unquoted digits as a number")
+            raise ConfigError(f"{where}: expected a string, got {value!r}: YAML reads {read}; "
+                              "put the value in quotes")
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     if dataclasses.is_dataclass(tp):
         return from_mapping(tp, value, where=where)
@@ -88,7 +104,7 @@ def from_mapping(cls: type[T], data: Any, *, where: str) -> T:
     check_keys = getattr(cls, "check_keys", None)   # a class may narrow the keys further
     if check_keys is not None:
         check_keys(data, where)
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)   # YAML keys may be numbers
     if unknown:
         raise ConfigError(
             f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,17 @@ from rnnlab.config import ConfigError, from_mapping
 PARAMS_FILE = Path("params.yaml")
 # Variant names become file names, DVC stage names and shell arguments: keep them plain.
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def at_least(where: str, name: str, value: float | None, low: int, *,
+             null: str | None = None) -> None:
+    """``value >= low``, or null where ``null`` says what null means. Zero is never a
+    silent 'no limit': where a cap is optional, null is how to lift it."""
+    if value is None and null is not None:
+        return
+    if value is None or value < low:
+        fix = f"must be >= {low}" + (f" or null ({null})" if null else "")
+        raise ConfigError(f"{where}.{name}: {fix}, got {'null' if value is None else value}")
 
 
 @dataclass(frozen=True)
@@ -60,15 +72,44 @@ class JenaParams:
     wind_sentinel_fill: float | None = 0.0
 
     def validate(self, where: str) -> None:
+        for name in ("lookback", "step", "batch_size"):
+            at_least(where, name, getattr(self, name), 1)
+        at_least(where, "delay", self.delay, 0)
+        if self.lookback < self.step:
+            raise ConfigError(f"{where}.lookback: {self.lookback} is shorter than jena.step "
+                              f"({self.step}); a window needs lookback >= step")
         if self.train_rows[1] is None:
             raise ConfigError(f"{where}.train_rows: the end must be a row number, not null "
                               "(the statistics are taken over these rows)")
-        if self.batch_size < 1:
-            raise ConfigError(f"{where}.batch_size: must be >= 1, got {self.batch_size}")
+        self._check_splits(where)
+
+    def _check_splits(self, where: str) -> None:
+        """Each split is [start, end] with start < end, and train, val, test follow one
+        another without overlap: validation rows inside training would leak into the
+        figures. (Targets may still reach ``delay`` rows past a split's end, as in the
+        lecture; docs/conventions.md.)"""
+        for name, (lo, hi) in self.splits.items():
+            if lo < 0 or (hi is not None and hi <= lo):
+                raise ConfigError(f"{where}.{name}_rows: {_rows(lo, hi)} is not [start, end] "
+                                  "with 0 <= start < end (end null = the end of the data)")
+        for (name, (_, hi)), (after, (lo, _)) in pairwise(self.splits.items()):
+            if hi is None:
+                raise ConfigError(f"{where}.{name}_rows: the end is null (the end of the data), "
+                                  f"so it runs over {after}_rows {_rows(*self.splits[after])}; "
+                                  f"give it an end <= {lo}")
+            if hi > lo:
+                raise ConfigError(f"{where}.{after}_rows: {_rows(*self.splits[after])} starts "
+                                  f"before the end of {name}_rows {_rows(*self.splits[name])}; "
+                                  "the splits run train, val, test in order without overlap "
+                                  f"(shared rows leak between them): start it at {hi} or later")
 
     @property
     def splits(self) -> dict[str, tuple[int, int | None]]:
         return {"train": self.train_rows, "val": self.val_rows, "test": self.test_rows}
+
+
+def _rows(lo: int, hi: int | None) -> str:
+    return f"[{lo}, {'null' if hi is None else hi}]"
 
 
 @dataclass(frozen=True)
@@ -82,8 +123,7 @@ class ImdbParams:
 
     def validate(self, where: str) -> None:
         for name in ("max_features", "maxlen", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
+            at_least(where, name, getattr(self, name), 1)
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"{where}.val_fraction: must be in (0, 1), got {self.val_fraction}")
         for name in ("padding", "truncating"):
@@ -106,12 +146,11 @@ class TrainParams:
         if self.threads != "auto" and (isinstance(self.threads, str) or self.threads < 1):
             raise ConfigError(f"{where}.threads: must be auto or a number of threads >= 1, "
                               f"got {self.threads!r}")
-        if self.eval_batch_size < 1:
-            raise ConfigError(f"{where}.eval_batch_size: must be >= 1, got {self.eval_batch_size}")
-        for name in ("steps_per_epoch", "imdb_steps_per_epoch", "max_epochs", "max_eval_batches"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{where}.{name}: must be >= 1 or null (no cap), got {value}")
+        at_least(where, "eval_batch_size", self.eval_batch_size, 1)
+        for name in ("steps_per_epoch", "imdb_steps_per_epoch"):
+            at_least(where, name, getattr(self, name), 1, null="a full pass")
+        for name in ("max_epochs", "max_eval_batches"):
+            at_least(where, name, getattr(self, name), 1, null="no cap")
         if self.clip_norm is not None and self.clip_norm <= 0:
             raise ConfigError(f"{where}.clip_norm: must be > 0 or null, got {self.clip_norm}")
 
@@ -124,6 +163,14 @@ class ExplodeParams:
     steps: int
     clip_norm: float          # used when train.clip_norm is null
 
+    def validate(self, where: str) -> None:
+        at_least(where, "steps", self.steps, 1)
+        for name in ("recurrent_scale", "lr", "clip_norm"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{where}.{name}: must be > 0, got {getattr(self, name)}")
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise ConfigError(f"{where}.nonlinearity: {self.nonlinearity!r}; choose tanh or relu")
+
 
 @dataclass(frozen=True)
 class GradientsParams:
@@ -132,6 +179,10 @@ class GradientsParams:
     train_steps: int
     distance: int
     explode: ExplodeParams
+
+    def validate(self, where: str) -> None:
+        for name in ("hidden", "batches", "train_steps", "distance"):
+            at_least(where, name, getattr(self, name), 1)
 
 
 @dataclass(frozen=True)
@@ -187,7 +238,7 @@ class ModelSpec:
     def check_keys(data: Mapping[str, Any], where: str) -> None:
         """Before the fields are read: the arch is known and every key is one it uses."""
         arch = data.get("arch")
-        if arch not in ARCHITECTURES:
+        if not isinstance(arch, str) or arch not in ARCHITECTURES:
             raise ConfigError(f"{where}.arch: unknown architecture {arch!r}; known: "
                               f"{', '.join(sorted(ARCHITECTURES))}")
         uses = ARCHITECTURES[arch].fields
@@ -215,8 +266,9 @@ class ModelSpec:
             raise ConfigError(f"{where}.cell: {self.cell!r}; choose rnn, gru or lstm")
         for name in ("epochs", "conv_filters", "conv_kernel", "pool_size", "embedding_dim",
                      "ngram_max"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
+            at_least(where, name, getattr(self, name), 1)
+        if self.c <= 0:
+            raise ConfigError(f"{where}.c: the inverse regularization must be > 0, got {self.c}")
         if not self.units or min(self.units) < 1:
             raise ConfigError(f"{where}.units: one size >= 1 per layer, got {list(self.units)}")
         for name in ("lookback", "step"):
@@ -260,15 +312,53 @@ class Params:
                               f"{', '.join(self.models)}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys without a word; DVC's parser refuses them.
+    Refuse them here too, so that the value a stage reads is the one the user sees."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+                seen.add(key)
+            except TypeError:       # an unhashable key: SafeLoader's own error follows
+                continue
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping; keep one",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: where, then what (PyYAML's own text spans several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}not valid YAML: {problem}"
+
+
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """Read and validate the whole file; any problem is one ConfigError naming the key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; run the stages from the repository root") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: byte 0x{data[e.start]:02x} is not UTF-8; "
+                          "save the file as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)   # a SafeLoader
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(f"{path}: {_yaml_problem(e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top")
     return from_mapping(Params, raw, where=str(path))
