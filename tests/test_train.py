@@ -1,3 +1,7 @@
+import logging
+import pickle
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -80,6 +84,60 @@ def test_checkpoint_of_other_params_is_ignored(task, tmp_path):
     run(task, make(), tmp_path, epochs=2, fingerprint="old")
     result = run(task, make(), tmp_path, epochs=2, fingerprint="new")
     assert result.resumed_from == 0
+
+
+class Planted:
+    """Unpickled by plain pickle, this creates ``marker``: code run from a data file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def plant_torch_save(path, marker):
+    torch.save({"fingerprint": "f", "epoch": 9, "payload": Planted(marker)}, path)
+
+
+def plant_raw_pickle(path, marker):
+    path.write_bytes(pickle.dumps(Planted(marker)))
+
+
+def plant_garbage(path, marker):
+    path.write_bytes(b"PK\x03\x04 not a zip, not a pickle")
+
+
+def plant_partial_state(path, marker):
+    torch.save({"fingerprint": "f", "epoch": 1}, path)       # loads, but is no checkpoint
+
+
+@pytest.mark.parametrize("plant, problem", [
+    (plant_torch_save, "it does not load as tensors and plain values (UnpicklingError)"),
+    (plant_raw_pickle, "it does not load as tensors and plain values (UnpicklingError)"),
+    (plant_garbage, "it does not load as tensors and plain values ("),
+    (plant_partial_state, "it is not an rnnlab checkpoint (missing keys)"),
+])
+def test_checkpoint_that_is_not_plain_data_is_never_executed(task, tmp_path, caplog, plant,
+                                                             problem):
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "ckpt.pt"
+    plant(ckpt, marker)
+    assert not marker.exists()
+    caplog.set_level(logging.INFO, logger="rnnlab.train")
+    epochs = []
+    with warnings.catch_warnings(record=True) as python_warnings:
+        warnings.simplefilter("always")
+        result = run(task, make(), tmp_path, epochs=2, on_epoch=lambda e, row: epochs.append(e))
+    assert [str(w.message) for w in python_warnings] == []     # our one log line, nothing else
+    assert not marker.exists()                                  # the pickle never ran
+    assert result.resumed_from == 0 and epochs == [1, 2]        # trained from epoch 1
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(logged) == 1
+    assert logged[0].startswith(f"train: ignoring {ckpt}: {problem}")
+    assert logged[0].endswith("training from epoch 1, this run's checkpoint replaces it")
+    state = torch.load(ckpt, weights_only=True)                 # replaced by this run's
+    assert state["epoch"] == 2 and state["fingerprint"] == "f"
 
 
 def test_nan_loss_stops_with_a_clear_error(task, tmp_path):

@@ -15,6 +15,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,9 +114,39 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
+# What a checkpoint holds: state dicts (tensors), the history (dicts of floats and ints),
+# numbers and the fingerprint string; nothing that needs a class to be rebuilt.
+CHECKPOINT_KEYS = frozenset({"fingerprint", "epoch", "model", "optimizer", "history",
+                             "best_value", "best_epoch", "best_model"})
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     with atomic_output(path) as tmp:
         torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path, device: torch.device, desc: str) -> dict | None:
+    """The checkpoint's state, or None (one warning) when it cannot be used.
+
+    ``weights_only=True``: the unpickler rebuilds only tensors, containers and plain
+    values, so a pickle planted at the checkpoint path cannot run code. A checkpoint is a
+    cache, so any file that does not load that way, or lacks a key, means 'start over':
+    training runs from epoch 1 and its first checkpoint replaces the file.
+    """
+    try:
+        with warnings.catch_warnings():
+            # torch warns about a foreign pickle protocol before refusing it: one line is ours.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:   # noqa: BLE001 (unpickling, zip, EOF, OS errors alike)
+        problem = f"it does not load as tensors and plain values ({type(e).__name__})"
+    else:
+        if isinstance(state, dict) and CHECKPOINT_KEYS <= state.keys():
+            return state
+        problem = "it is not an rnnlab checkpoint (missing keys)"
+    log.warning("%s: ignoring %s: %s; training from epoch 1, this run's checkpoint replaces "
+                "it", desc, path, problem)
+    return None
 
 
 def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device, *,
@@ -127,7 +158,9 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
 
     ``checkpoint``: written after every epoch; if it exists with the same
     ``fingerprint`` (a digest of everything that defines the run), training resumes
-    after its last epoch. The caller deletes it once the outputs are written.
+    after its last epoch. The caller deletes it once the outputs are written. It holds
+    only state dicts and plain values and is read with ``weights_only=True``: a file that
+    does not load that way is ignored with a warning, never executed.
     ``threads``: told each step's wall time, it may change torch's thread count between
     steps (rnnlab.threads); each epoch records the mean count as ``threads``.
     """
@@ -141,9 +174,11 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
     best_state, best_value, best_epoch, start = None, None, 0, 1
     sign = 1.0 if task.monitor_mode == "min" else -1.0
 
+    state = None
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state.get("fingerprint") == fingerprint:
+        state = _load_checkpoint(checkpoint, device, desc)
+    if state is not None:
+        if state["fingerprint"] == fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             history, best_value, best_epoch = state["history"], state["best_value"], state["best_epoch"]
