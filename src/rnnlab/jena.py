@@ -166,9 +166,9 @@ def _first_bad_line(path: Path) -> str:
 
 def _drop_trailing_blank_rows(df: pl.DataFrame) -> pl.DataFrame:
     """A blank line at the end of the file reads as a row of nulls: drop those rows only."""
+    if any(v is not None for v in df.row(-1)):
+        return df                                      # the usual case: one row looked at
     blank = df.select(pl.all_horizontal(pl.all().is_null())).to_series().to_numpy()
-    if not blank[-1]:
-        return df
     filled = np.flatnonzero(~blank)
     return df.head(int(filled[-1]) + 1 if len(filled) else 0)
 
