@@ -32,6 +32,12 @@ install() {
   fi
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+  # Compile the C++ recurrences now (about a minute, once per machine; cached in
+  # ~/.cache/rnnlab) rather than inside the first training stage, where the compiler's
+  # 1.7 GB would count as that stage's memory and its minute as its first epoch.
+  echo "compiling rnnlab's C++ recurrences (once per machine, about a minute)" >&2
+  "$VENV/bin/python" -c 'import sys; from rnnlab import fused; sys.exit(not fused.available())' ||
+    echo "warning: the C++ recurrences did not build; training will use the slower loops" >&2
   touch "$stamp"
 }
 

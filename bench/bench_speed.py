@@ -183,7 +183,8 @@ def main() -> None:
         print(f"| {v} | " + " | ".join(cells) + " |")
 
     if loaded:
-        print(f"\n## Beside {args.load} busy processes: ms per training step and the slowdown "
+        print(f"\n## Beside {args.load} busy process{'es' if args.load > 1 else ''}: ms per "
+              "training step and the slowdown "
               "(loaded / quiet) of each side\n")
         print("| variant | " + " | ".join(f"{s} step | {s} slowdown" for s in names)
               + " | rnnlab threads |")
@@ -216,7 +217,7 @@ def main() -> None:
               + " | ".join(cells) + " |")
     for d in ("jena", "imdb"):
         print(f"| **{d} total** | | | | | "
-              + " | ".join(f"**{totals[(s, d)] / 60:.0f}**" for s in names) + " |")
+              + " | ".join(f"**{totals[(s, d)] / 60:.1f}**" for s in names) + " |")
 
 
 if __name__ == "__main__":
