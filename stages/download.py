@@ -1,4 +1,4 @@
-"""DVC stage: download a data set (checksummed, atomic) to the path dvc.yaml gives."""
+"""DVC stage: download a data set (checksummed, bounded, atomic) to the path dvc.yaml gives."""
 
 import argparse
 from pathlib import Path
@@ -14,8 +14,9 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     source = getattr(load_params().data, args.dataset)
-    download_dataset(args.dataset, source.url, args.out, md5=source.md5)
-    print(f"download: {source.url} -> {args.out} (md5 verified)")
+    print(download_dataset(args.dataset, source.url, args.out, md5=source.md5,
+                           deadline_s=source.deadline_s, min_rate_kb_s=source.min_rate_kb_s,
+                           max_mb=source.max_mb))
 
 
 if __name__ == "__main__":

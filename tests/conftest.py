@@ -21,11 +21,20 @@ class LoopbackServer:
     /<name>             the file (404 if absent)
     /truncated/<name>   announces the full Content-Length, sends half, closes
     /flaky/<name>       503 on the first two requests of each name, then the file
+    /drip/<name>        headers at once (full Content-Length), then one byte every
+                        ``drip_interval`` seconds: slow enough to hang a download unbounded
+    /redirect/<key>     302 to ``redirects[key]`` (any URL: ftp://, file://, ...)
+    /auth/<name>        401 unless the request carries ``auth`` (an Authorization header)
     """
 
     def __init__(self, root: Path):
         self.root = root
         self.hits: dict[str, int] = defaultdict(int)
+        self.drip_interval = 2.0
+        self.redirects: dict[str, str] = {}
+        self.auth: str | None = None
+        self.seen_auth: list[str | None] = []
+        self.stopping = threading.Event()    # ends the drips at shutdown
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,6 +44,16 @@ class LoopbackServer:
             def do_GET(self):
                 server.hits[self.path] += 1
                 kind, _, name = self.path.lstrip("/").rpartition("/")
+                server.seen_auth.append(self.headers.get("Authorization"))
+                if kind == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[name])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if kind == "auth" and self.headers.get("Authorization") != server.auth:
+                    self.send_error(401, "Unauthorized")
+                    return
                 path = server.root / name
                 if not path.is_file():
                     self.send_error(404, "Not Found")
@@ -47,6 +66,17 @@ class LoopbackServer:
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if kind == "drip":
+                    try:
+                        for i in range(len(body)):
+                            self.wfile.write(body[i:i + 1])
+                            self.wfile.flush()
+                            if server.stopping.wait(server.drip_interval):
+                                break
+                    except OSError:   # the client gave up: what the tests want
+                        pass
+                    self.close_connection = True
+                    return
                 if kind == "truncated":
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
@@ -56,7 +86,8 @@ class LoopbackServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True,
+                                       kwargs={"poll_interval": 0.05})  # a quick shutdown
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}/{path}"
@@ -70,6 +101,7 @@ def serving(root: Path):
     try:
         yield server
     finally:
+        server.stopping.set()
         server.httpd.shutdown()
         server.httpd.server_close()
 

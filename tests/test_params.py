@@ -47,7 +47,8 @@ KNOWN_TOP = "known keys are seed, device, data, jena, imdb, train, gradients, mo
     # a misspelled key at each level
     ("seeed", 1, f"params.yaml: unknown key(s) 'seeed'; {KNOWN_TOP}"),
     ("trian", {}, f"params.yaml: unknown key(s) 'trian'; {KNOWN_TOP}"),
-    ("data.jena.urll", "x", "params.yaml: data.jena: unknown key(s) 'urll'; known keys are url, md5"),
+    ("data.jena.urll", "x", "params.yaml: data.jena: unknown key(s) 'urll'; known keys are url, md5, "
+                         "deadline_s, min_rate_kb_s, max_mb"),
     ("jena.lookbak", 720, "params.yaml: jena: unknown key(s) 'lookbak'; known keys are lookback, "),
     ("gradients.explode.stepz", 3, "params.yaml: gradients.explode: unknown key(s) 'stepz'; "
                                    "known keys are recurrent_scale, nonlinearity, lr, steps, clip_norm"),

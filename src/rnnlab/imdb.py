@@ -32,6 +32,7 @@ PAD, OOV = 0, 1
 CANONICAL_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
 LABEL_DIRS = {"neg": 0, "pos": 1}
 WANTED = re.compile(r"^(?:\./)?aclImdb/(train|test)/(pos|neg)/\d+_\d+\.txt$")
+REVIEWS_PER_FOLDER = 12_500   # the canonical archive: 25,000 train + 25,000 test
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 TOKEN = re.compile(r"(?u)\b\w\w+\b")
 FILES = {"x": "x_{split}.npy", "x_reversed": "x_{split}_reversed.npy", "y": "y_{split}.npy"}

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from rnnlab.config import ConfigError, from_mapping
+from rnnlab.errors import redact
 
 PARAMS_FILE = Path("params.yaml")
 # Variant names become file names, DVC stage names and shell arguments: keep them plain.
@@ -40,17 +41,28 @@ def at_least(where: str, name: str, value: float | None, low: int, *,
 
 @dataclass(frozen=True)
 class SourceParams:
-    """Where a data set comes from (``data.<dataset>``): only its download stage reads it."""
+    """Where a data set comes from (``data.<dataset>``) and the bounds of its download: only
+    its download stage reads it. The bounds make every wait and every write finite: a server
+    that stalls or drips, or an archive that unpacks without end, fails with one line."""
     url: str
     md5: str | None = None
+    deadline_s: float = 3600.0    # the whole download, retries included
+    min_rate_kb_s: float = 20.0   # average kB/s (1000 bytes) of an attempt, judged after 30 s
+    max_mb: float = 1000.0        # MB (10^6 bytes) downloaded, and extracted from it
 
     def validate(self, where: str) -> None:
         if not self.url.startswith(("http://", "https://", "file://")):
-            raise ConfigError(f"{where}.url: {self.url!r} is not an http(s):// or file:// URL "
-                              "(a local file is file:///absolute/path)")
+            raise ConfigError(f"{where}.url: {redact(self.url)!r} is not an http(s):// or "
+                              "file:// URL (a local file is file:///absolute/path)")
         if self.md5 is not None and (len(self.md5) != 32 or
                                      any(c not in "0123456789abcdefABCDEF" for c in self.md5)):
             raise ConfigError(f"{where}.md5: {self.md5!r} is not a 32-digit hex md5")
+        for name in ("deadline_s", "max_mb"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{where}.{name}: must be > 0, got {getattr(self, name)}")
+        if self.min_rate_kb_s < 0:
+            raise ConfigError(f"{where}.min_rate_kb_s: must be >= 0 (0: no minimum), "
+                              f"got {self.min_rate_kb_s}")
 
 
 @dataclass(frozen=True)
