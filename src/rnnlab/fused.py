@@ -12,7 +12,8 @@ The extension (src/rnnlab/csrc/recurrent.cpp and recurrent_kernels.h) is compile
 ``torch.utils.cpp_extension.load`` at first use into
 ``$XDG_CACHE_HOME/rnnlab/torch_extensions/<key>`` (default ``~/.cache``), from a copy of
 the sources kept there (so every clone of the repository shares one build), where the key
-hashes the source, the compiler flags, torch's version and the CPU's instruction-set flags
+hashes the source, the compiler flags, torch's version and location (its headers are named
+by path in the compile command) and the CPU's instruction-set flags
 (the build uses ``-march=native``, so a cache shared between machines never serves code
 for another CPU). An ``fcntl`` lock serializes builds across processes. If the build or
 the import fails, ``available()`` is False, one warning says why, and callers keep their
@@ -66,7 +67,10 @@ def build_key() -> str:
     """Hex digest naming the build directory and the module."""
     h = hashlib.sha256()
     for part in (_SOURCE.read_bytes(), *(p.read_bytes() for p in _HEADERS), " ".join(_CFLAGS + _LDFLAGS).encode(),
-                 torch.__version__.encode(), sys.version.encode(), _cpu_flags().encode()):
+                 torch.__version__.encode(), sys.version.encode(), _cpu_flags().encode(),
+                 # the compile command names torch's headers by path: two environments
+                 # sharing one build directory recompiled each other's build every time
+                 str(Path(torch.__file__).resolve().parent).encode()):
         h.update(part)
         h.update(b"\0")
     return h.hexdigest()[:16]
