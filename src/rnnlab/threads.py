@@ -4,7 +4,8 @@ Two threads buy 30-40 % on a quiet 2-core machine, but when another process hold
 core the same two threads run about twice as slowly as one: every parallel op ends in a
 barrier that waits for the thread sharing the busy core (measured in docs/benchmarks.md).
 No count fixed at start-up is right for both, so ``auto`` measures: every ``period``
-steps it times a few steps at a neighbouring count and keeps whichever ran faster.
+steps it times a few steps at a neighbouring count, between steps at the current one, and
+keeps whichever ran faster.
 Results do not depend on the count (the fused kernels and the ops around them are
 bit-identical for any count; tests/test_threads.py checks a whole training run), so the
 choice changes only the speed.
@@ -70,10 +71,13 @@ def resolve_threads(setting: int | str) -> ThreadPolicy:
 class ThreadTuner:
     """Moves torch's thread count to whichever of its neighbours trains faster.
 
-    Call :meth:`step` after every training step with its wall time. Each trial sets a
-    neighbouring count for ``1 + trial`` steps (the first one warms the new thread team
-    up and is not counted) and keeps it if its median step beat the median of the last
-    ``trial`` steps before it by ``margin``; trials come every ``period`` steps.
+    Call :meth:`step` after every training step with its wall time. A trial runs a
+    neighbouring count for ``1 + trial`` steps, then the current count again for
+    ``1 + trial`` steps (the first step after each switch warms the thread team up and is
+    not counted), and moves to the neighbour if its median step beat the median of the
+    ``trial`` steps before and the ``trial`` steps after it by ``margin``: timing the
+    current count on both sides keeps a load that comes or goes mid-trial from deciding.
+    Trials come every ``period`` steps (the first after ``first_trial``).
     """
     max_threads: int
     period: int = 100
@@ -82,9 +86,11 @@ class ThreadTuner:
     first_trial: int = 12           # the first trial comes early: a busy start is common
     current: int = 0
     used: list[int] = field(default_factory=list)     # thread count of each step
-    _recent: list[float] = field(default_factory=list)
-    _trial_times: list[float] = field(default_factory=list)
+    _before: list[float] = field(default_factory=list)
+    _tried: list[float] = field(default_factory=list)
+    _after: list[float] = field(default_factory=list)
     _trying: int | None = None
+    _phase: str = "run"             # run -> trial -> after -> run
     _since: int = 0
     _direction: int = -1
 
@@ -94,36 +100,41 @@ class ThreadTuner:
 
     def step(self, seconds: float) -> None:
         self.used.append(torch.get_num_threads())
-        if self._trying is None:
-            self._recent = (self._recent + [seconds])[-self.trial:]
+        if self._phase == "run":
+            self._before = (self._before + [seconds])[-self.trial:]
             self._since += 1
             due = self.first_trial if len(self.used) <= self.first_trial else self.period
             if self._since >= due and self.max_threads > 1:
                 self._start_trial()
-            return
-        self._trial_times.append(seconds)
-        if len(self._trial_times) == 1 + self.trial:
-            self._end_trial()
+        elif self._phase == "trial":
+            self._tried.append(seconds)
+            if len(self._tried) == 1 + self.trial:
+                self._phase, self._after = "after", []
+                torch.set_num_threads(self.current)
+        else:
+            self._after.append(seconds)
+            if len(self._after) == 1 + self.trial:
+                self._decide()
 
     def _start_trial(self) -> None:
         candidate = self.current + self._direction
         if not 1 <= candidate <= self.max_threads:
             self._direction = -self._direction
             candidate = self.current + self._direction
-        self._trying, self._trial_times = candidate, []
+        self._trying, self._tried, self._phase = candidate, [], "trial"
         torch.set_num_threads(candidate)
 
-    def _end_trial(self) -> None:
-        tried = statistics.median(self._trial_times[1:])
-        before = statistics.median(self._recent)
-        if tried < (1 - self.margin) * before:
+    def _decide(self) -> None:
+        tried = statistics.median(self._tried[1:])
+        current = statistics.median(self._before + self._after[1:])
+        if tried < (1 - self.margin) * current:
             log.debug("threads: %d -> %d (%.1f vs %.1f ms/step)", self.current, self._trying,
-                      before * 1e3, tried * 1e3)
+                      current * 1e3, tried * 1e3)
             self.current = self._trying      # keep going the same way next time
+            torch.set_num_threads(self.current)
         else:
             self._direction = -self._direction
-        torch.set_num_threads(self.current)
-        self._trying, self._recent, self._since = None, [], 0
+        self._phase, self._before, self._since = "run", [], 0
 
     def mean_threads(self, last: int) -> float:
         """The mean thread count of the last ``last`` steps."""
