@@ -11,7 +11,8 @@ and ms per evaluation batch of 128 (rnnlab: no_grad, eval mode; Keras: predict_o
 Each side keeps its models between rounds (bench/speed_worker.py); rnnlab runs with its
 default ``train.threads: auto``, so its thread tuner is timed too. The same rounds then run
 again beside a fixed background load (``--load``, default one busy process per core) for
-the slowdown of each side. Last, each half's default run is extrapolated from the measured
+the slowdown of each side, after ``--settle`` untimed rnnlab steps per variant (its thread
+tuner tries another count every 100 steps: the steady state under load is what is timed). Last, each half's default run is extrapolated from the measured
 parts: epochs x (steps x step + validation batches x evaluation batch) + the best epoch's
 validation and test pass + a fixed per-stage cost (``--stage-seconds``, see
 docs/benchmarks.md for where it comes from).
@@ -53,9 +54,9 @@ class Worker:
             raise SystemExit(f"bench worker {self.proc.args} ended (exit {self.proc.wait()})")
         return json.loads(line)
 
-    def ask(self, variant: str, steps: int, evals: int) -> dict:
+    def ask(self, variant: str, steps: int, evals: int, settle: int = 0) -> dict:
         self.proc.stdin.write(json.dumps({"variant": variant, "steps": steps,
-                                          "evals": evals}) + "\n")
+                                          "evals": evals, "settle": settle}) + "\n")
         return self._read()
 
     def close(self) -> None:
@@ -72,7 +73,7 @@ def median_ms(values: list[float]) -> float:
 
 
 def run_phase(sides: dict, variants: list[str], rounds: int, steps: int, evals: int,
-              label: str) -> dict:
+              label: str, settle: int = 0) -> dict:
     """{(side, variant): {"train": [...], "eval": [...], "threads": [...], "rss_mb": x}}"""
     names = list(sides)
     out: dict = {}
@@ -81,7 +82,8 @@ def run_phase(sides: dict, variants: list[str], rounds: int, steps: int, evals: 
             k = (r + i) % len(names)
             for side in names[k:] + names[:k]:
                 worker = sides[side](variant)
-                reply = worker.ask(variant, steps, evals)
+                first = r == 0 and side == "rnnlab"
+                reply = worker.ask(variant, steps, evals, settle if first else 0)
                 slot = out.setdefault((side, variant), {"train": [], "eval": [], "threads": []})
                 slot["train"] += reply["train"]
                 slot["eval"] += reply["eval"]
@@ -120,6 +122,10 @@ def main() -> None:
     parser.add_argument("--evals", type=int, default=8, help="evaluation batches per round")
     parser.add_argument("--load", type=int, default=os.cpu_count(),
                         help="busy processes in the loaded phase (0: skip it)")
+    parser.add_argument("--settle", type=int, default=110,
+                        help="untimed rnnlab training steps per variant when the load starts: "
+                             "its thread tuner (train.threads: auto) tries another count "
+                             "every 100 steps")
     parser.add_argument("--only", help="comma-separated variants (default: every torch one)")
     parser.add_argument("--stage-seconds", type=float, default=10.0,
                         help="fixed cost per training stage (imports, tracking, model files)")
@@ -154,7 +160,7 @@ def main() -> None:
         load = busy(args.load)
         try:
             loaded = run_phase(sides, variants, args.rounds, args.steps, args.evals,
-                               f"{args.load} busy")
+                               f"{args.load} busy", settle=args.settle)
         finally:
             for p in load:
                 p.kill()

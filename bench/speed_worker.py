@@ -3,7 +3,8 @@
     python bench/speed_worker.py torch            # rnnlab (PYTHONPATH=src)
     python bench/speed_worker.py keras [--xla]    # the lecture's models (keras_lecture.py)
 
-Reads one JSON request per line on stdin, {"variant": name, "steps": n, "evals": m}, and
+Reads one JSON request per line on stdin, {"variant": name, "steps": n, "evals": m,
+"settle": k (optional: k untimed training steps first)}, and
 answers on stdout with {"train": [s...], "eval": [s...], "threads": mean, "rss_mb": peak}.
 A variant's model is built, and warmed up (3 steps, 2 evaluations: XLA compiles there), on
 its first request and kept, so later rounds continue its training. Inputs are random with
@@ -158,6 +159,8 @@ def main() -> None:
             side.train_steps(state[variant], WARMUP_STEPS)
             side.eval_batches(state[variant], WARMUP_EVALS)
         s = state[variant]
+        if request.get("settle"):        # untimed steps first: let a new load settle in
+            side.train_steps(s, request["settle"])
         train = side.train_steps(s, request["steps"])
         evals = side.eval_batches(s, request["evals"])
         print(json.dumps({"train": train, "eval": evals,
