@@ -155,6 +155,33 @@ def test_deterministic_and_thread_count_independent(cell):
             assert torch.equal(a, b_)
 
 
+@pytest.mark.parametrize("cell,relu", [("gru", False), ("gru", True), ("lstm", False),
+                                       ("rnn", False), ("rnn", True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inference_kernels_equal_the_training_forward(cell, relu, dtype):
+    """Without gradients the kernels keep no per-step states; the outputs stay bit-identical,
+    for h_T and for the whole sequence, with and without a mask, for any thread count."""
+    gi = torch.randn(37, 67, GATES[cell] * 16, dtype=dtype)     # odd batch: uneven blocks
+    w = torch.randn(GATES[cell] * 16, 16, dtype=dtype) * 0.3
+    b = torch.randn(GATES[cell] * 16, dtype=dtype)
+    m = torch.bernoulli(torch.full((67, 16), 0.7, dtype=dtype)) / 0.7
+    before = torch.get_num_threads()
+    try:
+        for mask in (None, m):
+            for return_sequences in (True, False):
+                args = [t.clone().requires_grad_() for t in (gi, w, b)]
+                trained = _call(cell, *args, mask, relu, return_sequences)
+                assert trained.requires_grad
+                for threads in (1, 2):
+                    torch.set_num_threads(threads)
+                    with torch.no_grad():
+                        inferred = _call(cell, gi, w, b, mask, relu, return_sequences)
+                    assert inferred.shape == trained.shape
+                    assert torch.equal(inferred, trained.detach())
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_one_thread_uses_one_thread():
     """With torch.set_num_threads(1), CPU time ~= wall time (no second busy thread)."""
     import resource

@@ -6,7 +6,9 @@ b_ih)``), the recurrent weights ``w_hh`` (G*H, H) and ``b_hh`` (G*H,), and an op
 recurrent-dropout mask ``mask_h`` (B, H) applied to the state before ``w_hh`` at every step
 (Keras' recurrent_dropout); they return h_T (B, H) or all states (T, B, H). Gradients flow
 to gi, w_hh and b_hh. ``gru_recurrence`` has exactly the semantics of
-``rnnlab.recurrent._GRURecurrence.apply``.
+``rnnlab.recurrent._GRURecurrence.apply``. When autograd needs no backward (``no_grad``,
+or no input requires grad: evaluation), inference kernels run the same arithmetic without
+keeping each step's states and gates (bit-identical outputs, a few MB less per batch).
 
 The extension (src/rnnlab/csrc/recurrent.cpp and recurrent_kernels.h) is compiled by
 ``torch.utils.cpp_extension.load`` at first use into
@@ -212,19 +214,31 @@ class _RNN(torch.autograd.Function):
         return dgi, dw, db, None, None, None
 
 
+def _wants_grad(*tensors: Tensor) -> bool:
+    """Whether autograd will need this recurrence's backward (else: the inference kernels,
+    which keep no per-step states or gates)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def gru_recurrence(gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask_h: Optional[Tensor],
                    relu: bool, return_sequences: bool) -> Tensor:
     """GRU (r, z, n; reset after). gi (T, B, 3H), w_hh (3H, H), b_hh (3H,), mask_h (B, H)."""
+    if not _wants_grad(gi, w_hh, b_hh):
+        return _require().gru_infer(gi, w_hh, b_hh, mask_h, bool(relu), bool(return_sequences))
     return _GRU.apply(gi, w_hh, b_hh, mask_h, relu, return_sequences)
 
 
 def lstm_recurrence(gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask_h: Optional[Tensor],
                     return_sequences: bool) -> Tensor:
     """LSTM (i, f, g, o), zero initial h and c. gi (T, B, 4H), w_hh (4H, H), b_hh (4H,)."""
+    if not _wants_grad(gi, w_hh, b_hh):
+        return _require().lstm_infer(gi, w_hh, b_hh, mask_h, bool(return_sequences))
     return _LSTM.apply(gi, w_hh, b_hh, mask_h, return_sequences)
 
 
 def rnn_recurrence(gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask_h: Optional[Tensor],
                    relu: bool, return_sequences: bool) -> Tensor:
     """Elman RNN h' = act(gi + W_hh h + b_hh). gi (T, B, H), w_hh (H, H), b_hh (H,)."""
+    if not _wants_grad(gi, w_hh, b_hh):
+        return _require().rnn_infer(gi, w_hh, b_hh, mask_h, bool(relu), bool(return_sequences))
     return _RNN.apply(gi, w_hh, b_hh, mask_h, relu, return_sequences)

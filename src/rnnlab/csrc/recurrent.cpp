@@ -108,22 +108,36 @@ const T* opt_ptr(const std::optional<at::Tensor>& m) {
   return m ? m->data_ptr<T>() : nullptr;
 }
 
+// A forward's inputs, checked and laid out for the kernels: wt = W_hh^T (H, G*H).
+struct ForwardInputs {
+  at::Tensor gi, wt, b_hh;
+  std::optional<at::Tensor> mask_h;
+  int64_t T, B, H;
+  ForwardInputs(const at::Tensor& gi_, const at::Tensor& w_hh, const at::Tensor& b_hh_,
+                const std::optional<at::Tensor>& mask_h_, int64_t gates) {
+    check_inputs(gi_, w_hh, b_hh_, mask_h_, gates);
+    gi = gi_.contiguous();
+    wt = w_hh.t().contiguous();
+    b_hh = b_hh_.contiguous();
+    mask_h = contiguous_mask(mask_h_);
+    T = gi.size(0);
+    B = gi.size(1);
+    H = w_hh.size(1);
+  }
+  template <typename S> const S* ptr(const at::Tensor& t) const { return t.data_ptr<S>(); }
+};
+
 std::vector<at::Tensor> gru_forward(const at::Tensor& gi_, const at::Tensor& w_hh_,
                                     const at::Tensor& b_hh_,
                                     const std::optional<at::Tensor>& mask_h_, bool relu) {
-  check_inputs(gi_, w_hh_, b_hh_, mask_h_, 3);
-  auto gi = gi_.contiguous();
-  auto wt = w_hh_.t().contiguous();  // (H, 3H)
-  auto b_hh = b_hh_.contiguous();
-  auto mask_h = contiguous_mask(mask_h_);
-  const int64_t T = gi.size(0), B = gi.size(1), H = w_hh_.size(1);
-  auto out = at::empty({T, B, H}, gi.options());
-  auto gates = at::empty({T, B, 4 * H}, gi.options());
-  AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "gru_forward", [&] {
-    for_blocks(make_blocks(B), [&](int64_t, int64_t r0, int64_t r1) {
+  const ForwardInputs in(gi_, w_hh_, b_hh_, mask_h_, 3);
+  auto out = at::empty({in.T, in.B, in.H}, in.gi.options());
+  auto gates = at::empty({in.T, in.B, 4 * in.H}, in.gi.options());
+  AT_DISPATCH_FLOATING_TYPES(in.gi.scalar_type(), "gru_forward", [&] {
+    for_blocks(make_blocks(in.B), [&](int64_t, int64_t r0, int64_t r1) {
       rnnlab::gru_forward_block<scalar_t>(
-          r0, r1, T, B, H, gi.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
-          b_hh.data_ptr<scalar_t>(), opt_ptr<scalar_t>(mask_h), relu,
+          r0, r1, in.T, in.B, in.H, in.ptr<scalar_t>(in.gi), in.ptr<scalar_t>(in.wt),
+          in.ptr<scalar_t>(in.b_hh), opt_ptr<scalar_t>(in.mask_h), relu,
           out.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>());
     });
   });
@@ -174,20 +188,15 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& grad_, const at::Tensor& 
 std::vector<at::Tensor> lstm_forward(const at::Tensor& gi_, const at::Tensor& w_hh_,
                                      const at::Tensor& b_hh_,
                                      const std::optional<at::Tensor>& mask_h_) {
-  check_inputs(gi_, w_hh_, b_hh_, mask_h_, 4);
-  auto gi = gi_.contiguous();
-  auto wt = w_hh_.t().contiguous();  // (H, 4H)
-  auto b_hh = b_hh_.contiguous();
-  auto mask_h = contiguous_mask(mask_h_);
-  const int64_t T = gi.size(0), B = gi.size(1), H = w_hh_.size(1);
-  auto out = at::empty({T, B, H}, gi.options());
-  auto gates = at::empty({T, B, 4 * H}, gi.options());
-  auto cs = at::empty({T, B, 2 * H}, gi.options());  // [c, tanh(c)]
-  AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "lstm_forward", [&] {
-    for_blocks(make_blocks(B), [&](int64_t, int64_t r0, int64_t r1) {
+  const ForwardInputs in(gi_, w_hh_, b_hh_, mask_h_, 4);
+  auto out = at::empty({in.T, in.B, in.H}, in.gi.options());
+  auto gates = at::empty({in.T, in.B, 4 * in.H}, in.gi.options());
+  auto cs = at::empty({in.T, in.B, 2 * in.H}, in.gi.options());  // [c, tanh(c)]
+  AT_DISPATCH_FLOATING_TYPES(in.gi.scalar_type(), "lstm_forward", [&] {
+    for_blocks(make_blocks(in.B), [&](int64_t, int64_t r0, int64_t r1) {
       rnnlab::lstm_forward_block<scalar_t>(
-          r0, r1, T, B, H, gi.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
-          b_hh.data_ptr<scalar_t>(), opt_ptr<scalar_t>(mask_h), out.data_ptr<scalar_t>(),
+          r0, r1, in.T, in.B, in.H, in.ptr<scalar_t>(in.gi), in.ptr<scalar_t>(in.wt),
+          in.ptr<scalar_t>(in.b_hh), opt_ptr<scalar_t>(in.mask_h), out.data_ptr<scalar_t>(),
           gates.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>());
     });
   });
@@ -215,18 +224,14 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& grad_, const at::Tensor&
 std::vector<at::Tensor> rnn_forward(const at::Tensor& gi_, const at::Tensor& w_hh_,
                                     const at::Tensor& b_hh_,
                                     const std::optional<at::Tensor>& mask_h_, bool relu) {
-  check_inputs(gi_, w_hh_, b_hh_, mask_h_, 1);
-  auto gi = gi_.contiguous();
-  auto wt = w_hh_.t().contiguous();  // (H, H)
-  auto b_hh = b_hh_.contiguous();
-  auto mask_h = contiguous_mask(mask_h_);
-  const int64_t T = gi.size(0), B = gi.size(1), H = w_hh_.size(1);
-  auto out = at::empty({T, B, H}, gi.options());
-  AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "rnn_forward", [&] {
-    for_blocks(make_blocks(B), [&](int64_t, int64_t r0, int64_t r1) {
+  const ForwardInputs in(gi_, w_hh_, b_hh_, mask_h_, 1);
+  auto out = at::empty({in.T, in.B, in.H}, in.gi.options());
+  AT_DISPATCH_FLOATING_TYPES(in.gi.scalar_type(), "rnn_forward", [&] {
+    for_blocks(make_blocks(in.B), [&](int64_t, int64_t r0, int64_t r1) {
       rnnlab::rnn_forward_block<scalar_t>(
-          r0, r1, T, B, H, gi.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
-          b_hh.data_ptr<scalar_t>(), opt_ptr<scalar_t>(mask_h), relu, out.data_ptr<scalar_t>());
+          r0, r1, in.T, in.B, in.H, in.ptr<scalar_t>(in.gi), in.ptr<scalar_t>(in.wt),
+          in.ptr<scalar_t>(in.b_hh), opt_ptr<scalar_t>(in.mask_h), relu,
+          out.data_ptr<scalar_t>());
     });
   });
   return {out};
@@ -249,6 +254,60 @@ std::vector<at::Tensor> rnn_backward(const at::Tensor& grad_, const at::Tensor& 
   });
 }
 
+// ================================================================= inference
+// No gradient wanted (evaluation): the same recurrences without the (T, B, .) stores the
+// backward pass needs. Returns h_T (B, H), or every h (T, B, H) when return_sequences.
+template <typename F>
+at::Tensor infer_driver(const at::Tensor& gi, int64_t H, bool return_sequences, const F& block) {
+  const int64_t T = gi.size(0), B = gi.size(1);
+  auto out = return_sequences ? at::empty({T, B, H}, gi.options()) : at::Tensor();
+  auto last = return_sequences ? at::Tensor() : at::empty({B, H}, gi.options());
+  AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "recurrence_infer", [&] {
+    scalar_t* pout = return_sequences ? out.data_ptr<scalar_t>() : nullptr;
+    scalar_t* plast = return_sequences ? nullptr : last.data_ptr<scalar_t>();
+    for_blocks(make_blocks(B), [&](int64_t, int64_t r0, int64_t r1) {
+      block(scalar_t(0), r0, r1, pout, plast);
+    });
+  });
+  return return_sequences ? out : last;
+}
+
+at::Tensor gru_infer(const at::Tensor& gi_, const at::Tensor& w_hh_, const at::Tensor& b_hh_,
+                     const std::optional<at::Tensor>& mask_h_, bool relu, bool return_sequences) {
+  const ForwardInputs in(gi_, w_hh_, b_hh_, mask_h_, 3);
+  return infer_driver(in.gi, in.H, return_sequences, [&](auto zero, int64_t r0, int64_t r1,
+                                                         auto* out, auto* last) {
+    using scalar_t = decltype(zero);
+    rnnlab::gru_forward_block<scalar_t>(
+        r0, r1, in.T, in.B, in.H, in.ptr<scalar_t>(in.gi), in.ptr<scalar_t>(in.wt),
+        in.ptr<scalar_t>(in.b_hh), opt_ptr<scalar_t>(in.mask_h), relu, out, nullptr, last);
+  });
+}
+
+at::Tensor lstm_infer(const at::Tensor& gi_, const at::Tensor& w_hh_, const at::Tensor& b_hh_,
+                      const std::optional<at::Tensor>& mask_h_, bool return_sequences) {
+  const ForwardInputs in(gi_, w_hh_, b_hh_, mask_h_, 4);
+  return infer_driver(in.gi, in.H, return_sequences, [&](auto zero, int64_t r0, int64_t r1,
+                                                         auto* out, auto* last) {
+    using scalar_t = decltype(zero);
+    rnnlab::lstm_forward_block<scalar_t>(
+        r0, r1, in.T, in.B, in.H, in.ptr<scalar_t>(in.gi), in.ptr<scalar_t>(in.wt),
+        in.ptr<scalar_t>(in.b_hh), opt_ptr<scalar_t>(in.mask_h), out, nullptr, nullptr, last);
+  });
+}
+
+at::Tensor rnn_infer(const at::Tensor& gi_, const at::Tensor& w_hh_, const at::Tensor& b_hh_,
+                     const std::optional<at::Tensor>& mask_h_, bool relu, bool return_sequences) {
+  const ForwardInputs in(gi_, w_hh_, b_hh_, mask_h_, 1);
+  return infer_driver(in.gi, in.H, return_sequences, [&](auto zero, int64_t r0, int64_t r1,
+                                                         auto* out, auto* last) {
+    using scalar_t = decltype(zero);
+    rnnlab::rnn_forward_block<scalar_t>(
+        r0, r1, in.T, in.B, in.H, in.ptr<scalar_t>(in.gi), in.ptr<scalar_t>(in.wt),
+        in.ptr<scalar_t>(in.b_hh), opt_ptr<scalar_t>(in.mask_h), relu, out, last);
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -258,4 +317,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_backward", &lstm_backward, "LSTM recurrence backward -> (dgi, dw_hh, db_hh)");
   m.def("rnn_forward", &rnn_forward, "Elman RNN recurrence forward -> (out,)");
   m.def("rnn_backward", &rnn_backward, "Elman RNN recurrence backward -> (dgi, dw_hh, db_hh)");
+  m.def("gru_infer", &gru_infer, "GRU recurrence without gradients -> h_T (B,H) or (T,B,H)");
+  m.def("lstm_infer", &lstm_infer, "LSTM recurrence without gradients -> h_T or all h");
+  m.def("rnn_infer", &rnn_infer, "Elman RNN recurrence without gradients -> h_T or all h");
 }
