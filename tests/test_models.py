@@ -152,3 +152,115 @@ def test_embedding_starts_as_keras_does():
     model = build_model(spec_of("imdb_lstm"), 10002, 500)
     weight = model.body[0].weight
     assert weight.abs().max() <= 0.05 and weight.std() > 0.02
+
+
+# Initial weights (train.init). What Keras 3 draws, read in its source (keras/src/layers/rnn,
+# initializers): Dense/Conv1D kernels Glorot-uniform, recurrent ``kernel`` (I, G*H)
+# Glorot-uniform, ``recurrent_kernel`` (H, G*H) Orthogonal over the whole matrix (rows
+# orthonormal; not each gate's block), biases zero, LSTM forget-gate bias 1.
+# tests/test_keras_parity.py checks the same properties on weights Keras itself drew.
+TORCH_VARIANTS = {**JENA_VARIANTS, **IMDB_TORCH_VARIANTS}
+
+
+def build_full_size(name: str, init: str = "keras", seed: int = 0):
+    spec = spec_of(name)
+    torch.manual_seed(seed)
+    if spec.dataset == "imdb":
+        return build_model(spec, 10002, 500, init=init)
+    return build_model(spec, 14, 240, init=init)
+
+
+def glorot_limit(weight: torch.Tensor) -> float:
+    fan_in, fan_out = weight.size(1), weight.size(0)            # torch: (out, in[, k])
+    receptive = weight[0][0].numel()
+    return (6.0 / (fan_in * receptive + fan_out * receptive)) ** 0.5
+
+
+def assert_uniform_within(weight: torch.Tensor, limit: float, what: str):
+    assert weight.abs().max() <= limit, f"{what}: outside +-{limit:.4f}"
+    if weight.numel() >= 200:       # and it fills the range: a uniform's std is limit/sqrt(3)
+        assert abs(weight.std().item() / (limit / 3 ** 0.5) - 1) < 0.15, what
+
+
+def assert_keras_initialized(model: torch.nn.Module, name: str):
+    """Every layer of ``model`` holds what Keras 3's defaults draw."""
+    from rnnlab.recurrent import GATES, RecurrentLayer
+    kinds = set()
+    for path, module in model.named_modules():
+        what = f"{name} {path}"
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d)):
+            assert_uniform_within(module.weight, glorot_limit(module.weight), what)
+            assert (module.bias == 0).all(), what
+            kinds.add(type(module).__name__)
+        elif isinstance(module, RecurrentLayer):
+            gates, hidden = GATES[module.cell], module.hidden_size
+            w_ih, w_hh = module.weight_ih_l0.detach(), module.weight_hh_l0.detach()
+            limit = (6.0 / (module.input_size + gates * hidden)) ** 0.5
+            assert_uniform_within(w_ih, limit, what)
+            # Keras' (H, G*H) recurrent kernel has orthonormal rows: ours, its transpose
+            # (gate blocks reordered for a GRU), orthonormal columns.
+            torch.testing.assert_close(w_hh.t() @ w_hh, torch.eye(hidden), atol=1e-5, rtol=0)
+            if gates > 1:               # over the whole matrix, so no gate's block is orthogonal
+                block = w_hh[:hidden]
+                assert (block.t() @ block - torch.eye(hidden)).abs().max() > 0.1, what
+            forget = torch.zeros(gates * hidden)
+            if module.cell == "lstm":
+                forget[hidden:2 * hidden] = 1.0                     # i, f, g, o
+            torch.testing.assert_close(module.bias_ih_l0 + module.bias_hh_l0, forget,
+                                       atol=0, rtol=0)
+            kinds.add(module.cell)
+        elif isinstance(module, torch.nn.Embedding):
+            assert module.weight.abs().max() <= 0.05, what
+            kinds.add("Embedding")
+    return kinds
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_VARIANTS))
+def test_keras_init_is_the_default_for_every_layer(name):
+    kinds = assert_keras_initialized(build_full_size(name), name)
+    assert "Linear" in kinds
+
+
+def test_keras_init_covers_every_kind_of_layer():
+    kinds = set().union(*(assert_keras_initialized(build_full_size(n), n)
+                          for n in ("conv_gru", "lstm", "bigru", "imdb_simplernn")))
+    assert kinds == {"Linear", "Conv1d", "gru", "lstm", "rnn", "Embedding"}
+
+
+def test_lstm_forget_bias_is_one_in_total():
+    model = build_full_size("imdb_bilstm")
+    for layer in (model.body[1][0].forward_rnn, model.body[1][0].backward_rnn):
+        total = (layer.bias_ih_l0 + layer.bias_hh_l0).detach().view(4, 32)   # i, f, g, o
+        assert (total[1] == 1).all() and (total[[0, 2, 3]] == 0).all()
+
+
+def test_init_is_deterministic_under_the_seed():
+    a, b, c = (build_full_size("gru_stacked", seed=s) for s in (5, 5, 6))
+    for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
+        assert torch.equal(pa, pb), name
+        assert "bias" in name or not torch.equal(pa, pc), name     # biases: all 0 or 1
+
+
+@pytest.mark.parametrize("name", ["conv_gru", "lstm", "imdb_simplernn", "imdb_dense"])
+def test_torch_init_keeps_pytorchs_defaults(name):
+    """``torch``: Kaiming-uniform Linear/Conv1d (limit 1/sqrt(fan_in), biases too) and
+    recurrent weights and biases uniform in +-1/sqrt(H); nothing orthogonal, no zero bias."""
+    from rnnlab.recurrent import RecurrentLayer
+    model = build_full_size(name, init="torch")
+    for path, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d)):
+            limit = 1 / module.weight[0].numel() ** 0.5
+            assert_uniform_within(module.weight, limit, path)
+            assert module.bias.abs().max() <= limit and (module.bias != 0).all(), path
+        elif isinstance(module, RecurrentLayer):
+            limit = 1 / module.hidden_size ** 0.5
+            for pname, p in module.named_parameters():
+                assert_uniform_within(p.detach(), limit, f"{path}.{pname}")
+                assert (p != 0).all(), f"{path}.{pname}"
+            w_hh = module.weight_hh_l0.detach()
+            assert (w_hh.t() @ w_hh - torch.eye(module.hidden_size)).abs().max() > 0.1
+
+
+def test_unknown_init_is_refused():
+    with pytest.raises(RnnlabError, match=r"init 'glorot': choose one of keras, torch"):
+        build_full_size("gru", init="glorot")

@@ -28,6 +28,7 @@ def test_the_shipped_params_load():
     assert params.seed_list == [DEFAULTS["seed"]]
     assert set(params.models) == set(DEFAULTS["models"])
     assert params.models["conv_gru"].lookback == 720 and params.jena.splits["test"][1] is None
+    assert params.train.init == "keras"
 
 
 def set_key(dotted: str, value):
@@ -71,6 +72,7 @@ KNOWN_TOP = "known keys are seed, device, data, jena, imdb, train, gradients, mo
     ("models.gru.epochs", 0, "params.yaml: models.gru.epochs: must be >= 1, got 0"),
     ("models.gru_stacked.activations", ["tanh", "sigmoid"], "activations: 'sigmoid'; choose tanh or relu"),
     ("train.max_epochs", 0, "params.yaml: train.max_epochs: must be >= 1 or null (no cap), got 0"),
+    ("train.init", "glorot", "params.yaml: train.init: 'glorot'; choose keras or torch"),
     ("jena.batch_size", 0, "params.yaml: jena.batch_size: must be >= 1, got 0"),
     ("imdb.maxlen", -5, "params.yaml: imdb.maxlen: must be >= 1, got -5"),
     ("seeds", [1, 1], "params.yaml: seeds: [1, 1] repeats a seed"),

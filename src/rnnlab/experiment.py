@@ -89,7 +89,7 @@ def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outp
     for seed in seeds:
         config = replace(config, seed=seed)
         run_params = base_params | {"seed": seed, "train": asdict(config) | {
-            "eval_batch_size": params.train.eval_batch_size}}
+            "eval_batch_size": params.train.eval_batch_size, "init": params.train.init}}
         fingerprint = hashlib.sha256(json.dumps(       # thread count aside: resume anyway
             {**run_params, "threads": None, "threads_source": None,
              "data_stats": data.data_stats}, sort_keys=True,
@@ -104,7 +104,8 @@ def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outp
                 run.log_training_data(task.training_rows(), name=f"{spec.dataset}-train",
                                       source=str(Path(prepared).resolve()))
                 seed_everything(seed)
-                model = build_model(spec, n_features=task.n_inputs, timesteps=task.timesteps)
+                model = build_model(spec, n_features=task.n_inputs, timesteps=task.timesteps,
+                                    init=params.train.init)
                 prepare_native(model, device)
                 result = fit(model, task, config, device,
                              checkpoint=checkpoints / f"{variant}{suffix}.pt",

@@ -6,6 +6,10 @@ One builder per torch architecture of ``rnnlab.params.ARCHITECTURES`` (which als
 which fields each one reads): dense, gru, lstm, conv_gru (Jena); multihot_dense,
 embed_rnn (IMDB). An unknown name fails with the list of known ones. Every model ends
 in one linear unit: the regression output for Jena (MAE loss), the logit for binary tasks.
+
+``init`` (``train.init``) picks the initial weights: ``keras`` (the default), Keras 3's
+defaults, as the lecture's models start; ``torch``, PyTorch's layer defaults, as rnnlab
+did before (``initialize`` below says what each one draws).
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from rnnlab.errors import RnnlabError
-from rnnlab.params import ARCHITECTURES, ModelSpec
+from rnnlab.params import ARCHITECTURES, INITS, ModelSpec
 from rnnlab.recurrent import RecurrentLayer
 
-__all__ = ["REGISTRY", "ModelSpec", "build_model", "count_parameters", "register"]
+__all__ = ["INITS", "REGISTRY", "ModelSpec", "build_model", "count_parameters", "initialize",
+           "register"]
 
 
 Builder = Callable[[ModelSpec, int, int], nn.Module]
@@ -36,13 +41,59 @@ def register(name: str) -> Callable[[Builder], Builder]:
     return add
 
 
-def build_model(spec: ModelSpec, n_features: int, timesteps: int) -> nn.Module:
+def build_model(spec: ModelSpec, n_features: int, timesteps: int,
+                init: str = "keras") -> nn.Module:
+    """The variant's model, its weights drawn by ``init`` from torch's global generator
+    (so ``torch.manual_seed`` before the call fixes them)."""
     try:
         builder = REGISTRY[spec.arch]
     except KeyError:
         raise RnnlabError(f"unknown architecture {spec.arch!r}; known: "
                           f"{', '.join(sorted(REGISTRY))}") from None
-    return builder(spec, n_features, timesteps)
+    return initialize(builder(spec, n_features, timesteps), init)
+
+
+def initialize(model: nn.Module, init: str) -> nn.Module:
+    """Draw ``model``'s weights again the way ``init`` says; returns ``model``.
+
+    ``torch``: leaves PyTorch's defaults as the layers drew them (Linear and Conv1d
+    Kaiming-uniform with uniform biases, recurrent layers uniform in +-1/sqrt(H)).
+    ``keras``: Keras 3's defaults, layer by layer in module order:
+
+    - Linear, Conv1d: Glorot-uniform kernel, limit sqrt(6 / (fan_in + fan_out)) with the
+      kernel width counted in both fans for a convolution (``nn.init.xavier_uniform_`` on
+      torch's (out, in[, k]) layout computes the same fans); zero bias.
+    - recurrent layers: the input kernel Glorot-uniform over the whole (I, G*H) matrix of
+      all G gates, as Keras' ``kernel``; the recurrent kernel orthogonal over the whole
+      (H, G*H) matrix, as Keras' ``Orthogonal`` draws ``recurrent_kernel``: its H rows are
+      orthonormal (torch's (G*H, H) layout: orthonormal columns), which makes each gate's
+      H x H block orthogonal only when G = 1 (SimpleRNN); zero biases, except an LSTM's
+      forget gate, whose Keras bias starts at 1 (``unit_forget_bias``): ``bias_ih`` gets
+      the 1 and ``bias_hh`` 0, as the two are added.
+    - Embedding: uniform in +-0.05 under both choices (the builder draws it).
+    """
+    if init not in INITS:
+        raise RnnlabError(f"init {init!r}: choose one of {', '.join(INITS)}")
+    if init == "torch":
+        return model
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, RecurrentLayer):
+            with torch.no_grad():
+                nn.init.xavier_uniform_(module.weight_ih_l0)        # (G*H, I)
+                nn.init.orthogonal_(module.weight_hh_l0)            # (G*H, H)
+                module.bias_ih_l0.zero_()
+                module.bias_hh_l0.zero_()
+                if module.cell == "lstm":                           # gates i, f, g, o
+                    hidden = module.hidden_size
+                    module.bias_ih_l0[hidden:2 * hidden] = 1.0
+        elif not isinstance(module, nn.Embedding) and next(module.parameters(recurse=False),
+                                                               None) is not None:
+            # a new layer type must say how Keras starts it, not keep torch's silently
+            raise RnnlabError(f"initialize: no Keras initializer for {type(module).__name__}")
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -26,6 +26,8 @@ from rnnlab.errors import redact
 PARAMS_FILE = Path("params.yaml")
 # Variant names become file names, DVC stage names and shell arguments: keep them plain.
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# train.init: the initial weights of every torch model (rnnlab.models.initialize).
+INITS = ("keras", "torch")
 
 
 def at_least(where: str, name: str, value: float | None, low: int, *,
@@ -153,8 +155,11 @@ class TrainParams:
     clip_norm: float | None = None
     eval_batch_size: int = 128                # val/test batches (no gradients)
     threads: int | str = "auto"               # CPU threads: auto (measured) or a number
+    init: str = "keras"                       # initial weights: keras (the lecture's) or torch
 
     def validate(self, where: str) -> None:
+        if self.init not in INITS:
+            raise ConfigError(f"{where}.init: {self.init!r}; choose {' or '.join(INITS)}")
         if self.threads != "auto" and (isinstance(self.threads, str) or self.threads < 1):
             raise ConfigError(f"{where}.threads: must be auto or a number of threads >= 1, "
                               f"got {self.threads!r}")
