@@ -1,0 +1,152 @@
+"""Same architecture as the lecture, proven: the lecture's Keras models (bench/keras_lecture.py),
+their weights copied into rnnlab's, give the same outputs and count the same parameters.
+
+Keras runs in another Python (``RNNLAB_KERAS_PYTHON``, or this one if it has keras and
+tensorflow), through bench/keras_export.py; without one these tests skip, saying how to
+enable them (docs/testing.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rnnlab.models import build_model, count_parameters
+from rnnlab.recurrent import RecurrentLayer
+from test_models import IMDB_TORCH_VARIANTS, JENA_VARIANTS, assert_keras_initialized, spec_of
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = sorted({**JENA_VARIANTS, **IMDB_TORCH_VARIANTS})
+VOCAB, MAXLEN, JENA_SHAPE, BATCH = 10002, 500, (240, 14), 8
+ENABLE = ("set RNNLAB_KERAS_PYTHON to a Python that has keras and tensorflow-cpu (the "
+          "'bench' extra, e.g. a separate venv: python -m venv ~/kvenv && ~/kvenv/bin/pip "
+          "install tensorflow-cpu==2.21.0 keras==3.15.1), then: RNNLAB_KERAS_PYTHON="
+          "~/kvenv/bin/python python -m pytest tests/test_keras_parity.py")
+
+
+def keras_python() -> str | None:
+    if os.environ.get("RNNLAB_KERAS_PYTHON"):
+        return os.environ["RNNLAB_KERAS_PYTHON"]
+    if importlib.util.find_spec("keras") and importlib.util.find_spec("tensorflow"):
+        return sys.executable
+    return None
+
+
+@pytest.fixture(scope="module")
+def keras_side(tmp_path_factory):
+    """Inputs, and what bench/keras_export.py made of them: {variant: (layers, weights,
+    features, output, n_params)}: one Keras process for every variant (about 30 s)."""
+    python = keras_python()
+    if python is None:
+        pytest.skip(f"no Keras to compare with: {ENABLE}")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(2, VOCAB, size=(BATCH, MAXLEN))
+    ids[: BATCH // 2, :120] = 0                       # front padding, as the data has
+    inputs = {"jena": rng.normal(size=(BATCH, *JENA_SHAPE)).astype(np.float32), "imdb": ids}
+    folder = tmp_path_factory.mktemp("keras")
+    np.savez(folder / "in.npz", **inputs)
+    done = subprocess.run([python, str(ROOT / "bench" / "keras_export.py"), str(folder / "in.npz"),
+                           str(folder / "out.npz"), *VARIANTS],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{python} bench/keras_export.py failed:\n{done.stderr[-3000:]}"
+    out = np.load(folder / "out.npz")
+    manifest = json.loads(str(out["manifest"]))
+    side = {}
+    for variant, entry in manifest.items():
+        weights = [[out[f"{variant}/{i}/{j}"] for j in range(_count(out, f"{variant}/{i}/"))]
+                   for i in range(len(entry["layers"]))]
+        side[variant] = (entry["layers"], weights, out[f"{variant}/features"],
+                         out[f"{variant}/out"], entry["n_params"])
+    return inputs, side
+
+
+def _count(npz, prefix: str) -> int:
+    return sum(1 for key in npz.files if key.startswith(prefix))
+
+
+KERAS_CLASS = {nn.Linear: "Dense", nn.Conv1d: "Conv1D", nn.Embedding: "Embedding"}
+RECURRENT_CLASS = {"gru": "GRU", "lstm": "LSTM", "rnn": "SimpleRNN"}
+
+
+def keras_class(module: nn.Module) -> str | None:
+    if isinstance(module, RecurrentLayer):
+        return RECURRENT_CLASS[module.cell]
+    return KERAS_CLASS.get(type(module))
+
+
+def gru_gates(a: torch.Tensor) -> torch.Tensor:
+    """Keras' GRU gate blocks z, r, h (last axis) in PyTorch's order r, z, n."""
+    z, r, h = a.chunk(3, -1)
+    return torch.cat([r, z, h], -1)
+
+
+@torch.no_grad()
+def copy_keras_weights(model: nn.Module, layers: list[str], weights: list[list[np.ndarray]]):
+    """Keras' (in, out) kernels into torch's (out, in) layouts, layer by layer in order."""
+    ours = [m for m in model.modules() if keras_class(m) is not None]
+    assert [keras_class(m) for m in ours] == layers
+    for module, arrays in zip(ours, weights):
+        w = [torch.from_numpy(a) for a in arrays]
+        if isinstance(module, nn.Linear):
+            module.weight.copy_(w[0].t())
+            module.bias.copy_(w[1])
+        elif isinstance(module, nn.Conv1d):                  # Keras (k, in, out)
+            module.weight.copy_(w[0].permute(2, 1, 0))
+            module.bias.copy_(w[1])
+        elif isinstance(module, nn.Embedding):
+            module.weight.copy_(w[0])
+        elif module.cell == "gru":                           # reset_after: bias (2, 3H)
+            module.weight_ih_l0.copy_(gru_gates(w[0]).t())
+            module.weight_hh_l0.copy_(gru_gates(w[1]).t())
+            module.bias_ih_l0.copy_(gru_gates(w[2][0]))
+            module.bias_hh_l0.copy_(gru_gates(w[2][1]))
+        else:                                                # LSTM i, f, c, o = i, f, g, o
+            module.weight_ih_l0.copy_(w[0].t())
+            module.weight_hh_l0.copy_(w[1].t())
+            module.bias_ih_l0.copy_(w[2])                    # Keras' one bias
+            module.bias_hh_l0.zero_()                        # PyTorch's second, redundant
+
+
+def redundant_biases(model: nn.Module) -> int:
+    """PyTorch's LSTM and RNN add two bias vectors where Keras has one."""
+    return sum(m.bias_hh_l0.numel() for m in model.modules()
+               if isinstance(m, RecurrentLayer) and m.cell != "gru")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_keras_weights_give_keras_outputs(keras_side, variant):
+    inputs, side = keras_side
+    layers, weights, features, expected, n_params = side[variant]
+    spec = spec_of(variant)
+    imdb = spec.dataset == "imdb"
+    model = build_model(spec, VOCAB if imdb else JENA_SHAPE[1], MAXLEN if imdb else JENA_SHAPE[0])
+    # Parameter counts: the same, but for PyTorch's second bias of an LSTM or SimpleRNN.
+    assert count_parameters(model) - redundant_biases(model) == n_params
+    copy_keras_weights(model, layers, weights)
+    # Keras' own initial draws have the properties our `keras` init gives (test_models).
+    assert_keras_initialized(model, f"{variant} (Keras' weights)")
+    x = torch.from_numpy(inputs["imdb" if imdb else "jena"])
+    model.eval()
+    for native in (True, False):           # the C++ recurrences, and PyTorch's/TorchScript's loop
+        for m in model.modules():
+            if isinstance(m, RecurrentLayer):
+                m.native = native
+        with torch.no_grad():
+            body = model.body(x)                           # (B, units): the final Dense's input
+            out = model.out(body).squeeze(-1)
+        ours = (torch.sigmoid(out) if imdb else out).numpy()
+        diff = float(np.abs(ours - expected).max())
+        body_diff = float(np.abs(body.numpy() - features).max())
+        print(f"{variant} native={native}: max |ours - keras| output {diff:.2e}, "
+              f"last hidden layer {body_diff:.2e}")
+        assert diff < 1e-5, f"{variant} (native={native}): outputs differ by {diff:.2e}"
+        assert body_diff < 1e-5, f"{variant} (native={native}): hidden differ by {body_diff:.2e}"
