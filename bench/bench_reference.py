@@ -36,7 +36,8 @@ params = load_params(root / "params.yaml")
 spec = params.variant(variant)
 data = build_task(params, spec, root / "data/prepared/jena", root / "data/prepared/jena_windows")
 seed_everything(params.seed)
-model = build_model(spec, n_features=data.task.n_inputs, timesteps=data.task.timesteps)
+model = build_model(spec, n_features=data.task.n_inputs, timesteps=data.task.timesteps,
+                    init=params.train.init)
 config = TrainConfig(epochs=1, steps_per_epoch=data.steps_per_epoch, seed=params.seed)
 result = fit(model, data.task, config, torch.device("cpu"), progress=False)
 print(json.dumps({"val_mae": result.val["mae"], "seconds": result.seconds_per_epoch,
