@@ -155,6 +155,7 @@ def test_whole_pipeline_end_to_end(tiny_pipeline, monkeypatch):
         assert run.data.tags["variant"] == variant and run.data.tags["dataset"] == "jena"
         assert run.data.tags["seed"] == "1337"
         assert run.data.params["train.epochs"] == "1"
+        assert run.data.params["train.init"] == "keras"
         history = client.get_metric_history(run.info.run_id, "epoch/val_loss")
         assert [m.step for m in history] == [1]
         assert [m.value for m in client.get_metric_history(run.info.run_id, "epoch/val_mae")
