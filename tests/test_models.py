@@ -264,3 +264,11 @@ def test_torch_init_keeps_pytorchs_defaults(name):
 def test_unknown_init_is_refused():
     with pytest.raises(RnnlabError, match=r"init 'glorot': choose one of keras, torch"):
         build_full_size("gru", init="glorot")
+
+
+def test_keras_init_refuses_a_layer_it_does_not_know():
+    from rnnlab.models import initialize
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    with pytest.raises(RnnlabError, match=r"no Keras initializer for LayerNorm"):
+        initialize(model, "keras")
+    assert initialize(model, "torch") is model
