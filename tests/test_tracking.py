@@ -67,3 +67,192 @@ def test_parallel_workers_on_a_fresh_store_lose_no_run(tmp_path):
 def test_store_lock_sits_beside_a_sqlite_store_only(tmp_path):
     assert _lock_path("http://127.0.0.1:5000") is None
     assert _lock_path(f"sqlite:///{tmp_path}/mlflow.db") == tmp_path / "mlflow.db.lock"
+
+
+# --- Faults of the store (issue 13): one line naming the store and the fix, bounded waits,
+# nothing written. The naive stage runs for real, in a folder of its own, on tiny data.
+
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from _project import ROOT, env_for_tools
+from rnnlab.tracking import TrackingError, experiment_id, store_errors
+
+SECRET = "s3cr3t"
+
+
+@pytest.fixture(scope="module")
+def naive_dir(tmp_path_factory) -> Path:
+    """A folder the naive stage can run in: params.yaml, prepared Jena data, window spec."""
+    from rnnlab.jena import normalize_jena
+    from rnnlab.synthetic import write_jena_csv
+    from rnnlab.windows import make_window_spec, save_spec
+
+    base = tmp_path_factory.mktemp("naive")
+    write_jena_csv(base / "jena.csv", rows=1200, seed=3)
+    stats = normalize_jena(base / "jena.csv", base / "prepared", train_rows=(0, 600),
+                           target="T (degC)", wind_sentinel_fill=None)
+    save_spec(make_window_spec(n_rows=stats.n_rows, lookback=60, step=6, delay=12,
+                               target_index=stats.target_index,
+                               splits={"train": (0, 600), "val": (601, 900),
+                                       "test": (901, None)}), base / "windows")
+    (base / "jena.csv").unlink()
+    shutil.copy(ROOT / "params.yaml", base / "params.yaml")
+    return base
+
+
+@pytest.fixture(scope="module")
+def with_store(naive_dir, tmp_path_factory) -> Path:
+    """``naive_dir`` with a real SQLite store holding rnnlab-jena, as an earlier run left it."""
+    folder = Path(shutil.copytree(naive_dir, tmp_path_factory.mktemp("store") / "stage"))
+    experiment_id("rnnlab-jena", folder)
+    return folder
+
+
+def files(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.rglob("*")}
+
+
+def run_naive_stage(folder: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    """stages/naive.py in ``folder`` (its own repository root: no .git, no .dvc)."""
+    began = time.monotonic()
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "naive.py"), "prepared",
+                           "windows", "metrics/naive.json"], cwd=folder,
+                          env=env_for_tools() | env, capture_output=True, text=True, timeout=120)
+    return proc, time.monotonic() - began
+
+
+def assert_one_line_and_nothing_written(proc, folder: Path, before: set[str], *words: str):
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    for word in words:
+        assert word in lines[0]
+    assert files(folder) == before, "the failed stage left files behind"
+
+
+@contextmanager
+def silent_server():
+    """A loopback port that accepts connections and never sends a byte."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held, stop = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]      # nothing listens there once the socket is closed
+
+
+@pytest.mark.parametrize("server", ["refused", "silent"])
+def test_unreachable_tracking_server_fails_in_one_bounded_line(naive_dir, tmp_path, server):
+    """MLflow's own waits (about 250 s refused, forever silent, then 118 lines) are
+    shortened: the default bound is 3 tries of 5 s (HTTP_WAIT_DEFAULTS)."""
+    folder = Path(shutil.copytree(naive_dir, tmp_path / "stage"))
+    before = files(folder)
+    with (silent_server() if server == "silent" else _nothing(closed_port())) as port:
+        uri = f"http://user:{SECRET}@127.0.0.1:{port}"
+        proc, seconds = run_naive_stage(folder, MLFLOW_TRACKING_URI=uri)
+    reason = "the connection was refused" if server == "refused" else "no answer within"
+    assert_one_line_and_nothing_written(
+        proc, folder, before, f"MLflow tracking server http://***@127.0.0.1:{port}", reason,
+        "start the server", "unset MLFLOW_TRACKING_URI")
+    assert SECRET not in proc.stderr + proc.stdout
+    assert seconds < 60, f"{seconds:.0f} s: the wait is not bounded"
+
+
+@contextmanager
+def _nothing(value):
+    yield value
+
+
+@contextmanager
+def read_only(path: Path):
+    """Make ``path`` unwritable for this process for real: ``chmod a-w``, or for root (whom
+    permissions do not stop) the immutable attribute, which stops root too."""
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~0o222)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    if shutil.which("chattr") is None or subprocess.run(
+            ["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("running as root without chattr +i: no way to make a file read-only")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_read_only_store_fails_in_one_line(with_store, tmp_path, what):
+    folder = Path(shutil.copytree(with_store, tmp_path / "stage"))
+    db = folder / "mlflow.db"
+    before = files(folder)
+    with read_only(db if what == "file" else folder):
+        proc, _ = run_naive_stage(folder)
+    assert_one_line_and_nothing_written(proc, folder, before, f"MLflow store {db}", "read-only",
+                                        "writable")
+
+
+def test_locked_store_is_one_line(with_store, tmp_path):
+    """A real "database is locked" from SQLite on a real MLflow store while another
+    connection holds the write lock. (A stage first waits MLflow's busy_timeout, 20 s: too
+    long for the suite, so the error is raised here by a connection that does not wait.)"""
+    from mlflow.tracking import MlflowClient
+
+    folder = Path(shutil.copytree(with_store, tmp_path / "stage"))
+    uri = tracking_uri(folder)
+    holder = sqlite3.connect(folder / "mlflow.db", timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        sqlite3.connect(folder / "mlflow.db", timeout=0).execute("SELECT 1 FROM runs")
+    except sqlite3.OperationalError as e:
+        locked = e
+    finally:
+        holder.rollback()
+        holder.close()
+    assert "database is locked" in str(locked)
+    with pytest.raises(TrackingError) as info:
+        with store_errors(uri):
+            raise locked
+    assert str(info.value) == (f"MLflow store {folder / 'mlflow.db'} is locked by another "
+                               "process (database is locked): let that process finish or "
+                               "stop it, then rerun")
+    assert MlflowClient(uri).get_experiment_by_name("rnnlab-jena")   # unlocked, it works
+
+
+def test_errors_of_the_code_inside_a_run_are_not_taken_for_store_errors(tmp_path):
+    with pytest.raises(PermissionError):
+        with store_errors(tracking_uri(tmp_path)):
+            raise PermissionError(13, "attempt to write a readonly database")
