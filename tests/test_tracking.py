@@ -1,13 +1,24 @@
-"""The MLflow store: one absolute SQLite file, safe under parallel queue workers."""
+"""The MLflow store: one absolute SQLite file, safe under parallel queue workers; a store
+that cannot be used is one line; a killed run is marked KILLED by the next attempt."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from rnnlab.tracking import _lock_path, flatten, tracking_uri
+import pytest
+
+from _project import ROOT, env_for_tools
+from rnnlab.tracking import (TrackingError, _lock_path, experiment_id, flatten, store_errors,
+                             tracked_run, tracking_uri)
 
 WORKER = """
 import sys
@@ -71,18 +82,6 @@ def test_store_lock_sits_beside_a_sqlite_store_only(tmp_path):
 
 # --- Faults of the store (issue 13): one line naming the store and the fix, bounded waits,
 # nothing written. The naive stage runs for real, in a folder of its own, on tiny data.
-
-import shutil
-import socket
-import sqlite3
-import threading
-import time
-from contextlib import contextmanager
-
-import pytest
-
-from _project import ROOT, env_for_tools
-from rnnlab.tracking import TrackingError, experiment_id, store_errors
 
 SECRET = "s3cr3t"
 
@@ -177,7 +176,7 @@ def test_unreachable_tracking_server_fails_in_one_bounded_line(naive_dir, tmp_pa
     shortened: the default bound is 3 tries of 5 s (HTTP_WAIT_DEFAULTS)."""
     folder = Path(shutil.copytree(naive_dir, tmp_path / "stage"))
     before = files(folder)
-    with (silent_server() if server == "silent" else _nothing(closed_port())) as port:
+    with (silent_server() if server == "silent" else nullcontext(closed_port())) as port:
         uri = f"http://user:{SECRET}@127.0.0.1:{port}"
         proc, seconds = run_naive_stage(folder, MLFLOW_TRACKING_URI=uri)
     reason = "the connection was refused" if server == "refused" else "no answer within"
@@ -186,11 +185,6 @@ def test_unreachable_tracking_server_fails_in_one_bounded_line(naive_dir, tmp_pa
         "start the server", "unset MLFLOW_TRACKING_URI")
     assert SECRET not in proc.stderr + proc.stdout
     assert seconds < 60, f"{seconds:.0f} s: the wait is not bounded"
-
-
-@contextmanager
-def _nothing(value):
-    yield value
 
 
 @contextmanager
@@ -256,3 +250,53 @@ def test_errors_of_the_code_inside_a_run_are_not_taken_for_store_errors(tmp_path
     with pytest.raises(PermissionError):
         with store_errors(tracking_uri(tmp_path)):
             raise PermissionError(13, "attempt to write a readonly database")
+
+
+KILLED_WORKER = """
+import os, signal, sys
+from pathlib import Path
+from rnnlab.tracking import tracked_run
+root = Path(sys.argv[1])
+with tracked_run(experiment="rnnlab-jena", run_name="gru", params={"epochs": 3}, tags={},
+                 root=root, claim=root / "checkpoints" / "gru.run.json") as run:
+    run.log_metrics({"epoch/val_loss": 0.5}, step=1)
+    print(run.id, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)       # kill -9 mid-run: no chance to end the run
+"""
+
+
+def test_a_run_killed_with_sigkill_is_marked_killed_by_the_next_attempt(with_store, tmp_path,
+                                                                        monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = Path(shutil.copytree(with_store, tmp_path / "stage"))
+    claim = root / "checkpoints" / "gru.run.json"
+    killed = subprocess.run([sys.executable, "-c", KILLED_WORKER, str(root)],
+                            env=env_for_tools(), capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    old = killed.stdout.split()[0]
+    client = MlflowClient(tracking_uri(root))
+    assert client.get_run(old).info.status == "RUNNING" and claim.exists()
+
+    with tracked_run(experiment="rnnlab-jena", run_name="gru", params={"epochs": 3}, tags={},
+                     root=root, claim=claim) as run:
+        assert client.get_run(old).info.status == "KILLED"
+    new = client.get_run(run.id)
+    assert new.info.status == "FINISHED" and new.data.tags["interrupted_run_id"] == old
+    assert not (root / "checkpoints").exists(), "the claim (and its empty folder) stays behind"
+
+
+def test_a_run_that_fails_is_failed_and_leaves_no_claim(with_store, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = Path(shutil.copytree(with_store, tmp_path / "stage"))
+    claim = root / "checkpoints" / "naive.run.json"
+    with pytest.raises(ZeroDivisionError):
+        with tracked_run(experiment="rnnlab-jena", run_name="naive", params={}, tags={},
+                         root=root, claim=claim) as run:
+            assert claim.exists()
+            1 / 0
+    assert MlflowClient(tracking_uri(root)).get_run(run.id).info.status == "FAILED"
+    assert not (root / "checkpoints").exists()

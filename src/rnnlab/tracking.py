@@ -13,6 +13,8 @@ a read-only store or folder, a locked database.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -22,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from rnnlab.atomic import remove_if_empty, write_json
 from rnnlab.errors import RnnlabError, redact
 
 try:
@@ -30,6 +33,7 @@ except ImportError:          # Windows: no flock; start parallel workers on an e
     fcntl = None
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+log = logging.getLogger(__name__)
 
 # A tracking server's waits: at most 3 tries of 5 s each, 2 s of back-off between the
 # last two; a server that never answers fails a stage after about 17 s, a refused port at
@@ -276,22 +280,70 @@ class Run:
         plt.close(fig)
 
 
+def _close_interrupted(claim: Path, uri: str) -> str | None:
+    """Mark KILLED the run a killed process left in ``claim`` (still RUNNING in this store);
+    return its id, or None when there is none."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        held = json.loads(claim.read_text())
+        run_id, store = held["run_id"], held["store"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None                      # absent or unreadable: nothing to close
+    if store != _digest(uri):
+        return None                      # a run in another store: not ours to touch
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        status = client.get_run(run_id).info.status
+    except Exception:  # noqa: BLE001 (deleted run, foreign id: nothing to close)
+        return None
+    if status != "RUNNING":
+        return None
+    client.set_terminated(run_id, "KILLED")
+    log.info("MLflow run %s of an interrupted attempt (%s) marked KILLED", run_id, claim)
+    return run_id
+
+
+def _digest(uri: str) -> str:
+    """Names the store in a claim without writing its URI (and any credentials) to disk."""
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
 @contextmanager
 def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
-                tags: Mapping[str, Any], root: Path) -> Iterator[Run]:
-    """Start an MLflow run with flattened ``params`` and the conventional tags."""
+                tags: Mapping[str, Any], root: Path, claim: Path | None = None
+                ) -> Iterator[Run]:
+    """Start an MLflow run with flattened ``params`` and the conventional tags.
+
+    ``claim``: a small file that names the run while it is open and is removed when it
+    ends (FINISHED, or FAILED on an exception). A process killed with ``kill -9`` cannot
+    end its run and leaves the file: the next run with the same claim marks that run
+    KILLED (if it is still RUNNING in this store) and tags itself ``interrupted_run_id``.
+    """
     import mlflow
 
     root = Path(root).resolve()
+    uri = tracking_uri(root)
     exp_id = experiment_id(experiment, root)
     all_tags = {
         "git_commit": git_commit(root),
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME") or "workspace",
         **tags,
     }
-    with store_errors(tracking_uri(root)), mlflow.start_run(
-            experiment_id=exp_id, run_name=run_name,
-            tags={k: str(v) for k, v in all_tags.items()}) as active:
-        flat = flatten(params)
-        mlflow.log_params({k: ("null" if v is None else v) for k, v in flat.items()})
-        yield Run(active.info.run_id)
+    with store_errors(uri):
+        interrupted = _close_interrupted(claim, uri) if claim is not None else None
+    if interrupted is not None:
+        all_tags["interrupted_run_id"] = interrupted
+    try:
+        with store_errors(uri), mlflow.start_run(
+                experiment_id=exp_id, run_name=run_name,
+                tags={k: str(v) for k, v in all_tags.items()}) as active:
+            if claim is not None:
+                write_json(claim, {"run_id": active.info.run_id, "store": _digest(uri)})
+            flat = flatten(params)
+            mlflow.log_params({k: ("null" if v is None else v) for k, v in flat.items()})
+            yield Run(active.info.run_id)
+    finally:
+        if claim is not None:
+            claim.unlink(missing_ok=True)
+            remove_if_empty(claim.parent)
