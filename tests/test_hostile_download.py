@@ -26,6 +26,7 @@ from rnnlab.params import SourceParams
 from rnnlab.synthetic import write_imdb_tarball
 
 SECRET = "s3cret"
+pytestmark = pytest.mark.hostile     # every case here is in docs/hostile-inputs.md
 
 
 @pytest.fixture(scope="module")

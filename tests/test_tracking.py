@@ -170,21 +170,40 @@ def closed_port() -> int:
         return s.getsockname()[1]      # nothing listens there once the socket is closed
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("server", ["refused", "silent"])
 def test_unreachable_tracking_server_fails_in_one_bounded_line(naive_dir, tmp_path, server):
     """MLflow's own waits (about 250 s refused, forever silent, then 118 lines) are
-    shortened: the default bound is 3 tries of 5 s (HTTP_WAIT_DEFAULTS)."""
+    shortened. The refused port runs on the defaults (HTTP_WAIT_DEFAULTS); the silent
+    server on a 2 s timeout the user set, which wins (the defaults' 3 x 5 s took 20 s
+    here: too long for the suite)."""
     folder = Path(shutil.copytree(naive_dir, tmp_path / "stage"))
     before = files(folder)
+    env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "2"} if server == "silent" else {}
     with (silent_server() if server == "silent" else nullcontext(closed_port())) as port:
         uri = f"http://user:{SECRET}@127.0.0.1:{port}"
-        proc, seconds = run_naive_stage(folder, MLFLOW_TRACKING_URI=uri)
-    reason = "the connection was refused" if server == "refused" else "no answer within"
+        proc, seconds = run_naive_stage(folder, MLFLOW_TRACKING_URI=uri, **env)
+    reason = ("the connection was refused; 3 tries" if server == "refused" else
+              "no answer within MLFLOW_HTTP_REQUEST_TIMEOUT=2 s; 3 tries")
     assert_one_line_and_nothing_written(
         proc, folder, before, f"MLflow tracking server http://***@127.0.0.1:{port}", reason,
         "start the server", "unset MLFLOW_TRACKING_URI")
     assert SECRET not in proc.stderr + proc.stdout
     assert seconds < 60, f"{seconds:.0f} s: the wait is not bounded"
+
+
+@pytest.mark.hostile
+def test_server_waits_default_to_short_ones_unless_set():
+    code = ("import os, rnnlab.tracking; print(os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT'], "
+            "os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'], "
+            "os.environ['MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR'])")
+    unset = subprocess.run([sys.executable, "-c", code], env=env_for_tools(),
+                           capture_output=True, text=True, timeout=60, check=True)
+    assert unset.stdout.split() == ["5", "2", "1"]
+    mine = subprocess.run([sys.executable, "-c", code], env=env_for_tools() | {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "60", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7"},
+        capture_output=True, text=True, timeout=60, check=True)
+    assert mine.stdout.split() == ["60", "7", "1"]
 
 
 @contextmanager
@@ -208,17 +227,32 @@ def read_only(path: Path):
         subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("what", ["file", "folder"])
 def test_read_only_store_fails_in_one_line(with_store, tmp_path, what):
+    """The read-only file through the real stage; the read-only folder through the library
+    call the stage makes (a second stage start would cost the suite another 10 s)."""
     folder = Path(shutil.copytree(with_store, tmp_path / "stage"))
     db = folder / "mlflow.db"
     before = files(folder)
-    with read_only(db if what == "file" else folder):
-        proc, _ = run_naive_stage(folder)
-    assert_one_line_and_nothing_written(proc, folder, before, f"MLflow store {db}", "read-only",
-                                        "writable")
+    if what == "file":
+        with read_only(db):
+            proc, _ = run_naive_stage(folder)
+        assert_one_line_and_nothing_written(proc, folder, before, f"MLflow store {db}",
+                                            "is read-only", "writable")
+        return
+    with read_only(folder), pytest.raises(TrackingError) as info:
+        with tracked_run(experiment="rnnlab-jena", run_name="naive", params={}, tags={},
+                         root=folder):
+            pass
+    assert str(info.value) == (
+        f"MLflow store {db} cannot be written (unable to open database file): its folder "
+        f"{folder} is read-only or missing, and SQLite writes a journal beside the file: make "
+        "the folder writable for this user, or point MLFLOW_TRACKING_URI at a writable store")
+    assert files(folder) == before
 
 
+@pytest.mark.hostile
 def test_locked_store_is_one_line(with_store, tmp_path):
     """A real "database is locked" from SQLite on a real MLflow store while another
     connection holds the write lock. (A stage first waits MLflow's busy_timeout, 20 s: too
@@ -246,6 +280,7 @@ def test_locked_store_is_one_line(with_store, tmp_path):
     assert MlflowClient(uri).get_experiment_by_name("rnnlab-jena")   # unlocked, it works
 
 
+@pytest.mark.hostile
 def test_errors_of_the_code_inside_a_run_are_not_taken_for_store_errors(tmp_path):
     with pytest.raises(PermissionError):
         with store_errors(tracking_uri(tmp_path)):
@@ -265,6 +300,7 @@ with tracked_run(experiment="rnnlab-jena", run_name="gru", params={"epochs": 3},
 """
 
 
+@pytest.mark.hostile
 def test_a_run_killed_with_sigkill_is_marked_killed_by_the_next_attempt(with_store, tmp_path,
                                                                         monkeypatch):
     from mlflow.tracking import MlflowClient
@@ -287,6 +323,7 @@ def test_a_run_killed_with_sigkill_is_marked_killed_by_the_next_attempt(with_sto
     assert not (root / "checkpoints").exists(), "the claim (and its empty folder) stays behind"
 
 
+@pytest.mark.hostile
 def test_a_run_that_fails_is_failed_and_leaves_no_claim(with_store, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
