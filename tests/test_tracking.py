@@ -3,6 +3,7 @@ that cannot be used is one line; a killed run is marked KILLED by the next attem
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -17,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from _project import ROOT, env_for_tools
-from rnnlab.tracking import (TrackingError, _lock_path, experiment_id, flatten, store_errors,
-                             tracked_run, tracking_uri)
+from rnnlab.tracking import (TrackingError, _digest, _lock_path, experiment_id, flatten,
+                             store_errors, tracked_run, tracking_uri)
 
 WORKER = """
 import sys
@@ -291,9 +292,9 @@ KILLED_WORKER = """
 import os, signal, sys
 from pathlib import Path
 from rnnlab.tracking import tracked_run
-root = Path(sys.argv[1])
-with tracked_run(experiment="rnnlab-jena", run_name="gru", params={"epochs": 3}, tags={},
-                 root=root, claim=root / "checkpoints" / "gru.run.json") as run:
+root, name = Path(sys.argv[1]), sys.argv[2]
+with tracked_run(experiment="rnnlab-jena", run_name=name, params={"epochs": 3}, tags={},
+                 root=root, claim=root / "checkpoints" / f"{name}.run.json") as run:
     run.log_metrics({"epoch/val_loss": 0.5}, step=1)
     print(run.id, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)       # kill -9 mid-run: no chance to end the run
@@ -301,26 +302,44 @@ with tracked_run(experiment="rnnlab-jena", run_name="gru", params={"epochs": 3},
 
 
 @pytest.mark.hostile
-def test_a_run_killed_with_sigkill_is_marked_killed_by_the_next_attempt(with_store, tmp_path,
+def test_runs_killed_with_sigkill_are_marked_killed_by_the_next_attempt(with_store, tmp_path,
                                                                         monkeypatch):
+    """gru is killed with kill -9 inside its run; naive starts (and sweeps gru's claim:
+    a stage restored from DVC's run cache may never run again) and is killed too; naive
+    runs again and marks its own predecessor. A claim whose process lives is left alone."""
+    import socket
+
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     root = Path(shutil.copytree(with_store, tmp_path / "stage"))
-    claim = root / "checkpoints" / "gru.run.json"
-    killed = subprocess.run([sys.executable, "-c", KILLED_WORKER, str(root)],
-                            env=env_for_tools(), capture_output=True, text=True, timeout=120)
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    old = killed.stdout.split()[0]
+    claims = root / "checkpoints"
     client = MlflowClient(tracking_uri(root))
-    assert client.get_run(old).info.status == "RUNNING" and claim.exists()
 
-    with tracked_run(experiment="rnnlab-jena", run_name="gru", params={"epochs": 3}, tags={},
-                     root=root, claim=claim) as run:
-        assert client.get_run(old).info.status == "KILLED"
+    def killed_attempt(name: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", KILLED_WORKER, str(root), name],
+                              env=env_for_tools(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == -9, proc.stderr[-2000:]
+        return proc.stdout.split()[0]
+
+    gru = killed_attempt("gru")
+    assert client.get_run(gru).info.status == "RUNNING"
+    live = client.create_run(experiment_id("rnnlab-jena", root)).info.run_id
+    (claims / "lstm.run.json").write_text(json.dumps({
+        "run_id": live, "store": _digest(tracking_uri(root)), "pid": os.getpid(),
+        "host": socket.gethostname()}))
+    naive = killed_attempt("naive")
+    assert client.get_run(gru).info.status == "KILLED"
+    assert client.get_run(naive).info.status == "RUNNING"
+
+    with tracked_run(experiment="rnnlab-jena", run_name="naive", params={"epochs": 3},
+                     tags={}, root=root, claim=claims / "naive.run.json") as run:
+        assert client.get_run(naive).info.status == "KILLED"
     new = client.get_run(run.id)
-    assert new.info.status == "FINISHED" and new.data.tags["interrupted_run_id"] == old
-    assert not (root / "checkpoints").exists(), "the claim (and its empty folder) stays behind"
+    assert new.info.status == "FINISHED" and new.data.tags["interrupted_run_id"] == naive
+    assert "interrupted_run_id" not in client.get_run(naive).data.tags   # gru's was swept
+    assert client.get_run(live).info.status == "RUNNING"
+    assert sorted(p.name for p in claims.iterdir()) == ["lstm.run.json"]
 
 
 @pytest.mark.hostile

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import warnings
 from collections.abc import Iterator, Mapping
@@ -280,28 +281,48 @@ class Run:
         plt.close(fig)
 
 
-def _close_interrupted(claim: Path, uri: str) -> str | None:
-    """Mark KILLED the run a killed process left in ``claim`` (still RUNNING in this store);
-    return its id, or None when there is none."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                      # another user's process: alive
+        return True
+    return True
+
+
+def _close_interrupted(claims: Path, uri: str) -> dict[Path, str]:
+    """Mark KILLED every run that a dead process of this machine left claimed in the folder
+    ``claims`` and that is still RUNNING in this store; remove those claims. Return
+    {claim: run id} of the runs marked.
+
+    The whole folder, not only the caller's claim: a stage that DVC restores from its run
+    cache never runs again, and its killed attempt would otherwise stay RUNNING forever.
+    """
     from mlflow.tracking import MlflowClient
 
-    try:
-        held = json.loads(claim.read_text())
-        run_id, store = held["run_id"], held["store"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None                      # absent or unreadable: nothing to close
-    if store != _digest(uri):
-        return None                      # a run in another store: not ours to touch
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        status = client.get_run(run_id).info.status
-    except Exception:  # noqa: BLE001 (deleted run, foreign id: nothing to close)
-        return None
-    if status != "RUNNING":
-        return None
-    client.set_terminated(run_id, "KILLED")
-    log.info("MLflow run %s of an interrupted attempt (%s) marked KILLED", run_id, claim)
-    return run_id
+    client, closed = MlflowClient(tracking_uri=uri), {}
+    for claim in sorted(claims.glob("*.run.json")):
+        try:
+            held = json.loads(claim.read_text())
+            run_id, store, pid, host = held["run_id"], held["store"], held["pid"], held["host"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue                     # unreadable: not ours to judge
+        if host != socket.gethostname() or _alive(int(pid)):
+            continue                     # a live attempt, or one we cannot see
+        if store != _digest(uri):
+            continue                     # a run in another store: closed when it is back
+        try:
+            status = client.get_run(run_id).info.status
+        except Exception:  # noqa: BLE001 (deleted run, foreign id: nothing to close)
+            status = None
+        if status == "RUNNING":
+            client.set_terminated(run_id, "KILLED")
+            log.info("MLflow run %s of an interrupted attempt (%s) marked KILLED", run_id,
+                     claim)
+            closed[claim] = run_id
+        claim.unlink(missing_ok=True)
+    return closed
 
 
 def _digest(uri: str) -> str:
@@ -315,10 +336,11 @@ def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
                 ) -> Iterator[Run]:
     """Start an MLflow run with flattened ``params`` and the conventional tags.
 
-    ``claim``: a small file that names the run while it is open and is removed when it
-    ends (FINISHED, or FAILED on an exception). A process killed with ``kill -9`` cannot
-    end its run and leaves the file: the next run with the same claim marks that run
-    KILLED (if it is still RUNNING in this store) and tags itself ``interrupted_run_id``.
+    ``claim``: a small file that names the run (and this process) while the run is open,
+    removed when it ends (FINISHED, or FAILED on an exception). A process killed with
+    ``kill -9`` cannot end its run and leaves the file: the next tracked run with a claim in
+    the same folder marks that run KILLED if its process is gone and it is still RUNNING in
+    this store; the run whose claim it takes over is tagged ``interrupted_run_id``.
     """
     import mlflow
 
@@ -330,16 +352,18 @@ def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME") or "workspace",
         **tags,
     }
-    with store_errors(uri):
-        interrupted = _close_interrupted(claim, uri) if claim is not None else None
-    if interrupted is not None:
-        all_tags["interrupted_run_id"] = interrupted
+    if claim is not None and claim.parent.is_dir():
+        with store_errors(uri):
+            closed = _close_interrupted(claim.parent, uri)
+        if claim in closed:
+            all_tags["interrupted_run_id"] = closed[claim]
     try:
         with store_errors(uri), mlflow.start_run(
                 experiment_id=exp_id, run_name=run_name,
                 tags={k: str(v) for k, v in all_tags.items()}) as active:
             if claim is not None:
-                write_json(claim, {"run_id": active.info.run_id, "store": _digest(uri)})
+                write_json(claim, {"run_id": active.info.run_id, "store": _digest(uri),
+                                   "pid": os.getpid(), "host": socket.gethostname()})
             flat = flatten(params)
             mlflow.log_params({k: ("null" if v is None else v) for k, v in flat.items()})
             yield Run(active.info.run_id)
