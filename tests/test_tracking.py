@@ -356,3 +356,17 @@ def test_a_run_that_fails_is_failed_and_leaves_no_claim(with_store, tmp_path, mo
             1 / 0
     assert MlflowClient(tracking_uri(root)).get_run(run.id).info.status == "FAILED"
     assert not (root / "checkpoints").exists()
+
+
+@pytest.mark.hostile
+def test_the_runs_command_on_a_refused_server_is_one_line(tmp_path, monkeypatch, capsys):
+    from rnnlab import runs
+
+    port = closed_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:{SECRET}@127.0.0.1:{port}")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        runs.main([])
+    assert str(info.value).startswith(f"error: MLflow tracking server http://***@127.0.0.1:{port} "
+                                      "is not answering (the connection was refused")
+    assert SECRET not in str(info.value) + capsys.readouterr().out
