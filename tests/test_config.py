@@ -52,6 +52,7 @@ def repo_params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
+@pytest.mark.hostile
 def test_stage_rejects_unknown_key_in_one_line(tmp_path):
     params = repo_params()
     params["jena"]["lookbak"] = 720
@@ -62,6 +63,7 @@ def test_stage_rejects_unknown_key_in_one_line(tmp_path):
         "delay, batch_size, train_rows, val_rows, test_rows, target, wind_sentinel_fill"]
 
 
+@pytest.mark.hostile
 def test_stage_rejects_bad_url_and_md5(tmp_path):
     params = repo_params()
     params["data"]["jena"]["url"] = "/data/jena.zip"

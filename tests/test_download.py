@@ -41,6 +41,7 @@ def test_bare_csv_url(tmp_path, small_jena_zip):
     assert download_csv(csv.as_uri(), out, md5=md5, progress=False) == md5
 
 
+@pytest.mark.hostile
 def test_wrong_checksum_names_url_and_both_md5s(http_server, small_jena_zip, tmp_path):
     zip_path, md5 = small_jena_zip
     name = serve(http_server, zip_path)
@@ -64,6 +65,7 @@ def test_fetch_checks_md5_of_the_download_itself(http_server, small_jena_zip, tm
     assert leftovers(tmp_path / "dl") == ["a.zip"]
 
 
+@pytest.mark.hostile
 def test_truncated_body_is_retried_then_fails_clean(http_server, small_jena_zip, tmp_path):
     zip_path, md5 = small_jena_zip
     name = serve(http_server, zip_path)
@@ -75,6 +77,7 @@ def test_truncated_body_is_retried_then_fails_clean(http_server, small_jena_zip,
     assert leftovers(tmp_path / "raw") == []
 
 
+@pytest.mark.hostile
 def test_transient_503_is_retried(http_server, small_jena_zip, tmp_path):
     zip_path, md5 = small_jena_zip
     name = serve(http_server, zip_path)
@@ -84,6 +87,7 @@ def test_transient_503_is_retried(http_server, small_jena_zip, tmp_path):
     assert hashlib.md5(out.read_bytes()).hexdigest() == md5
 
 
+@pytest.mark.hostile
 def test_404_fails_at_once_with_the_url(http_server, tmp_path):
     out = tmp_path / "raw" / "jena.csv"
     url = http_server.url("missing.zip")
@@ -94,6 +98,7 @@ def test_404_fails_at_once_with_the_url(http_server, tmp_path):
     assert leftovers(tmp_path / "raw") == []
 
 
+@pytest.mark.hostile
 def test_missing_file_url(tmp_path):
     with pytest.raises(DownloadError, match="check the path"):
         download_csv((tmp_path / "nope.zip").as_uri(), tmp_path / "raw" / "x.csv", md5=None,
@@ -101,6 +106,7 @@ def test_missing_file_url(tmp_path):
     assert leftovers(tmp_path / "raw") == []
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("member, reason", [
     ("../evil.txt", "'..'"),
     ("sub/../../evil.txt", "'..'"),
@@ -118,6 +124,7 @@ def test_hostile_member_refuses_whole_zip(http_server, tmp_path, member, reason)
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "target" / "evil.txt").exists()
 
 
+@pytest.mark.hostile
 def test_symlink_member_refused(tmp_path):
     src = tmp_path / "link.zip"
     write_jena_zip(src, rows=100)
@@ -130,6 +137,7 @@ def test_symlink_member_refused(tmp_path):
     assert not (tmp_path / "out" / "x.csv").exists()
 
 
+@pytest.mark.hostile
 def test_zip_without_csv(tmp_path):
     src = tmp_path / "empty.zip"
     with zipfile.ZipFile(src, "w") as zf:

@@ -26,6 +26,7 @@ from rnnlab.params import SourceParams
 from rnnlab.synthetic import write_imdb_tarball
 
 SECRET = "s3cret"
+pytestmark = pytest.mark.hostile     # every case here is in docs/hostile-inputs.md
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,79 @@ def test_a_redirect_to_http_is_followed_without_the_credentials(http_server, sma
     line = download_dataset("jena", url, tmp_path / "raw" / "jena.csv", md5=md5, progress=False)
     assert line.endswith("(md5 verified)") and SECRET not in line
     assert http_server.seen_auth[0] is not None and http_server.seen_auth[1:] == [None]
+
+
+@pytest.fixture
+def https_redirect(tmp_path, monkeypatch):
+    """A real https server on 127.0.0.1 (a self-signed certificate this process trusts
+    through SSL_CERT_FILE) whose /down answers 302 to the URL set in ``targets["down"]``."""
+    import ssl
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a certificate for the https server")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    targets: dict[str, str] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", targets[self.path.lstrip("/")])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{httpd.server_address[1]}", targets
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_redirect_from_https_down_to_http_is_refused(https_redirect, http_server,
+                                                        small_jena_zip, tmp_path):
+    base, targets = https_redirect
+    name, md5 = serve_data(http_server, "jena", small_jena_zip, None)
+    targets["down"] = http_server.url(name)
+    url = f"{base}/down".replace("://", f"://user:{SECRET}@")
+    with pytest.raises(DownloadError) as e:
+        download_dataset("jena", url, tmp_path / "raw" / "jena.csv", md5=md5, progress=False)
+    shown = f"{base}/down".replace("://", "://***@")
+    assert one_line(e) == (f"{shown}: redirected (HTTP 302) from https to plain http "
+                           f"({http_server.url(name)}); a downgrade is not followed. Use an "
+                           "https mirror, or put the http:// URL in params.yaml if you accept "
+                           "an unprotected transfer (with its md5) (params.yaml: data.jena.url)")
+    assert http_server.hits == {}, "the http target was requested"
+    assert leftovers(tmp_path / "raw") == []
+
+
+def test_a_redirect_from_https_to_https_is_followed(https_redirect, tmp_path, small_jena_zip):
+    """The https server is real (a refusal above is not a certificate failure): it redirects
+    to itself, then to the ftp:// refused by scheme, which names the https hop."""
+    base, targets = https_redirect
+    targets["down"] = f"{base}/ftp"
+    targets["ftp"] = "ftp://127.0.0.1/jena.zip"
+    with pytest.raises(DownloadError) as e:
+        download_dataset("jena", f"{base}/down", tmp_path / "raw" / "jena.csv",
+                         md5=small_jena_zip[1], progress=False)
+    assert one_line(e).startswith(f"{base}/down: redirected (HTTP 302) to "
+                                  "ftp://127.0.0.1/jena.zip; only redirects to http")
 
 
 @pytest.mark.parametrize("url, shown", [

@@ -36,6 +36,7 @@ def test_download_over_http_unpacks_only_the_review_folders(http_server, tarball
     assert any("<br />" in t for t in reviews.texts) and any("é" in t for t in reviews.texts)
 
 
+@pytest.mark.hostile
 def test_wrong_md5_leaves_nothing(tarball, tmp_path):
     path, _ = tarball
     with pytest.raises(DownloadError, match="md5 mismatch"):
@@ -51,6 +52,7 @@ def hostile(tmp_path, info: tarfile.TarInfo, data: bytes | None = b"x"):
     return path
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("make, reason", [
     (lambda: tarfile.TarInfo("aclImdb/../../evil.txt"), "'..'"),
     (lambda: tarfile.TarInfo("/tmp/evil.txt"), "absolute path"),
@@ -82,6 +84,7 @@ def _dev(name):
     return info
 
 
+@pytest.mark.hostile
 def test_truncated_archive_is_a_clear_error(tarball, tmp_path):
     path, _ = tarball
     cut = tmp_path / "cut.tar.gz"

@@ -51,6 +51,7 @@ def test_parse_round_trips_the_generator(jena_csv):
     assert str(table.timestamps[1]) == "2009-01-01T00:20:00"
 
 
+@pytest.mark.hostile
 def test_renamed_column_is_named(tmp_path, jena_csv):
     lines = lines_of(jena_csv)
     lines[0] = lines[0].replace('"rh (%)"', '"relhum (%)"')
@@ -58,12 +59,14 @@ def test_renamed_column_is_named(tmp_path, jena_csv):
         read_jena_csv(write_lines(tmp_path / "x.csv", lines))
 
 
+@pytest.mark.hostile
 def test_missing_column_is_named(tmp_path, jena_csv):
     lines = [",".join(line.split(",")[:-1]) for line in lines_of(jena_csv)]
     with pytest.raises(DataFormatError, match=r"missing column 15 'wd \(deg\)'"):
         read_jena_csv(write_lines(tmp_path / "x.csv", lines))
 
 
+@pytest.mark.hostile
 def test_unparseable_value_names_the_line(tmp_path, jena_csv):
     lines = lines_of(jena_csv)
     fields = lines[1234].split(",")
@@ -73,6 +76,7 @@ def test_unparseable_value_names_the_line(tmp_path, jena_csv):
         read_jena_csv(write_lines(tmp_path / "x.csv", lines))
 
 
+@pytest.mark.hostile
 def test_empty_value_names_the_line(tmp_path, jena_csv):
     lines = lines_of(jena_csv)
     fields = lines[99].split(",")
@@ -82,6 +86,7 @@ def test_empty_value_names_the_line(tmp_path, jena_csv):
         read_jena_csv(write_lines(tmp_path / "x.csv", lines))
 
 
+@pytest.mark.hostile
 def test_bad_date_names_the_line(tmp_path, jena_csv):
     lines = lines_of(jena_csv)
     lines[10] = "2009-01-01 01:40:00" + lines[10][19:]
@@ -89,6 +94,7 @@ def test_bad_date_names_the_line(tmp_path, jena_csv):
         read_jena_csv(write_lines(tmp_path / "x.csv", lines))
 
 
+@pytest.mark.hostile
 def test_short_row_names_the_line(tmp_path, jena_csv):
     lines = lines_of(jena_csv)
     lines[500] = ",".join(lines[500].split(",")[:10])
@@ -133,6 +139,7 @@ def test_sentinels_replaced_and_counted(tmp_path, jena_csv, caplog):
     assert kept.mean["wv (m/s)"] < 0                       # the lecture's behaviour
 
 
+@pytest.mark.hostile
 def test_unknown_target_and_bad_split(tmp_path, jena_csv):
     with pytest.raises(DataFormatError, match="target 'T' is not a Jena column"):
         normalize_jena(jena_csv, tmp_path, train_rows=(0, 100), target="T", wind_sentinel_fill=0)
@@ -141,6 +148,7 @@ def test_unknown_target_and_bad_split(tmp_path, jena_csv):
                        wind_sentinel_fill=0)
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", "1e400", "-1e400"])
 def test_non_finite_value_names_the_line_and_writes_nothing(tmp_path, jena_csv, value):
     # polars reads these as floats without complaint; one would make every statistic NaN.
@@ -171,6 +179,7 @@ def benign(kind: str, text: str) -> bytes:
     raise AssertionError(kind)
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("kind", ["bom", "trailing_newline", "trailing_blank_line", "crlf",
                                   "crlf_bom_trailing_blank_line"])
 def test_benign_file_variants_read_the_same(tmp_path, jena_csv, kind):
@@ -181,6 +190,7 @@ def test_benign_file_variants_read_the_same(tmp_path, jena_csv, kind):
     np.testing.assert_array_equal(table.timestamps, expected.timestamps)
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("line, field, column", [
     (1, 0, "Date Time"),        # in the header
     (2, 0, "Date Time"),        # in a timestamp
@@ -202,6 +212,7 @@ def test_byte_that_is_not_utf8_names_the_line(tmp_path, jena_csv, line, field, c
     assert "\n" not in message
 
 
+@pytest.mark.hostile
 def test_blank_line_inside_the_data_names_it(tmp_path, jena_csv):
     lines = lines_of(jena_csv)
     lines.insert(700, "")
@@ -209,6 +220,7 @@ def test_blank_line_inside_the_data_names_it(tmp_path, jena_csv):
         read_jena_csv(write_lines(tmp_path / "x.csv", lines))
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("swaps, count, first", [
     ([(100, 101)], 1, 102),                  # two rows swapped: one step back
     ([(100, 101), (2000, 2001)], 2, 102),

@@ -44,6 +44,7 @@ def set_key(dotted: str, value):
 KNOWN_TOP = "known keys are seed, device, data, jena, imdb, train, gradients, models, seeds"
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("dotted, value, message", [
     # a misspelled key at each level
     ("seeed", 1, f"params.yaml: unknown key(s) 'seeed'; {KNOWN_TOP}"),
@@ -86,6 +87,7 @@ def test_one_clear_error_per_mistake(tmp_path, dotted, value, message):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("name", ["y;touch pwned;#", "../../pwn", "Gru", "with space", "1st"])
 def test_variant_names_are_plain_identifiers(tmp_path, name):
     def edit(params):
@@ -94,6 +96,7 @@ def test_variant_names_are_plain_identifiers(tmp_path, name):
         load_with(tmp_path, edit)
 
 
+@pytest.mark.hostile
 def test_missing_section_names_it(tmp_path):
     with pytest.raises(ConfigError, match=r"params.yaml: missing key 'gradients'"):
         load_with(tmp_path, lambda p: p.pop("gradients"))
@@ -108,6 +111,7 @@ SPLIT_ORDER = "the splits run train, val, test in order without overlap (shared 
               "between them)"
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("dotted, value, message", [
     # 0 is never a silent 'no limit': a count or a size is >= 1, and null lifts a cap
     ("train.max_epochs", 0, "train.max_epochs: must be >= 1 or null (no cap), got 0"),
@@ -181,12 +185,14 @@ def test_hostile_values_give_one_line_naming_key_value_and_fix(tmp_path, dotted,
     assert "\n" not in text
 
 
+@pytest.mark.hostile
 def test_quoted_all_digit_md5_is_the_string_it_means(tmp_path):
     digits = "12345678901234567890123456789012"
     params = load_with(tmp_path, set_key("data.jena.md5", digits))   # safe_dump quotes it
     assert params.data.jena.md5 == digits
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("splits", [
     {"train_rows": [0, 100], "val_rows": [100, 200], "test_rows": [200, None]},   # adjacent
     {"train_rows": [10, 100], "val_rows": [150, 200], "test_rows": [250, 300]},   # gaps, closed
@@ -196,6 +202,7 @@ def test_ordered_disjoint_splits_load(tmp_path, splits):
     assert params.jena.splits == {k[:-5]: tuple(v) for k, v in splits.items()}
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("text, message", [
     ("seed: 1\nseed: 2\n", "line 2, column 1: not valid YAML: key 'seed' appears twice in one "
                            "mapping; keep one"),
@@ -212,12 +219,14 @@ def test_broken_yaml_is_one_line(tmp_path, text, message):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("value", [["gru"], {"a": 1}, None, 3])
 def test_arch_of_the_wrong_type_is_named(tmp_path, value):
     with pytest.raises(ConfigError, match=r"models\.gru\.arch: unknown architecture .*; known: "):
         load_with(tmp_path, set_key("models.gru.arch", value))
 
 
+@pytest.mark.hostile
 def test_unreadable_params_file_is_one_line(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_bytes((ROOT / "params.yaml").read_bytes() + b"# caf\xe9\n")

@@ -1,13 +1,25 @@
-"""The MLflow store: one absolute SQLite file, safe under parallel queue workers."""
+"""The MLflow store: one absolute SQLite file, safe under parallel queue workers; a store
+that cannot be used is one line; a killed run is marked KILLED by the next attempt."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import socket
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from rnnlab.tracking import _lock_path, flatten, tracking_uri
+import pytest
+
+from _project import ROOT, env_for_tools
+from rnnlab.tracking import (TrackingError, _digest, _lock_path, experiment_id, flatten,
+                             store_errors, tracked_run, tracking_uri)
 
 WORKER = """
 import sys
@@ -67,3 +79,294 @@ def test_parallel_workers_on_a_fresh_store_lose_no_run(tmp_path):
 def test_store_lock_sits_beside_a_sqlite_store_only(tmp_path):
     assert _lock_path("http://127.0.0.1:5000") is None
     assert _lock_path(f"sqlite:///{tmp_path}/mlflow.db") == tmp_path / "mlflow.db.lock"
+
+
+# --- Faults of the store (issue 13): one line naming the store and the fix, bounded waits,
+# nothing written. The naive stage runs for real, in a folder of its own, on tiny data.
+
+SECRET = "s3cr3t"
+
+
+@pytest.fixture(scope="module")
+def naive_dir(tmp_path_factory) -> Path:
+    """A folder the naive stage can run in: params.yaml, prepared Jena data, window spec."""
+    from rnnlab.jena import normalize_jena
+    from rnnlab.synthetic import write_jena_csv
+    from rnnlab.windows import make_window_spec, save_spec
+
+    base = tmp_path_factory.mktemp("naive")
+    write_jena_csv(base / "jena.csv", rows=1200, seed=3)
+    stats = normalize_jena(base / "jena.csv", base / "prepared", train_rows=(0, 600),
+                           target="T (degC)", wind_sentinel_fill=None)
+    save_spec(make_window_spec(n_rows=stats.n_rows, lookback=60, step=6, delay=12,
+                               target_index=stats.target_index,
+                               splits={"train": (0, 600), "val": (601, 900),
+                                       "test": (901, None)}), base / "windows")
+    (base / "jena.csv").unlink()
+    shutil.copy(ROOT / "params.yaml", base / "params.yaml")
+    return base
+
+
+@pytest.fixture(scope="module")
+def with_store(naive_dir, tmp_path_factory) -> Path:
+    """``naive_dir`` with a real SQLite store holding rnnlab-jena, as an earlier run left it."""
+    folder = Path(shutil.copytree(naive_dir, tmp_path_factory.mktemp("store") / "stage"))
+    experiment_id("rnnlab-jena", folder)
+    return folder
+
+
+def files(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.rglob("*")}
+
+
+def run_naive_stage(folder: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    """stages/naive.py in ``folder`` (its own repository root: no .git, no .dvc)."""
+    began = time.monotonic()
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "naive.py"), "prepared",
+                           "windows", "metrics/naive.json"], cwd=folder,
+                          env=env_for_tools() | env, capture_output=True, text=True, timeout=120)
+    return proc, time.monotonic() - began
+
+
+def assert_one_line_and_nothing_written(proc, folder: Path, before: set[str], *words: str):
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    for word in words:
+        assert word in lines[0]
+    assert files(folder) == before, "the failed stage left files behind"
+
+
+@contextmanager
+def silent_server():
+    """A loopback port that accepts connections and never sends a byte."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held, stop = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]      # nothing listens there once the socket is closed
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("server", ["refused", "silent"])
+def test_unreachable_tracking_server_fails_in_one_bounded_line(naive_dir, tmp_path, server):
+    """MLflow's own waits (about 250 s refused, forever silent, then 118 lines) are
+    shortened. The refused port runs on the defaults (HTTP_WAIT_DEFAULTS); the silent
+    server on a 2 s timeout the user set, which wins (the defaults' 3 x 5 s took 20 s
+    here: too long for the suite)."""
+    folder = Path(shutil.copytree(naive_dir, tmp_path / "stage"))
+    before = files(folder)
+    env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "2"} if server == "silent" else {}
+    with (silent_server() if server == "silent" else nullcontext(closed_port())) as port:
+        uri = f"http://user:{SECRET}@127.0.0.1:{port}"
+        proc, seconds = run_naive_stage(folder, MLFLOW_TRACKING_URI=uri, **env)
+    reason = ("the connection was refused; 3 tries" if server == "refused" else
+              "no answer within MLFLOW_HTTP_REQUEST_TIMEOUT=2 s; 3 tries")
+    assert_one_line_and_nothing_written(
+        proc, folder, before, f"MLflow tracking server http://***@127.0.0.1:{port}", reason,
+        "start the server", "unset MLFLOW_TRACKING_URI")
+    assert SECRET not in proc.stderr + proc.stdout
+    assert seconds < 60, f"{seconds:.0f} s: the wait is not bounded"
+
+
+@pytest.mark.hostile
+def test_server_waits_default_to_short_ones_unless_set():
+    code = ("import os, rnnlab.tracking; print(os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT'], "
+            "os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'], "
+            "os.environ['MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR'])")
+    unset = subprocess.run([sys.executable, "-c", code], env=env_for_tools(),
+                           capture_output=True, text=True, timeout=60, check=True)
+    assert unset.stdout.split() == ["5", "2", "1"]
+    mine = subprocess.run([sys.executable, "-c", code], env=env_for_tools() | {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "60", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7"},
+        capture_output=True, text=True, timeout=60, check=True)
+    assert mine.stdout.split() == ["60", "7", "1"]
+
+
+@contextmanager
+def read_only(path: Path):
+    """Make ``path`` unwritable for this process for real: ``chmod a-w``, or for root (whom
+    permissions do not stop) the immutable attribute, which stops root too."""
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~0o222)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    if shutil.which("chattr") is None or subprocess.run(
+            ["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("running as root without chattr +i: no way to make a file read-only")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_read_only_store_fails_in_one_line(with_store, tmp_path, what):
+    """The read-only file through the real stage; the read-only folder through the library
+    call the stage makes (a second stage start would cost the suite another 10 s)."""
+    folder = Path(shutil.copytree(with_store, tmp_path / "stage"))
+    db = folder / "mlflow.db"
+    before = files(folder)
+    if what == "file":
+        with read_only(db):
+            proc, _ = run_naive_stage(folder)
+        assert_one_line_and_nothing_written(proc, folder, before, f"MLflow store {db}",
+                                            "is read-only", "writable")
+        return
+    with read_only(folder), pytest.raises(TrackingError) as info:
+        with tracked_run(experiment="rnnlab-jena", run_name="naive", params={}, tags={},
+                         root=folder):
+            pass
+    assert str(info.value) == (
+        f"MLflow store {db} cannot be written (unable to open database file): its folder "
+        f"{folder} is read-only or missing, and SQLite writes a journal beside the file: make "
+        "the folder writable for this user, or point MLFLOW_TRACKING_URI at a writable store")
+    assert files(folder) == before
+
+
+@pytest.mark.hostile
+def test_locked_store_is_one_line(with_store, tmp_path):
+    """A real "database is locked" from SQLite on a real MLflow store while another
+    connection holds the write lock. (A stage first waits MLflow's busy_timeout, 20 s: too
+    long for the suite, so the error is raised here by a connection that does not wait.)"""
+    from mlflow.tracking import MlflowClient
+
+    folder = Path(shutil.copytree(with_store, tmp_path / "stage"))
+    uri = tracking_uri(folder)
+    holder = sqlite3.connect(folder / "mlflow.db", timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        sqlite3.connect(folder / "mlflow.db", timeout=0).execute("SELECT 1 FROM runs")
+    except sqlite3.OperationalError as e:
+        locked = e
+    finally:
+        holder.rollback()
+        holder.close()
+    assert "database is locked" in str(locked)
+    with pytest.raises(TrackingError) as info:
+        with store_errors(uri):
+            raise locked
+    assert str(info.value) == (f"MLflow store {folder / 'mlflow.db'} is locked by another "
+                               "process (database is locked): let that process finish or "
+                               "stop it, then rerun")
+    assert MlflowClient(uri).get_experiment_by_name("rnnlab-jena")   # unlocked, it works
+
+
+@pytest.mark.hostile
+def test_errors_of_the_code_inside_a_run_are_not_taken_for_store_errors(tmp_path):
+    with pytest.raises(PermissionError):
+        with store_errors(tracking_uri(tmp_path)):
+            raise PermissionError(13, "attempt to write a readonly database")
+
+
+KILLED_WORKER = """
+import os, signal, sys
+from pathlib import Path
+from rnnlab.tracking import tracked_run
+root, name = Path(sys.argv[1]), sys.argv[2]
+with tracked_run(experiment="rnnlab-jena", run_name=name, params={"epochs": 3}, tags={},
+                 root=root, claim=root / "checkpoints" / f"{name}.run.json") as run:
+    run.log_metrics({"epoch/val_loss": 0.5}, step=1)
+    print(run.id, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)       # kill -9 mid-run: no chance to end the run
+"""
+
+
+@pytest.mark.hostile
+def test_runs_killed_with_sigkill_are_marked_killed_by_the_next_attempt(with_store, tmp_path,
+                                                                        monkeypatch):
+    """gru is killed with kill -9 inside its run; naive starts (and sweeps gru's claim:
+    a stage restored from DVC's run cache may never run again) and is killed too; naive
+    runs again and marks its own predecessor. A claim whose process lives is left alone."""
+    import socket
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = Path(shutil.copytree(with_store, tmp_path / "stage"))
+    claims = root / "checkpoints"
+    client = MlflowClient(tracking_uri(root))
+
+    def killed_attempt(name: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", KILLED_WORKER, str(root), name],
+                              env=env_for_tools(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == -9, proc.stderr[-2000:]
+        return proc.stdout.split()[0]
+
+    gru = killed_attempt("gru")
+    assert client.get_run(gru).info.status == "RUNNING"
+    live = client.create_run(experiment_id("rnnlab-jena", root)).info.run_id
+    (claims / "lstm.run.json").write_text(json.dumps({
+        "run_id": live, "store": _digest(tracking_uri(root)), "pid": os.getpid(),
+        "host": socket.gethostname()}))
+    naive = killed_attempt("naive")
+    assert client.get_run(gru).info.status == "KILLED"
+    assert client.get_run(naive).info.status == "RUNNING"
+
+    with tracked_run(experiment="rnnlab-jena", run_name="naive", params={"epochs": 3},
+                     tags={}, root=root, claim=claims / "naive.run.json") as run:
+        assert client.get_run(naive).info.status == "KILLED"
+    new = client.get_run(run.id)
+    assert new.info.status == "FINISHED" and new.data.tags["interrupted_run_id"] == naive
+    assert "interrupted_run_id" not in client.get_run(naive).data.tags   # gru's was swept
+    assert client.get_run(live).info.status == "RUNNING"
+    assert sorted(p.name for p in claims.iterdir()) == ["lstm.run.json"]
+
+
+@pytest.mark.hostile
+def test_a_run_that_fails_is_failed_and_leaves_no_claim(with_store, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = Path(shutil.copytree(with_store, tmp_path / "stage"))
+    claim = root / "checkpoints" / "naive.run.json"
+    with pytest.raises(ZeroDivisionError):
+        with tracked_run(experiment="rnnlab-jena", run_name="naive", params={}, tags={},
+                         root=root, claim=claim) as run:
+            assert claim.exists()
+            1 / 0
+    assert MlflowClient(tracking_uri(root)).get_run(run.id).info.status == "FAILED"
+    assert not (root / "checkpoints").exists()
+
+
+@pytest.mark.hostile
+def test_the_runs_command_on_a_refused_server_is_one_line(tmp_path, monkeypatch, capsys):
+    from rnnlab import runs
+
+    port = closed_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:{SECRET}@127.0.0.1:{port}")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        runs.main([])
+    assert str(info.value).startswith(f"error: MLflow tracking server http://***@127.0.0.1:{port} "
+                                      "is not answering (the connection was refused")
+    assert SECRET not in str(info.value) + capsys.readouterr().out

@@ -59,6 +59,7 @@ def test_same_seed_same_metrics(task, kw):
     assert a.val == b.val and a.test == b.test
 
 
+@pytest.mark.hostile
 def test_resume_after_a_kill_gives_the_same_result(task, tmp_path):
     kw = {"dropout": 0.2, "recurrent_dropout": 0.3}
     straight = run(task, make(**kw), epochs=4)
@@ -80,6 +81,7 @@ def test_resume_after_a_kill_gives_the_same_result(task, tmp_path):
     assert resumed.best_epoch == straight.best_epoch
 
 
+@pytest.mark.hostile
 def test_checkpoint_of_other_params_is_ignored(task, tmp_path):
     run(task, make(), tmp_path, epochs=2, fingerprint="old")
     result = run(task, make(), tmp_path, epochs=2, fingerprint="new")
@@ -112,6 +114,7 @@ def plant_partial_state(path, marker):
     torch.save({"fingerprint": "f", "epoch": 1}, path)       # loads, but is no checkpoint
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("plant, problem", [
     (plant_torch_save, "it does not load as tensors and plain values (UnpicklingError)"),
     (plant_raw_pickle, "it does not load as tensors and plain values (UnpicklingError)"),
@@ -140,6 +143,7 @@ def test_checkpoint_that_is_not_plain_data_is_never_executed(task, tmp_path, cap
     assert state["epoch"] == 2 and state["fingerprint"] == "f"
 
 
+@pytest.mark.hostile
 def test_nan_loss_stops_with_a_clear_error(task, tmp_path):
     model = make()
     with torch.no_grad():

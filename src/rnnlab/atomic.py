@@ -39,6 +39,14 @@ def atomic_output(dest: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def remove_if_empty(directory: Path) -> None:
+    """Remove ``directory`` if it exists and is empty (a finished stage leaves no husk)."""
+    try:
+        Path(directory).rmdir()
+    except OSError:
+        pass
+
+
 def write_text(dest: Path, text: str) -> None:
     with atomic_output(dest) as tmp:
         tmp.write_text(text)

@@ -194,9 +194,13 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
 
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows redirects to http(s) URLs only. urllib's own handler also follows ftp://,
-    and turns a refused file:// into an 'HTTP 302' error that blames the server. ``shown``
-    is the URL as given, redacted, for the message."""
+    """Follows redirects to http(s) URLs only, and never from https down to http.
+
+    urllib's own handler also follows ftp://, and turns a refused file:// into an
+    'HTTP 302' error that blames the server. A downgrade is refused rather than warned
+    about: the https:// in params.yaml is the user's statement that the bytes travel
+    protected, and without an md5 nothing else would notice them changed on the way.
+    ``shown`` is the URL as given, redacted, for the message."""
 
     def __init__(self, shown: str):
         super().__init__()
@@ -212,6 +216,14 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
                     f"{self.shown}: redirected (HTTP {code}) to {redact(target)}; "
                     "only redirects to http:// or https:// are followed. Point the URL at "
                     "the file itself")
+            if urlsplit(req.full_url).scheme.lower() == "https" and \
+                    urlsplit(target).scheme.lower() == "http":
+                fp.close()
+                raise DownloadError(
+                    f"{self.shown}: redirected (HTTP {code}) from https to plain http "
+                    f"({redact(target)}); a downgrade is not followed. Use an https mirror, "
+                    "or put the http:// URL in params.yaml if you accept an unprotected "
+                    "transfer (with its md5)")
         return super().http_error_302(req, fp, code, msg, headers)
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302

@@ -20,13 +20,13 @@ from typing import Any
 
 import torch
 
-from rnnlab.atomic import atomic_output, write_json
+from rnnlab.atomic import atomic_output, remove_if_empty, write_json
 from rnnlab.baselines import count_tfidf_parameters, fit_tfidf
 from rnnlab.device import resolve_device
 from rnnlab.models import build_model, count_parameters
 from rnnlab.params import ARCHITECTURES, Params
 from rnnlab.recurrent import prepare_native
-from rnnlab.paths import repo_root
+from rnnlab.paths import CHECKPOINTS, repo_root
 from rnnlab.seeds import combine_seeds
 from rnnlab.tasks import build_task
 from rnnlab.threads import resolve_threads, thread_control
@@ -34,7 +34,6 @@ from rnnlab.tracking import tracked_run
 from rnnlab.train import TrainConfig, fit, seed_everything
 
 log = logging.getLogger(__name__)
-CHECKPOINTS = Path("checkpoints")   # resume state; not a DVC out (DVC clears outs before a run)
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,6 @@ def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outp
     base_params = {"variant": variant, "model": asdict(spec), spec.dataset: data.data_params,
                    "device": str(device), "seeds": seeds, "threads": policy.threads,
                    "threads_source": policy.source + (", tuned" if policy.tuned else "")}
-    checkpoints.mkdir(exist_ok=True)
 
     per_seed, models = [], []
     for seed in seeds:
@@ -99,7 +97,8 @@ def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outp
         tags = {"variant": variant, "dataset": spec.dataset, "seed": seed,
                 "data_source": data.data_source}
         with tracked_run(experiment=task.experiment, run_name=variant, params=run_params,
-                         tags=tags, root=repo_root()) as run:
+                         tags=tags, root=repo_root(),
+                         claim=checkpoints / f"{variant}{suffix}.run.json") as run:
             if torch_model:
                 run.log_training_data(task.training_rows(), name=f"{spec.dataset}-train",
                                       source=str(Path(prepared).resolve()))
@@ -147,6 +146,7 @@ def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outp
             tmp.write_bytes(pickle.dumps(models[0]))
     for path in [checkpoints / f"{variant}.pt", *checkpoints.glob(f"{variant}.seed*.pt")]:
         path.unlink(missing_ok=True)
+    remove_if_empty(checkpoints)
     if len(seeds) > 1:
         shown = ", ".join(f"{k} {metrics[k]:.4f} +- {metrics[k + '_std']:.4f}"
                           for k in metrics if f"{k}_std" in metrics)

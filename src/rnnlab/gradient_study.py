@@ -21,7 +21,7 @@ from rnnlab.gradients import (CELLS, CellRegressor, decay_ratio, explode_run,
                               scale_recurrent_weights, state_gradient_norms, train_steps)
 from rnnlab.jena import load_features
 from rnnlab.params import Params
-from rnnlab.paths import repo_root
+from rnnlab.paths import CHECKPOINTS, repo_root
 from rnnlab.tracking import tracked_run
 from rnnlab.train import seed_everything
 from rnnlab.windows import JenaWindows, load_spec
@@ -147,7 +147,7 @@ def run_gradient_study(params: Params, prepared: Path, windows: Path, out: Study
                   "clip_norm_used": clip}
     with tracked_run(experiment="rnnlab-jena", run_name="gradients", params=run_params,
                      tags={"variant": "gradients", "dataset": "jena", "seed": seed},
-                     root=repo_root()) as run:
+                     root=repo_root(), claim=CHECKPOINTS / "gradients.run.json") as run:
         run.log_metrics(metrics)
         for label, t in traces.items():
             key = "noclip" if t.clip_norm is None else "clip"

@@ -30,7 +30,7 @@ def run_naive(prepared: Path, windows: Path, metrics_path: Path, *, seed: int) -
     """The naive stage: val/test MAE to ``metrics_path`` and an MLflow run ``naive``."""
     from rnnlab.atomic import write_json
     from rnnlab.jena import load_features
-    from rnnlab.paths import repo_root
+    from rnnlab.paths import CHECKPOINTS, repo_root
     from rnnlab.tracking import tracked_run
     from rnnlab.windows import load_spec
 
@@ -47,7 +47,7 @@ def run_naive(prepared: Path, windows: Path, metrics_path: Path, *, seed: int) -
     run_params = {"jena": window | {"train_rows": stats.train_rows, "target": stats.target},
                   "seed": seed}
     with tracked_run(experiment="rnnlab-jena", run_name="naive", params=run_params,
-                     tags=tags, root=repo_root()) as run:
+                     tags=tags, root=repo_root(), claim=CHECKPOINTS / "naive.run.json") as run:
         run.log_metrics(metrics)
         metrics |= {"n_params": 0, "n_val_windows": spec.count("val"),
                     "n_test_windows": spec.count("test"), "device": "cpu",

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# A stage's resume state and the claims on its open MLflow runs, relative to the directory
+# the stage runs in (DVC's temporary copy for queued experiments). Not a DVC out: DVC
+# deletes outs before running a stage, and this must survive a killed one.
+CHECKPOINTS = Path("checkpoints")
+
 
 def repo_root(start: Path | None = None) -> Path:
     """The repository holding ``start`` (default: the working directory).

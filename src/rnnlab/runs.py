@@ -10,10 +10,12 @@ The UI shows the same runs with the search ``tags.dvc_exp_name = '<name>'``.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
 
+from rnnlab.errors import redact
 from rnnlab.paths import repo_root
-from rnnlab.tracking import store_lock, tracking_uri
+from rnnlab.tracking import TrackingError, store_errors, store_lock, tracking_uri
 
 EXPERIMENTS = ("rnnlab-jena", "rnnlab-imdb")
 
@@ -40,9 +42,12 @@ def main(argv: list[str] | None = None) -> None:
                                      description=__doc__.split("\n")[0])
     parser.parse_args(argv)
     uri = tracking_uri(repo_root())
-    with store_lock(uri):
-        rows = summarize(uri)
-    print(f"store: {uri}")
+    try:
+        with store_errors(uri), store_lock(uri):
+            rows = summarize(uri)
+    except TrackingError as e:
+        sys.exit(f"error: {e}")
+    print(f"store: {redact(uri)}")
     print(f"{'dvc experiment':<24} {'MLflow experiment':<17} {'runs':>5} {'finished':>8}  variants")
     for dvc_exp, exp, n, done, variants in rows:
         print(f"{dvc_exp:<24} {exp:<17} {n:>5} {done:>8}  {', '.join(variants)}")

@@ -3,12 +3,21 @@
 Default store (shared conventions): ``sqlite:///<repository root>/mlflow.db`` with
 artifacts under ``<repository root>/mlruns/``, for ``dvc repro``, ``dvc exp run`` and
 queued experiments alike. ``MLFLOW_TRACKING_URI`` overrides it.
+
+A store that cannot be used ends the stage with one ``TrackingError`` line naming the
+store and the fix, never a page of MLflow, SQLAlchemy and urllib3 traceback: a tracking
+server that refuses or does not answer (MLflow's own waits, 120 s per request and 7
+retries with back-off, are shortened unless the user set them: ``HTTP_WAIT_DEFAULTS``),
+a read-only store or folder, a locked database.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import socket
 import subprocess
 import warnings
 from collections.abc import Iterator, Mapping
@@ -16,24 +25,128 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from rnnlab.atomic import remove_if_empty, write_json
+from rnnlab.errors import RnnlabError, redact
+
 try:
     import fcntl
 except ImportError:          # Windows: no flock; start parallel workers on an existing store
     fcntl = None
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+log = logging.getLogger(__name__)
+
+# A tracking server's waits: at most 3 tries of 5 s each, 2 s of back-off between the
+# last two; a server that never answers fails a stage after about 17 s, a refused port at
+# once (MLflow's defaults: 120 s a request, 7 retries, back-off factor 2, about 250 s for
+# a refused port). Values the user set win. MLflow reads them at each request.
+HTTP_WAIT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+                      "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                      "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+for _name, _value in HTTP_WAIT_DEFAULTS.items():
+    os.environ.setdefault(_name, _value)
+
+
+class _QuietSqlErrors(logging.Filter):
+    """MLflow logs every SQLAlchemy error with its traceback before raising it; the error
+    is raised anyway (and becomes one ``TrackingError`` line when it is a known one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(_QuietSqlErrors())
+# urllib3 logs each retry with the full URL (credentials included) and the socket error.
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+
+class TrackingError(RnnlabError):
+    """The MLflow store cannot be reached or written."""
 
 
 def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
 
 
-def _lock_path(uri: str) -> Path | None:
-    """``<db>.lock`` beside a SQLite store; None for a server (it serializes by itself)."""
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store; None for any other store."""
     if not uri.startswith("sqlite:///"):
         return None
-    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
-    return db.with_name(db.name + ".lock")
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+def _lock_path(uri: str) -> Path | None:
+    """``<db>.lock`` beside a SQLite store; None for a server (it serializes by itself)."""
+    db = _sqlite_path(uri)
+    return None if db is None else db.with_name(db.name + ".lock")
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return seen
+
+
+_STORE_MODULES = ("mlflow", "requests", "urllib3", "sqlalchemy", "sqlite3")
+
+
+def store_problem(uri: str, e: BaseException) -> str | None:
+    """One line saying why the store ``uri`` failed with ``e``, and the fix; None when
+    ``e`` is not a known store failure (then it is raised as it is). Only errors raised by
+    MLflow and the libraries under it count: a training error is never taken for one."""
+    chain = _chain(e)
+    if not any(type(x).__module__.split(".")[0] in _STORE_MODULES for x in chain):
+        return None
+    text = " | ".join(str(x) for x in chain)
+    db = _sqlite_path(uri)
+    if db is not None:
+        where = f"MLflow store {db}"
+        elsewhere = "or point MLFLOW_TRACKING_URI at a writable store"
+        if "readonly database" in text:
+            return (f"{where} is read-only (attempt to write a readonly database): make the "
+                    f"file and its folder writable for this user, {elsewhere}")
+        if "database is locked" in text:
+            return (f"{where} is locked by another process (database is locked): let that "
+                    "process finish or stop it, then rerun")
+        if "unable to open database file" in text:
+            return (f"{where} cannot be written (unable to open database file): its folder "
+                    f"{db.parent} is read-only or missing, and SQLite writes a journal beside "
+                    f"the file: make the folder writable for this user, {elsewhere}")
+        if "file is not a database" in text:
+            return (f"{where} is not a SQLite database (file is not a database): move it "
+                    f"aside to start a new store, {elsewhere}")
+        return None
+    if not uri.lower().startswith(("http://", "https://")):
+        return None
+    if "Connection refused" in text:
+        reason = "the connection was refused"
+    elif "timed out" in text.lower() or "Timeout" in text:
+        reason = (f"no answer within MLFLOW_HTTP_REQUEST_TIMEOUT="
+                  f"{os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT')} s")
+    elif "Max retries exceeded" in text or "ConnectionError" in text:
+        reason = "the connection failed"
+    else:
+        return None
+    tries = int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") or 0) + 1
+    return (f"MLflow tracking server {redact(uri)} is not answering ({reason}; {tries} tries): "
+            "start the server, or unset MLFLOW_TRACKING_URI to use the embedded store "
+            "(mlflow.db at the repository root)")
+
+
+@contextmanager
+def store_errors(uri: str) -> Iterator[None]:
+    """Known store failures inside the block become one ``TrackingError`` line."""
+    try:
+        yield
+    except RnnlabError:
+        raise
+    except Exception as e:  # noqa: BLE001 (MLflow, SQLAlchemy, requests and OS errors alike)
+        problem = store_problem(uri, e)
+        if problem is None:
+            raise
+        raise TrackingError(problem) from e
 
 
 @contextmanager
@@ -49,8 +162,15 @@ def store_lock(uri: str) -> Iterator[None]:
     if path is None or fcntl is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+    except PermissionError as e:
+        raise TrackingError(
+            f"MLflow store {_sqlite_path(uri)} is read-only (its lock file {path} cannot be "
+            f"written: {e.strerror}): make the folder {path.parent} writable for this user, "
+            "or point MLFLOW_TRACKING_URI at a writable store") from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -65,8 +185,11 @@ def experiment_id(name: str, root: Path) -> str:
     root = Path(root).resolve()
     uri = tracking_uri(root)
     default_store = uri == f"sqlite:///{root}/mlflow.db"
+    user_set = "MLFLOW_TRACKING_URI" in os.environ
     mlflow.set_tracking_uri(uri)
-    with store_lock(uri):
+    if not user_set:   # MLflow exports it; tracking_uri() of another root must not see it
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    with store_errors(uri), store_lock(uri):
         exp = mlflow.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
@@ -158,21 +281,93 @@ class Run:
         plt.close(fig)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                      # another user's process: alive
+        return True
+    return True
+
+
+def _close_interrupted(claims: Path, uri: str) -> dict[Path, str]:
+    """Mark KILLED every run that a dead process of this machine left claimed in the folder
+    ``claims`` and that is still RUNNING in this store; remove those claims. Return
+    {claim: run id} of the runs marked.
+
+    The whole folder, not only the caller's claim: a stage that DVC restores from its run
+    cache never runs again, and its killed attempt would otherwise stay RUNNING forever.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client, closed = MlflowClient(tracking_uri=uri), {}
+    for claim in sorted(claims.glob("*.run.json")):
+        try:
+            held = json.loads(claim.read_text())
+            run_id, store, pid, host = held["run_id"], held["store"], held["pid"], held["host"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue                     # unreadable: not ours to judge
+        if host != socket.gethostname() or _alive(int(pid)):
+            continue                     # a live attempt, or one we cannot see
+        if store != _digest(uri):
+            continue                     # a run in another store: closed when it is back
+        try:
+            status = client.get_run(run_id).info.status
+        except Exception:  # noqa: BLE001 (deleted run, foreign id: nothing to close)
+            status = None
+        if status == "RUNNING":
+            client.set_terminated(run_id, "KILLED")
+            log.info("MLflow run %s of an interrupted attempt (%s) marked KILLED", run_id,
+                     claim)
+            closed[claim] = run_id
+        claim.unlink(missing_ok=True)
+    return closed
+
+
+def _digest(uri: str) -> str:
+    """Names the store in a claim without writing its URI (and any credentials) to disk."""
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
 @contextmanager
 def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
-                tags: Mapping[str, Any], root: Path) -> Iterator[Run]:
-    """Start an MLflow run with flattened ``params`` and the conventional tags."""
+                tags: Mapping[str, Any], root: Path, claim: Path | None = None
+                ) -> Iterator[Run]:
+    """Start an MLflow run with flattened ``params`` and the conventional tags.
+
+    ``claim``: a small file that names the run (and this process) while the run is open,
+    removed when it ends (FINISHED, or FAILED on an exception). A process killed with
+    ``kill -9`` cannot end its run and leaves the file: the next tracked run with a claim in
+    the same folder marks that run KILLED if its process is gone and it is still RUNNING in
+    this store; the run whose claim it takes over is tagged ``interrupted_run_id``.
+    """
     import mlflow
 
     root = Path(root).resolve()
+    uri = tracking_uri(root)
     exp_id = experiment_id(experiment, root)
     all_tags = {
         "git_commit": git_commit(root),
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME") or "workspace",
         **tags,
     }
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name,
-                          tags={k: str(v) for k, v in all_tags.items()}) as active:
-        flat = flatten(params)
-        mlflow.log_params({k: ("null" if v is None else v) for k, v in flat.items()})
-        yield Run(active.info.run_id)
+    if claim is not None and claim.parent.is_dir():
+        with store_errors(uri):
+            closed = _close_interrupted(claim.parent, uri)
+        if claim in closed:
+            all_tags["interrupted_run_id"] = closed[claim]
+    try:
+        with store_errors(uri), mlflow.start_run(
+                experiment_id=exp_id, run_name=run_name,
+                tags={k: str(v) for k, v in all_tags.items()}) as active:
+            if claim is not None:
+                write_json(claim, {"run_id": active.info.run_id, "store": _digest(uri),
+                                   "pid": os.getpid(), "host": socket.gethostname()})
+            flat = flatten(params)
+            mlflow.log_params({k: ("null" if v is None else v) for k, v in flat.items()})
+            yield Run(active.info.run_id)
+    finally:
+        if claim is not None:
+            claim.unlink(missing_ok=True)
+            remove_if_empty(claim.parent)

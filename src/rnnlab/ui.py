@@ -13,8 +13,9 @@ import os
 import sys
 from pathlib import Path
 
+from rnnlab.errors import redact
 from rnnlab.paths import repo_root
-from rnnlab.tracking import store_lock, tracking_uri
+from rnnlab.tracking import TrackingError, store_errors, store_lock, tracking_uri
 
 
 def ui_command(root: Path, port: int, host: str = "127.0.0.1") -> list[str]:
@@ -32,11 +33,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     root = repo_root()
     uri = tracking_uri(root)
-    with store_lock(uri):             # the UI may be the store's first user: create it safely
-        from mlflow.tracking import MlflowClient
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    try:
+        with store_errors(uri), store_lock(uri):   # the UI may be the store's first user:
+            from mlflow.tracking import MlflowClient     # create it safely
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except TrackingError as e:
+        sys.exit(f"error: {e}")
     command = ui_command(root, args.port, args.host)
-    print(f"MLflow UI over {uri} on http://{args.host}:{args.port} (Ctrl-C stops it)",
+    print(f"MLflow UI over {redact(uri)} on http://{args.host}:{args.port} (Ctrl-C stops it)",
           flush=True)
     os.execv(command[0], command)
 
