@@ -130,6 +130,7 @@ def test_whole_pipeline_end_to_end(tiny_pipeline, monkeypatch):
         assert 0 <= metrics["val_accuracy"] <= 1 and metrics["mlflow_run_id"] == \
             imdb_runs[variant].info.run_id
         assert imdb_runs[variant].data.tags["dataset"] == "imdb"
+        assert imdb_runs[variant].data.tags["data_source"] == "other"   # generated reviews
     # The generated reviews carry a clear signal: the classical baseline finds it.
     assert json.loads((repo / "metrics/imdb_tfidf_logreg.json").read_text())["test_accuracy"] > 0.8
 
