@@ -139,7 +139,10 @@ def test_whole_pipeline_end_to_end(tiny_pipeline, monkeypatch):
     assert set(runs) == {"naive", "gradients", *variants}
     grads = json.loads((repo / "metrics/gradients.json").read_text())
     for cell in ("rnn", "gru", "lstm"):
-        assert 0 < grads[f"{cell}_ratio_10_init"] < 1
+        assert grads[f"{cell}_log10_ratio_10_init"] < 0          # the ratio is below 1
+        assert f"{cell}_ratio_10_init" not in grads                # DVC would print 0.0
+        assert runs["gradients"].data.metrics[f"{cell}_ratio_10_init"] == pytest.approx(
+            10 ** grads[f"{cell}_log10_ratio_10_init"], rel=0.03)
     assert grads["explode_max_applied_norm_clip"] <= 1.0 + 1e-5
     assert grads["mlflow_run_id"] == runs["gradients"].info.run_id
     assert (repo / "plots/gradients.png").read_bytes()[:4] == b"\x89PNG"

@@ -304,9 +304,10 @@ def write_report(params: Params, metrics_dir: Path, plots_dir: Path, out: Path,
     if gradients.exists():
         g = read_json(gradients)
         distance = params.gradients.distance
-        rows = [[cell, f"{g.get(f'{cell}_ratio_{distance}_init', float('nan')):.2e}",
-                 f"{g.get(f'{cell}_ratio_{distance}_trained', float('nan')):.2e}"]
-                for cell in ("rnn", "gru", "lstm")]
+        def ratio(cell: str, when: str) -> str:       # the file holds log10(ratio)
+            exponent = g.get(f"{cell}_log10_ratio_{distance}_{when}")
+            return "–" if exponent is None else f"{10.0 ** exponent:.1e}"
+        rows = [[cell, ratio(cell, "init"), ratio(cell, "trained")] for cell in ("rnn", "gru", "lstm")]
         lines += ["## Vanishing gradients", "",
                   f"‖dL/dh‖ {distance} steps back over the one at the output "
                   "(`metrics/gradients.json`; chart `plots/gradients.png`).", ""]
