@@ -4,6 +4,7 @@
 #   ./dev.sh test    install, then run the test suite
 #   ./dev.sh demo    a tiny offline run of the whole pipeline on generated data (minutes)
 #   ./dev.sh runs    the MLflow runs per DVC experiment
+#   ./dev.sh leaderboard  the DVC experiments as rows: changed params, each variant's figure
 #   ./dev.sh ui      the MLflow UI over the project's store, on 127.0.0.1:5000 (PORT=...)
 #   ./dev.sh plots   `dvc plots show` (or `plots diff REV`) as a page that works offline
 #   ./dev.sh browser install Debian's chromium + chromedriver (for the browser tests)
@@ -66,9 +67,10 @@ case "$cmd" in
   test)    install; python -m pytest "$@" ;;
   demo)    install; exec python -m rnnlab.demo "$@" ;;
   runs)    install; exec python -m rnnlab.runs "$@" ;;
+  leaderboard) install; exec python -m rnnlab.leaderboard "$@" ;;
   ui)      install; exec python -m rnnlab.ui "$@" ;;
   plots)   install; exec python -m rnnlab.offline_plots "$@" ;;
   browser) install_browser ;;
   bench)   install; for b in bench/bench_*.py; do python "$b" "$@"; done ;;
-  *) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
+  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
 esac

@@ -40,9 +40,8 @@ def ensure_browser() -> None:
                     f"`./dev.sh browser` could not install them: {proc.stderr.strip()[-300:]}")
 
 
-@pytest.fixture(scope="module")
-def browser():
-    ensure_browser()
+def new_driver():
+    """Headless Chromium with a fresh profile: what a first visit sees (no remembered view)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -57,6 +56,13 @@ def browser():
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser():
+    ensure_browser()
+    driver = new_driver()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     yield driver
     driver.quit()
@@ -108,6 +114,45 @@ def wait_for_text(driver, predicate, timeout: float = 60) -> str:
         if time.monotonic() > deadline:
             raise AssertionError(f"page never showed what was expected; it shows:\n{text[:3000]}")
         time.sleep(0.5)
+
+
+def test_the_printed_links_open_on_the_runs_list(browser, mlflow_ui, tiny_pipeline):
+    """The links `./dev.sh ui` prints (and the README gives) land a first-time visitor on
+    the experiment's runs list in MLflow's model-training view, not on the GenAI overview;
+    `./dev.sh runs --links` gives a comparison link that opens on the comparison."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tiny_pipeline}/mlflow.db")
+    printed = (tiny_pipeline.parent / "ui.log").read_text()
+    links = dict(re.findall(r"^  (rnnlab-\w+) \(experiment \d+\), runs: (\S+)$", printed, re.M))
+    assert set(links) == {"rnnlab-jena", "rnnlab-imdb"}, printed
+    readme = (ROOT / "README.md").read_text()
+    for name, link in links.items():
+        exp = client.get_experiment_by_name(name)
+        assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+        assert link.startswith(mlflow_ui) and f"/experiments/{exp.experiment_id}/" in link
+        assert link.replace(mlflow_ui, "http://127.0.0.1:5000") in readme, (name, link)
+
+    runs = client.search_runs([client.get_experiment_by_name("rnnlab-imdb").experiment_id])
+    first_visit = new_driver()
+    try:
+        first_visit.get(links["rnnlab-imdb"])
+        names = {r.info.run_name for r in runs}
+        text = wait_for_text(first_visit, lambda t: f"{len(runs)} matching runs" in t
+                             and names <= set(t.splitlines()))       # every run listed
+        first_visit.save_screenshot(str(ARTIFACTS / "mlflow_first_visit.png"))
+    finally:
+        first_visit.quit()
+    menu = set(text.splitlines())
+    assert {"Runs", "Models", "Columns"} <= menu, text[:2000]       # the model-training view
+    assert not {"Overview", "Token Usage", "Training runs"} & menu, text[:2000]
+
+    listing = sh(tiny_pipeline, sys.executable, "-m", "rnnlab.runs", "--links", mlflow_ui).stdout
+    compare = [ln.split("compare: ", 1)[1] for ln in listing.splitlines()
+               if ln.startswith("  compare: ")][0]          # workspace, rnnlab-imdb: 6 runs
+    browser.get(compare)
+    n = len(json.loads(compare.split("runs=", 1)[1].split("&", 1)[0]))
+    wait_for_text(browser, lambda t: f"Comparing {n} Runs" in t)
 
 
 def test_mlflow_ui_lists_and_compares_every_variant(browser, mlflow_ui, tiny_pipeline):

@@ -1,6 +1,9 @@
+import hashlib
 import json
+import os
 import shutil
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,8 +11,9 @@ import pytest
 from conftest import leftovers
 from rnnlab.errors import DownloadError, UnsafeArchiveError
 from rnnlab.download import download_imdb
-from rnnlab.imdb import (OOV, PAD, build_vocabulary, encode, load_imdb,
-                         load_texts, prepare_imdb, read_reviews, split_validation, tokenize)
+from rnnlab.imdb import (CANONICAL_MD5, OOV, PAD, REAL_REVIEWS_SHA256, WANTED, build_vocabulary,
+                         data_source, digest_reviews, encode, load_imdb, load_texts,
+                         prepare_imdb, read_reviews, reviews_digest, split_validation, tokenize)
 from rnnlab.synthetic import write_imdb_tarball
 
 
@@ -143,3 +147,75 @@ def test_prepare_builds_the_vocabulary_on_training_reviews_only(tarball, tmp_pat
     # Every vocabulary word occurs in the training part (validation and test excluded).
     train_words = {w for t in load_texts(tmp_path / "prep")["train"] for w in tokenize(t)}
     assert set(vocab) <= train_words
+
+
+def test_reviews_digest_names_the_content_not_the_packing(tarball, tmp_path):
+    """The digest of the unpacked reviews is the documented formula, the same for another
+    packing of the same files (another tarball md5), and changes with one review."""
+    path, md5 = tarball
+    raw = tmp_path / "raw"
+    download_imdb(path.as_uri(), raw, md5=md5, progress=False)
+    base = raw / "aclImdb"
+    files = sorted(p.relative_to(base).as_posix() for p in base.rglob("*.txt"))
+    by_hand = hashlib.sha256()
+    for rel in files:
+        data = (base / rel).read_bytes()
+        by_hand.update(f"{rel}\n{len(data)}\n".encode() + data)
+    digest, counts = reviews_digest(raw)
+    assert digest == by_hand.hexdigest()
+    assert counts == {"train/pos": 30, "train/neg": 30, "test/pos": 30, "test/neg": 30}
+
+    # Re-packed: uncompressed, members in reverse order, other dates and modes.
+    repacked = tmp_path / "repacked.tar"
+    with tarfile.open(repacked, "w") as tar:
+        for rel in reversed(files):
+            tar.add(base / rel, arcname=f"aclImdb/{rel}")
+    assert hashlib.md5(repacked.read_bytes()).hexdigest() != md5
+    download_imdb(repacked.as_uri(), tmp_path / "raw2", md5=None, progress=False)
+    assert reviews_digest(tmp_path / "raw2") == (digest, counts)
+
+    review = base / files[0]
+    review.write_bytes(review.read_bytes() + b" ")
+    assert reviews_digest(raw)[0] != digest
+
+
+def test_data_source_labels(tarball, tmp_path):
+    """canonical by the tarball's md5, real by the reviews' digest and the canonical counts,
+    other for anything else: generated reviews are never called real."""
+    path, md5 = tarball
+    raw = tmp_path / "raw"
+    download_imdb(path.as_uri(), raw, md5=md5, progress=False)
+    stats = prepare_imdb(raw, tmp_path / "prep", max_features=100, maxlen=20,
+                         val_fraction=0.2, seed=1)
+    assert stats["archive_md5"] == md5 and stats["review_counts"]["test/neg"] == 30
+    assert stats["reviews_sha256"] == reviews_digest(raw)[0]
+    assert data_source(stats) == "other"
+    assert data_source(stats | {"archive_md5": CANONICAL_MD5}) == "canonical"
+    full = dict.fromkeys(stats["review_counts"], 12_500)
+    assert data_source(stats | {"reviews_sha256": REAL_REVIEWS_SHA256,
+                                "review_counts": full}) == "real"
+    assert data_source(stats | {"reviews_sha256": REAL_REVIEWS_SHA256}) == "other"
+    assert data_source(stats | {"review_counts": full}) == "other"
+
+
+REAL_COPY = Path(os.environ.get("RNNLAB_IMDB_COPY", "/work/shared/data/mirror/aclImdb_v1.tar.gz"))
+
+
+def test_the_offline_mirror_of_the_real_reviews_is_labelled_real():
+    """Our re-packed mirror of the real corpus: another tarball md5, the real reviews."""
+    if not REAL_COPY.is_file():
+        pytest.skip(f"no copy of the real IMDB tarball at {REAL_COPY} (set RNNLAB_IMDB_COPY "
+                    "to one to run this check)")
+    reviews = []
+    with tarfile.open(REAL_COPY) as tar:        # streamed: no 50,000 files written
+        for member in tar:
+            if member.isfile() and WANTED.match(member.name):
+                reviews.append((member.name.split("aclImdb/", 1)[1],
+                                tar.extractfile(member).read()))
+    digest, counts = digest_reviews(reviews)
+    assert counts == dict.fromkeys(("train/pos", "train/neg", "test/pos", "test/neg"), 12_500)
+    assert digest == REAL_REVIEWS_SHA256
+    tarball_md5 = hashlib.md5(REAL_COPY.read_bytes()).hexdigest()
+    assert data_source({"archive_md5": tarball_md5, "reviews_sha256": digest,
+                        "review_counts": counts}) == ("canonical" if tarball_md5 == CANONICAL_MD5
+                                                      else "real")

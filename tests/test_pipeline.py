@@ -130,6 +130,7 @@ def test_whole_pipeline_end_to_end(tiny_pipeline, monkeypatch):
         assert 0 <= metrics["val_accuracy"] <= 1 and metrics["mlflow_run_id"] == \
             imdb_runs[variant].info.run_id
         assert imdb_runs[variant].data.tags["dataset"] == "imdb"
+        assert imdb_runs[variant].data.tags["data_source"] == "other"   # generated reviews
     # The generated reviews carry a clear signal: the classical baseline finds it.
     assert json.loads((repo / "metrics/imdb_tfidf_logreg.json").read_text())["test_accuracy"] > 0.8
 
@@ -138,7 +139,10 @@ def test_whole_pipeline_end_to_end(tiny_pipeline, monkeypatch):
     assert set(runs) == {"naive", "gradients", *variants}
     grads = json.loads((repo / "metrics/gradients.json").read_text())
     for cell in ("rnn", "gru", "lstm"):
-        assert 0 < grads[f"{cell}_ratio_10_init"] < 1
+        assert grads[f"{cell}_log10_ratio_10_init"] < 0          # the ratio is below 1
+        assert f"{cell}_ratio_10_init" not in grads                # DVC would print 0.0
+        assert runs["gradients"].data.metrics[f"{cell}_ratio_10_init"] == pytest.approx(
+            10 ** grads[f"{cell}_log10_ratio_10_init"], rel=0.03)
     assert grads["explode_max_applied_norm_clip"] <= 1.0 + 1e-5
     assert grads["mlflow_run_id"] == runs["gradients"].info.run_id
     assert (repo / "plots/gradients.png").read_bytes()[:4] == b"\x89PNG"

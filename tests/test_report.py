@@ -103,3 +103,22 @@ def test_data_sources_come_from_the_prepared_statistics(tmp_path):
     sources = data_sources(jena=tmp_path / "jena", imdb=tmp_path / "imdb")
     assert sources["jena"].real and "**real**" in sources["jena"].describe()
     assert not sources["imdb"].real and sources["imdb"].describe() == "not prepared in this workspace"
+
+
+def test_a_copy_with_the_real_reviews_is_reported_real(tmp_path):
+    """Another tarball md5, the real reviews' digest and counts: real, saying what was
+    checked; the same md5 with generated reviews: not real."""
+    from rnnlab.imdb import REAL_REVIEWS_SHA256
+    (tmp_path / "imdb").mkdir()
+    counts = dict.fromkeys(("train/pos", "train/neg", "test/pos", "test/neg"), 12_500)
+    stats = {"archive_md5": "2" * 32, "reviews_sha256": REAL_REVIEWS_SHA256,
+             "review_counts": counts}
+    (tmp_path / "imdb" / "stats.json").write_text(json.dumps(stats))
+    imdb = data_sources(jena=tmp_path / "jena", imdb=tmp_path / "imdb")["imdb"]
+    assert imdb.real
+    text = imdb.describe()
+    assert text.startswith("**real**: another copy") and "2" * 32 in text
+    assert "50,000 labelled reviews" in text and REAL_REVIEWS_SHA256[:16] in text
+    (tmp_path / "imdb" / "stats.json").write_text(json.dumps(stats | {"reviews_sha256": "3" * 64}))
+    imdb = data_sources(jena=tmp_path / "jena", imdb=tmp_path / "imdb")["imdb"]
+    assert not imdb.real and "**not the canonical file**" in imdb.describe()

@@ -216,3 +216,26 @@ def test_evaluation_caps_count_batches_of_the_evaluation_size(task):
     seen = [len(y) for _, y in capped.eval_batches("val", 3)]
     assert seen == [50, 50, 50]
     assert evaluate(make(), capped, "val", torch.device("cpu"), 3)["mae"] > 0
+
+
+def test_one_log_line_per_epoch_with_the_time_left_and_bars_only_when_asked(task, caplog,
+                                                                            capsys):
+    """Without bars (stderr not a terminal) each epoch logs one line: epochs done, its time,
+    the mean per epoch and the time left in the stage (this fit's epochs plus
+    ``epochs_after``); with bars, tqdm draws the training and the validation passes."""
+    caplog.set_level(logging.INFO, logger="rnnlab.train")
+    config = TrainConfig(epochs=2, steps_per_epoch=3, seed=1, max_eval_batches=2)
+    fit(make(), task, config, torch.device("cpu"), progress=False, desc="gru seed 1",
+        epochs_after=4)
+    lines = [r.getMessage() for r in caplog.records if r.name == "rnnlab.train"]
+    assert len(lines) == 2 and capsys.readouterr().err == ""
+    for epoch, line in enumerate(lines, start=1):
+        assert line.startswith(f"gru seed 1 epoch {epoch}/2: train_loss ")
+        assert " s/epoch, about " in line and line.endswith(" left in this stage")
+
+    caplog.clear()
+    fit(make(), task, config, torch.device("cpu"), progress=True, desc="gru")
+    lines = [r.getMessage() for r in caplog.records if r.name == "rnnlab.train"]
+    assert len(lines) == 2 and lines[-1].endswith("s/epoch, last epoch")
+    bars = capsys.readouterr().err
+    assert "gru 1/2" in bars and "gru 1/2 val" in bars and "gru 2/2 val" in bars

@@ -84,7 +84,7 @@ def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outp
                    "threads_source": policy.source + (", tuned" if policy.tuned else "")}
 
     per_seed, models = [], []
-    for seed in seeds:
+    for n, seed in enumerate(seeds, start=1):
         config = replace(config, seed=seed)
         run_params = base_params | {"seed": seed, "train": asdict(config) | {
             "eval_batch_size": params.train.eval_batch_size, "init": params.train.init}}
@@ -110,6 +110,7 @@ def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outp
                              checkpoint=checkpoints / f"{variant}{suffix}.pt",
                              fingerprint=fingerprint, desc=desc, progress=progress,
                              threads=thread_control(policy),
+                             epochs_after=(len(seeds) - n) * config.epochs,
                              on_epoch=lambda epoch, row: run.log_metrics(epoch_metrics(row),
                                                                          step=epoch))
                 n_params = count_parameters(model)

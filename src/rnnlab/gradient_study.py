@@ -38,6 +38,11 @@ class StudyOutputs:
     figure: Path
 
 
+def log10(ratio: float) -> float | None:
+    """log10 of a decay ratio, rounded to 0.01 (None for 0: underflow, nothing arrives)."""
+    return round(float(np.log10(ratio)), 2) if ratio > 0 else None
+
+
 def write_csv(path: Path, header: list[str], rows) -> None:
     with atomic_output(path) as tmp:
         with open(tmp, "w", newline="") as f:
@@ -93,7 +98,7 @@ def run_gradient_study(params: Params, prepared: Path, windows: Path, out: Study
     picks = np.linspace(0, len(val) - batch_size, cfg.batches).astype(int)
     fixed = [val.batch(val.rows[i:i + batch_size]) for i in picks]
 
-    norms, metrics = {}, {}
+    norms, metrics, ratios = {}, {}, {}
     for cell in CELLS:
         seed_everything(seed)
         model = CellRegressor(cell, features.shape[1], cfg.hidden)
@@ -102,12 +107,14 @@ def run_gradient_study(params: Params, prepared: Path, windows: Path, out: Study
                              cfg.train_steps)
         norms[cell, "trained"] = state_gradient_norms(model, fixed)
         for when in ("init", "trained"):
-            metrics[f"{cell}_ratio_{cfg.distance}_{when}"] = decay_ratio(norms[cell, when],
-                                                                         cfg.distance)
+            ratio = decay_ratio(norms[cell, when], cfg.distance)
+            ratios[f"{cell}_ratio_{cfg.distance}_{when}"] = ratio
+            # The ratios reach 1e-31: DVC prints any of them as 0.0, their log10 as -31.0.
+            metrics[f"{cell}_log10_ratio_{cfg.distance}_{when}"] = log10(ratio)
         metrics[f"{cell}_train_loss_last"] = float(np.mean(losses[-20:]))
         log.info(f"gradients: {cell}: ||dL/dh|| {cfg.distance} steps back / at the output = "
-              f"{metrics[f'{cell}_ratio_{cfg.distance}_init']:.3g} at init, "
-              f"{metrics[f'{cell}_ratio_{cfg.distance}_trained']:.3g} after "
+              f"{ratios[f'{cell}_ratio_{cfg.distance}_init']:.3g} at init, "
+              f"{ratios[f'{cell}_ratio_{cfg.distance}_trained']:.3g} after "
               f"{cfg.train_steps} steps")
 
     traces = {}
@@ -148,7 +155,8 @@ def run_gradient_study(params: Params, prepared: Path, windows: Path, out: Study
     with tracked_run(experiment="rnnlab-jena", run_name="gradients", params=run_params,
                      tags={"variant": "gradients", "dataset": "jena", "seed": seed},
                      root=repo_root(), claim=CHECKPOINTS / "gradients.run.json") as run:
-        run.log_metrics(metrics)
+        # MLflow shows small numbers as they are: the ratios themselves too.
+        run.log_metrics({k: v for k, v in (metrics | ratios).items() if v is not None})
         for label, t in traces.items():
             key = "noclip" if t.clip_norm is None else "clip"
             for i, norm in enumerate(t.grad_norms, start=1):

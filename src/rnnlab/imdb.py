@@ -14,11 +14,13 @@ front by default, as Keras' ``pad_sequences`` does.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 from collections import Counter
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,13 @@ _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 TOKEN = re.compile(r"(?u)\b\w\w+\b")
 FILES = {"x": "x_{split}.npy", "x_reversed": "x_{split}_reversed.npy", "y": "y_{split}.npy"}
 ARCHIVE_FILE = "archive.json"   # beside the unpacked reviews: the tarball's md5 and count
+# The real corpus, however it was packed: ``reviews_digest`` of its 50,000 labelled reviews,
+# computed on 2026-11-27 over our offline mirror (a re-packed copy whose reviews its
+# PROVENANCE.md checks: 12,500 per folder, every id once, the official ratings, spot texts
+# equal to a second public copy). Not computed on the canonical tarball (not reachable
+# here). A copy with another tarball md5 but this digest holds the same reviews.
+REAL_REVIEWS_SHA256 = "5b40628e929e1699e5b272aa53f31144d5462d93d1ebbe484d65aa087d60f0e2"
+FOLDERS = ("train/pos", "train/neg", "test/pos", "test/neg")
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +123,7 @@ def prepare_imdb(raw: Path, out: Path, *, max_features: int, maxlen: int, val_fr
             raise DataFormatError(f"imdb.{name}: {value!r}; choose pre or post")
     began = time.perf_counter()
     train, test = read_reviews(raw, "train"), read_reviews(raw, "test")
+    digest, review_counts = reviews_digest(raw)
     train_tokens = [tokenize(t) for t in train.texts]
     test_tokens = [tokenize(t) for t in test.texts]
     tr, va = split_validation(len(train_tokens), val_fraction, seed)
@@ -146,6 +156,7 @@ def prepare_imdb(raw: Path, out: Path, *, max_features: int, maxlen: int, val_fr
              "train_truncated_fraction": float(np.mean(lengths > maxlen)),
              "val_ids": [train.ids[i] for i in va],
              "archive_md5": archive_md5(raw),
+             "reviews_sha256": digest, "review_counts": review_counts,
              "seconds": round(time.perf_counter() - began, 2)}
     with atomic_output(out / "vocab.json") as tmp:
         tmp.write_text(json.dumps(vocab))
@@ -164,6 +175,45 @@ def save_sequence_spec(stats: dict, out_dir: Path) -> Path:
                                   "pad_id", "oov_id")} | {"timesteps": stats["maxlen"]}
     write_json(Path(out_dir) / "windows.json", spec)
     return Path(out_dir) / "windows.json"
+
+
+def digest_reviews(reviews: Iterable[tuple[str, bytes]]) -> tuple[str, dict[str, int]]:
+    """A sha256 over labelled reviews given as (path relative to ``aclImdb``, bytes), and
+    their count per folder.
+
+    In sorted order of the paths (``test/neg/0_2.txt``); for each, the path, a newline, its
+    size in bytes, a newline, then its bytes. It names the content, whatever the archive's
+    compression, order or timestamps: a re-packed copy of the real corpus has the real
+    corpus' digest (``REAL_REVIEWS_SHA256``) although its tarball md5 differs.
+    """
+    h = hashlib.sha256()
+    counts = dict.fromkeys(FOLDERS, 0)
+    for rel, data in sorted(reviews):
+        h.update(f"{rel}\n{len(data)}\n".encode())
+        h.update(data)
+        counts[rel.rsplit("/", 1)[0]] += 1
+    return h.hexdigest(), counts
+
+
+def reviews_digest(raw: Path) -> tuple[str, dict[str, int]]:
+    """``digest_reviews`` of the reviews unpacked under ``raw/aclImdb/{train,test}/{pos,neg}``."""
+    base = Path(raw) / "aclImdb"
+    return digest_reviews((p.relative_to(base).as_posix(), p.read_bytes())
+                          for folder in FOLDERS for p in (base / folder).glob("*.txt"))
+
+
+def data_source(stats: dict) -> str:
+    """What the prepared reviews are, from tokenize_imdb's ``stats.json``: ``canonical``
+    (the canonical tarball, by its md5), ``real`` (another packing of the real corpus: the
+    reviews' digest is ``REAL_REVIEWS_SHA256`` and every folder holds 12,500 reviews) or
+    ``other`` (generated reviews, a subset, an altered copy)."""
+    if stats.get("archive_md5") == CANONICAL_MD5:
+        return "canonical"
+    counts = stats.get("review_counts") or {}
+    if (stats.get("reviews_sha256") == REAL_REVIEWS_SHA256
+            and all(counts.get(f) == REVIEWS_PER_FOLDER for f in FOLDERS)):
+        return "real"
+    return "other"
 
 
 def archive_md5(raw: Path) -> str | None:

@@ -32,20 +32,27 @@ LECTURE_IMDB_ACCURACY = {"imdb_dense": 0.88, "imdb_simplernn": 0.85, "imdb_lstm"
 @dataclass(frozen=True)
 class DataSource:
     """What the prepared data says about where it came from: the md5 of the file that was
-    downloaded (the Jena CSV, the IMDB tarball), None when that half was not prepared."""
+    downloaded (the Jena CSV, the IMDB tarball), None when that half was not prepared;
+    ``content_check``: for a file with another md5, what showed that it holds the real
+    data anyway (IMDB: the digest of its labelled reviews), None when nothing did."""
     name: str
     md5: str | None
     canonical_md5: str
+    content_check: str | None = None
 
     @property
     def real(self) -> bool:
-        return self.md5 == self.canonical_md5
+        return self.md5 is not None and (self.md5 == self.canonical_md5
+                                         or self.content_check is not None)
 
     def describe(self) -> str:
         if self.md5 is None:
             return "not prepared in this workspace"
-        if self.real:
+        if self.md5 == self.canonical_md5:
             return f"**real**: the canonical file (md5 `{self.md5}`)"
+        if self.content_check is not None:
+            return (f"**real**: another copy of the real data (md5 `{self.md5}`, not the "
+                    f"canonical file's): {self.content_check}")
         return (f"**not the canonical file** (md5 `{self.md5}`): generated data "
                 f"(`python -m rnnlab.synthetic`) or another copy; its figures are not "
                 f"comparable with the lecture's unless that copy is the real data")
@@ -297,9 +304,10 @@ def write_report(params: Params, metrics_dir: Path, plots_dir: Path, out: Path,
     if gradients.exists():
         g = read_json(gradients)
         distance = params.gradients.distance
-        rows = [[cell, f"{g.get(f'{cell}_ratio_{distance}_init', float('nan')):.2e}",
-                 f"{g.get(f'{cell}_ratio_{distance}_trained', float('nan')):.2e}"]
-                for cell in ("rnn", "gru", "lstm")]
+        def ratio(cell: str, when: str) -> str:       # the file holds log10(ratio)
+            exponent = g.get(f"{cell}_log10_ratio_{distance}_{when}")
+            return "–" if exponent is None else f"{10.0 ** exponent:.1e}"
+        rows = [[cell, ratio(cell, "init"), ratio(cell, "trained")] for cell in ("rnn", "gru", "lstm")]
         lines += ["## Vanishing gradients", "",
                   f"‖dL/dh‖ {distance} steps back over the one at the output "
                   "(`metrics/gradients.json`; chart `plots/gradients.png`).", ""]
@@ -331,10 +339,18 @@ def write_report(params: Params, metrics_dir: Path, plots_dir: Path, out: Path,
 def data_sources(*, jena: Path, imdb: Path) -> dict[str, DataSource]:
     """Each half's data identity from its prepared statistics (absent: not prepared)."""
     from rnnlab.imdb import CANONICAL_MD5 as IMDB_MD5
+    from rnnlab.imdb import data_source as imdb_data_source
     from rnnlab.jena import CANONICAL_MD5 as JENA_MD5
     from rnnlab.jena import STATS_FILE
 
-    def md5(path: Path, key: str) -> str | None:
-        return read_json(path).get(key) if path.exists() else None
-    return {"jena": DataSource("jena", md5(Path(jena) / STATS_FILE, "csv_md5"), JENA_MD5),
-            "imdb": DataSource("imdb", md5(Path(imdb) / "stats.json", "archive_md5"), IMDB_MD5)}
+    def stats(path: Path) -> dict[str, Any]:
+        return read_json(path) if path.exists() else {}
+    jena_stats, imdb_stats = stats(Path(jena) / STATS_FILE), stats(Path(imdb) / "stats.json")
+    check = None
+    if imdb_data_source(imdb_stats) == "real":
+        n = sum(imdb_stats["review_counts"].values())
+        check = (f"its {n:,} labelled reviews (12,500 per folder) have the real corpus' "
+                 f"digest (sha256 `{imdb_stats['reviews_sha256'][:16]}…`, `rnnlab.imdb."
+                 "reviews_digest`)")
+    return {"jena": DataSource("jena", jena_stats.get("csv_md5"), JENA_MD5),
+            "imdb": DataSource("imdb", imdb_stats.get("archive_md5"), IMDB_MD5, check)}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnnlab.imdb import CANONICAL_MD5 as IMDB_CANONICAL_MD5
+from rnnlab.imdb import data_source as imdb_data_source
 from rnnlab.imdb import load_imdb
 from rnnlab.jena import load_features
 from rnnlab.params import ARCHITECTURES, ModelSpec, Params
@@ -133,11 +133,11 @@ class TfidfTask:
 class Prepared:
     """A task plus what a run records about its data (built by ``build_task``)."""
 
-    def __init__(self, task, *, steps_per_epoch: int | None, canonical: bool,
+    def __init__(self, task, *, steps_per_epoch: int | None, data_source: str,
                  data_params: dict[str, Any], data_stats: dict[str, Any]):
         self.task = task
         self.steps_per_epoch = steps_per_epoch
-        self.data_source = "canonical" if canonical else "other"
+        self.data_source = data_source     # canonical, real (IMDB re-packed) or other
         self.data_params = data_params     # logged to MLflow as ``<dataset>.*``
         self.data_stats = data_stats       # part of the resume fingerprint
 
@@ -153,7 +153,7 @@ def build_task(params: Params, spec: ModelSpec, prepared: Path, windows: Path) -
                         eval_batch_size=params.train.eval_batch_size,
                         reverse=spec.reverse, target_std=stats.target_std)
         return Prepared(task, steps_per_epoch=params.train.steps_per_epoch,
-                        canonical=stats.canonical,
+                        data_source="canonical" if stats.canonical else "other",
                         data_params=asdict(params.jena) | {"lookback": window.lookback,
                                                            "step": window.step},
                         data_stats=asdict(stats))
@@ -165,5 +165,5 @@ def build_task(params: Params, spec: ModelSpec, prepared: Path, windows: Path) -
                  vocab_size=sequences["vocab_size"])
         if ARCHITECTURES[spec.arch].torch else TfidfTask(prepared))
     return Prepared(task, steps_per_epoch=params.train.imdb_steps_per_epoch,
-                    canonical=stats.get("archive_md5") == IMDB_CANONICAL_MD5,
+                    data_source=imdb_data_source(stats),
                     data_params=asdict(params.imdb), data_stats=stats)

@@ -64,6 +64,15 @@ class TrackingError(RnnlabError):
     """The MLflow store cannot be reached or written."""
 
 
+# MLflow 3 calls an experiment's kind a tag; the UI offers "custom_model_development" (model
+# training: the runs list and its charts) and "genai_development" (traces, evaluations).
+# MLflow 3.17's UI reads the view from the URL (``?workflowType=machine_learning``) or the
+# browser's last choice rather than this tag (see ``runs_url``); the tag is what the UI
+# itself writes when a user sets an experiment's type, and what other versions read.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+EXPERIMENTS = ("rnnlab-jena", "rnnlab-imdb")     # one per data set (conventions)
+
+
 def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
 
@@ -192,10 +201,19 @@ def experiment_id(name: str, root: Path) -> str:
     with store_errors(uri), store_lock(uri):
         exp = mlflow.get_experiment_by_name(name)
         if exp is not None:
+            if exp.tags.get(KIND_TAG) != KIND:      # made before rnnlab set the kind
+                mlflow.MlflowClient(uri).set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
             return exp.experiment_id
         # The artifact location is fixed at creation: make it absolute, at the real root.
+        # rnnlab's experiments are made together, in one order, so that a new store's ids
+        # are always the same (rnnlab-jena 1, rnnlab-imdb 2) and the README's links work.
         location = (root / "mlruns").as_uri() if default_store else None
-        return mlflow.create_experiment(name, artifact_location=location)
+        ids = {}
+        for each in (*EXPERIMENTS, *([name] if name not in EXPERIMENTS else [])):
+            exp = mlflow.get_experiment_by_name(each)
+            ids[each] = exp.experiment_id if exp is not None else mlflow.create_experiment(
+                each, artifact_location=location, tags={KIND_TAG: KIND})
+        return ids[name]
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

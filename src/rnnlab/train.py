@@ -153,7 +153,7 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
         checkpoint: Path | None = None, fingerprint: str = "",
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         progress: bool = True, desc: str = "train",
-        threads: ThreadTuner | FixedThreads | None = None) -> FitResult:
+        threads: ThreadTuner | FixedThreads | None = None, epochs_after: int = 0) -> FitResult:
     """Train ``model`` for ``config.epochs`` and return the best epoch's val/test metrics.
 
     ``checkpoint``: written after every epoch; if it exists with the same
@@ -163,6 +163,11 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
     does not load that way is ignored with a warning, never executed.
     ``threads``: told each step's wall time, it may change torch's thread count between
     steps (rnnlab.threads); each epoch records the mean count as ``threads``.
+    ``progress``: tqdm bars on stderr for each epoch's training and validation passes (the
+    stages turn them on only when stderr is a terminal). Whether or not, each epoch logs one
+    line: the epochs done, this epoch's time, the mean time per epoch and an estimate of the
+    time left in the stage, counting ``epochs_after`` more epochs of the same length after
+    this fit (the stage's other seeds).
     """
     # Vanishing gradients reach denormal floats, which make CPU matmuls ~30x slower
     # (measured on the GRU's backward); flushing them to zero changes nothing visible.
@@ -234,11 +239,12 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
         if best_value is None or sign * value < sign * best_value:
             best_value, best_epoch = value, epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        run_seconds = [r["seconds"] for r in history[resumed_from:]]
-        left = (config.epochs - epoch) * float(np.mean(run_seconds))
-        log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f (%.1f s%s)", desc, epoch,
-                 config.epochs, row["train_loss"], row["val_loss"], row["seconds"],
-                 f"; about {_duration(left)} left" if epoch < config.epochs else "")
+        mean = float(np.mean([r["seconds"] for r in history[resumed_from:]]))
+        left = (config.epochs - epoch + epochs_after) * mean
+        log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f | %.1f s, %.1f s/epoch, %s",
+                 desc, epoch, config.epochs, row["train_loss"], row["val_loss"],
+                 row["seconds"], mean,
+                 f"about {_duration(left)} left in this stage" if left > 0 else "last epoch")
         if checkpoint is not None:
             _save_checkpoint(checkpoint, {
                 "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),

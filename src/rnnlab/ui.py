@@ -3,19 +3,39 @@
     python -m rnnlab.ui [--port 5000]        (or: ./dev.sh ui)
 
 The store is the one every stage logs to (``rnnlab.tracking``): ``sqlite:///<root>/mlflow.db``
-with artifacts under ``<root>/mlruns``, or ``MLFLOW_TRACKING_URI`` when set.
+with artifacts under ``<root>/mlruns``, or ``MLFLOW_TRACKING_URI`` when set. It prints the
+link to each experiment's runs list before it starts.
+
+MLflow 3.17's UI opens an experiment on its GenAI overview unless the URL asks for the
+model-training view (``?workflowType=machine_learning``; the browser then remembers the
+choice): every link rnnlab prints carries it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
 from rnnlab.errors import redact
 from rnnlab.paths import repo_root
-from rnnlab.tracking import TrackingError, store_errors, store_lock, tracking_uri
+from rnnlab.tracking import (EXPERIMENTS, TrackingError, experiment_id, store_errors,
+                             store_lock, tracking_uri)
+
+VIEW = "workflowType=machine_learning"      # the UI's model-training view, not GenAI's
+
+
+def runs_url(base: str, experiment: str) -> str:
+    """The runs list of MLflow experiment id ``experiment``, in the model-training view."""
+    return f"{base}/#/experiments/{experiment}/runs?{VIEW}"
+
+
+def compare_url(base: str, run_ids: list[str], experiments: list[str]) -> str:
+    """MLflow's side-by-side comparison of ``run_ids`` (of the experiment ids given)."""
+    return (f"{base}/#/compare-runs?runs={json.dumps(run_ids, separators=(',', ':'))}"
+            f"&experiments={json.dumps(experiments, separators=(',', ':'))}")
 
 
 def ui_command(root: Path, port: int, host: str = "127.0.0.1") -> list[str]:
@@ -37,11 +57,15 @@ def main(argv: list[str] | None = None) -> None:
         with store_errors(uri), store_lock(uri):   # the UI may be the store's first user:
             from mlflow.tracking import MlflowClient     # create it safely
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            ids = {name: experiment_id(name, root) for name in EXPERIMENTS}  # links first
     except TrackingError as e:
         sys.exit(f"error: {e}")
     command = ui_command(root, args.port, args.host)
-    print(f"MLflow UI over {redact(uri)} on http://{args.host}:{args.port} (Ctrl-C stops it)",
-          flush=True)
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI over {redact(uri)} on {base} (Ctrl-C stops it)")
+    for name, exp in ids.items():
+        print(f"  {name} (experiment {exp}), runs: {runs_url(base, exp)}")
+    print("  one DVC experiment's runs, side by side: `./dev.sh runs --links`", flush=True)
     os.execv(command[0], command)
 
 
