@@ -8,6 +8,7 @@
 #   ./dev.sh ui      the MLflow UI over the project's store, on 127.0.0.1:5000 (PORT=...)
 #   ./dev.sh plots   `dvc plots show` (or `plots diff REV`) as a page that works offline
 #   ./dev.sh browser install Debian's chromium + chromedriver (for the browser tests)
+#   ./dev.sh keras   the lecture's Keras (the `bench` extra) in .venv-keras: the parity test
 #   ./dev.sh bench   the benchmarks in bench/ (by hand; slow)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -55,6 +56,22 @@ install_browser() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
 }
 
+# The lecture's own Keras stack (tensorflow-cpu, keras: pyproject's `bench` extra) in a
+# venv of its own, so the main install stays small; tests/test_keras_parity.py and
+# bench/ find it through RNNLAB_KERAS_PYTHON, which `./dev.sh test` sets when it exists.
+KERAS_VENV=.venv-keras
+install_keras() {
+  if [ ! -x "$KERAS_VENV/bin/python" ]; then "$(find_python)" -m venv "$KERAS_VENV"; fi
+  local pins
+  pins=$("$(find_python)" -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"]))')
+  "$KERAS_VENV/bin/python" -m pip install --quiet --upgrade pip
+  # shellcheck disable=SC2086
+  "$KERAS_VENV/bin/python" -m pip install --quiet $pins
+}
+if [ -z "${RNNLAB_KERAS_PYTHON:-}" ] && [ -x "$KERAS_VENV/bin/python" ]; then
+  export RNNLAB_KERAS_PYTHON="$PWD/$KERAS_VENV/bin/python"
+fi
+
 # Stage commands call `python` and queue workers call `dvc`: both from this venv.
 export PATH="$PWD/$VENV/bin:$PATH"
 export MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1
@@ -71,6 +88,7 @@ case "$cmd" in
   ui)      install; exec python -m rnnlab.ui "$@" ;;
   plots)   install; exec python -m rnnlab.offline_plots "$@" ;;
   browser) install_browser ;;
+  keras)   install_keras ;;
   bench)   install; for b in bench/bench_*.py; do python "$b" "$@"; done ;;
-  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
+  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
 esac

@@ -27,10 +27,9 @@ from test_models import IMDB_TORCH_VARIANTS, JENA_VARIANTS, assert_keras_initial
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = sorted({**JENA_VARIANTS, **IMDB_TORCH_VARIANTS})
 VOCAB, MAXLEN, JENA_SHAPE, BATCH = 10002, 500, (240, 14), 8
-ENABLE = ("set RNNLAB_KERAS_PYTHON to a Python that has keras and tensorflow-cpu (the "
-          "'bench' extra, e.g. a separate venv: python -m venv ~/kvenv && ~/kvenv/bin/pip "
-          "install tensorflow-cpu==2.21.0 keras==3.15.1), then: RNNLAB_KERAS_PYTHON="
-          "~/kvenv/bin/python python -m pytest tests/test_keras_parity.py")
+ENABLE = ("run `./dev.sh keras` (the 'bench' extra, tensorflow-cpu and keras, in .venv-keras, "
+          "which `./dev.sh test` then uses), or set RNNLAB_KERAS_PYTHON to a Python that has "
+          "keras and tensorflow-cpu")
 
 
 def keras_python() -> str | None:
