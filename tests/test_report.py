@@ -103,3 +103,15 @@ def test_data_sources_come_from_the_prepared_statistics(tmp_path):
     sources = data_sources(jena=tmp_path / "jena", imdb=tmp_path / "imdb")
     assert sources["jena"].real and "**real**" in sources["jena"].describe()
     assert not sources["imdb"].real and sources["imdb"].describe() == "not prepared in this workspace"
+
+
+def test_report_states_both_exploding_runs(outputs):
+    (outputs / "metrics" / "gradients.json").write_text(json.dumps(
+        {"rnn_ratio_100_init": 1e-30, "explode_diverged_step_noclip": 2,
+         "explode_diverged_step_clip": 0, "explode_max_grad_norm_noclip": 4156.6,
+         "explode_max_grad_norm_clip": 6584.7, "explode_clip_norm": 1.0}))
+    summary = write_report(params_with(), outputs / "metrics", outputs / "plots",
+                           outputs / "reports", sources(real=False)).read_text()
+    assert ("without clipping, largest finite gradient norm 4.16e+03, first non-finite step 2; "
+            "clipped to 1, largest gradient norm 6.58e+03, first non-finite step never."
+            ) in summary

@@ -25,7 +25,7 @@ SETTINGS = {
     "jena.test_rows": "[25001, null]",
     "imdb.maxlen": "100", "imdb.max_features": "2000",
     "train.max_epochs": "2", "train.steps_per_epoch": "20", "train.max_eval_batches": "5",
-    "gradients.train_steps": "20", "gradients.batches": "2", "gradients.explode.steps": "30",
+    "gradients.train_steps": "20", "gradients.batches": "2",
 }
 
 

@@ -306,9 +306,15 @@ def write_report(params: Params, metrics_dir: Path, plots_dir: Path, out: Path,
         lines += markdown_table(["cell", "at initialization", "after training"], rows)
         def step(key: str) -> str:
             return {0: "never", None: "–"}.get(g.get(key), str(g.get(key)))
-        lines += ["", "Exploding gradients (simple RNN, scaled recurrent weights, SGD): first "
-                      f"non-finite step without clipping: {step('explode_diverged_step_noclip')}; "
-                      f"with clipping: {step('explode_diverged_step_clip')}.", ""]
+        def norm(key: str) -> str:
+            return f"{g[key]:.3g}" if isinstance(g.get(key), (int, float)) else "–"
+        lines += ["", "Exploding gradients (simple RNN, recurrent weights scaled up, plain "
+                      "SGD), the same weights and batches twice: without clipping, largest "
+                      f"finite gradient norm {norm('explode_max_grad_norm_noclip')}, first "
+                      f"non-finite step {step('explode_diverged_step_noclip')}; clipped to "
+                      f"{norm('explode_clip_norm')}, largest gradient norm "
+                      f"{norm('explode_max_grad_norm_clip')}, first non-finite step "
+                      f"{step('explode_diverged_step_clip')}.", ""]
 
     naive_mae = naive.value("val_mae") if naive else None
     curves_chart(out / "jena_validation.png", jena, "val_mae", "validation MAE (normalized)",
