@@ -220,7 +220,7 @@ def curves_chart(path: Path, variants: list[Variant], column: str, ylabel: str, 
     from matplotlib.ticker import MaxNLocator
     zoom = zoom_range(variants, column, lower_is_better=lower_is_better,
                       reference=hline[0] if hline else None)
-    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(14 if zoom else 8.5, 5), dpi=100,
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(14 if zoom else 10, 5), dpi=100,
                              squeeze=False)
     axes = axes[0]
     n_seeds = max((int(v.metrics.get("n_seeds", 1)) for v in variants if v.metrics), default=1)
@@ -228,10 +228,13 @@ def curves_chart(path: Path, variants: list[Variant], column: str, ylabel: str, 
         title += f" (mean over {n_seeds} seeds)"
     colours = plt.get_cmap("tab10").colors
     drawn = [v for v in variants if v.history and column in v.history[0]]
+    seen: dict[tuple, str] = {}      # a curve's values -> the first variant drawn with them
     for ax in axes:
         for i, v in enumerate(drawn):
             values = [r[column] for r in v.history]
             best = min(values) if lower_is_better else max(values)
+            twin = seen.setdefault(tuple(values), v.name)
+            same = f" (same curve as {twin})" if twin != v.name else ""
             if v.arch == "tfidf_logreg":              # one fit, no epochs: a reference line
                 ax.axhline(values[-1], color="grey", linestyle=":", linewidth=1.2,
                            label=f"{v.name} (one fit): {values[-1]:.3f}")
@@ -239,7 +242,7 @@ def curves_chart(path: Path, variants: list[Variant], column: str, ylabel: str, 
             ax.plot([r["epoch"] for r in v.history], values, color=colours[i % 10],
                     marker=MARKERS[i % len(MARKERS)], linestyle=DASHES[i % len(DASHES)],
                     markersize=max(3, 9 - i), linewidth=max(1.0, 3.2 - 0.3 * i),
-                    alpha=0.9, label=f"{v.name}: best {best:.3f}")
+                    alpha=0.9, label=f"{v.name}: best {best:.3f}{same}")
         if hline is not None:
             ax.axhline(hline[0], color="black", linestyle="--", linewidth=1,
                        label=f"{hline[1]}: {hline[0]:.3f}")
