@@ -271,14 +271,27 @@ def lecture_chart(path: Path, variants: list[Variant], key: str, lecture: Mappin
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names) + 2), 4.5), dpi=100)
     width = 0.27
     xs = range(len(names))
+    bars = []                                      # (x, height) of every bar drawn
     for offset, (label, split) in zip((-width, 0), (("ours, validation", "val"),
                                                    ("ours, test", "test"))):
         values = [v.value(f"{split}_{key}") or 0.0 for v in variants]
         errors = [v.std(f"{split}_{key}") or 0.0 for v in variants]
         ax.bar([x + offset for x in xs], values, width, label=label,
                **({"yerr": errors, "capsize": 3} if any(errors) else {}))
+        bars += [(x + offset, h) for x, h in zip(xs, values)]
     ax.bar([x + width for x in xs], [lecture.get(n, 0.0) for n in names], width,
            label="lecture, validation", color="grey")
+    # One variant far above the rest (the dense model's MAE, say): cut the axis above the
+    # others and write the tall bars' values at the top, so the rest stay readable.
+    per_variant = sorted({max(h for x, h in bars if round(x) == i) for i in xs})
+    if len(per_variant) > 1 and per_variant[-1] > 3 * per_variant[-2] > 0:
+        top = 1.3 * per_variant[-2]
+        ax.set_ylim(0, top)
+        for x, h in bars:
+            if h > top:
+                ax.annotate(f"{h:.2f} ↑", (x, top), xytext=(0, -4), rotation=90,
+                            textcoords="offset points", ha="center", va="top", fontsize=8,
+                            color="white", fontweight="bold")
     ax.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
