@@ -53,7 +53,8 @@ KNOWN_TOP = "known keys are seed, device, data, jena, imdb, train, gradients, mo
                          "deadline_s, min_rate_kb_s, max_mb"),
     ("jena.lookbak", 720, "params.yaml: jena: unknown key(s) 'lookbak'; known keys are lookback, "),
     ("gradients.explode.stepz", 3, "params.yaml: gradients.explode: unknown key(s) 'stepz'; "
-                                   "known keys are recurrent_scale, nonlinearity, lr, steps, clip_norm"),
+                                   "known keys are recurrent_scale, nonlinearity, lr, steps, "
+                                   "timesteps, clip_norm"),
     ("models.gru.unitz", [8], "params.yaml: models.gru: unknown key(s) 'unitz' for arch 'gru'; "
                               "it reads dataset, arch, epochs, units, activations, dropout, "
                               "recurrent_dropout, bidirectional, reverse, lookback, step"),
@@ -135,6 +136,7 @@ SPLIT_ORDER = "the splits run train, val, test in order without overlap (shared 
     ("gradients.train_steps", 0, "gradients.train_steps: must be >= 1, got 0"),
     ("gradients.distance", 0, "gradients.distance: must be >= 1, got 0"),
     ("gradients.explode.steps", 0, "gradients.explode.steps: must be >= 1, got 0"),
+    ("gradients.explode.timesteps", 0, "gradients.explode.timesteps: must be >= 1, got 0"),
     ("gradients.explode.lr", 0, "gradients.explode.lr: must be > 0, got 0.0"),
     ("gradients.explode.clip_norm", -1, "gradients.explode.clip_norm: must be > 0, got -1.0"),
     ("gradients.explode.nonlinearity", "sigmoid", "gradients.explode.nonlinearity: 'sigmoid'; "

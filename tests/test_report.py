@@ -122,3 +122,34 @@ def test_a_copy_with_the_real_reviews_is_reported_real(tmp_path):
     (tmp_path / "imdb" / "stats.json").write_text(json.dumps(stats | {"reviews_sha256": "3" * 64}))
     imdb = data_sources(jena=tmp_path / "jena", imdb=tmp_path / "imdb")["imdb"]
     assert not imdb.real and "**not the canonical file**" in imdb.describe()
+
+
+def test_report_states_both_exploding_runs(outputs):
+    (outputs / "metrics" / "gradients.json").write_text(json.dumps(
+        {"rnn_ratio_100_init": 1e-30, "explode_diverged_step_noclip": 2,
+         "explode_diverged_step_clip": 0, "explode_max_grad_norm_noclip": 4156.6,
+         "explode_max_grad_norm_clip": 6584.7, "explode_clip_norm": 1.0}))
+    summary = write_report(params_with(), outputs / "metrics", outputs / "plots",
+                           outputs / "reports", sources(real=False)).read_text()
+    assert ("without clipping, largest finite gradient norm 4.16e+03, first non-finite step 2; "
+            "clipped to 1, largest gradient norm 6.58e+03, first non-finite step never."
+            ) in summary
+
+
+def curve(name, values, column="val_mae", arch="gru"):
+    from rnnlab.report import Variant
+    return Variant(name, "jena", {"n_seeds": 1},
+                   [{"epoch": i + 1, column: v} for i, v in enumerate(values)], arch)
+
+
+def test_a_curve_that_dwarfs_the_others_gets_a_zoomed_panel():
+    from rnnlab.report import zoom_range
+    gru, lstm = curve("gru", [0.31, 0.27]), curve("lstm", [0.33, 0.28])
+    dense = curve("dense", [2.4, 0.8], arch="dense")
+    low, high = zoom_range([dense, gru, lstm], "val_mae", lower_is_better=True, reference=0.29)
+    assert low < 0.27 and 0.33 <= high < 0.8          # the GRU and LSTM curves, not dense's
+    assert zoom_range([gru, lstm], "val_mae", lower_is_better=True) is None
+    acc = [curve(n, v, "val_accuracy") for n, v in
+           (("a", [0.5, 0.52]), ("b", [0.86, 0.88]), ("c", [0.87, 0.89]))]
+    low, high = zoom_range(acc, "val_accuracy", lower_is_better=False)
+    assert 0.52 < low < 0.86 and high > 0.89

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 
 from rnnlab.atomic import atomic_output, write_json
 from rnnlab.errors import RnnlabError
-from rnnlab.gradients import (CELLS, CellRegressor, decay_ratio, explode_run,
+from rnnlab.gradients import (CELLS, CellRegressor, ExplodeTrace, decay_ratio, explode_run,
                               scale_recurrent_weights, state_gradient_norms, train_steps)
 from rnnlab.jena import load_features
 from rnnlab.params import Params
@@ -51,31 +52,103 @@ def write_csv(path: Path, header: list[str], rows) -> None:
             writer.writerows(rows)
 
 
-def figure(path: Path, norms: dict, traces: dict, distance: int) -> None:
+def figure(path: Path, norms: dict, traces: dict, distance: int, explode_setup: str) -> None:
+    """Three panels: the vanishing norms by distance; the exploding runs' gradient norm and
+    their loss per SGD step. Log y axes throughout: the values span many decades. The
+    exploding panels keep the clipped run's range; a value of the unclipped run beyond it
+    (or not finite) is an arrow at the top edge with the number."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    from matplotlib.ticker import MaxNLocator
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.8), dpi=100)
+    colours = dict(zip(CELLS, ("tab:red", "tab:blue", "tab:green")))
     for (cell, when), values in norms.items():
-        left.semilogy(values, ("-" if when == "trained" else "--"), label=f"{cell}, {when}")
-    left.axvline(distance, color="grey", lw=0.5)
+        left.semilogy(values, "-" if when == "trained" else "--", color=colours[cell],
+                      label=f"{cell}, {when}")
+    left.axvline(distance, color="grey", lw=0.8, ls=":", label=f"distance {distance}")
     left.set_xlabel("distance from the output (time steps)")
-    left.set_ylabel("mean ||dL/dh_t||")
+    left.set_ylabel("mean ||dL/dh_t|| (log scale)")
     left.set_title("Vanishing: gradient reaching each earlier step")
     left.legend(fontsize=8)
-    for label, trace in traces.items():
-        steps = np.arange(1, len(trace.grad_norms) + 1)
-        right.semilogy(steps, trace.grad_norms, marker="o", ms=2, label=f"{label}: gradient norm")
-        if trace.diverged_at:
-            right.axvline(trace.diverged_at, color="red", ls=":", label=f"{label}: loss non-finite")
-    right.set_xlabel("training step")
-    right.set_ylabel("global gradient norm (before clipping)")
-    right.set_title("Exploding: simple RNN, scaled recurrent weights, SGD")
-    right.legend(fontsize=8)
+
+    def span(values: list[float]) -> tuple[float, float]:
+        finite = [v for v in values if math.isfinite(v) and v > 0] or [1.0]
+        return min(finite) / 3, max(finite) * 30
+
+    for ax, key in ((middle, "grad_norms"), (right, "losses")):
+        kept = [v for t in traces.values() if t.clip_norm is not None for v in getattr(t, key)]
+        if key == "grad_norms":
+            kept += [v for t in traces.values() for v in t.clipped_norms]
+        low, high = span(kept)
+        for label, trace in traces.items():
+            colour = "tab:red" if trace.clip_norm is None else "tab:blue"
+            values = getattr(trace, key)
+            steps = np.arange(1, len(values) + 1)
+            shown = [v if math.isfinite(v) and v <= high else np.nan for v in values]
+            ax.semilogy(steps, shown, color=colour, marker="o" if trace.clip_norm is None
+                        else ".", ms=4, lw=1, label=label + (": before clipping"
+                                                             if key == "grad_norms" else ""))
+            for step, v in zip(steps, values):
+                if not (math.isfinite(v) and v <= high):
+                    ax.annotate(f"step {step}: {v:.2g}", xy=(step, high), xytext=(step + 4, high / 8),
+                                color=colour, fontsize=8,
+                                arrowprops=dict(arrowstyle="->", color=colour))
+            if key == "grad_norms" and trace.clip_norm is not None:
+                ax.semilogy(steps, trace.clipped_norms, color=colour, ls="--", lw=1,
+                            label=f"{label}: update applied")
+            if trace.diverged_at:
+                ax.axvline(trace.diverged_at, color=colour, ls=":", lw=1.5,
+                           label=f"{label}: not finite at step {trace.diverged_at}")
+        ax.set_ylim(low, high)
+        ax.set_xlim(left=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("SGD step")
+        ax.legend(fontsize=8, loc="upper right")
+    middle.set_ylabel("global gradient norm (log scale)")
+    middle.set_title(f"Exploding: gradient norm ({explode_setup})", fontsize=10)
+    right.set_ylabel("training loss, MAE (log scale)")
+    right.set_title("Exploding: the loss of the same two runs", fontsize=10)
+    for ax in (left, middle, right):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def max_finite(values: list[float]) -> float:
+    """The largest finite value (0 if none): a diverged run's last norm may be inf or nan,
+    which the step of divergence reports instead (and which JSON cannot hold)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(max(finite, default=0.0))
+
+
+def check_explode_window(params: Params, window: int) -> None:
+    timesteps = params.gradients.explode.timesteps
+    if timesteps > window:
+        raise RnnlabError(f"params.yaml: gradients.explode.timesteps ({timesteps}) is longer "
+                          f"than the window ({window} time steps = jena.lookback / jena.step); "
+                          "lower it or lengthen the window")
+
+
+def explode_traces(params: Params, train: JenaWindows) -> dict[str, ExplodeTrace]:
+    """The exploding comparison: the same simple RNN (W_hh = scale x I, the same seed and
+    batches) trained with plain SGD, once unclipped and once clipped to ``train.clip_norm``
+    (``gradients.explode.clip_norm`` when that is null); keyed by a label for each."""
+    cfg = params.gradients.explode
+    clip = params.train.clip_norm or cfg.clip_norm
+    check_explode_window(params, train.spec.timesteps)
+    traces = {}
+    for label, clip_norm in (("no clipping", None), (f"clip_norm {clip:g}", clip)):
+        seed_everything(params.seed)
+        model = CellRegressor("rnn", train.features.shape[1], params.gradients.hidden,
+                              cfg.nonlinearity)
+        scale_recurrent_weights(model, cfg.recurrent_scale)
+        batches = train.epoch_batches(2, cfg.steps, params.jena.batch_size, params.seed)
+        traces[label] = explode_run(model, batches, cfg.steps, lr=cfg.lr, clip_norm=clip_norm,
+                                    timesteps=cfg.timesteps)
+    return traces
 
 
 def run_gradient_study(params: Params, prepared: Path, windows: Path, out: StudyOutputs) -> dict:
@@ -92,6 +165,7 @@ def run_gradient_study(params: Params, prepared: Path, windows: Path, out: Study
         raise RnnlabError(f"params.yaml: gradients.distance ({cfg.distance}) must be between 1 "
                           f"and the window length minus one ({spec.timesteps} time steps = "
                           "jena.lookback / jena.step); lower it or lengthen the window")
+    check_explode_window(params, spec.timesteps)
     train = JenaWindows(features, spec, "train")
     val = JenaWindows(features, spec, "val")
     # A fixed set of validation batches, spread over the split.
@@ -117,27 +191,20 @@ def run_gradient_study(params: Params, prepared: Path, windows: Path, out: Study
               f"{ratios[f'{cell}_ratio_{cfg.distance}_trained']:.3g} after "
               f"{cfg.train_steps} steps")
 
-    traces = {}
-    for label, clip_norm in (("no clipping", None), (f"clip_norm {clip:g}", clip)):
-        seed_everything(seed)
-        model = CellRegressor("rnn", features.shape[1], cfg.hidden, cfg.explode.nonlinearity)
-        scale_recurrent_weights(model, cfg.explode.recurrent_scale)
-        traces[label] = explode_run(model, train.epoch_batches(2, cfg.explode.steps,
-                                                               batch_size, seed),
-                                    cfg.explode.steps, lr=cfg.explode.lr, clip_norm=clip_norm)
+    traces = explode_traces(params, train)
     plain, clipped = traces.values()
     metrics |= {
         "explode_diverged_step_noclip": plain.diverged_at or 0,
         "explode_diverged_step_clip": clipped.diverged_at or 0,
-        "explode_max_grad_norm_noclip": float(np.nanmax(plain.grad_norms or [0])),
-        "explode_max_grad_norm_clip": float(np.nanmax(clipped.grad_norms or [0])),
+        "explode_max_grad_norm_noclip": max_finite(plain.grad_norms),
+        "explode_max_grad_norm_clip": max_finite(clipped.grad_norms),
         "explode_max_applied_norm_clip": float(max(clipped.clipped_norms or [0])),
         "explode_clip_norm": clip,
     }
     for label, t in traces.items():
         state = f"diverged at step {t.diverged_at}" if t.diverged_at else "finite throughout"
         log.info(f"gradients: exploding, {label}: max gradient norm "
-              f"{np.nanmax(t.grad_norms or [0]):.3g}, {state}")
+              f"{max_finite(t.grad_norms):.3g}, {state}")
 
     depth = len(next(iter(norms.values())))
     write_csv(out.vanishing, ["distance"] + [f"{c}_{w}" for c, w in norms],
@@ -148,7 +215,10 @@ def run_gradient_study(params: Params, prepared: Path, windows: Path, out: Study
                                "grad_norm_clip", "applied_norm_clip"],
               ([i + 1, cell(plain.losses, i), cell(plain.grad_norms, i), cell(clipped.losses, i),
                 cell(clipped.grad_norms, i), cell(clipped.clipped_norms, i)] for i in range(n)))
-    figure(out.figure, norms, traces, cfg.distance)
+    ex = cfg.explode
+    figure(out.figure, norms, traces, cfg.distance,
+           f"{ex.nonlinearity} RNN, W_hh = {ex.recurrent_scale:g} I, last {ex.timesteps} steps, "
+           f"SGD lr {ex.lr:g}")
 
     run_params = {"gradients": asdict(cfg), "jena": {"batch_size": batch_size}, "seed": seed,
                   "clip_norm_used": clip}

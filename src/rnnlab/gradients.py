@@ -7,9 +7,14 @@ We unroll the cell step by step, keep every ``h_t`` and read ``h_t.grad``: the n
 of the training signal reaches old inputs. Gated cells keep an additive path (the update
 gate's ``z * h``, the LSTM's cell state) along which it survives.
 
-Exploding. A simple RNN whose recurrent weights are scaled up, trained with plain SGD,
-sees its gradient norm grow by orders of magnitude until the loss becomes non-finite;
-clipping the global norm bounds every update and training goes on.
+Exploding. A simple relu RNN whose recurrent matrix is ``scale * I`` (scale > 1) multiplies
+the gradient reaching a state ``d`` steps back by ``scale^d`` (on the units the relu lets
+through): over 20 steps at scale 1.4, about 800 times. Trained with plain SGD, the first
+step along that gradient throws the weights so far that the next loss is not finite;
+clipping the global norm bounds every update and training goes on, the loss falling.
+The identity (rather than a random orthogonal matrix of the same spectral radius) makes
+the amplification a fixed number: a random one leaves it to chance, a few units at a time,
+whether a given seed and data set explode, vanish or overflow at the first step.
 """
 
 from __future__ import annotations
@@ -119,20 +124,24 @@ class ExplodeTrace:
 
 
 def scale_recurrent_weights(model: CellRegressor, scale: float) -> None:
-    """W_hh <- scale * (an orthogonal matrix): spectral radius ``scale``."""
+    """W_hh <- scale * I: every unit feeds itself ``scale`` times its state (spectral radius
+    ``scale``), so a gradient passing back d steps through live relu units grows scale^d."""
     with torch.no_grad():
-        w = model.rnn.weight_hh_l0
-        nn.init.orthogonal_(w)
-        w.mul_(scale)
+        w = model.rnn.weight_hh_l0                                     # (H, H)
+        w.copy_(scale * torch.eye(w.size(0), dtype=w.dtype))
 
 
 def explode_run(model: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], steps: int, *,
-                lr: float, clip_norm: float | None) -> ExplodeTrace:
-    """Plain SGD (no adaptive step size to hide the explosion), with or without clipping."""
+                lr: float, clip_norm: float | None, timesteps: int | None = None
+                ) -> ExplodeTrace:
+    """Plain SGD (no adaptive step size to hide the explosion), with or without clipping,
+    on the last ``timesteps`` steps of each window (all of it when None)."""
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     model.train()
     trace = ExplodeTrace(clip_norm, [], [], [], None)
     for step, (x, y) in zip(range(1, steps + 1), batches):
+        if timesteps is not None:
+            x = x[:, -timesteps:]                                      # (B, timesteps, F)
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.l1_loss(model(x), y)
         trace.losses.append(loss.item())

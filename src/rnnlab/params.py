@@ -178,10 +178,12 @@ class ExplodeParams:
     nonlinearity: str
     lr: float
     steps: int
+    timesteps: int            # the last steps of each window the run reads
     clip_norm: float          # used when train.clip_norm is null
 
     def validate(self, where: str) -> None:
         at_least(where, "steps", self.steps, 1)
+        at_least(where, "timesteps", self.timesteps, 1)
         for name in ("recurrent_scale", "lr", "clip_norm"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{where}.{name}: must be > 0, got {getattr(self, name)}")

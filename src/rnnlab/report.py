@@ -191,33 +191,79 @@ def _plt():
     return plt
 
 
+# One look per line: colour, marker and dash all differ, and the first lines drawn are the
+# widest, so curves that coincide (the demo's IMDB variants all at one accuracy) still show.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+DASHES = ("-", "--", "-.", ":")
+
+
+def zoom_range(variants: list[Variant], column: str, *, lower_is_better: bool,
+               reference: float | None = None) -> tuple[float, float] | None:
+    """The y range a second panel zooms on when one variant's curve dwarfs the others
+    (its span over 3 times the next largest), else None. The zoom keeps every curve's best
+    value and, for an error, the reference line (the naive MAE) with a margin."""
+    curves = [[r[column] for r in v.history] for v in variants
+              if v.history and column in v.history[0] and v.arch != "tfidf_logreg"]
+    if len(curves) < 2:
+        return None
+    best = [min(c) if lower_is_better else max(c) for c in curves]
+    edge = min(best) if lower_is_better else max(best)
+    spans = sorted(max(abs(x - edge) for x in c) for c in curves)
+    if spans[-1] <= 3 * spans[-2] or spans[-2] == 0:
+        return None
+    reach = spans[-2]
+    if reference is not None:
+        reach = max(reach, abs(reference - edge))
+    pad = 0.08 * reach
+    return (edge - pad, edge + reach + pad) if lower_is_better else (edge - reach - pad,
+                                                                      edge + pad)
+
+
 def curves_chart(path: Path, variants: list[Variant], column: str, ylabel: str, title: str,
-                 hline: tuple[float, str] | None = None) -> None:
-    """The validation curves of ``variants`` overlaid, one line per variant."""
+                 hline: tuple[float, str] | None = None, *, lower_is_better: bool) -> None:
+    """The validation curves of ``variants`` overlaid, one line per variant, each labelled
+    with its best value; when one curve dwarfs the others, a second panel zooms on the rest."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    from matplotlib.ticker import MaxNLocator
+    zoom = zoom_range(variants, column, lower_is_better=lower_is_better,
+                      reference=hline[0] if hline else None)
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(14 if zoom else 10, 5), dpi=100,
+                             squeeze=False)
+    axes = axes[0]
     n_seeds = max((int(v.metrics.get("n_seeds", 1)) for v in variants if v.metrics), default=1)
     if n_seeds > 1:
         title += f" (mean over {n_seeds} seeds)"
-    for v in variants:
-        if not v.history or column not in v.history[0]:
-            continue
-        if v.arch == "tfidf_logreg":                  # one fit, no epochs: a reference line
-            ax.axhline(v.history[-1][column], color="grey", linestyle=":", linewidth=1.2,
-                       label=f"{v.name} (one fit)")
-            continue
-        ax.plot([r["epoch"] for r in v.history], [r[column] for r in v.history], "o-",
-                markersize=3, label=v.name)
-    if hline is not None:
-        ax.axhline(hline[0], color="black", linestyle="--", linewidth=1, label=hline[1])
-    from matplotlib.ticker import MaxNLocator
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    colours = plt.get_cmap("tab10").colors
+    drawn = [v for v in variants if v.history and column in v.history[0]]
+    seen: dict[tuple, str] = {}      # a curve's values -> the first variant drawn with them
+    for ax in axes:
+        for i, v in enumerate(drawn):
+            values = [r[column] for r in v.history]
+            best = min(values) if lower_is_better else max(values)
+            twin = seen.setdefault(tuple(values), v.name)
+            same = f" (same curve as {twin})" if twin != v.name else ""
+            if v.arch == "tfidf_logreg":              # one fit, no epochs: a reference line
+                ax.axhline(values[-1], color="grey", linestyle=":", linewidth=1.2,
+                           label=f"{v.name} (one fit): {values[-1]:.3f}")
+                continue
+            ax.plot([r["epoch"] for r in v.history], values, color=colours[i % 10],
+                    marker=MARKERS[i % len(MARKERS)], linestyle=DASHES[i % len(DASHES)],
+                    markersize=max(3, 9 - i), linewidth=max(1.0, 3.2 - 0.3 * i),
+                    alpha=0.9, label=f"{v.name}: best {best:.3f}{same}")
+        if hline is not None:
+            ax.axhline(hline[0], color="black", linestyle="--", linewidth=1,
+                       label=f"{hline[1]}: {hline[0]:.3f}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(title)
+    if zoom:
+        axes[1].set_ylim(*zoom)
+        axes[1].set_title("the same, zoomed on the best curves (others leave the frame)",
+                          fontsize=10)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -232,14 +278,27 @@ def lecture_chart(path: Path, variants: list[Variant], key: str, lecture: Mappin
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names) + 2), 4.5), dpi=100)
     width = 0.27
     xs = range(len(names))
+    bars = []                                      # (x, height) of every bar drawn
     for offset, (label, split) in zip((-width, 0), (("ours, validation", "val"),
                                                    ("ours, test", "test"))):
         values = [v.value(f"{split}_{key}") or 0.0 for v in variants]
         errors = [v.std(f"{split}_{key}") or 0.0 for v in variants]
         ax.bar([x + offset for x in xs], values, width, label=label,
                **({"yerr": errors, "capsize": 3} if any(errors) else {}))
+        bars += [(x + offset, h) for x, h in zip(xs, values)]
     ax.bar([x + width for x in xs], [lecture.get(n, 0.0) for n in names], width,
            label="lecture, validation", color="grey")
+    # One variant far above the rest (the dense model's MAE, say): cut the axis above the
+    # others and write the tall bars' values at the top, so the rest stay readable.
+    per_variant = sorted({max(h for x, h in bars if round(x) == i) for i in xs})
+    if len(per_variant) > 1 and per_variant[-1] > 3 * per_variant[-2] > 0:
+        top = 1.3 * per_variant[-2]
+        ax.set_ylim(0, top)
+        for x, h in bars:
+            if h > top:
+                ax.annotate(f"{h:.2f} ↑", (x, top), xytext=(0, -4), rotation=90,
+                            textcoords="offset points", ha="center", va="top", fontsize=8,
+                            color="white", fontweight="bold")
     ax.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -314,16 +373,23 @@ def write_report(params: Params, metrics_dir: Path, plots_dir: Path, out: Path,
         lines += markdown_table(["cell", "at initialization", "after training"], rows)
         def step(key: str) -> str:
             return {0: "never", None: "–"}.get(g.get(key), str(g.get(key)))
-        lines += ["", "Exploding gradients (simple RNN, scaled recurrent weights, SGD): first "
-                      f"non-finite step without clipping: {step('explode_diverged_step_noclip')}; "
-                      f"with clipping: {step('explode_diverged_step_clip')}.", ""]
+        def norm(key: str) -> str:
+            return f"{g[key]:.3g}" if isinstance(g.get(key), (int, float)) else "–"
+        lines += ["", "Exploding gradients (simple RNN, recurrent weights scaled up, plain "
+                      "SGD), the same weights and batches twice: without clipping, largest "
+                      f"finite gradient norm {norm('explode_max_grad_norm_noclip')}, first "
+                      f"non-finite step {step('explode_diverged_step_noclip')}; clipped to "
+                      f"{norm('explode_clip_norm')}, largest gradient norm "
+                      f"{norm('explode_max_grad_norm_clip')}, first non-finite step "
+                      f"{step('explode_diverged_step_clip')}.", ""]
 
     naive_mae = naive.value("val_mae") if naive else None
     curves_chart(out / "jena_validation.png", jena, "val_mae", "validation MAE (normalized)",
                  "Jena: validation MAE per epoch",
-                 None if naive_mae is None else (naive_mae, "naive persistence"))
+                 None if naive_mae is None else (naive_mae, "naive persistence"),
+                 lower_is_better=True)
     curves_chart(out / "imdb_validation.png", imdb, "val_accuracy", "validation accuracy",
-                 "IMDB: validation accuracy per epoch")
+                 "IMDB: validation accuracy per epoch", lower_is_better=False)
     lecture_chart(out / "jena_vs_lecture.png",
                   [v for v in ([naive] if naive else []) + jena if v.metrics], "mae",
                   LECTURE_JENA_MAE, "MAE (normalized)", "Jena: MAE, ours vs the lecture")
