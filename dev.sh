@@ -9,7 +9,7 @@
 #   ./dev.sh plots   `dvc plots show` (or `plots diff REV`) as a page that works offline
 #   ./dev.sh browser install Debian's chromium + chromedriver (for the browser tests)
 #   ./dev.sh keras   the lecture's Keras (the `bench` extra) in .venv-keras: the parity test
-#   ./dev.sh bench   the benchmarks in bench/ (by hand; slow)
+#   ./dev.sh bench   the benchmarks in bench/ (by hand; slow); `bench speed ...`: one of them
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${RNNLAB_VENV:-.venv}
@@ -89,6 +89,9 @@ case "$cmd" in
   plots)   install; exec python -m rnnlab.offline_plots "$@" ;;
   browser) install_browser ;;
   keras)   install_keras ;;
-  bench)   install; for b in bench/bench_*.py; do python "$b" "$@"; done ;;
+  bench)   install   # `bench NAME ARGS`: bench/bench_NAME.py alone; else all but bench_ab
+    if [ $# -gt 0 ] && [ -f "bench/bench_$1.py" ]; then b=$1; shift; python "bench/bench_$b.py" "$@"
+    else for b in bench/bench_*.py; do
+      [ "$b" = bench/bench_ab.py ] || python "$b" "$@"; done; fi ;;
   *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
 esac

@@ -42,8 +42,8 @@ IMDB_TRAIN, IMDB_TEST = 25_000, 25_000
 
 
 class Worker:
-    def __init__(self, python: str, *args: str) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    def __init__(self, python: str, *args: str, src: Path = ROOT / "src") -> None:
+        env = dict(os.environ, PYTHONPATH=str(src))
         self.proc = subprocess.Popen([python, WORKER, *args], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env, bufsize=1)
         self._read()
