@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> None:
         with store_errors(uri), store_lock(uri):   # the UI may be the store's first user:
             from mlflow.tracking import MlflowClient     # create it safely
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-            ids = {name: experiment_id(name, root) for name in EXPERIMENTS}  # links first
+        # the links before any run; experiment_id takes the store's lock itself (an flock
+        # taken again in one process, through a second file, waits for ever)
+        ids = {name: experiment_id(name, root) for name in EXPERIMENTS}
     except TrackingError as e:
         sys.exit(f"error: {e}")
     command = ui_command(root, args.port, args.host)
