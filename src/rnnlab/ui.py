@@ -21,8 +21,7 @@ from pathlib import Path
 
 from rnnlab.errors import redact
 from rnnlab.paths import repo_root
-from rnnlab.tracking import (EXPERIMENTS, TrackingError, experiment_id, store_errors,
-                             store_lock, tracking_uri)
+from rnnlab.tracking import (EXPERIMENTS, TrackingError, experiment_id, tracking_uri)
 
 VIEW = "workflowType=machine_learning"      # the UI's model-training view, not GenAI's
 
@@ -54,11 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     root = repo_root()
     uri = tracking_uri(root)
     try:
-        with store_errors(uri), store_lock(uri):   # the UI may be the store's first user:
-            from mlflow.tracking import MlflowClient     # create it safely
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-        # the links before any run; experiment_id takes the store's lock itself (an flock
-        # taken again in one process, through a second file, waits for ever)
+        # the links before any run; experiment_id creates the store and the experiments
+        # under the store's lock (the UI may be the store's first user)
         ids = {name: experiment_id(name, root) for name in EXPERIMENTS}
     except TrackingError as e:
         sys.exit(f"error: {e}")
