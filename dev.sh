@@ -89,9 +89,10 @@ case "$cmd" in
   plots)   install; exec python -m rnnlab.offline_plots "$@" ;;
   browser) install_browser ;;
   keras)   install_keras ;;
-  bench)   install   # `bench NAME ARGS`: bench/bench_NAME.py alone; else all but bench_ab
+  bench)   install   # `bench NAME ARGS`: bench/bench_NAME.py alone; else all but ab, fidelity
     if [ $# -gt 0 ] && [ -f "bench/bench_$1.py" ]; then b=$1; shift; python "bench/bench_$b.py" "$@"
     else for b in bench/bench_*.py; do
-      [ "$b" = bench/bench_ab.py ] || python "$b" "$@"; done; fi ;;
+      case "$b" in bench/bench_ab.py|bench/bench_fidelity.py) ;; *) python "$b" "$@" ;; esac
+    done; fi ;;
   *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
 esac
