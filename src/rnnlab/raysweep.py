@@ -402,7 +402,11 @@ def sweep(args: argparse.Namespace, ray) -> int:
     failed = [n for n, r in results.items() if r["status"] != "ok"]
     if failed:
         print(f"{len(failed)} of {len(points)} points failed (logs in {logs})")
-    print("to see them anywhere: dvc exp pull <git remote> && dvc exp show")
+    remote_name = args.git_remote or "origin"
+    print(f"to see them in a clone at commit {commit[:7]}: dvc exp pull {remote_name} && "
+          "dvc exp show" if ref is None else
+          f"to see them in any clone: dvc exp pull -A {remote_name} && "
+          f"dvc exp show --rev {commit}")
     return 1 if failed else 0
 
 
