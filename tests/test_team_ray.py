@@ -176,8 +176,8 @@ def test_sweep_on_a_two_node_ray_cluster(tmp_path, small_jena_zip):
     """A 3 x 2 grid on one Jena variant, one value of which fails the stage: the four
     good points finish and are shared (a second clone pulls and lists them, the server
     holds their four FINISHED runs), the two bad ones are reported with their logs, and
-    the command exits non-zero. Rerun, the finished points are not run again; a dirty
-    workspace is refused."""
+    the command exits non-zero. Rerun, the finished points are not run again; a --name
+    the commit already has on the remote and a dirty workspace are refused."""
     pytest.importorskip("ray", reason="the `team` extra: pip install -e '.[team]'")
     grid = ["-S", "models.gru_dropout.dropout=0.1,0.3", "-S", "models.gru_dropout.units=[4],[8]",
             "train@gru_dropout"]
@@ -247,6 +247,12 @@ def check_sweep(repo: Path, tmp_path: Path, address: str, uri: str, grid: list[s
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.count("already on the git remote") == 4
     assert [r[-2] for r in table(again.stdout)] == ["exists"] * 4
+    # --name NAME: an existing NAME-1 of the commit is another grid's, and refused.
+    commit = sh(repo, "git", "rev-parse", "HEAD").stdout.strip()
+    sh(tmp_path / "shared.git", "git", "update-ref",
+       f"refs/exps/{commit[:2]}/{commit[2:]}/mine-1", commit)
+    named = sweep(repo, address, uri, "--name", "mine", *grid)
+    assert named.returncode == 2 and "experiments mine-1 of commit" in named.stderr, named.stderr
     print(f"the whole check took {time.monotonic() - t0:.1f} s")
 
 

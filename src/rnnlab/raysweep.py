@@ -302,7 +302,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dvc-remote", help="the DVC remote the points pull from and push "
                         "to (a remote's name, URL or path; default: the repository's)")
     parser.add_argument("--name", help="name the experiments NAME-1, NAME-2... (default: "
-                        "ray-<digest of the point>)")
+                        "ray-<digest of the point>, and a point already on the git remote "
+                        "is not run again)")
     parser.add_argument("--cpus-per-point", type=int, default=1, metavar="N",
                         help="Ray CPUs per point, and its torch threads (default 1)")
     return parser.parse_args(argv)
@@ -333,11 +334,16 @@ def sweep(args: argparse.Namespace, ray) -> int:
     commit = git(root, "rev-parse", "HEAD")
     remote = resolve_git_remote(root, args.git_remote)
     refs = ls_remote(root, remote)
-    ref = publish_commit(root, remote, commit, refs)
-    dvc_remote = resolve_dvc_remote(root, args.dvc_remote)
-    env, uri = task_env(root)
-    done = {r.rsplit("/", 1)[1] for r in refs if r.startswith(f"refs/exps/{commit[:2]}/{commit[2:]}/")}
+    done = {r.rsplit("/", 1)[1] for r in refs
+            if r.startswith(f"refs/exps/{commit[:2]}/{commit[2:]}/")} & set(names)
+    if args.name and done:
+        # NAME-1 of another grid is another experiment: only a digest name means "this point"
+        raise SweepError(f"experiments {', '.join(sorted(done))} of commit {commit[:7]} are "
+                         f"already on the git remote: choose another --name")
     todo = [p for p in points if p.name not in done]
+    dvc_remote = resolve_dvc_remote(root, args.dvc_remote)
+    ref = publish_commit(root, remote, commit, refs)
+    env, uri = task_env(root)
 
     print(f"sweep: {len(points)} points of commit {commit[:7]} "
           f"({'on the git remote' if ref is None else 'pushed as ' + ref}) from {redact(remote)}")
