@@ -21,10 +21,12 @@ parser does the splitting), one point per combination. Each point is one Ray tas
 Before fanning out the command refuses a workspace with uncommitted changes to tracked
 files (the points run the commit, not the workspace), and makes sure the commit is on the
 git remote: when no branch or tag there holds it, it pushes it as
-``refs/rnnlab-sweeps/<commit>``. An experiment name already on the remote for this commit
-is not run again: rerunning a sweep runs only the points that failed or never ran.
+``refs/rnnlab-sweeps/<commit>``. A point's default name is a digest of its values, and a
+point whose name the commit already has on the remote is not run again: rerunning a sweep
+runs only the points that failed or never ran (``--name NAME``, for ``NAME-1``...,
+refuses a NAME the commit already has instead).
 
-Then, on any machine: ``dvc exp pull origin`` and ``dvc exp show``.
+Then, on any machine: ``dvc exp pull origin`` and ``dvc exp show`` (docs/teams.md).
 """
 
 from __future__ import annotations
