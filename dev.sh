@@ -10,6 +10,7 @@
 #   ./dev.sh browser install Debian's chromium + chromedriver (for the browser tests)
 #   ./dev.sh keras   the lecture's Keras (the `bench` extra) in .venv-keras: the parity test
 #   ./dev.sh bench   the benchmarks in bench/ (by hand; slow); `bench speed ...`: one of them
+#   ./dev.sh ray-sweep  a `dvc exp run -S` grid fanned out on Ray (the `team` extra; docs/teams.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${RNNLAB_VENV:-.venv}
@@ -85,6 +86,7 @@ case "$cmd" in
   demo)    install; exec python -m rnnlab.demo "$@" ;;
   runs)    install; exec python -m rnnlab.runs "$@" ;;
   leaderboard) install; exec python -m rnnlab.leaderboard "$@" ;;
+  ray-sweep) install; exec python -m rnnlab.raysweep "$@" ;;
   ui)      install; exec python -m rnnlab.ui "$@" ;;
   plots)   install; exec python -m rnnlab.offline_plots "$@" ;;
   browser) install_browser ;;
@@ -94,5 +96,5 @@ case "$cmd" in
     else for b in bench/bench_*.py; do
       case "$b" in bench/bench_ab.py|bench/bench_fidelity.py) ;; *) python "$b" "$@" ;; esac
     done; fi ;;
-  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
+  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
 esac
