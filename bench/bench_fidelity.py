@@ -152,9 +152,18 @@ def summarize(runs: list[dict]) -> dict:
 
 def spread_units(ours: dict, keras: dict, key: str) -> str:
     """(ours - Keras) over the pooled seed std of the two sides: how many spreads apart."""
+    if len(ours["seeds"]) < 2 or len(keras["seeds"]) < 2:
+        return "–"                               # no spread from one seed
     pooled = ((ours[f"{key}_std"] ** 2 + keras[f"{key}_std"] ** 2) / 2) ** 0.5
     diff = ours[key] - keras[key]
     return f"{diff / pooled:+.1f}" if pooled > 0 else "–"
+
+
+def spread(side: dict, key: str) -> str:
+    """mean ± std over the seeds; the mean alone for one seed."""
+    if len(side["seeds"]) < 2:
+        return f"{side[key]:.3f}"
+    return f"{side[key]:.3f} ± {side[key + '_std']:.3f}"
 
 
 def table(summary: dict) -> str:
@@ -175,8 +184,7 @@ def table(summary: dict) -> str:
                 split = metric.split("_")[0]
                 lines.append(
                     f"| {r['variant']} | {setup['epochs']} epochs x {steps} | {seeds} | {split} | "
-                    f"{o[metric]:.3f} ± {o[metric + '_std']:.3f} | "
-                    f"{k[metric]:.3f} ± {k[metric + '_std']:.3f} | "
+                    f"{spread(o, metric)} | {spread(k, metric)} | "
                     f"{o[metric] - k[metric]:+.3f} | {spread_units(o, k, metric)} |")
         lines.append("")
     return "\n".join(lines) or "(no variant has runs on both sides yet)"

@@ -184,3 +184,6 @@ def test_the_lecture_keras_figure_stands_beside_a_run_with_the_same_data_and_set
     summary = write_report(params_with(), outputs / "metrics", outputs / "plots",
                            outputs / "reports", digests, jena_full).read_text()
     assert row(summary, "gru")[7] == "0.271 ± 0.001 (3)"
+    from rnnlab.report import keras_cell
+    one = {"val_accuracy": 0.8714, "val_accuracy_std": 0.0, "seeds": [1337]}
+    assert keras_cell(one, "val_accuracy") == "0.871 (1)"   # no spread from one seed

@@ -198,7 +198,8 @@ def keras_cell(figures: Mapping[str, Any] | None, key: str, digits: int = 3) -> 
     """The Keras side-by-side figure: mean ± std (seeds), or – when none matches."""
     if figures is None:
         return "–"
-    return f"{fmt(figures[key], figures.get(key + '_std'), digits)} ({len(figures['seeds'])})"
+    n = len(figures["seeds"])
+    return f"{fmt(figures[key], figures.get(key + '_std') if n > 1 else None, digits)} ({n})"
 
 
 def jena_rows(naive: Variant | None, variants: list[Variant],
