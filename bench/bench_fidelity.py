@@ -48,6 +48,7 @@ from rnnlab.report import data_digest, run_setup
 ROOT = Path(__file__).resolve().parents[1]
 KERAS_WORKER = ROOT / "bench" / "fidelity_keras.py"
 JENA = ("dense", "gru", "gru_dropout", "gru_stacked", "gru_reversed", "bigru", "conv_gru", "lstm")
+OURS = {"ours": "keras2", "ours_rmsprop3": "keras3"}   # rnnlab's sides: their RMSprop form
 IMDB = ("imdb_dense", "imdb_simplernn", "imdb_lstm", "imdb_lstm_reversed", "imdb_bilstm")
 
 
@@ -72,7 +73,7 @@ def data_label(root: Path, dataset: str) -> str:
     return "canonical" if JenaStats.load(prepared).canonical else "other"
 
 
-def run_ours(job: dict, params, threads: int) -> dict:
+def run_ours(job: dict, params, threads: int, rmsprop: str = "keras2") -> dict:
     import torch
 
     from rnnlab.models import build_model
@@ -84,7 +85,7 @@ def run_ours(job: dict, params, threads: int) -> dict:
     spec = params.variant(job["variant"])
     data = build_task(params, spec, Path(job["prepared"]), Path(job["windows_dir"]))
     config = TrainConfig(epochs=job["epochs"], steps_per_epoch=job["steps"], seed=job["seed"],
-                         max_eval_batches=job["max_eval_batches"])
+                         max_eval_batches=job["max_eval_batches"], rmsprop=rmsprop)
     seed_everything(job["seed"])
     model = build_model(spec, n_features=data.task.n_inputs, timesteps=data.task.timesteps,
                         init=params.train.init)
@@ -170,20 +171,21 @@ def table(summary: dict) -> str:
     lines = []
     for dataset, key, keys in (("jena", "mae_degc", ("val_mae_degc", "test_mae_degc")),
                                ("imdb", "accuracy", ("val_accuracy", "test_accuracy"))):
-        rows = [r for r in summary["rows"] if (r["variant"] in IMDB) == (dataset == "imdb")
-                and "ours" in r and "keras" in r]
+        rows = [(r, side) for r in summary["rows"] for side in OURS
+                if (r["variant"] in IMDB) == (dataset == "imdb") and side in r and "keras" in r]
         if not rows:
             continue
         lines += ["| variant | budget | seeds | split | rnnlab | lecture's Keras | "
                   "difference | in seed spreads |", "|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            o, k, setup = r["ours"], r["keras"], r["setup"]
+        for r, side in rows:
+            o, k, setup = r[side], r["keras"], r["setup"]
             steps = "full passes" if setup["steps"] is None else f"{setup['steps']} steps"
             seeds = f"{len(o['seeds'])} / {len(k['seeds'])}"
+            name = r["variant"] + (" (rnnlab with Keras 3's RMSprop)" if side != "ours" else "")
             for metric in keys:
                 split = metric.split("_")[0]
                 lines.append(
-                    f"| {r['variant']} | {setup['epochs']} epochs x {steps} | {seeds} | {split} | "
+                    f"| {name} | {setup['epochs']} epochs x {steps} | {seeds} | {split} | "
                     f"{spread(o, metric)} | {spread(k, metric)} | "
                     f"{o[metric] - k[metric]:+.3f} | {spread_units(o, k, metric)} |")
         lines.append("")
@@ -205,7 +207,9 @@ def main() -> None:
     parser.add_argument("--jena-steps", type=int, default=200)
     parser.add_argument("--imdb-epochs", type=int)
     parser.add_argument("--max-eval-batches", type=int)
-    parser.add_argument("--sides", nargs="+", default=["ours", "keras"], choices=["ours", "keras"])
+    parser.add_argument("--sides", nargs="+", default=["ours", "keras"], choices=[*OURS, "keras"],
+                        help="ours_rmsprop3: rnnlab with Keras 3's RMSprop (sqrt(v + eps), "
+                             "train.py's Keras3RMSprop) instead of the book's")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / ".cache" / "fidelity.jsonl")
     parser.add_argument("--table", action="store_true", help="print the table from --out only")
     parser.add_argument("--summary", type=Path, help="write the per-variant means here (JSON)")
@@ -246,8 +250,8 @@ def main() -> None:
                 job["target_std"] = JenaStats.load(prepared).target_std
             print(f"[{i + 1}/{len(plan)}] {side} {variant} seed {seed}: {job['epochs']} epochs",
                   file=sys.stderr, flush=True)
-            result = run_ours(job, params, args.threads) if side == "ours" else \
-                run_keras(job, args.keras_python)
+            result = run_keras(job, args.keras_python) if side == "keras" else \
+                run_ours(job, params, args.threads, OURS[side])
             row = {"side": side, "variant": variant, "seed": seed, "setup": job["setup"],
                    "threads": args.threads, "data": data_label(args.root, spec.dataset),
                    "machine": platform.machine(), "date": time.strftime("%Y-%m-%d"), **result}

@@ -149,3 +149,50 @@ def test_keras_weights_give_keras_outputs(keras_side, variant):
               f"last hidden layer {body_diff:.2e}")
         assert diff < 1e-5, f"{variant} (native={native}): outputs differ by {diff:.2e}"
         assert body_diff < 1e-5, f"{variant} (native={native}): hidden differ by {body_diff:.2e}"
+
+
+KERAS_RMSPROP = """
+import sys, numpy as np, keras
+data = np.load(sys.argv[1])
+w = keras.Variable(data["w0"])
+opt = keras.optimizers.RMSprop()          # the lecture's: Keras' defaults
+for g in data["grads"]:
+    opt.apply_gradients([(keras.ops.convert_to_tensor(g), w)])
+np.save(sys.argv[2], np.asarray(w.value))
+"""
+
+
+def test_keras3_rmsprop_is_keras_own_and_the_default_is_the_books(tmp_path):
+    """Keras 3's RMSprop applied to a sequence of gradients, some far below sqrt(eps), equals
+    rnnlab's ``rmsprop: keras3``; the default (the book's Keras 2, torch's) does not."""
+    from rnnlab.train import Keras3RMSprop
+    python = keras_python()
+    if python is None:
+        pytest.skip(f"no Keras to compare with: {ENABLE}")
+    rng = np.random.default_rng(3)
+    w0 = rng.normal(size=(6, 5)).astype(np.float32)
+    scales = np.array([1.0, 1e-2, 1e-4, 1e-6, 0.0], np.float32)        # per column
+    grads = (np.abs(rng.normal(size=(12, 6, 5))) * scales).astype(np.float32)   # one sign
+    np.savez(tmp_path / "in.npz", w0=w0, grads=grads)
+    done = subprocess.run([python, "-c", KERAS_RMSPROP, str(tmp_path / "in.npz"),
+                           str(tmp_path / "out.npy")], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    keras_w = np.load(tmp_path / "out.npy")
+
+    def ours(optimizer_class) -> np.ndarray:
+        w = nn.Parameter(torch.from_numpy(w0.copy()))
+        opt = optimizer_class([w], lr=1e-3, alpha=0.9, eps=1e-7)
+        for g in grads:
+            w.grad = torch.from_numpy(g.copy())
+            opt.step()
+        return w.detach().numpy()
+
+    np.testing.assert_allclose(ours(Keras3RMSprop), keras_w, rtol=0, atol=2e-7)
+    book = ours(torch.optim.RMSprop)
+    moved_book, moved_keras = np.abs(book - w0), np.abs(keras_w - w0)
+    # Large gradients: both forms take the same steps; tiny ones: the book's keeps steps of
+    # about lr, Keras 3's damps them by |g| / sqrt(eps).
+    np.testing.assert_allclose(book[:, 0], keras_w[:, 0], atol=1e-6)
+    assert (moved_book[:, 3] > 1e-3).all() and (moved_keras[:, 3] < 1e-4).all()
+    assert (book[:, 4] == w0[:, 4]).all() and (keras_w[:, 4] == w0[:, 4]).all()

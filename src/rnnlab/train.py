@@ -62,6 +62,9 @@ class TrainConfig:
     lr: float = 1e-3
     rho: float = 0.9
     eps: float = 1e-7
+    # "keras2": p -= lr g / (sqrt(v) + eps), the book's Keras 2 (and torch.optim.RMSprop);
+    # "keras3": p -= lr g / sqrt(v + eps), TF 2's tf.keras and Keras 3 (bench_fidelity).
+    rmsprop: str = "keras2"
 
 
 @dataclass
@@ -72,6 +75,29 @@ class FitResult:
     test: dict[str, float]
     seconds_per_epoch: float
     resumed_from: int = 0           # last epoch restored from a checkpoint (0: none)
+
+
+class Keras3RMSprop(torch.optim.Optimizer):
+    """RMSprop as TF 2's ``tf.keras`` and Keras 3 compute it: v = rho v + (1 - rho) g^2,
+    p -= lr g / sqrt(v + eps), where the book's Keras 2 and ``torch.optim.RMSprop`` divide
+    by sqrt(v) + eps. Its state is ``square_avg``, as torch's."""
+
+    def __init__(self, params, lr: float, alpha: float, eps: float):
+        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            avgs = [self.state[p].setdefault("square_avg", torch.zeros_like(p)) for p in params]
+            torch._foreach_mul_(avgs, group["alpha"])
+            torch._foreach_addcmul_(avgs, grads, grads, value=1 - group["alpha"])
+            denominators = torch._foreach_add(avgs, group["eps"])
+            torch._foreach_sqrt_(denominators)
+            torch._foreach_addcdiv_(params, grads, denominators, value=-group["lr"])
 
 
 def seed_everything(seed: int) -> None:
@@ -173,8 +199,8 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
     # (measured on the GRU's backward); flushing them to zero changes nothing visible.
     torch.set_flush_denormal(True)
     model.to(device)
-    optimizer = torch.optim.RMSprop(model.parameters(), lr=config.lr, alpha=config.rho,
-                                    eps=config.eps)
+    rmsprop = {"keras2": torch.optim.RMSprop, "keras3": Keras3RMSprop}[config.rmsprop]
+    optimizer = rmsprop(model.parameters(), lr=config.lr, alpha=config.rho, eps=config.eps)
     history: list[dict[str, float]] = []
     best_state, best_value, best_epoch, start = None, None, 0, 1
     sign = 1.0 if task.monitor_mode == "min" else -1.0
