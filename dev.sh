@@ -52,31 +52,30 @@ install() {
   tr , '\n' <<<"$have,$extras" | sed '/^$/d' | sort -u | paste -sd, > "$stamp"
 }
 
+# apt_install WHAT PACKAGE...: Debian packages, as root or with password-less sudo.
+apt_install() {
+  local what=$1 sudo=""; shift
+  if [ "$(id -u)" != 0 ]; then
+    if sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      echo "$what: not root and no password-less sudo; install $* yourself" \
+           "(the tests that need them skip without them)" >&2; return 1; fi
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
 # Debian's chromium and chromedriver (tests/test_browser.py drives them with Selenium).
 install_browser() {
   if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return 0; fi
-  local sudo=""
-  if [ "$(id -u)" != 0 ]; then
-    if sudo -n true 2>/dev/null; then sudo="sudo -n"; else
-      echo "browser: not root and no password-less sudo; install chromium and" \
-           "chromium-driver yourself (the browser tests skip without them)" >&2; return 1; fi
-  fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+  apt_install browser chromium chromium-driver
 }
 
-# Debian's postgresql (initdb, pg_ctl) for `./dev.sh server` and tests/test_team_server.py.
+# Debian's postgresql (initdb, pg_ctl) for `./dev.sh server` and tests/test_team_server.py;
+# a fresh install puts them under /usr/lib/postgresql/<version>/bin only, not on PATH.
 install_postgres() {
   if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
   then return 0; fi
-  local sudo=""
-  if [ "$(id -u)" != 0 ]; then
-    if sudo -n true 2>/dev/null; then sudo="sudo -n"; else
-      echo "postgres: not root and no password-less sudo; install postgresql yourself" \
-           "(the team server tests skip without it)" >&2; return 1; fi
-  fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+  apt_install postgres postgresql
 }
 
 # The lecture's own Keras stack (tensorflow-cpu, keras: pyproject's `bench` extra) in a
