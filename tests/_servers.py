@@ -28,7 +28,7 @@ def need_postgres() -> None:
         server.pg_binary("initdb")
         server.need_driver()
     except server.ServerError as e:
-        pytest.skip(f"{e} (./dev.sh postgres installs PostgreSQL)")
+        pytest.skip(str(e))             # names the fix: ./dev.sh postgres, or the team extra
 
 
 @contextmanager

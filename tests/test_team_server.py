@@ -174,20 +174,26 @@ def test_workers_creating_an_experiment_at_once_on_a_server(team, tmp_path):
     assert query(team.backend, "SELECT count(*) FROM experiments WHERE name = 'race'") == [(1,)]
 
 
-def test_server_command_refuses_a_busy_port(team):
+def test_server_commands_fail_in_one_line(team, tmp_path):
     port = int(team.url.rsplit(":", 1)[1])
-    proc = sh(team.repo, sys.executable, "-m", "rnnlab.server", "--port", str(port),
+    busy = sh(team.repo, sys.executable, "-m", "rnnlab.server", "--port", str(port),
               check=False)
-    assert proc.returncode != 0
-    assert proc.stderr.strip() == (f"error: port {port} on 127.0.0.1 is busy (Address already "
+    assert busy.returncode != 0
+    assert busy.stderr.strip() == (f"error: port {port} on 127.0.0.1 is busy (Address already "
                                    "in use): stop what listens there, or choose another with "
                                    "--port")
+    missing = tmp_path / "no" / "mlflow.db"
+    copy = sh(tmp_path, sys.executable, "-m", "rnnlab.server", "copy", "--from",
+              f"sqlite:///{missing}", "--to", team.url, check=False)
+    assert copy.returncode != 0 and not missing.parent.exists()
+    assert copy.stderr.strip() == f"error: no MLflow store at {missing} (--from sqlite:///{missing})"
 
 
 COPY_SOURCE = """
 import sys
 from pathlib import Path
 import numpy as np
+import torch
 from rnnlab.tracking import tracked_run
 root = Path(sys.argv[1])
 for n, (experiment, variant) in enumerate([("rnnlab-jena", "gru"), ("rnnlab-jena", "dense"),
@@ -199,12 +205,17 @@ for n, (experiment, variant) in enumerate([("rnnlab-jena", "gru"), ("rnnlab-jena
         run.log_metrics({"val_loss": 0.25})
         run.log_dict({"val_loss": 0.25, "n": n}, f"{variant}.json")
         run.log_training_data(np.arange(12.0).reshape(4, 3) + n, name="train", source="file:///x")
+        if variant == "gru":
+            torch.manual_seed(0)
+            run.log_model(torch.nn.Linear(3, 1))
 """
 
 
-def test_copy_a_sqlite_store_into_the_server(team, tmp_path):
+def test_copy_a_sqlite_store_into_the_server(team, tmp_path, monkeypatch):
     """`python -m rnnlab.server copy` brings a local store's runs to the server whole;
     a second copy finds them there and copies nothing."""
+    import mlflow.pytorch
+    import torch
     from mlflow.tracking import MlflowClient
 
     sh(tmp_path, sys.executable, "-c", COPY_SOURCE, str(tmp_path))
@@ -239,6 +250,13 @@ def test_copy_a_sqlite_store_into_the_server(team, tmp_path):
             folder = team.artifacts / new.artifact_uri[len("mlflow-artifacts:/"):]
             assert (folder / artifact.path).read_text() == Path(
                 src.download_artifacts(info.run_id, artifact.path, str(tmp_path))).read_text()
+            if info.run_name == "gru":               # its logged model loads from the server
+                monkeypatch.setenv("MLFLOW_TRACKING_URI", team.url)
+                mlflow.set_tracking_uri(team.url)
+                model = mlflow.pytorch.load_model(f"runs:/{new.run_id}/model")
+                torch.manual_seed(0)
+                assert torch.equal(model.weight, torch.nn.Linear(3, 1).weight)
+                assert len(copy_run.outputs.model_outputs) == 1
 
     again = sh(tmp_path, sys.executable, "-m", "rnnlab.server", "copy", "--from", source,
                "--to", team.url)

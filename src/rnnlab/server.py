@@ -2,6 +2,7 @@
 
     python -m rnnlab.server [--port 5000] [--host 127.0.0.1] [--dir .mlflow-server]
                             [--backend-store-uri postgresql+psycopg2://user:pw@host/db]
+                            [any other option of mlflow server, e.g. --allowed-hosts NAME]
     python -m rnnlab.server copy --from sqlite:///path/to/mlflow.db --to http://127.0.0.1:5000
 
 The first form runs ``mlflow server`` with a PostgreSQL backend store and artifacts served
@@ -12,7 +13,8 @@ database ``mlflow``, and stops it again on the way out. Stages, queue workers an
 to the server when ``MLFLOW_TRACKING_URI`` names it (the line it prints).
 
 ``copy`` copies the experiments, runs (params, metric histories, tags, status, times,
-dataset inputs) and artifacts of one store into another, skipping runs already copied.
+dataset inputs), artifacts and logged models of one store into another, skipping runs
+already copied.
 
 The driver (psycopg2) is in the ``team`` extra: ``pip install -e '.[team]'``.
 """
@@ -227,10 +229,10 @@ class Served:
 
 
 def server_command(backend_uri: str, artifacts: Path, host: str, port: int,
-                   workers: int = 1) -> list[str]:
+                   extra: tuple[str, ...] = ()) -> list[str]:
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
             "--serve-artifacts", "--artifacts-destination", Path(artifacts).resolve().as_uri(),
-            "--host", host, "--port", str(port), "--workers", str(workers)]
+            "--host", host, "--port", str(port), "--workers", "1", *extra]
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -250,10 +252,11 @@ def _stop(process: subprocess.Popen) -> None:
 @contextmanager
 def mlflow_server(backend_uri: str, artifacts: Path, host: str = "127.0.0.1",
                   port: int | None = None, log: Path | None = None,
-                  timeout: float = 120) -> Iterator[Served]:
+                  timeout: float = 120, extra: tuple[str, ...] = ()) -> Iterator[Served]:
     """``mlflow server`` on ``backend_uri``, artifacts served from ``artifacts``, running
     while the block runs (it answers /health when the block starts); stopped on the way
-    out. Its output goes to ``log`` (default: this process's)."""
+    out. Its output goes to ``log`` (default: this process's); ``extra``: more options of
+    ``mlflow server`` (``--allowed-hosts``...)."""
     if port is None:
         port = free_port(host)
     else:
@@ -261,7 +264,7 @@ def mlflow_server(backend_uri: str, artifacts: Path, host: str = "127.0.0.1",
     Path(artifacts).mkdir(parents=True, exist_ok=True)
     env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true"}
     out = open(log, "ab") if log else None
-    process = subprocess.Popen(server_command(backend_uri, artifacts, host, port), env=env,
+    process = subprocess.Popen(server_command(backend_uri, artifacts, host, port, extra), env=env,
                                stdout=out, stderr=subprocess.STDOUT if out else None,
                                start_new_session=True)   # its own group: stopped whole
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -293,25 +296,31 @@ def serve(args: argparse.Namespace) -> None:
     artifacts = Path(args.artifacts or state / "artifacts").resolve()
     check_port_free(args.host, args.port, "--port")
     started = time.monotonic()
-    with local_postgres(state / "pgdata", args.pg_port) if not args.backend_store_uri \
-            else _given(args.backend_store_uri) as backend:
-        with mlflow_server(backend, artifacts, args.host, args.port) as served:
-            url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}" \
-                  f":{args.port}"
+    database = (_given(args.backend_store_uri) if args.backend_store_uri
+                else local_postgres(state / "pgdata", args.pg_port))
+    # SIGTERM as Ctrl-C: the blocks below stop the server and the cluster on the way out
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with database as backend, mlflow_server(backend, artifacts, args.host, args.port,
+                                                extra=tuple(args.mlflow_options)) as served:
+            shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
             print(f"MLflow tracking server on {redact(backend)}, artifacts in {artifacts}, "
                   f"answering after {time.monotonic() - started:.1f} s. In each shell whose "
                   "stages log to it (Ctrl-C here stops it):", flush=True)
-            print(f"export MLFLOW_TRACKING_URI={url}", flush=True)
-            if args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"export MLFLOW_TRACKING_URI=http://{shown}:{args.port}", flush=True)
+            if shown != args.host:
                 print(f"(listening on {args.host}: other machines use "
                       f"http://<this machine's address>:{args.port})", flush=True)
-            stop = []
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.append(1))
-            while not stop and served.process.poll() is None:
+            while served.process.poll() is None:
                 time.sleep(0.5)
-            if served.process.poll() is not None and not stop:
-                raise ServerError(f"mlflow server exited ({served.process.returncode})")
+            raise ServerError(f"mlflow server exited ({served.process.returncode})")
+    except KeyboardInterrupt:
+        print("stopped the tracking server"
+              f"{'' if args.backend_store_uri else ' and its PostgreSQL'}", file=sys.stderr)
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
 
 
 @contextmanager
@@ -341,7 +350,7 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 def copy_store(source: str, dest: str, log=print) -> tuple[int, int]:
     """Copy every run of the store ``source`` into the store ``dest`` (experiments by name,
     with their tags; each run's params, whole metric histories, tags and run name, status,
-    start and end times, dataset inputs and artifacts). A run whose copy is already there
+    start and end times, dataset inputs, artifacts and logged models). A run whose copy is already there
     (tagged ``rnnlab.copied_from`` = its id) is skipped. Returns (copied, skipped)."""
     from mlflow.entities import Metric, Param, RunTag, ViewType
     from mlflow.tracking import MlflowClient
@@ -386,6 +395,7 @@ def copy_store(source: str, dest: str, log=print) -> tuple[int, int]:
                     with tempfile.TemporaryDirectory() as tmp:
                         local = src.download_artifacts(run.info.run_id, "", tmp)
                         dst.log_artifacts(new_id, local)
+                _copy_models(src, dst, run, new_id, target.experiment_id)
                 if run.info.status != "RUNNING":
                     dst.set_terminated(new_id, run.info.status, run.info.end_time)
                 # last: a run interrupted above is not taken for a finished copy
@@ -396,6 +406,27 @@ def copy_store(source: str, dest: str, log=print) -> tuple[int, int]:
             copied += 1
             log(f"copied {exp.name}/{run.info.run_name} {run.info.run_id} -> {new_id}")
     return copied, skipped
+
+
+def _copy_models(src, dst, run, new_id: str, experiment_id: str) -> None:
+    """MLflow 3 keeps a logged model (``mlflow.pytorch.log_model``) beside its run, not among
+    the run's artifacts: copy each model the run logged, and link it as the copy's output,
+    so that ``runs:/<copy>/model`` loads."""
+    import mlflow.artifacts
+    from mlflow.entities import LoggedModelOutput
+
+    outputs = run.outputs.model_outputs if run.outputs else []
+    for output in outputs:
+        model = src.get_logged_model(output.model_id)
+        new = dst.create_logged_model(experiment_id, name=model.name, source_run_id=new_id,
+                                      tags=dict(model.tags), params=dict(model.params),
+                                      model_type=model.model_type)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location,
+                                                        dst_path=tmp)
+            dst.log_model_artifacts(new.model_id, local)
+        dst.finalize_logged_model(new.model_id, model.status)
+        dst.log_outputs(new_id, [LoggedModelOutput(new.model_id, output.step)])
 
 
 # ---------------------------------------------------------------------- command line
@@ -410,7 +441,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument("--to", dest="dest", required=True,
                             help="the store to copy into, e.g. http://127.0.0.1:5000")
         args = parser.parse_args(argv[1:])
-        from rnnlab.tracking import TrackingError, store_errors
+        from rnnlab.tracking import TrackingError, _sqlite_path, store_errors
+        db = _sqlite_path(args.source)
+        if db is not None and not db.is_file():   # MLflow would make a new, empty store there
+            sys.exit(f"error: no MLflow store at {db} (--from {args.source})")
         started = time.monotonic()
         try:
             with store_errors(args.dest), store_errors(args.source):
@@ -436,7 +470,7 @@ def main(argv: list[str] | None = None) -> None:
                              "instead of the local cluster")
     parser.add_argument("--pg-port", type=int, default=None,
                         help="the local cluster's port on 127.0.0.1 (default: a free one)")
-    args = parser.parse_args(argv)
+    args, args.mlflow_options = parser.parse_known_args(argv)
     args.dir = args.dir or str(repo_root() / ".mlflow-server")
     try:
         serve(args)
