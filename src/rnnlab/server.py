@@ -235,6 +235,17 @@ def server_command(backend_uri: str, artifacts: Path, host: str, port: int,
             "--host", host, "--port", str(port), "--workers", "1", *extra]
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the process that started it dies (Linux), so a
+    ``kill -9`` of ``rnnlab.server`` does not leave an orphan server holding the port. (An
+    orphan PostgreSQL is found and reused by the next start.)"""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _stop(process: subprocess.Popen) -> None:
     """SIGTERM to the server's process group (it and its workers), SIGKILL if it lingers."""
     if process.poll() is not None:
@@ -266,7 +277,8 @@ def mlflow_server(backend_uri: str, artifacts: Path, host: str = "127.0.0.1",
     out = open(log, "ab") if log else None
     process = subprocess.Popen(server_command(backend_uri, artifacts, host, port, extra), env=env,
                                stdout=out, stderr=subprocess.STDOUT if out else None,
-                               start_new_session=True)   # its own group: stopped whole
+                               start_new_session=True,   # its own group: stopped whole
+                               preexec_fn=_die_with_parent)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown}:{port}"
     try:
