@@ -228,10 +228,11 @@ class Served:
     process: subprocess.Popen
 
 
-def server_command(backend_uri: str, artifacts: Path, host: str, port: int,
+def server_command(artifacts: Path, host: str, port: int,
                    extra: tuple[str, ...] = ()) -> list[str]:
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-            "--serve-artifacts", "--artifacts-destination", Path(artifacts).resolve().as_uri(),
+    """The backend store's URI goes in the environment (``MLFLOW_BACKEND_STORE_URI``), not
+    here: a command line, password included, is visible to every user in ``ps``."""
+    return [sys.executable, "-m", "mlflow", "server", "--serve-artifacts", "--artifacts-destination", Path(artifacts).resolve().as_uri(),
             "--host", host, "--port", str(port), "--workers", "1", *extra]
 
 
@@ -273,9 +274,10 @@ def mlflow_server(backend_uri: str, artifacts: Path, host: str = "127.0.0.1",
     else:
         check_port_free(host, port, "--port")
     Path(artifacts).mkdir(parents=True, exist_ok=True)
-    env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true",
+                        "MLFLOW_BACKEND_STORE_URI": backend_uri}
     out = open(log, "ab") if log else None
-    process = subprocess.Popen(server_command(backend_uri, artifacts, host, port, extra), env=env,
+    process = subprocess.Popen(server_command(artifacts, host, port, extra), env=env,
                                stdout=out, stderr=subprocess.STDOUT if out else None,
                                start_new_session=True,   # its own group: stopped whole
                                preexec_fn=_die_with_parent)
