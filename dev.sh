@@ -12,6 +12,7 @@
 #   ./dev.sh postgres install Debian's postgresql (for ./dev.sh server and its tests)
 #   ./dev.sh keras   the lecture's Keras (the `bench` extra) in .venv-keras: the parity test
 #   ./dev.sh bench   the benchmarks in bench/ (by hand; slow); `bench speed ...`: one of them
+#   ./dev.sh ray-sweep  a `dvc exp run -S` grid fanned out on Ray (the `team` extra; docs/teams.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${RNNLAB_VENV:-.venv}
@@ -107,15 +108,17 @@ case "$cmd" in
   demo)    install; exec python -m rnnlab.demo "$@" ;;
   runs)    install; exec python -m rnnlab.runs "$@" ;;
   leaderboard) install; exec python -m rnnlab.leaderboard "$@" ;;
+  ray-sweep) install dev,team; exec python -m rnnlab.raysweep "$@" ;;
   ui)      install; exec python -m rnnlab.ui "$@" ;;
   server)  install dev,team; exec python -m rnnlab.server "$@" ;;
   plots)   install; exec python -m rnnlab.offline_plots "$@" ;;
   browser) install_browser ;;
   postgres) install_postgres ;;
   keras)   install_keras ;;
-  bench)   install   # `bench NAME ARGS`: bench/bench_NAME.py alone; else all but bench_ab
+  bench)   install   # `bench NAME ARGS`: bench/bench_NAME.py alone; else all but ab, fidelity
     if [ $# -gt 0 ] && [ -f "bench/bench_$1.py" ]; then b=$1; shift; python "bench/bench_$b.py" "$@"
     else for b in bench/bench_*.py; do
-      [ "$b" = bench/bench_ab.py ] || python "$b" "$@"; done; fi ;;
-  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
+      case "$b" in bench/bench_ab.py|bench/bench_fidelity.py) ;; *) python "$b" "$@" ;; esac
+    done; fi ;;
+  *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
 esac

@@ -1,6 +1,7 @@
 """DVC stage: reports/summary.md and PNG charts, every result beside the lecture's."""
 
 import argparse
+import json
 from pathlib import Path
 
 from _params import load_params, run_stage
@@ -15,9 +16,13 @@ def main() -> None:
     parser.add_argument("--jena", type=Path, required=True, help="the prepared Jena data")
     parser.add_argument("--imdb", type=Path, required=True, help="the prepared IMDB data")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--fidelity", type=Path,
+                        help="bench/bench_fidelity.py's summary: the lecture's Keras code's "
+                             "figures on the same data, shown beside ours where they match")
     args = parser.parse_args()
+    fidelity = json.loads(args.fidelity.read_text()) if args.fidelity else None
     summary = write_report(load_params(), args.metrics, args.plots, args.out,
-                           data_sources(jena=args.jena, imdb=args.imdb))
+                           data_sources(jena=args.jena, imdb=args.imdb), fidelity)
     print(f"report: {summary} and {len(list(args.out.glob('*.png')))} charts")
 
 

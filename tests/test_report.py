@@ -70,11 +70,11 @@ def test_report_rows_seeds_and_missing_variants(outputs):
     assert row(summary, "naive")[1:6] == ["0.290", "2.56", "0.308", "2.73", "0.290 (2.57)"]
     gru = row(summary, "gru")
     assert gru[1] == "0.265 ± 0.002" and gru[2] == "2.35 ± 0.02"
-    assert gru[5] == "0.265 (2.35)" and gru[6] == "+0.000" and gru[7] == "4,641"
-    assert gru[8] == "39.1" and gru[-2] == "7/8" and gru[-1] == "2"
+    assert gru[5] == "0.265 (2.35)" and gru[6] == "+0.000" and gru[7] == "–"
+    assert gru[8] == "4,641" and gru[9] == "39.1" and gru[-2] == "7/8" and gru[-1] == "2"
     assert row(summary, "lstm")[1] == "not run"        # no metrics file: listed, not fatal
     lstm = row(summary, "imdb_lstm")
-    assert lstm[1:7] == ["0.878", "0.867", "0.943", "0.935", "0.89", "-0.012"]
+    assert lstm[1:8] == ["0.878", "0.867", "0.943", "0.935", "0.89", "-0.012", "–"]
     assert row(summary, "imdb_bilstm")[1] == "not run"
     assert "mean ± standard deviation" in summary and "Vanishing gradients" not in summary
     for chart in ("jena_validation", "imdb_validation", "jena_vs_lecture", "imdb_vs_lecture"):
@@ -153,3 +153,37 @@ def test_a_curve_that_dwarfs_the_others_gets_a_zoomed_panel():
            (("a", [0.5, 0.52]), ("b", [0.86, 0.88]), ("c", [0.87, 0.89]))]
     low, high = zoom_range(acc, "val_accuracy", lower_is_better=False)
     assert 0.52 < low < 0.86 and high > 0.89
+
+
+def test_the_lecture_keras_figure_stands_beside_a_run_with_the_same_data_and_setup(outputs):
+    """bench_fidelity's summary: a Keras figure measured on the same prepared data (digest),
+    windows or tokens and budget is shown; one from a reduced budget or other data is not."""
+    keras = {"val_accuracy": 0.8801, "val_accuracy_std": 0.0042, "seeds": [1, 2, 3],
+             "val_mae": 0.2712, "val_mae_std": 0.001}
+    imdb_setup = {"data": "d-imdb", "max_features": 10000, "maxlen": 500, "batch_size": 128,
+                  "reverse": False, "epochs": 10, "steps": None, "max_eval_batches": None}
+    jena_setup = {"data": "d-jena", "lookback": 1440, "step": 6, "delay": 144,
+                  "batch_size": 128, "reverse": False, "epochs": 5, "steps": 200,
+                  "max_eval_batches": None}                  # gru trains 20 epochs of 500
+    fidelity = {"rows": [{"variant": "imdb_lstm", "setup": imdb_setup, "keras": keras},
+                         {"variant": "imdb_bilstm", "setup": imdb_setup, "keras": keras},
+                         {"variant": "gru", "setup": jena_setup, "keras": keras}]}
+    digests = {"jena": replace(sources(real=True)["jena"], digest="d-jena"),
+               "imdb": replace(sources(real=True)["imdb"], digest="d-imdb")}
+    summary = write_report(params_with(), outputs / "metrics", outputs / "plots",
+                           outputs / "reports", digests, fidelity).read_text()
+    assert row(summary, "imdb_lstm")[7] == "0.880 ± 0.004 (3)"
+    assert row(summary, "gru")[7] == "–"                     # another budget: not beside ours
+    assert "`bench/bench_fidelity.py`" in summary
+    other = {"jena": digests["jena"], "imdb": replace(digests["imdb"], digest="d-other")}
+    summary = write_report(params_with(), outputs / "metrics", outputs / "plots",
+                           outputs / "reports", other, fidelity).read_text()
+    assert row(summary, "imdb_lstm")[7] == "–"               # other data: not beside ours
+    jena_full = {"rows": [{"variant": "gru", "keras": keras,
+                           "setup": jena_setup | {"epochs": 20, "steps": 500}}]}
+    summary = write_report(params_with(), outputs / "metrics", outputs / "plots",
+                           outputs / "reports", digests, jena_full).read_text()
+    assert row(summary, "gru")[7] == "0.271 ± 0.001 (3)"
+    from rnnlab.report import keras_cell
+    one = {"val_accuracy": 0.8714, "val_accuracy_std": 0.0, "seeds": [1337]}
+    assert keras_cell(one, "val_accuracy") == "0.871 (1)"   # no spread from one seed

@@ -7,6 +7,7 @@ writes ``summary.md`` plus PNG charts. Nothing here trains or reads MLflow.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,53 @@ LECTURE_IMDB_ACCURACY = {"imdb_dense": 0.88, "imdb_simplernn": 0.85, "imdb_lstm"
                          "imdb_lstm_reversed": 0.88, "imdb_bilstm": 0.89}
 
 
+KERAS_NOTE = ("*Keras here*: the lecture's own Keras code trained on this same prepared "
+              "data with the same budget by `bench/bench_fidelity.py` (mean ± std over its "
+              "seeds, from `docs/fidelity.json`); – where no such run matches this one's "
+              "data and setup.")
+
+# Keys of the prepared data's stats.json that change from run to run of the same data.
+VOLATILE_STATS = ("seconds",)
+
+
+def data_digest(prepared: Path, stats_file: str = "stats.json") -> str | None:
+    """A digest of what the prepared data holds (its stats.json: source file digest,
+    normalization, vocabulary and split counts, validation ids), without timings; None
+    when the data was not prepared. Two runs with the same digest read the same data."""
+    path = Path(prepared) / stats_file
+    if not path.exists():
+        return None
+    stats = {k: v for k, v in read_json(path).items() if k not in VOLATILE_STATS}
+    return hashlib.sha256(json.dumps(stats, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_setup(params: Params, spec: ModelSpec, digest: str | None) -> dict[str, Any]:
+    """What a side-by-side figure (bench/bench_fidelity.py) must share with a run to stand
+    beside it: the data, the variant's windows or tokens, batch size and training budget."""
+    if spec.dataset == "jena":
+        j = params.jena
+        data = {"lookback": spec.lookback or j.lookback, "step": spec.step or j.step,
+                "delay": j.delay, "batch_size": j.batch_size, "reverse": spec.reverse}
+        steps = params.train.steps_per_epoch
+    else:
+        i = params.imdb
+        data = {"max_features": i.max_features, "maxlen": i.maxlen,
+                "batch_size": i.batch_size, "reverse": spec.reverse}
+        steps = params.train.imdb_steps_per_epoch
+    return {"data": digest, **data, "epochs": min(spec.epochs, params.train.max_epochs or spec.epochs),
+            "steps": steps, "max_eval_batches": params.train.max_eval_batches}
+
+
+def keras_figures(fidelity: Mapping[str, Any] | None, variant: str,
+                  setup: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The lecture's Keras code's figures for ``variant`` from bench_fidelity's summary,
+    when they were measured with exactly this run's ``setup``; else None."""
+    for row in (fidelity or {}).get("rows", []):
+        if row["variant"] == variant and row.get("setup") == dict(setup) and "keras" in row:
+            return row["keras"]
+    return None
+
+
 @dataclass(frozen=True)
 class DataSource:
     """What the prepared data says about where it came from: the md5 of the file that was
@@ -39,6 +87,7 @@ class DataSource:
     md5: str | None
     canonical_md5: str
     content_check: str | None = None
+    digest: str | None = None        # data_digest of the prepared data
 
     @property
     def real(self) -> bool:
@@ -133,7 +182,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
     return lines
 
 
-NOT_RUN = ["not run", *["–"] * 10]
+NOT_RUN = ["not run", *["–"] * 11]
 
 
 def run_columns(v: Variant, trained: bool = True) -> list[str]:
@@ -145,7 +194,16 @@ def run_columns(v: Variant, trained: bool = True) -> list[str]:
             str(v.metrics.get("n_seeds", 1)) if trained else "–"]
 
 
-def jena_rows(naive: Variant | None, variants: list[Variant]) -> list[list[str]]:
+def keras_cell(figures: Mapping[str, Any] | None, key: str, digits: int = 3) -> str:
+    """The Keras side-by-side figure: mean ± std (seeds), or – when none matches."""
+    if figures is None:
+        return "–"
+    n = len(figures["seeds"])
+    return f"{fmt(figures[key], figures.get(key + '_std') if n > 1 else None, digits)} ({n})"
+
+
+def jena_rows(naive: Variant | None, variants: list[Variant],
+              keras: Mapping[str, Mapping[str, Any] | None]) -> list[list[str]]:
     rows = []
     for v in ([naive] if naive else []) + variants:
         if not v.metrics:
@@ -160,12 +218,14 @@ def jena_rows(naive: Variant | None, variants: list[Variant]) -> list[list[str]]
             fmt(v.value("test_mae_degc"), v.std("test_mae_degc"), 2),
             "–" if lecture is None else f"{lecture:.3f} ({lecture * LECTURE_DEGC_PER_UNIT:.2f})",
             "–" if lecture is None or val is None else f"{val - lecture:+.3f}",
+            keras_cell(keras.get(v.name), "val_mae"),
             *run_columns(v, trained=v.name != "naive"),
         ])
     return rows
 
 
-def imdb_rows(variants: list[Variant]) -> list[list[str]]:
+def imdb_rows(variants: list[Variant],
+              keras: Mapping[str, Mapping[str, Any] | None]) -> list[list[str]]:
     rows = []
     for v in variants:
         if not v.metrics:
@@ -179,6 +239,7 @@ def imdb_rows(variants: list[Variant]) -> list[list[str]]:
             fmt(v.value("val_auc"), v.std("val_auc")), fmt(v.value("test_auc"), v.std("test_auc")),
             "–" if lecture is None else f"{lecture:.2f}",
             "–" if lecture is None or val is None else f"{val - lecture:+.3f}",
+            keras_cell(keras.get(v.name), "val_accuracy"),
             *run_columns(v),
         ])
     return rows
@@ -310,10 +371,16 @@ def lecture_chart(path: Path, variants: list[Variant], key: str, lecture: Mappin
 
 
 def write_report(params: Params, metrics_dir: Path, plots_dir: Path, out: Path,
-                 sources: Mapping[str, DataSource]) -> Path:
+                 sources: Mapping[str, DataSource],
+                 fidelity: Mapping[str, Any] | None = None) -> Path:
     """``out/summary.md`` and its four PNG charts (the outs of dvc.yaml's report stage);
-    returns the summary's path."""
+    returns the summary's path. ``fidelity``: bench_fidelity's summary (docs/fidelity.json),
+    whose Keras figures stand beside a variant's when they were measured on the same data
+    with the same setup (``run_setup``)."""
     variants = load_variants(params.models, metrics_dir, plots_dir)
+    keras = {name: keras_figures(fidelity, name,
+                                 run_setup(params, spec, sources[spec.dataset].digest))
+             for name, spec in params.models.items() if spec.dataset in sources}
     jena = [v for v in variants if v.dataset == "jena"]
     imdb = [v for v in variants if v.dataset == "imdb"]
     naive_path = metrics_dir / "naive.json"
@@ -346,17 +413,19 @@ def write_report(params: Params, metrics_dir: Path, plots_dir: Path, out: Path,
               "the temperature). Lecture °C: its MAE times 2.57 / 0.29.", ""]
     lines += markdown_table(
         ["variant", "val MAE", "val °C", "test MAE", "test °C", "lecture val MAE (°C)",
-         "val − lecture", "params", "s/epoch", "device", "best epoch", "seeds"],
-        jena_rows(naive, jena))
-    lines += ["", "![Jena validation curves](jena_validation.png)", "",
+         "val − lecture", "Keras here, val MAE (seeds)", "params", "s/epoch", "device",
+         "best epoch", "seeds"],
+        jena_rows(naive, jena, keras))
+    lines += ["", KERAS_NOTE, "", "![Jena validation curves](jena_validation.png)", "",
               "![Jena: ours vs the lecture](jena_vs_lecture.png)", ""]
 
     lines += ["## IMDB sentiment", "", "Accuracy and ROC AUC.", ""]
     lines += markdown_table(
         ["variant", "val acc", "test acc", "val AUC", "test AUC", "lecture val acc",
-         "val − lecture", "params", "s/epoch", "device", "best epoch", "seeds"],
-        imdb_rows(imdb))
-    lines += ["", "![IMDB validation curves](imdb_validation.png)", "",
+         "val − lecture", "Keras here, val acc (seeds)", "params", "s/epoch", "device",
+         "best epoch", "seeds"],
+        imdb_rows(imdb, keras))
+    lines += ["", KERAS_NOTE, "", "![IMDB validation curves](imdb_validation.png)", "",
               "![IMDB: ours vs the lecture](imdb_vs_lecture.png)", ""]
 
     gradients = metrics_dir / "gradients.json"
@@ -418,5 +487,7 @@ def data_sources(*, jena: Path, imdb: Path) -> dict[str, DataSource]:
         check = (f"its {n:,} labelled reviews (12,500 per folder) have the real corpus' "
                  f"digest (sha256 `{imdb_stats['reviews_sha256'][:16]}…`, `rnnlab.imdb."
                  "reviews_digest`)")
-    return {"jena": DataSource("jena", jena_stats.get("csv_md5"), JENA_MD5),
-            "imdb": DataSource("imdb", imdb_stats.get("archive_md5"), IMDB_MD5, check)}
+    return {"jena": DataSource("jena", jena_stats.get("csv_md5"), JENA_MD5,
+                               digest=data_digest(Path(jena), STATS_FILE)),
+            "imdb": DataSource("imdb", imdb_stats.get("archive_md5"), IMDB_MD5, check,
+                               digest=data_digest(Path(imdb)))}

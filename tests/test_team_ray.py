@@ -1,0 +1,265 @@
+"""Sweeps on Ray (`python -m rnnlab.raysweep`) on a real local Ray cluster: a head and one
+more worker node on loopback, a bare git repository as the shared git remote, a
+local-directory DVC remote and an MLflow tracking server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+from _project import SMALL_JENA, TRAIN_CAPS, env_for_tools, project_copy, set_params, sh
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+# Ray 2.60 turns token authentication on for a new cluster when ~/.ray/auth_token exists
+# (a local `ray.init()` writes one), and a node joining with `--address` then fails
+# (InvalidAuthToken): the test cluster says what it wants whatever the machine holds.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End ``proc`` (started in a session of its own) and whatever is left in its session:
+    by process id, never by name, so other Ray clusters on this machine stay up."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == proc.pid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+@contextmanager
+def mlflow_server(backend_uri: str, artifacts_dir: Path):
+    """A tracking server on a free loopback port; yields its http URI. (The same signature
+    as tests/_servers.py's, which replaces it.)"""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+         "--serve-artifacts", "--artifacts-destination", str(artifacts_dir),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env_for_tools(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "no server"
+                time.sleep(0.5)
+        yield uri
+    finally:
+        stop(proc)
+
+
+@contextmanager
+def ray_cluster():
+    """`ray start --head` with 1 CPU and one more node (`ray start --address`) with 1 CPU,
+    on loopback, in a temp dir of their own; yields the head's address. Each `ray start
+    --block` holds its node's processes in its own session: `stop` ends exactly those."""
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = env_for_tools() | RAY_ENV
+    common = ["--num-cpus", "1", "--object-store-memory", str(80 * 2**20), "--block",
+              "--temp-dir", str(temp), "--node-ip-address", "127.0.0.1",
+              "--disable-usage-stats"]
+    ray = str(Path(sys.executable).parent / "ray")
+    nodes = []
+
+    def start(*args: str) -> None:
+        log = open(temp / f"node{len(nodes)}.log", "w")
+        ports = ["--dashboard-agent-listen-port", str(free_port())]
+        nodes.append(subprocess.Popen([ray, "start", *args, *common, *ports], env=env, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True))
+
+    def wait_started() -> None:      # `ray start` prints this once its node is up
+        log = temp / f"node{len(nodes) - 1}.log"
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text():
+            assert nodes[-1].poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+
+    try:
+        start("--head", "--port", str(port), "--include-dashboard=false",
+              "--dashboard-port", str(free_port()),
+              "--ray-client-server-port", str(free_port()))
+        wait_started()
+        start("--address", address)
+        wait_started()
+        yield address
+    finally:
+        for node in reversed(nodes):
+            stop(node)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def sweep(repo: Path, address: str, tracking: str, *args: str) -> subprocess.CompletedProcess:
+    return sh(repo, sys.executable, "-m", "rnnlab.raysweep", "--address", address, *args,
+              check=False, env=RAY_ENV | {"MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": str(SRC)})
+
+
+def shared_project(base: Path, small_jena_zip) -> Path:
+    """A project copy on tiny params, committed and pushed to a bare repository
+    (``base/shared.git``), with a local-directory DVC remote (``base/dvc-remote``) that
+    holds its data stages' outputs and run records; the data's source is then deleted,
+    so that pulling is the only way to it."""
+    repo = project_copy(base / "first")
+    source = base / "jena.zip"
+    shutil.copy(small_jena_zip[0], source)
+    set_params(repo, data__jena__url=source.as_uri(), data__jena__md5=small_jena_zip[1],
+               **TRAIN_CAPS, **{f"jena__{k}": v for k, v in SMALL_JENA.items()})
+    sh(base, "git", "init", "-q", "--bare", "shared.git")
+    sh(repo, "git", "init", "-q", "-b", "main")
+    sh(repo, "dvc", "remote", "add", "-d", "shared", str(base / "dvc-remote"))
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "tiny params, the shared DVC remote")
+    sh(repo, "git", "remote", "add", "origin", str(base / "shared.git"))
+    sh(repo, "git", "push", "-q", "origin", "main")
+    sh(base / "shared.git", "git", "symbolic-ref", "HEAD", "refs/heads/main")
+    sh(repo, "dvc", "repro", "windows_jena")
+    sh(repo, "dvc", "push", "--run-cache")
+    source.unlink()
+    return repo
+
+
+def table(out: str) -> list[list[str]]:
+    """The rows of the sweep's summary table, split on spaces."""
+    lines = out.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("point  params")) + 1
+    rows = []
+    for line in lines[first:]:
+        if not line.split()[:1] or not line.split()[0].isdigit() or "  " not in line:
+            break
+        rows.append(line.split())
+    return rows
+
+
+def shown_experiments(repo: Path) -> dict[str, dict]:
+    """name -> params.yaml of each experiment `dvc exp show` lists."""
+    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
+    return {rev["name"]: rev["data"]["params"]["params.yaml"]["data"]
+            for baseline in shown for exp in baseline.get("experiments") or []
+            for rev in exp["revs"]}
+
+
+def test_sweep_on_a_two_node_ray_cluster(tmp_path, small_jena_zip):
+    """A 3 x 2 grid on one Jena variant, one value of which fails the stage: the four
+    good points finish and are shared (a second clone pulls and lists them, the server
+    holds their four FINISHED runs), the two bad ones are reported with their logs, and
+    the command exits non-zero. Rerun, the finished points are not run again; a --name
+    the commit already has on the remote and a dirty workspace are refused."""
+    pytest.importorskip("ray", reason="the `team` extra: pip install -e '.[team]'")
+    grid = ["-S", "models.gru_dropout.dropout=0.1,0.3", "-S", "models.gru_dropout.units=[4],[8]",
+            "train@gru_dropout"]
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(1) as pool:      # the project while the servers start
+        project = pool.submit(shared_project, tmp_path, small_jena_zip)
+        with mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts") as uri, \
+                ray_cluster() as address:
+            repo = project.result()
+            check_sweep(repo, tmp_path, address, uri, grid, t0)
+    (repo / "params.yaml").write_text((repo / "params.yaml").read_text() + "\n")
+    dirty = sweep(repo, "127.0.0.1:1", "http://127.0.0.1:1", *grid)
+    assert dirty.returncode == 2 and "uncommitted changes to tracked files: params.yaml" \
+        in dirty.stderr, dirty.stderr
+
+
+def check_sweep(repo: Path, tmp_path: Path, address: str, uri: str, grid: list[str],
+                t0: float) -> None:
+    from mlflow.tracking import MlflowClient
+
+    started = time.monotonic()
+    print(f"project, tracking server and Ray cluster ready in {started - t0:.1f} s")
+    bad = ["-S", "models.gru_dropout.dropout=0.1,0.3,1.5", *grid[2:]]
+    run = sweep(repo, address, uri, *bad)
+    print(f"the 6-point sweep took {time.monotonic() - started:.1f} s\n{run.stdout}")
+    out = run.stdout
+    assert run.returncode == 1, out + run.stderr
+    rows = table(out)
+    assert [r[-3] for r in rows] == ["ok"] * 4 + ["failed"] * 2, out
+    good = {r[-1]: (float(r[1].split("=")[1]), r[2].split("=")[1]) for r in rows[:4]}
+    assert sorted(good.values()) == [(0.1, "[4]"), (0.1, "[8]"), (0.3, "[4]"), (0.3, "[8]")]
+    assert out.count("models.gru_dropout.dropout: 1.5 is not in [0, 1)") >= 2, out
+    assert "1 thread(s)" in out and "2 of 6 points failed" in out
+    assert not (tmp_path / "jena.zip").exists()          # the data came from the remote
+
+    # A second clone of the shared repository sees the four experiments.
+    other = tmp_path / "second"
+    sh(tmp_path, "git", "clone", "-q", str(tmp_path / "shared.git"), str(other))
+    sh(other, "dvc", "exp", "pull", "origin")
+    shown = shown_experiments(other)
+    assert set(shown) == set(good)
+    refs = dict(line.rsplit("/", 1)[1].split() for line in sh(
+        other, "git", "for-each-ref", "--format=%(refname) %(objectname)",
+        "refs/exps").stdout.splitlines())
+    for name, (dropout, units) in good.items():
+        spec = shown[name]["models"]["gru_dropout"]
+        assert (spec["dropout"], spec["units"]) == (dropout, yaml.safe_load(units))
+        lock = yaml.safe_load(sh(other, "git", "show", f"{refs[name]}:dvc.lock").stdout)
+        (model,) = [o for o in lock["stages"]["train@gru_dropout"]["outs"]
+                    if o["path"] == "models/gru_dropout.pt"]
+        md5 = model["md5"]
+        assert (other / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).is_file()
+
+    # The server holds one FINISHED run per good point, with its params.
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("rnnlab-jena").experiment_id])
+    assert sorted(r.data.tags["dvc_exp_name"] for r in runs) == sorted(good)
+    for r in runs:
+        dropout, units = good[r.data.tags["dvc_exp_name"]]
+        assert r.info.status == "FINISHED" and r.data.tags["variant"] == "gru_dropout"
+        assert r.data.params["model.dropout"] == str(dropout)
+        assert r.data.params["model.units"] == str(tuple(yaml.safe_load(units)))
+        assert r.data.params["threads"] == "1"
+
+    # The same grid again: every point is on the remote, nothing runs (no Ray at all).
+    again = sweep(repo, address, uri, *grid)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("already on the git remote") == 4
+    assert [r[-2] for r in table(again.stdout)] == ["exists"] * 4
+    # --name NAME: an existing NAME-1 of the commit is another grid's, and refused.
+    commit = sh(repo, "git", "rev-parse", "HEAD").stdout.strip()
+    sh(tmp_path / "shared.git", "git", "update-ref",
+       f"refs/exps/{commit[:2]}/{commit[2:]}/mine-1", commit)
+    named = sweep(repo, address, uri, "--name", "mine", *grid)
+    assert named.returncode == 2 and "experiments mine-1 of commit" in named.stderr, named.stderr
+    print(f"the whole check took {time.monotonic() - t0:.1f} s")
+
+
+def test_without_ray_one_line_names_the_extra(tmp_path):
+    code = ("import sys; sys.modules['ray'] = None\n"      # `import ray` -> ImportError
+            "from rnnlab.raysweep import main; sys.exit(main(['-S', 'seed=1,2']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, env=env_for_tools() | {"PYTHONPATH": str(SRC)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "rnnlab.raysweep needs Ray: pip install -e '.[team]'"
