@@ -6,8 +6,10 @@
 #   ./dev.sh runs    the MLflow runs per DVC experiment
 #   ./dev.sh leaderboard  the DVC experiments as rows: changed params, each variant's figure
 #   ./dev.sh ui      the MLflow UI over the project's store, on 127.0.0.1:5000 (PORT=...)
+#   ./dev.sh server  a shared MLflow tracking server on PostgreSQL (docs/teams.md)
 #   ./dev.sh plots   `dvc plots show` (or `plots diff REV`) as a page that works offline
 #   ./dev.sh browser install Debian's chromium + chromedriver (for the browser tests)
+#   ./dev.sh postgres install Debian's postgresql (for ./dev.sh server and its tests)
 #   ./dev.sh keras   the lecture's Keras (the `bench` extra) in .venv-keras: the parity test
 #   ./dev.sh bench   the benchmarks in bench/ (by hand; slow); `bench speed ...`: one of them
 #   ./dev.sh ray-sweep  a `dvc exp run -S` grid fanned out on Ray (the `team` extra; docs/teams.md)
@@ -27,34 +29,54 @@ find_python() {
   return 1
 }
 
+# install [EXTRAS]: rnnlab (editable) with pyproject's extras (default `dev`), once. The stamp
+# lists the extras installed since pyproject.toml last changed: `test` and `server` add
+# `team` (the PostgreSQL driver, Ray), `repro` and the rest leave the default install as is.
 install() {
-  local stamp="$VENV/.installed"
-  if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then return 0; fi
+  local extras=${1:-dev} stamp="$VENV/.installed" have=""
+  if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
+    have=$(cat "$stamp")
+    if [ -z "$(comm -13 <(tr , '\n' <<<"$have" | sort -u) <(tr , '\n' <<<"$extras" | sort -u))" ]
+    then return 0; fi
+  fi
   if [ ! -x "$VENV/bin/python" ]; then
     "$(find_python)" -m venv "$VENV"
   fi
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+  "$VENV/bin/python" -m pip install --quiet -e ".[$extras]"
   # Compile the C++ recurrences now (about a minute, once per machine; cached in
   # ~/.cache/rnnlab) rather than inside the first training stage, where the compiler's
   # 1.7 GB would count as that stage's memory and its minute as its first epoch.
   echo "compiling rnnlab's C++ recurrences (once per machine, about a minute)" >&2
   "$VENV/bin/python" -c 'import sys; from rnnlab import fused; sys.exit(not fused.available())' ||
     echo "warning: the C++ recurrences did not build; training will use the slower loops" >&2
-  touch "$stamp"
+  tr , '\n' <<<"$have,$extras" | sed '/^$/d' | sort -u | paste -sd, > "$stamp"
+}
+
+# apt_install WHAT PACKAGE...: Debian packages, as root or with password-less sudo.
+apt_install() {
+  local what=$1 sudo=""; shift
+  if [ "$(id -u)" != 0 ]; then
+    if sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      echo "$what: not root and no password-less sudo; install $* yourself" \
+           "(the tests that need them skip without them)" >&2; return 1; fi
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
 }
 
 # Debian's chromium and chromedriver (tests/test_browser.py drives them with Selenium).
 install_browser() {
   if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return 0; fi
-  local sudo=""
-  if [ "$(id -u)" != 0 ]; then
-    if sudo -n true 2>/dev/null; then sudo="sudo -n"; else
-      echo "browser: not root and no password-less sudo; install chromium and" \
-           "chromium-driver yourself (the browser tests skip without them)" >&2; return 1; fi
-  fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+  apt_install browser chromium chromium-driver
+}
+
+# Debian's postgresql (initdb, pg_ctl) for `./dev.sh server` and tests/test_team_server.py;
+# a fresh install puts them under /usr/lib/postgresql/<version>/bin only, not on PATH.
+install_postgres() {
+  if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+  then return 0; fi
+  apt_install postgres postgresql
 }
 
 # The lecture's own Keras stack (tensorflow-cpu, keras: pyproject's `bench` extra) in a
@@ -82,19 +104,21 @@ cmd=${1:-help}
 case "$cmd" in
   install) install ;;
   repro)   install; dvc repro "$@" ;;
-  test)    install; python -m pytest "$@" ;;
+  test)    install dev,team; python -m pytest "$@" ;;
   demo)    install; exec python -m rnnlab.demo "$@" ;;
   runs)    install; exec python -m rnnlab.runs "$@" ;;
   leaderboard) install; exec python -m rnnlab.leaderboard "$@" ;;
-  ray-sweep) install; exec python -m rnnlab.raysweep "$@" ;;
+  ray-sweep) install dev,team; exec python -m rnnlab.raysweep "$@" ;;
   ui)      install; exec python -m rnnlab.ui "$@" ;;
+  server)  install dev,team; exec python -m rnnlab.server "$@" ;;
   plots)   install; exec python -m rnnlab.offline_plots "$@" ;;
   browser) install_browser ;;
+  postgres) install_postgres ;;
   keras)   install_keras ;;
   bench)   install   # `bench NAME ARGS`: bench/bench_NAME.py alone; else all but ab, fidelity
     if [ $# -gt 0 ] && [ -f "bench/bench_$1.py" ]; then b=$1; shift; python "bench/bench_$b.py" "$@"
     else for b in bench/bench_*.py; do
       case "$b" in bench/bench_ab.py|bench/bench_fidelity.py) ;; *) python "$b" "$@" ;; esac
     done; fi ;;
-  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
+  *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
 esac

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -45,6 +46,18 @@ def sh(repo: Path, *cmd: str, check: bool = True, env: dict[str, str] | None = N
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
                              f"{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_queue(repo: Path, env: dict[str, str] | None = None, polls: int = 150) -> str:
+    """`dvc queue start -j 2` with one torch thread per worker; waits for the workers (they
+    run in the background) and returns the last `dvc queue status`."""
+    sh(repo, "dvc", "queue", "start", "-j", "2", env={"OMP_NUM_THREADS": "1"} | (env or {}))
+    for _ in range(polls):
+        status = sh(repo, "dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    return status
 
 
 def set_params(repo: Path, **sections) -> None:

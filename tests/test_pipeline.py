@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from _project import set_params, sh, small_project
+from _project import run_queue, set_params, sh, small_project
 from rnnlab.synthetic import JENA_CSV_NAME
 
 
@@ -244,12 +243,7 @@ def test_queued_sweep_with_two_workers(pipeline_copy):
 
     sh(repo, "dvc", "exp", "run", "--queue", "-S", "models.gru_dropout.dropout=0.1,0.3",
        "train@gru_dropout")
-    sh(repo, "dvc", "queue", "start", "-j", "2", env={"OMP_NUM_THREADS": "1"})
-    for _ in range(120):                              # the workers run in the background
-        status = sh(repo, "dvc", "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(2)
+    status = run_queue(repo)
     assert status.count("Success") == 2, status
 
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)

@@ -208,12 +208,28 @@ def experiment_id(name: str, root: Path) -> str:
         # rnnlab's experiments are made together, in one order, so that a new store's ids
         # are always the same (rnnlab-jena 1, rnnlab-imdb 2) and the README's links work.
         location = (root / "mlruns").as_uri() if default_store else None
-        ids = {}
-        for each in (*EXPERIMENTS, *([name] if name not in EXPERIMENTS else [])):
-            exp = mlflow.get_experiment_by_name(each)
-            ids[each] = exp.experiment_id if exp is not None else mlflow.create_experiment(
-                each, artifact_location=location, tags={KIND_TAG: KIND})
+        ids = {each: _get_or_create(each, location)
+               for each in (*EXPERIMENTS, *([name] if name not in EXPERIMENTS else []))}
         return ids[name]
+
+
+def _get_or_create(name: str, location: str | None) -> str:
+    """The experiment's id, created if new. On a tracking server there is no lock: two
+    workers starting at once on a fresh server both create it, and the second gets
+    RESOURCE_ALREADY_EXISTS (PostgreSQL's unique name); the first one's is as good."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return mlflow.create_experiment(name, artifact_location=location,
+                                        tags={KIND_TAG: KIND})
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return mlflow.get_experiment_by_name(name).experiment_id
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
