@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from _project import SMALL_JENA, TRAIN_CAPS, env_for_tools, project_copy, set_params, sh
+from _servers import mlflow_server, need_postgres, postgres_cluster
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Ray 2.60 turns token authentication on for a new cluster when ~/.ray/auth_token exists
@@ -53,32 +53,6 @@ def stop(proc: subprocess.Popen) -> None:
                     os.kill(int(entry.name), signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-
-
-@contextmanager
-def mlflow_server(backend_uri: str, artifacts_dir: Path):
-    """A tracking server on a free loopback port; yields its http URI. (The same signature
-    as tests/_servers.py's, which replaces it.)"""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-         "--serve-artifacts", "--artifacts-destination", str(artifacts_dir),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env_for_tools(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "no server"
-                time.sleep(0.5)
-        yield uri
-    finally:
-        stop(proc)
 
 
 @contextmanager
@@ -179,13 +153,14 @@ def test_sweep_on_a_two_node_ray_cluster(tmp_path, small_jena_zip):
     the command exits non-zero. Rerun, the finished points are not run again; a --name
     the commit already has on the remote and a dirty workspace are refused."""
     pytest.importorskip("ray", reason="the `team` extra: pip install -e '.[team]'")
+    need_postgres()
     grid = ["-S", "models.gru_dropout.dropout=0.1,0.3", "-S", "models.gru_dropout.units=[4],[8]",
             "train@gru_dropout"]
     t0 = time.monotonic()
     with ThreadPoolExecutor(1) as pool:      # the project while the servers start
         project = pool.submit(shared_project, tmp_path, small_jena_zip)
-        with mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts") as uri, \
-                ray_cluster() as address:
+        with postgres_cluster(tmp_path) as db, \
+                mlflow_server(db, tmp_path / "artifacts") as uri, ray_cluster() as address:
             repo = project.result()
             check_sweep(repo, tmp_path, address, uri, grid, t0)
     (repo / "params.yaml").write_text((repo / "params.yaml").read_text() + "\n")
