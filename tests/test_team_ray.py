@@ -83,10 +83,14 @@ def ray_cluster():
             assert nodes[-1].poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
 
+    # The Ray Client server (on 10001 unless told) comes with `ray[client]` only; the team
+    # extra's plain `ray` has none, and refuses the option.
+    from ray._private.utils import get_ray_client_dependency_error
+    client = [] if get_ray_client_dependency_error() else [
+        "--ray-client-server-port", str(free_port())]
     try:
         start("--head", "--port", str(port), "--include-dashboard=false",
-              "--dashboard-port", str(free_port()),
-              "--ray-client-server-port", str(free_port()))
+              "--dashboard-port", str(free_port()), *client)
         wait_started()
         start("--address", address)
         wait_started()

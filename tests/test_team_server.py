@@ -174,6 +174,21 @@ def test_workers_creating_an_experiment_at_once_on_a_server(team, tmp_path):
     assert query(team.backend, "SELECT count(*) FROM experiments WHERE name = 'race'") == [(1,)]
 
 
+def test_ui_on_a_server_prints_its_links_and_starts_nothing(team):
+    """`./dev.sh ui` with MLFLOW_TRACKING_URI on a server: the server is the UI; the links
+    to its experiments' runs lists, in the model-training view, and no second UI."""
+    done = subprocess.run([sys.executable, "-m", "rnnlab.ui"], cwd=team.repo, timeout=120,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": team.url},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ids = dict(query(team.backend, "SELECT name, experiment_id FROM experiments WHERE name "
+                                   "LIKE 'rnnlab-%'"))
+    assert f"its UI is the server itself, {team.url}" in done.stdout
+    for name in ("rnnlab-jena", "rnnlab-imdb"):
+        assert (f"{name} (experiment {ids[name]}), runs: {team.url}/#/experiments/{ids[name]}"
+                f"/runs?workflowType=machine_learning") in done.stdout
+
+
 def test_server_commands_fail_in_one_line(team, tmp_path):
     port = int(team.url.rsplit(":", 1)[1])
     busy = sh(team.repo, sys.executable, "-m", "rnnlab.server", "--port", str(port),

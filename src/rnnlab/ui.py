@@ -4,7 +4,9 @@
 
 The store is the one every stage logs to (``rnnlab.tracking``): ``sqlite:///<root>/mlflow.db``
 with artifacts under ``<root>/mlruns``, or ``MLFLOW_TRACKING_URI`` when set. It prints the
-link to each experiment's runs list before it starts.
+link to each experiment's runs list before it starts. When ``MLFLOW_TRACKING_URI`` is a
+tracking server (http or https), that server is the UI: it prints the links there and
+starts nothing.
 
 MLflow 3.17's UI opens an experiment on its GenAI overview unless the URL asks for the
 model-training view (``?workflowType=machine_learning``; the browser then remembers the
@@ -58,6 +60,13 @@ def main(argv: list[str] | None = None) -> None:
         ids = {name: experiment_id(name, root) for name in EXPERIMENTS}
     except TrackingError as e:
         sys.exit(f"error: {e}")
+    if uri.startswith(("http://", "https://")):      # a tracking server is its own UI
+        base = uri.rstrip("/")
+        print(f"MLFLOW_TRACKING_URI is a tracking server: its UI is the server itself, "
+              f"{redact(base)}")
+        for name, exp in ids.items():
+            print(f"  {name} (experiment {exp}), runs: {redact(runs_url(base, exp))}")
+        return
     command = ui_command(root, args.port, args.host)
     base = f"http://{args.host}:{args.port}"
     print(f"MLflow UI over {redact(uri)} on {base} (Ctrl-C stops it)")
