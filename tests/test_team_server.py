@@ -182,7 +182,7 @@ def test_ui_on_a_server_prints_its_links_and_starts_nothing(team):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     ids = dict(query(team.backend, "SELECT name, experiment_id FROM experiments WHERE name "
-                                   "LIKE 'rnnlab-%'"))
+                                   "LIKE %s", "rnnlab-%"))
     assert f"its UI is the server itself, {team.url}" in done.stdout
     for name in ("rnnlab-jena", "rnnlab-imdb"):
         assert (f"{name} (experiment {ids[name]}), runs: {team.url}/#/experiments/{ids[name]}"
