@@ -237,7 +237,8 @@ def main() -> None:
                    "windows_dir": str(windows_dir), "reverse": spec.reverse,
                    "batch_size": getattr(params, spec.dataset).batch_size,
                    "eval_batch_size": params.train.eval_batch_size, **budget(args, params, spec)}
-            job["setup"] = run_setup(params, spec, data_digest(prepared)) | {
+            stats = json.loads((prepared / "stats.json").read_text())
+            job["setup"] = run_setup(params, spec, data_digest(stats)) | {
                 k: job[k] for k in ("epochs", "steps", "max_eval_batches")}
             if (side, variant, seed, json.dumps(job["setup"], sort_keys=True)) in have:
                 continue

@@ -25,20 +25,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
-from keras_lecture import VOCAB, lecture_model  # noqa: E402
+from keras_lecture import lecture_model, multi_hot  # noqa: E402
 
 import keras  # noqa: E402  (keras_lecture chose the TensorFlow backend)
 import tensorflow as tf  # noqa: E402
 
 from rnnlab.windows import shuffled_batches  # noqa: E402  (NumPy only)
-
-
-def multi_hot(ids: np.ndarray) -> np.ndarray:
-    """The lecture's ``vectorize_sequences``; id 0 is our padding, so it stays 0."""
-    hot = np.zeros((len(ids), VOCAB), "float32")
-    np.put_along_axis(hot, ids.astype(np.int64), 1.0, axis=1)
-    hot[:, 0] = 0.0
-    return hot
 
 
 class Data:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from keras_lecture import VOCAB, lecture_model  # noqa: E402
+from keras_lecture import lecture_model, multi_hot  # noqa: E402
 
 import keras  # noqa: E402  (keras_lecture chose the TensorFlow backend)
 
@@ -42,14 +42,6 @@ def weighted_layers(model: keras.Model) -> list:
         elif layer.get_weights():
             layers.append(layer)
     return layers
-
-
-def multi_hot(ids: np.ndarray) -> np.ndarray:
-    """The lecture's ``vectorize_sequences``; id 0 is our padding, so it stays 0."""
-    hot = np.zeros((len(ids), VOCAB), "float32")
-    np.put_along_axis(hot, ids, 1.0, axis=1)
-    hot[:, 0] = 0.0
-    return hot
 
 
 def main() -> None:

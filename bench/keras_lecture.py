@@ -7,6 +7,8 @@ Reversed-order variants are the same model: the order is the data's.
 
 import os
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -14,6 +16,14 @@ import keras  # noqa: E402
 from keras import layers  # noqa: E402
 
 VOCAB = 10002          # rnnlab's 10,000 words plus its padding and unknown-word ids
+
+
+def multi_hot(ids: np.ndarray) -> np.ndarray:
+    """The lecture's ``vectorize_sequences``; id 0 is our padding, so it stays 0."""
+    hot = np.zeros((len(ids), VOCAB), "float32")
+    np.put_along_axis(hot, ids.astype(np.int64), 1.0, axis=1)
+    hot[:, 0] = 0.0
+    return hot
 
 
 def lecture_model(name: str) -> tuple[keras.Model, str]:

@@ -39,15 +39,15 @@ KERAS_NOTE = ("*Keras here*: the lecture's own Keras code trained on this same p
 VOLATILE_STATS = ("seconds",)
 
 
-def data_digest(prepared: Path, stats_file: str = "stats.json") -> str | None:
-    """A digest of what the prepared data holds (its stats.json: source file digest,
-    normalization, vocabulary and split counts, validation ids), without timings; None
-    when the data was not prepared. Two runs with the same digest read the same data."""
-    path = Path(prepared) / stats_file
-    if not path.exists():
+def data_digest(stats: Mapping[str, Any]) -> str | None:
+    """A digest of what the prepared data holds, from its stats.json (source file digest,
+    normalization, vocabulary and split counts, validation ids) without timings; None
+    when the data was not prepared (no stats). Two runs with the same digest read the
+    same data."""
+    if not stats:
         return None
-    stats = {k: v for k, v in read_json(path).items() if k not in VOLATILE_STATS}
-    return hashlib.sha256(json.dumps(stats, sort_keys=True).encode()).hexdigest()[:16]
+    kept = {k: v for k, v in stats.items() if k not in VOLATILE_STATS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_setup(params: Params, spec: ModelSpec, digest: str | None) -> dict[str, Any]:
@@ -488,6 +488,6 @@ def data_sources(*, jena: Path, imdb: Path) -> dict[str, DataSource]:
                  f"digest (sha256 `{imdb_stats['reviews_sha256'][:16]}…`, `rnnlab.imdb."
                  "reviews_digest`)")
     return {"jena": DataSource("jena", jena_stats.get("csv_md5"), JENA_MD5,
-                               digest=data_digest(Path(jena), STATS_FILE)),
+                               digest=data_digest(jena_stats)),
             "imdb": DataSource("imdb", imdb_stats.get("archive_md5"), IMDB_MD5, check,
-                               digest=data_digest(Path(imdb)))}
+                               digest=data_digest(imdb_stats))}
