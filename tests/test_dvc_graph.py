@@ -101,3 +101,16 @@ def test_a_mirror_with_the_same_checksum_reruns_only_its_download(pipeline_copy)
         assert re.findall(r"Running stage '([^']+)'", out) == ["download_jena"]
     finally:
         set_params(repo, data__jena__url=served)
+
+
+def test_every_stage_is_kept_in_the_run_cache(tiny_pipeline):
+    """After one `dvc repro`, DVC's run cache holds a record of every stage (its command),
+    so `dvc exp run` and queued experiments restore unchanged stages instead of rerunning
+    them. DVC 3 silently keeps a stage out when any output but a metric is `cache: false`."""
+    lock = yaml.safe_load((tiny_pipeline / "dvc.lock").read_text())["stages"]
+    records = [yaml.safe_load(p.read_text())
+               for p in (tiny_pipeline / ".dvc/cache/runs").rglob("*") if p.is_file()]
+    missing = sorted(name for name, stage in lock.items()
+                     if stage["cmd"] not in {r["cmd"] for r in records})
+    assert not missing, f"no run-cache record for {missing}"
+    assert len(records) == len(lock)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from _project import run_queue, set_params, sh, small_project
+from _project import env_for_tools, run_queue, set_params, sh, small_project
 from rnnlab.synthetic import JENA_CSV_NAME
 
 
@@ -290,6 +295,46 @@ def test_editing_one_variant_reruns_only_it(pipeline_copy):
     assert "Running stage 'report'" in rerun.stdout
     assert "Running stage 'train@gru'" not in rerun.stdout
     assert read_metrics(repo, "lstm")["n_params"] == 4 * 16 * (14 + 16 + 2) + 17
+
+
+@pytest.mark.hostile
+def test_a_checkpoint_superseded_by_a_run_cache_restore_is_removed(pipeline_copy):
+    """`dvc repro` of gru with other params is killed with kill -9 after its first
+    checkpoint; the params go back and DVC restores gru from its run cache (no code of ours
+    runs); the next tracked stage (naive) removes the stale checkpoint and closes the killed
+    run, and keeps a checkpoint newer than its variant's metrics (a resumable one)."""
+    from mlflow.tracking import MlflowClient
+
+    repo = pipeline_copy
+    ckpt = repo / "checkpoints"
+    set_params(repo, train__max_epochs=None, models__gru__epochs=500)
+    proc = subprocess.Popen(["dvc", "repro", "-s", "train@gru"], cwd=repo, env=env_for_tools(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (ckpt / "gru.pt").exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert (ckpt / "gru.pt").exists() and (ckpt / "gru.run.json").exists()
+    killed = json.loads((ckpt / "gru.run.json").read_text())["run_id"]
+    assert not (repo / "metrics/gru.json").exists()          # DVC deleted the outs first
+
+    sh(repo, "git", "checkout", "params.yaml")
+    restored = sh(repo, "dvc", "repro", "-s", "train@gru")
+    assert "skipping run" in restored.stdout, restored.stdout
+    assert (repo / "metrics/gru.json").exists() and (ckpt / "gru.pt").exists()
+    time.sleep(0.01)
+    shutil.copy(ckpt / "gru.pt", ckpt / "lstm.pt")   # newer than metrics/lstm.json: resumable
+
+    after = sh(repo, "dvc", "repro", "-s", "-f", "naive")
+    assert "removed checkpoints/gru.pt: metrics/gru.json was written after it" in after.stderr
+    assert sorted(p.name for p in ckpt.iterdir()) == ["lstm.pt"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    assert client.get_run(killed).info.status == "KILLED"
 
 
 def test_seeds_train_each_variant_once_per_seed(pipeline_copy):

@@ -359,6 +359,37 @@ def _close_interrupted(claims: Path, uri: str) -> dict[Path, str]:
     return closed
 
 
+def _remove_superseded_checkpoints(checkpoints: Path) -> list[Path]:
+    """Delete each checkpoint whose variant's metrics file was written after it, unless a
+    live claim holds that variant; return what was deleted.
+
+    DVC deletes a stage's outputs before it runs the stage, so while a checkpoint is worth
+    resuming its metrics file is missing (or, outside DVC, older). A metrics file written
+    after the checkpoint came from a finished run (which deletes its checkpoints itself) or
+    from a DVC run-cache restore, which runs no code of ours: the checkpoint is then stale,
+    and the next tracked stage removes it. ``st_ctime`` (of the link itself) also moves
+    when DVC restores by hardlink or symlink, where the file's mtime may be old.
+    """
+    metrics, removed = checkpoints.parent / "metrics", []
+    for path in sorted(checkpoints.glob("*.pt")):
+        name = path.name[:-len(".pt")]
+        variant = name.split(".seed", 1)[0]
+        if (checkpoints / f"{name}.run.json").exists():
+            continue                     # a live attempt's (dead ones' claims are gone)
+        try:
+            written_after = (os.lstat(metrics / f"{variant}.json").st_ctime_ns
+                             > path.stat().st_mtime_ns)
+        except OSError:
+            continue                     # no metrics: the checkpoint may still be resumed
+        if written_after:
+            path.unlink(missing_ok=True)
+            log.info("removed %s: %s was written after it (a DVC run-cache restore or a "
+                     "finished run), so it can no longer be resumed", path,
+                     metrics / f"{variant}.json")
+            removed.append(path)
+    return removed
+
+
 def _digest(uri: str) -> str:
     """Names the store in a claim without writing its URI (and any credentials) to disk."""
     return hashlib.sha256(uri.encode()).hexdigest()[:16]
@@ -391,6 +422,7 @@ def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
             closed = _close_interrupted(claim.parent, uri)
         if claim in closed:
             all_tags["interrupted_run_id"] = closed[claim]
+        _remove_superseded_checkpoints(claim.parent)
     try:
         with store_errors(uri), mlflow.start_run(
                 experiment_id=exp_id, run_name=run_name,
