@@ -148,9 +148,16 @@ def test_the_printed_links_open_on_the_runs_list(browser, mlflow_ui, tiny_pipeli
     listing = sh(tiny_pipeline, sys.executable, "-m", "rnnlab.runs", "--links", mlflow_ui).stdout
     compare = [ln.split("compare: ", 1)[1] for ln in listing.splitlines()
                if ln.startswith("  compare: ")][0]          # workspace, rnnlab-imdb: 6 runs
-    browser.get(compare)
     n = len(json.loads(compare.split("runs=", 1)[1].split("&", 1)[0]))
-    wait_for_text(browser, lambda t: f"Comparing {n} Runs" in t)
+    first_visit = new_driver()
+    try:
+        first_visit.get(compare)
+        text = wait_for_text(first_visit, lambda t: f"Comparing {n} Runs" in t)
+    finally:
+        first_visit.quit()
+    menu = set(text.splitlines())
+    assert "Model registry" in menu, text[:2000]                     # the model-training view
+    assert not {"Prompts", "AI Gateway"} & menu, text[:2000]         # not GenAI's sidebar
 
 
 def test_mlflow_ui_lists_and_compares_every_variant(browser, mlflow_ui, tiny_pipeline):

@@ -34,9 +34,10 @@ def runs_url(base: str, experiment: str) -> str:
 
 
 def compare_url(base: str, run_ids: list[str], experiments: list[str]) -> str:
-    """MLflow's side-by-side comparison of ``run_ids`` (of the experiment ids given)."""
+    """MLflow's side-by-side comparison of ``run_ids`` (of the experiment ids given), in the
+    model-training view (without it a first visit gets the GenAI sidebar)."""
     return (f"{base}/#/compare-runs?runs={json.dumps(run_ids, separators=(',', ':'))}"
-            f"&experiments={json.dumps(experiments, separators=(',', ':'))}")
+            f"&experiments={json.dumps(experiments, separators=(',', ':'))}&{VIEW}")
 
 
 def ui_command(root: Path, port: int, host: str = "127.0.0.1") -> list[str]:
