@@ -360,8 +360,9 @@ def _close_interrupted(claims: Path, uri: str) -> dict[Path, str]:
 
 
 def _remove_superseded_checkpoints(checkpoints: Path) -> list[Path]:
-    """Delete each checkpoint whose variant's metrics file was written after it, unless a
-    live claim holds that variant; return what was deleted.
+    """Delete each checkpoint whose variant's metrics file was written after it, and the
+    temp files that writes killed midway left, unless a live claim holds that variant;
+    return what was deleted.
 
     DVC deletes a stage's outputs before it runs the stage, so while a checkpoint is worth
     resuming its metrics file is missing (or, outside DVC, older). A metrics file written
@@ -371,6 +372,13 @@ def _remove_superseded_checkpoints(checkpoints: Path) -> list[Path]:
     when DVC restores by hardlink or symlink, where the file's mtime may be old.
     """
     metrics, removed = checkpoints.parent / "metrics", []
+    for temp in sorted(checkpoints.glob(".*.part")):   # a kill during an atomic write
+        owner = temp.name[1:].rsplit(".", 2)[0]          # ".gru.pt.x1y2.part" -> "gru.pt"
+        owner = owner.removesuffix(".pt").removesuffix(".run.json")
+        if not (checkpoints / f"{owner}.run.json").exists():
+            temp.unlink(missing_ok=True)
+            log.info("removed %s: the temp file of an interrupted write", temp)
+            removed.append(temp)
     for path in sorted(checkpoints.glob("*.pt")):
         name = path.name[:-len(".pt")]
         variant = name.split(".seed", 1)[0]
