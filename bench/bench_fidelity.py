@@ -228,6 +228,9 @@ def main() -> None:
         pairs = [(seed, variant) for seed in args.seeds for variant in args.variants]
         plan = [(seed, variant, side) for k, (seed, variant) in enumerate(pairs)   # which
                 for side in (args.sides if k % 2 == 0 else args.sides[::-1])]     # side first
+        digests = {ds: data_digest(json.loads(
+                       (args.root / "data" / "prepared" / ds / "stats.json").read_text()))
+                   for ds in {params.variant(v).dataset for v in args.variants}}
         for i, (seed, variant, side) in enumerate(plan):
             spec = params.variant(variant)
             prepared = args.root / "data" / "prepared" / spec.dataset
@@ -237,8 +240,7 @@ def main() -> None:
                    "windows_dir": str(windows_dir), "reverse": spec.reverse,
                    "batch_size": getattr(params, spec.dataset).batch_size,
                    "eval_batch_size": params.train.eval_batch_size, **budget(args, params, spec)}
-            stats = json.loads((prepared / "stats.json").read_text())
-            job["setup"] = run_setup(params, spec, data_digest(stats)) | {
+            job["setup"] = run_setup(params, spec, digests[spec.dataset]) | {
                 k: job[k] for k in ("epochs", "steps", "max_eval_batches")}
             if (side, variant, seed, json.dumps(job["setup"], sort_keys=True)) in have:
                 continue

@@ -372,18 +372,21 @@ def _remove_superseded_checkpoints(checkpoints: Path) -> list[Path]:
     when DVC restores by hardlink or symlink, where the file's mtime may be old.
     """
     metrics, removed = checkpoints.parent / "metrics", []
+
+    def claimed(name: str) -> bool:      # a live attempt's (dead ones' claims are gone)
+        return (checkpoints / f"{name}.run.json").exists()
+
     for temp in sorted(checkpoints.glob(".*.part")):   # a kill during an atomic write
         owner = temp.name[1:].rsplit(".", 2)[0]          # ".gru.pt.x1y2.part" -> "gru.pt"
-        owner = owner.removesuffix(".pt").removesuffix(".run.json")
-        if not (checkpoints / f"{owner}.run.json").exists():
+        if not claimed(owner.removesuffix(".pt").removesuffix(".run.json")):
             temp.unlink(missing_ok=True)
             log.info("removed %s: the temp file of an interrupted write", temp)
             removed.append(temp)
     for path in sorted(checkpoints.glob("*.pt")):
         name = path.name[:-len(".pt")]
         variant = name.split(".seed", 1)[0]
-        if (checkpoints / f"{name}.run.json").exists():
-            continue                     # a live attempt's (dead ones' claims are gone)
+        if claimed(name):
+            continue
         try:
             written_after = (os.lstat(metrics / f"{variant}.json").st_ctime_ns
                              > path.stat().st_mtime_ns)
