@@ -14,12 +14,15 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 
 from rnnlab.atomic import atomic_output, file_md5, write_json
 from rnnlab.errors import DataFormatError
+
+if TYPE_CHECKING:   # polars parses the CSV only: training stages load .npy files without it
+    import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +171,7 @@ def _drop_trailing_blank_rows(df: pl.DataFrame) -> pl.DataFrame:
     """A blank line at the end of the file reads as a row of nulls: drop those rows only."""
     if any(v is not None for v in df.row(-1)):
         return df                                      # the usual case: one row looked at
+    import polars as pl
     blank = df.select(pl.all_horizontal(pl.all().is_null())).to_series().to_numpy()
     filled = np.flatnonzero(~blank)
     return df.head(int(filled[-1]) + 1 if len(filled) else 0)
@@ -196,6 +200,7 @@ def read_jena_csv(path: Path) -> JenaTable:
     read again line by line (``_first_bad_line``) to name the first bad line. Polars reads
     a blank line as a row of nulls, so data row ``i`` is line ``i + 2``.
     """
+    import polars as pl
     path = Path(path)
     _check_header(path)
     schema = {TIME_COLUMN: pl.String, **{c: pl.Float64 for c in FEATURES}}
@@ -227,6 +232,7 @@ def read_jena_csv(path: Path) -> JenaTable:
 
 def zscore_stats(frame: pl.DataFrame, train_rows: tuple[int, int]) -> tuple[list, list]:
     """Per-column mean and std (ddof 0, as NumPy and the lecture) over rows [lo, hi)."""
+    import polars as pl
     lo, hi = train_rows
     row = frame.slice(lo, hi - lo).select(
         [pl.col(c).mean().alias(f"m{i}") for i, c in enumerate(FEATURES)]
@@ -247,6 +253,7 @@ def normalize_jena(csv_path: Path, out_dir: Path, *, train_rows: tuple[int, int 
     replaces them (before the statistics are taken), None keeps them as the lecture did.
     Returns the stats that were written.
     """
+    import polars as pl
     table = read_jena_csv(csv_path)
     frame = table.frame
     n = frame.height
