@@ -22,6 +22,7 @@ of 7 interleaved rounds, 2026-11-27): TorchScript loop 80.4 ms, C++ 37.7 ms with
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import Optional
 
@@ -29,6 +30,11 @@ import torch
 from torch import Tensor, nn
 
 from rnnlab.errors import RnnlabError
+
+# cuDNN wants one contiguous weight buffer and copies this layer's four tensors into one at
+# every call on CUDA, with a warning: a few kB here, so the copy costs nothing worth a warning.
+warnings.filterwarnings("ignore", message="RNN module weights are not part of single "
+                        "contiguous chunk", category=UserWarning)
 
 
 def _gru_steps(gi: Tensor, h: Tensor, w_hh_t: Tensor, b_hh: Tensor, mask_h: Tensor,
@@ -120,6 +126,69 @@ except Exception:  # noqa: BLE001 - no TorchScript in this build: same results, 
     _gru_forward_impl, _gru_backward_impl = _gru_forward, _gru_backward
 
 
+class _CudaGraphed:
+    """``fn`` (a loop of small ops over tensors) replayed as a CUDA graph.
+
+    On a GPU the TorchScript loops above launch ~10 kernels per time step, each a few
+    microseconds of work behind ~10 microseconds of launch: the loop is bound by the CPU
+    that issues the launches. Here each signature (shapes, dtypes, device, the flags and
+    which optional arguments are None) is captured once, after two warm-up calls on a side
+    stream, and every later call copies its inputs into the graph's static tensors, replays
+    the whole loop with one launch and returns clones of the static outputs (the next
+    replay overwrites them). Any failure to capture turns graphs off for the process with
+    one warning and runs ``fn`` as is, with the same results. ``RNNLAB_CUDA_GRAPHS=0``
+    turns them off from the start (benchmarks compare both).
+    """
+
+    enabled = os.environ.get("RNNLAB_CUDA_GRAPHS", "1") != "0"
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.graphs: dict[tuple, tuple] = {}
+
+    def __call__(self, *args):
+        if not _CudaGraphed.enabled:
+            return self.fn(*args)
+        key = tuple((tuple(a.shape), a.dtype, a.device) if isinstance(a, Tensor) else a
+                    for a in args)
+        entry = self.graphs.get(key)
+        if entry is None:
+            try:
+                entry = self.graphs[key] = self._capture(args)
+            except Exception as e:  # noqa: BLE001 - any capture failure: run without graphs
+                _CudaGraphed.enabled = False
+                warnings.warn(f"CUDA graphs turned off for the recurrent loops "
+                              f"({type(e).__name__}: {e}); the loops run step by step, with "
+                              f"the same results", RuntimeWarning, stacklevel=2)
+                return self.fn(*args)
+        graph, static_args, static_out = entry
+        for static, arg in zip(static_args, args):
+            if isinstance(arg, Tensor):
+                static.copy_(arg)
+        graph.replay()
+        return tuple(out.clone() for out in static_out)
+
+    def _capture(self, args) -> tuple:
+        device = next(a.device for a in args if isinstance(a, Tensor))
+        with torch.cuda.device(device):
+            static_args = [a.detach().clone() if isinstance(a, Tensor) else a for a in args]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self.fn(*static_args)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                static_out = self.fn(*static_args)
+        return graph, static_args, static_out
+
+
+# The plain Python loops are captured: in a graph the launch cost TorchScript saves is gone.
+_gru_forward_graphed = _CudaGraphed(_gru_forward)
+_gru_backward_graphed = _CudaGraphed(_gru_backward)
+
+
 class _GRURecurrence(torch.autograd.Function):
     """The recurrent part of a GRU with a hand-written backward pass (BPTT).
 
@@ -132,7 +201,8 @@ class _GRURecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask_h: Tensor | None,
                 relu: bool, return_sequences: bool) -> Tensor:
-        h, h_prev, rz_all, n_all, hn_all = _gru_forward_impl(gi, w_hh, b_hh, mask_h, relu)
+        forward = _gru_forward_graphed if gi.is_cuda else _gru_forward_impl
+        h, h_prev, rz_all, n_all, hn_all = forward(gi, w_hh, b_hh, mask_h, relu)
         ctx.save_for_backward(w_hh, mask_h, h_prev, rz_all, n_all, hn_all)
         ctx.relu, ctx.return_sequences = relu, return_sequences
         if return_sequences:
@@ -142,8 +212,9 @@ class _GRURecurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         w_hh, mask_h, *saved = ctx.saved_tensors
-        dgi, dw_hh, db_hh = _gru_backward_impl(grad_out.contiguous(), w_hh, mask_h, *saved,
-                                               ctx.relu, ctx.return_sequences)
+        backward = _gru_backward_graphed if grad_out.is_cuda else _gru_backward_impl
+        dgi, dw_hh, db_hh = backward(grad_out.contiguous(), w_hh, mask_h, *saved,
+                                     ctx.relu, ctx.return_sequences)
         return dgi, dw_hh, db_hh, None, None, None
 
 
@@ -170,8 +241,9 @@ class RecurrentLayer(nn.Module):
     Which code runs the time loop: on the CPU the fused C++ recurrences of
     ``rnnlab.fused`` (one call for the whole sequence, forward and backward); where they
     cannot be built or on another device, PyTorch's own fused loop (cuDNN on CUDA) when no
-    state mask is asked for, else the TorchScript GRU loop below. All give the same results
-    (tests/test_fused.py, tests/test_recurrent.py).
+    state mask is asked for, else the GRU loop below: TorchScript on the CPU, replayed as
+    one CUDA graph per call on CUDA (``_CudaGraphed``). All give the same results
+    (tests/test_fused.py, tests/test_recurrent.py, tests/test_cuda.py on a GPU).
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, *, dropout: float = 0.0,
@@ -233,8 +305,10 @@ class RecurrentLayer(nn.Module):
                               mask_h if use_mask else h0, use_mask, relu, self.return_sequences)
         native = self.native and _use_fused(x)
         # Without them: PyTorch's loop (cuDNN on CUDA); for a GRU on the CPU our TorchScript
-        # loop, 20-30 % faster than nn.GRU's there.
-        if mask_h is None and not native and (self.cell != "gru" or x.device.type != "cpu"):
+        # loop, 20-30 % faster than nn.GRU's there. PyTorch's GRU has no relu: a relu GRU
+        # (gru_stacked's second layer, in evaluation too) always takes our loop.
+        if (mask_h is None and not native and not (self.cell == "gru" and relu)
+                and (self.cell != "gru" or x.device.type != "cpu")):
             return self._torch_loop(x, relu)
         # Input projections of all steps in one matmul, time-major for the loop.
         gi = torch.nn.functional.linear(x.transpose(0, 1), self.weight_ih_l0,
@@ -268,6 +342,7 @@ class RecurrentLayer(nn.Module):
         if self.cell == "lstm":
             out, h, _ = torch._VF.lstm(x, (h0, h0), *args)
         elif self.cell == "gru":
+            assert not relu, "PyTorch's GRU is tanh only"
             out, h = torch._VF.gru(x, h0, *args)
         else:
             out, h = (torch._VF.rnn_relu if relu else torch._VF.rnn_tanh)(x, h0, *args)

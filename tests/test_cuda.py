@@ -1,0 +1,183 @@
+"""The CUDA path: cuDNN for layers without a state mask, CUDA-graphed loops for the GRU's
+recurrent dropout. These need a CUDA device; the CPU-only CI has none, so they run on a lent
+GPU machine through ``bench/bench_gpu.py`` (``pytest --noconftest tests/test_cuda.py``),
+which records the result in docs/benchmarks.md."""
+
+import numpy as np
+import pytest
+import torch
+
+from rnnlab import recurrent
+from rnnlab.models import ModelSpec, build_model
+from rnnlab.recurrent import RecurrentLayer, _CudaGraphed, _GRURecurrence
+from rnnlab.tasks import JenaTask
+from rnnlab.train import TrainConfig, fit, seed_everything
+from rnnlab.windows import make_window_spec
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def exact_float32():
+    """No TF32 in matmuls or cuDNN, so float32 is compared as float32."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.fixture
+def graphs(request):
+    """``_CudaGraphed.enabled`` set for one test, restored after it."""
+    saved = _CudaGraphed.enabled
+    yield lambda on: setattr(_CudaGraphed, "enabled", on)
+    _CudaGraphed.enabled = saved
+
+
+def _recurrence(gi, w, b, mask, relu, return_sequences):
+    gi, w, b = (t.detach().clone().requires_grad_() for t in (gi, w, b))
+    out = _GRURecurrence.apply(gi, w, b, mask, relu, return_sequences)
+    (out * torch.linspace(-1, 1, out.numel(), device=out.device,
+                          dtype=out.dtype).view_as(out)).sum().backward()
+    return [out.detach(), gi.grad, w.grad, b.grad]
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_graphed_gru_loop_equals_the_cpu_loop(graphs, relu, masked, return_sequences,
+                                              dtype, tol):
+    graphs(True)
+    torch.manual_seed(0)
+    steps, batch, hidden = 50, 16, 32
+    gi = torch.randn(steps, batch, 3 * hidden, dtype=dtype)
+    w = torch.randn(3 * hidden, hidden, dtype=dtype) / hidden ** 0.5
+    b = torch.randn(3 * hidden, dtype=dtype)
+    mask = (torch.rand(batch, hidden, dtype=dtype) > 0.3) / 0.7 if masked else None
+    cpu = _recurrence(gi, w, b, mask, relu, return_sequences)
+    move = lambda t: None if t is None else t.to(CUDA)  # noqa: E731
+    for _ in range(3):            # the first call captures, the next ones replay
+        got = _recurrence(move(gi), move(w), move(b), move(mask), relu, return_sequences)
+        for mine, ref in zip(got, cpu):
+            # within tol of each tensor's scale: dW_hh sums T x B products, in another order
+            torch.testing.assert_close(mine.cpu(), ref, rtol=tol,
+                                       atol=tol * max(1.0, ref.abs().max().item()))
+
+
+def test_graphed_and_step_by_step_gradients_agree_and_pass_gradcheck(graphs):
+    graphs(True)
+    torch.manual_seed(1)
+    gi = torch.randn(6, 3, 12, dtype=torch.float64, device=CUDA, requires_grad=True)
+    w = torch.randn(12, 4, dtype=torch.float64, device=CUDA, requires_grad=True)
+    b = torch.randn(12, dtype=torch.float64, device=CUDA, requires_grad=True)
+    mask = ((torch.rand(3, 4, dtype=torch.float64, device=CUDA) > 0.3) / 0.7)
+    fn = lambda g, w_, b_: _GRURecurrence.apply(g, w_, b_, mask, False, True)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (gi, w, b), eps=1e-6, atol=1e-6)
+    graphed = _recurrence(gi, w, b, mask, False, True)
+    graphs(False)
+    eager = _recurrence(gi, w, b, mask, False, True)
+    for a, e in zip(graphed, eager):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell,activation", [("gru", "tanh"), ("gru", "relu"),
+                                             ("lstm", "tanh"), ("rnn", "tanh")])
+def test_cudnn_layers_equal_the_cpu_layers(cell, activation):
+    """Without a state mask, a layer on CUDA runs cuDNN (a relu GRU, which cuDNN lacks, our
+    graphed loop): same outputs and gradients as on the CPU."""
+    torch.manual_seed(2)
+    cpu = RecurrentLayer(cell, 14, 32, activation=activation, return_sequences=True,
+                         native=False)
+    gpu = RecurrentLayer(cell, 14, 32, activation=activation, return_sequences=True).to(CUDA)
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(8, 40, 14)
+    outs = []
+    for layer, device in ((cpu, "cpu"), (gpu, CUDA)):
+        xd = x.detach().to(device).requires_grad_()
+        out = layer(xd)
+        out.pow(2).sum().backward()
+        outs.append([out.detach().cpu(), xd.grad.cpu()] + [p.grad.cpu() for p in layer.parameters()])
+    for a, b in zip(*outs):        # within 1e-5 of each tensor's scale, as above
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * max(1.0, a.abs().max().item()))
+
+
+N = 3000
+SPLITS = {"train": (0, 1800), "val": (1801, 2400), "test": (2401, None)}
+
+
+@pytest.fixture(scope="module")
+def task():
+    rng = np.random.default_rng(0)
+    features = rng.normal(0, 0.3, (N, 14)).astype(np.float32)
+    features[:, 1] += np.sin(2 * np.pi * np.arange(N) / 144).astype(np.float32)
+    spec = make_window_spec(n_rows=N, lookback=120, step=6, delay=12, target_index=1,
+                            splits=SPLITS)
+    return JenaTask(features, spec, batch_size=32, target_std=2.0)
+
+
+def _fit(task, arch="gru", **kw):
+    seed_everything(7)
+    model = build_model(ModelSpec(dataset="jena", arch=arch, epochs=2, **kw), 14, 20)
+    return fit(model, task, TrainConfig(epochs=2, steps_per_epoch=8, seed=11), CUDA,
+               progress=False)
+
+
+@pytest.mark.parametrize("arch,kw", [
+    ("gru", {"dropout": 0.2, "recurrent_dropout": 0.2}),
+    ("gru", {"units": (32, 64), "activations": ("tanh", "relu"), "dropout": 0.1,
+             "recurrent_dropout": 0.5}),
+    ("conv_gru", {"dropout": 0.1, "recurrent_dropout": 0.5}),
+])
+def test_training_with_recurrent_dropout_on_cuda(graphs, task, arch, kw):
+    """Same seed, same metrics (to float32 rounding: cuDNN's convolutions may sum in another
+    order), with graphs and without; one capture per signature."""
+    graphs(True)
+    for fn in (recurrent._gru_forward_graphed, recurrent._gru_backward_graphed):
+        fn.graphs.clear()
+    a, b = _fit(task, arch, **kw), _fit(task, arch, **kw)
+    graphs(False)
+    c = _fit(task, arch, **kw)
+    for run in (b, c):
+        for mine, ref in zip(run.history, a.history):
+            for key in ("train_loss", "val_loss"):
+                assert mine[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
+    for key in a.val:
+        assert b.val[key] == pytest.approx(a.val[key], rel=1e-5), key
+    layers = 2 if "units" in kw else 1
+    # One training signature per layer (the stacked one's layers differ in shapes), those
+    # with a state mask: captured once, however many steps ran. (The relu layer also runs
+    # the loop in evaluation, without a mask, once per evaluation batch size.)
+    training = [key for key in recurrent._gru_forward_graphed.graphs if key[3] is not None]
+    assert len(training) == layers
+    assert len(recurrent._gru_backward_graphed.graphs) == layers
+    assert a.history[-1]["train_loss"] < a.history[0]["train_loss"] * 1.5
+
+
+@pytest.mark.parametrize("arch,kw", [("dense", {}), ("gru", {}), ("gru", {"reverse": True}),
+                                     ("gru", {"bidirectional": True}), ("lstm", {})])
+def test_every_other_jena_architecture_trains_on_cuda(task, arch, kw):
+    result = _fit(task, arch, **kw)
+    assert np.isfinite(result.val["mae"]) and np.isfinite(result.test["mae"])
+
+
+@pytest.mark.parametrize("arch,kw", [
+    ("gru", {"units": (32, 64), "activations": ("tanh", "relu"), "dropout": 0.1,
+             "recurrent_dropout": 0.5}),
+    ("gru", {"bidirectional": True}), ("conv_gru", {"dropout": 0.1, "recurrent_dropout": 0.5}),
+    ("lstm", {}), ("dense", {}),
+])
+def test_models_in_evaluation_equal_their_cpu_twins(arch, kw):
+    """What validation and test see: gru_stacked's relu layer once ran tanh here (cuDNN's
+    GRU has no relu), and only a GPU could show it."""
+    seed_everything(3)
+    model = build_model(ModelSpec(dataset="jena", arch=arch, epochs=1, **kw), 14, 20).eval()
+    for layer in model.modules():
+        if isinstance(layer, RecurrentLayer):
+            layer.native = False          # the CPU reference: no C++ build on the GPU machine
+    x = torch.randn(16, 20, 14)
+    with torch.no_grad():
+        ref = model(x)
+        got = model.to(CUDA)(x.to(CUDA)).cpu()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * max(1.0, ref.abs().max().item()))
