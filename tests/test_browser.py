@@ -209,6 +209,80 @@ def test_mlflow_ui_lists_and_compares_every_variant(browser, mlflow_ui, tiny_pip
         assert f"{run.data.metrics['val_mae']:.3f}" in shown, (run.info.run_name, shown)
 
 
+def _column_node(driver, name: str):
+    """The Columns menu's tree node titled ``name`` (None while it is not shown)."""
+    for node in driver.find_elements("css selector", "[role=dialog] .du-bois-light-tree-treenode"):
+        title = node.find_elements("css selector", ".du-bois-light-tree-title")
+        if title and title[0].text.strip() == name:
+            return node
+    return None
+
+
+def set_column(driver, name: str, shown: bool = True) -> None:
+    """In the open Columns menu, what a user does: type the column's name in its search
+    box, open the group that holds it, tick (or untick) it."""
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element("css selector", "[role=dialog] input[placeholder='Search columns']")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.DELETE, name)
+    deadline = time.monotonic() + 20
+    while _column_node(driver, name) is None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no column {name!r} in the Columns menu")
+        for switch in driver.find_elements(
+                "css selector", "[role=dialog] .du-bois-light-tree-switcher_close"):
+            switch.click()                   # a search leaves the matching group closed
+        time.sleep(0.25)
+    for _ in range(5):
+        checkbox = _column_node(driver, name).find_element(
+            "css selector", ".du-bois-light-tree-checkbox")
+        if ("checkbox-checked" in checkbox.get_attribute("class")) == shown:
+            return
+        checkbox.click()
+        time.sleep(0.5)
+    raise AssertionError(f"column {name!r} did not stay {'ticked' if shown else 'unticked'}")
+
+
+def test_headline_metrics_go_on_the_runs_list_through_columns(mlflow_ui, tiny_pipeline):
+    """docs/tracking.md's recipe, in a fresh browser: Columns, untick three attributes, tick
+    val_accuracy, test_accuracy and model.cell; each run's figures then show in the list."""
+    from mlflow.tracking import MlflowClient
+    from selenium.webdriver.common.keys import Keys
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tiny_pipeline}/mlflow.db")
+    exp = client.get_experiment_by_name("rnnlab-imdb")
+    runs = client.search_runs([exp.experiment_id])
+    ensure_browser()
+    driver = new_driver()
+    try:
+        driver.get(f"{mlflow_ui}/#/experiments/{exp.experiment_id}/runs"
+                   f"?workflowType=machine_learning")
+        wait_for_text(driver, lambda t: f"{len(runs)} matching runs" in t)
+        for close in driver.find_elements("css selector", "button[aria-label='Close']")[:1]:
+            close.click()                   # the MLflow Assistant's side panel
+        [columns] = [b for b in driver.find_elements("css selector", "button")
+                     if b.text.strip() == "Columns"]
+        columns.click()
+        for name in ("Dataset", "Source", "Models"):
+            set_column(driver, name, shown=False)
+        for name in ("val_accuracy", "test_accuracy", "model.cell"):
+            set_column(driver, name)
+        driver.find_element("tag name", "body").send_keys(Keys.ESCAPE)
+        text = wait_for_text(driver, lambda t: "val_accuracy" in t.splitlines())
+        driver.save_screenshot(str(ARTIFACTS / "mlflow_runs_columns.png"))
+    finally:
+        driver.quit()
+    lines = text.splitlines()
+    assert {"Metrics", "Parameters", "test_accuracy", "model.cell"} <= set(lines), text[:2000]
+    assert "Dataset" not in lines and "Source" not in lines
+    for run in runs:
+        for key in ("val_accuracy", "test_accuracy"):
+            assert repr(run.data.metrics[key]) in lines, (run.info.run_name, key, text[:2000])
+    cells = {r.data.params.get("model.cell") for r in runs} - {None}
+    assert cells == {"rnn", "lstm"} and cells <= set(lines)
+
+
 def test_offline_plots_page_renders_without_internet(browser, tiny_pipeline):
     """`./dev.sh plots show` writes a self-contained page whose vega charts draw offline;
     DVC's default page (vega from a CDN) draws none under the same conditions."""

@@ -135,6 +135,12 @@ def test_whole_pipeline_end_to_end(tiny_pipeline, monkeypatch):
             imdb_runs[variant].info.run_id
         assert imdb_runs[variant].data.tags["dataset"] == "imdb"
         assert imdb_runs[variant].data.tags["data_source"] == "other"   # generated reviews
+        # A run logs the model fields its architecture reads, no others: the UI's
+        # model.cell column is empty for dense and tf-idf, not a misleading "lstm".
+        params = imdb_runs[variant].data.params
+        assert ("model.cell" in params) == (models[variant]["arch"] == "embed_rnn"), variant
+        if "model.cell" in params:
+            assert params["model.cell"] == models[variant].get("cell", "lstm")
     # The generated reviews carry a clear signal: the classical baseline finds it.
     assert json.loads((repo / "metrics/imdb_tfidf_logreg.json").read_text())["test_accuracy"] > 0.8
 

@@ -24,7 +24,7 @@ from rnnlab.atomic import atomic_output, remove_if_empty, write_json
 from rnnlab.baselines import count_tfidf_parameters, fit_tfidf
 from rnnlab.device import resolve_device
 from rnnlab.models import build_model, count_parameters
-from rnnlab.params import ARCHITECTURES, Params
+from rnnlab.params import ARCHITECTURES, COMMON_FIELDS, Params
 from rnnlab.recurrent import prepare_native
 from rnnlab.paths import CHECKPOINTS, repo_root
 from rnnlab.seeds import combine_seeds
@@ -79,7 +79,10 @@ def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outp
         policy = replace(policy, tuned=False)
     if torch_model:
         log.info("%s: %s on %s", variant, policy.describe(), device)
-    base_params = {"variant": variant, "model": asdict(spec), spec.dataset: data.data_params,
+    # Only the fields the variant's architecture reads: a dense model logs no ``model.cell``.
+    reads = COMMON_FIELDS + ARCHITECTURES[spec.arch].fields
+    model_params = {k: v for k, v in asdict(spec).items() if k in reads}
+    base_params = {"variant": variant, "model": model_params, spec.dataset: data.data_params,
                    "device": str(device), "seeds": seeds, "threads": policy.threads,
                    "threads_source": policy.source + (", tuned" if policy.tuned else "")}
 
