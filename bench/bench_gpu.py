@@ -12,12 +12,14 @@ costs the same whatever the ids.
 1. ``pytest --noconftest tests/test_cuda.py`` (the CUDA tests; skipped on a CPU-only CI).
 2. For every torch variant of params.yaml, with its params as they are: ``fit`` for
    ``--epochs`` epochs of the default length, each epoch's seconds (training and the
-   validation pass), the final validation + test evaluation, the peak GPU memory, and the
-   variant's default stage extrapolated from those parts: first epoch + (epochs - 1) x the
-   last measured epoch + the final evaluation, once per seed.
+   validation pass), the final validation + test evaluation, the variant's peak GPU memory
+   (the graphs of the variants before it freed), and the variant's default stage
+   extrapolated from those parts: first epoch + (epochs - 1) x the last measured epoch +
+   the final evaluation, once per seed. ``--no-epochs`` skips this part.
 3. For the variants with recurrent dropout: ms per training step with the CUDA-graphed
-   loops and with the step-by-step TorchScript loops (``_CudaGraphed.enabled``), 20 steps
-   per round after 3 warm-up steps, in rounds of alternating order; the median of each.
+   loops and with the TorchScript loops launched step by step (``_CudaGraphed.enabled``
+   off: what runs without graphs), 20 steps per round after 3 warm-up steps, in rounds of
+   alternating order; the median of each.
 """
 
 from __future__ import annotations
@@ -82,7 +84,15 @@ def make_task(params, spec, jena: Path, imdb: Path):
     return task, params.train.imdb_steps_per_epoch
 
 
+def clear_graphs() -> None:
+    """Each variant starts without the graphs (and their memory) of the ones before it."""
+    for graphed in (recurrent._gru_forward_graphed, recurrent._gru_backward_graphed):
+        graphed.graphs.clear()
+    torch.cuda.empty_cache()
+
+
 def time_variant(params, name: str, jena: Path, imdb: Path, epochs: int, device) -> dict:
+    clear_graphs()
     spec = params.variant(name)
     task, steps = make_task(params, spec, jena, imdb)
     seed_everything(params.seed)
@@ -112,6 +122,7 @@ def time_variant(params, name: str, jena: Path, imdb: Path, epochs: int, device)
 
 def step_times(params, name: str, jena: Path, device, rounds: int = 3, steps: int = 20) -> dict:
     """ms per training step, graphs on and off, alternating which goes first."""
+    clear_graphs()
     spec = params.variant(name)
     task, _ = make_task(params, spec, jena, Path())
     seed_everything(params.seed)
@@ -158,6 +169,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--variants", nargs="*", help="default: every torch variant")
     parser.add_argument("--no-tests", action="store_true")
+    parser.add_argument("--no-epochs", action="store_true",
+                        help="skip the default epochs: tests and graphs against step by step")
     parser.add_argument("--eval-batch-size", type=int,
                         help="instead of train.eval_batch_size (validation and test batches)")
     parser.add_argument("--out", type=Path)
@@ -181,7 +194,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         imdb = random_imdb(Path(tmp) / "imdb", params.imdb.maxlen, params.imdb.max_features + 2)
         report["variants"] = []
-        for name in names:
+        for name in ([] if args.no_epochs else names):
             try:
                 report["variants"].append(time_variant(params, name, args.jena, imdb,
                                                        args.epochs, device))

@@ -1,7 +1,7 @@
 """The CUDA path: cuDNN for layers without a state mask, CUDA-graphed loops for the GRU's
 recurrent dropout. These need a CUDA device; the CPU-only CI has none, so they run on a lent
-GPU machine through ``bench/bench_gpu.py`` (``pytest --noconftest tests/test_cuda.py``),
-which records the result in docs/benchmarks.md."""
+GPU machine (``pytest --noconftest tests/test_cuda.py``, which ``bench/bench_gpu.py`` also
+runs first); the last result is in docs/benchmarks.md."""
 
 import numpy as np
 import pytest
@@ -58,8 +58,14 @@ def test_graphed_gru_loop_equals_the_cpu_loop(graphs, relu, masked, return_seque
     mask = (torch.rand(batch, hidden, dtype=dtype) > 0.3) / 0.7 if masked else None
     cpu = _recurrence(gi, w, b, mask, relu, return_sequences)
     move = lambda t: None if t is None else t.to(CUDA)  # noqa: E731
+    for graphed in (recurrent._gru_forward_graphed, recurrent._gru_backward_graphed):
+        graphed.graphs.clear()
     for _ in range(3):            # the first call captures, the next ones replay
         got = _recurrence(move(gi), move(w), move(b), move(mask), relu, return_sequences)
+        # really graphed: a failed capture would fall back silently, with the same figures
+        assert _CudaGraphed.enabled
+        assert len(recurrent._gru_forward_graphed.graphs) == 1
+        assert len(recurrent._gru_backward_graphed.graphs) == 1
         for mine, ref in zip(got, cpu):
             # within tol of each tensor's scale: dW_hh sums T x B products, in another order
             torch.testing.assert_close(mine.cpu(), ref, rtol=tol,
@@ -137,6 +143,7 @@ def test_training_with_recurrent_dropout_on_cuda(graphs, task, arch, kw):
     for fn in (recurrent._gru_forward_graphed, recurrent._gru_backward_graphed):
         fn.graphs.clear()
     a, b = _fit(task, arch, **kw), _fit(task, arch, **kw)
+    assert _CudaGraphed.enabled                  # no capture failed and fell back
     graphs(False)
     c = _fit(task, arch, **kw)
     for run in (b, c):
@@ -149,7 +156,8 @@ def test_training_with_recurrent_dropout_on_cuda(graphs, task, arch, kw):
     # One training signature per layer (the stacked one's layers differ in shapes), those
     # with a state mask: captured once, however many steps ran. (The relu layer also runs
     # the loop in evaluation, without a mask, once per evaluation batch size.)
-    training = [key for key in recurrent._gru_forward_graphed.graphs if key[3] is not None]
+    training = [key for key in recurrent._gru_forward_graphed.graphs
+                if key[-2] is not None]          # (..., mask_h, relu): a state mask
     assert len(training) == layers
     assert len(recurrent._gru_backward_graphed.graphs) == layers
     assert a.history[-1]["train_loss"] < a.history[0]["train_loss"] * 1.5

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from typing import Optional
 
@@ -30,11 +31,6 @@ import torch
 from torch import Tensor, nn
 
 from rnnlab.errors import RnnlabError
-
-# cuDNN wants one contiguous weight buffer and copies this layer's four tensors into one at
-# every call on CUDA, with a warning: a few kB here, so the copy costs nothing worth a warning.
-warnings.filterwarnings("ignore", message="RNN module weights are not part of single "
-                        "contiguous chunk", category=UserWarning)
 
 
 def _gru_steps(gi: Tensor, h: Tensor, w_hh_t: Tensor, b_hh: Tensor, mask_h: Tensor,
@@ -129,47 +125,56 @@ except Exception:  # noqa: BLE001 - no TorchScript in this build: same results, 
 class _CudaGraphed:
     """``fn`` (a loop of small ops over tensors) replayed as a CUDA graph.
 
-    On a GPU the TorchScript loops above launch ~10 kernels per time step, each a few
-    microseconds of work behind ~10 microseconds of launch: the loop is bound by the CPU
-    that issues the launches. Here each signature (shapes, dtypes, device, the flags and
-    which optional arguments are None) is captured once, after two warm-up calls on a side
-    stream, and every later call copies its inputs into the graph's static tensors, replays
-    the whole loop with one launch and returns clones of the static outputs (the next
-    replay overwrites them). Any failure to capture turns graphs off for the process with
-    one warning and runs ``fn`` as is, with the same results. ``RNNLAB_CUDA_GRAPHS=0``
-    turns them off from the start (benchmarks compare both).
+    On a GPU the loops above launch ~10 kernels per time step, each a few microseconds of
+    work behind a launch that costs more: the loop is bound by the CPU that issues the
+    launches. Here each signature (shapes, dtypes, device, current stream, the flags, which
+    optional arguments are None, and the TF32 settings) is captured once, after two
+    warm-up calls on a side stream, and every later call copies its inputs into the graph's
+    static tensors, replays the whole loop with one launch and returns clones of the static
+    outputs (the next replay overwrites them); a lock keeps two threads from interleaving
+    those three steps. Captured graphs stay for the process (one per signature: a training
+    shape per layer, and for a relu layer each evaluation batch size). Without graphs
+    (``RNNLAB_CUDA_GRAPHS=0``, or after any capture failure, which turns them off for the
+    process with one warning and frees the graphs) ``fallback`` runs: the TorchScript loop,
+    step by step, with the same results.
     """
 
     enabled = os.environ.get("RNNLAB_CUDA_GRAPHS", "1") != "0"
 
-    def __init__(self, fn):
-        self.fn = fn
+    def __init__(self, fn, fallback):
+        self.fn, self.fallback = fn, fallback
         self.graphs: dict[tuple, tuple] = {}
+        self.lock = threading.Lock()
 
     def __call__(self, *args):
         if not _CudaGraphed.enabled:
-            return self.fn(*args)
-        key = tuple((tuple(a.shape), a.dtype, a.device) if isinstance(a, Tensor) else a
-                    for a in args)
-        entry = self.graphs.get(key)
-        if entry is None:
-            try:
-                entry = self.graphs[key] = self._capture(args)
-            except Exception as e:  # noqa: BLE001 - any capture failure: run without graphs
-                _CudaGraphed.enabled = False
-                warnings.warn(f"CUDA graphs turned off for the recurrent loops "
-                              f"({type(e).__name__}: {e}); the loops run step by step, with "
-                              f"the same results", RuntimeWarning, stacklevel=2)
-                return self.fn(*args)
-        graph, static_args, static_out = entry
-        for static, arg in zip(static_args, args):
-            if isinstance(arg, Tensor):
-                static.copy_(arg)
-        graph.replay()
-        return tuple(out.clone() for out in static_out)
-
-    def _capture(self, args) -> tuple:
+            return self.fallback(*args)
         device = next(a.device for a in args if isinstance(a, Tensor))
+        key = (torch.cuda.current_stream(device).cuda_stream,
+               torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision(),
+               *((tuple(a.shape), a.dtype, a.device) if isinstance(a, Tensor) else a
+                 for a in args))
+        with self.lock:
+            entry = self.graphs.get(key)
+            if entry is None:
+                try:
+                    entry = self.graphs[key] = self._capture(args, device)
+                except Exception as e:  # noqa: BLE001 - any capture failure: no graphs
+                    _CudaGraphed.enabled = False
+                    for graphed in (_gru_forward_graphed, _gru_backward_graphed):
+                        graphed.graphs.clear()
+                    warnings.warn(f"CUDA graphs turned off for the recurrent loops "
+                                  f"({type(e).__name__}: {e}); the loops run step by step, "
+                                  f"with the same results", RuntimeWarning, stacklevel=2)
+                    return self.fallback(*args)
+            graph, static_args, static_out = entry
+            for static, arg in zip(static_args, args):
+                if isinstance(arg, Tensor):
+                    static.copy_(arg)
+            graph.replay()
+            return tuple(out.clone() for out in static_out)
+
+    def _capture(self, args, device: torch.device) -> tuple:
         with torch.cuda.device(device):
             static_args = [a.detach().clone() if isinstance(a, Tensor) else a for a in args]
             side = torch.cuda.Stream()
@@ -184,9 +189,10 @@ class _CudaGraphed:
         return graph, static_args, static_out
 
 
-# The plain Python loops are captured: in a graph the launch cost TorchScript saves is gone.
-_gru_forward_graphed = _CudaGraphed(_gru_forward)
-_gru_backward_graphed = _CudaGraphed(_gru_backward)
+# The plain Python loops are captured (in a graph TorchScript's saving on launches is gone);
+# without graphs the TorchScript loops run, as on the CPU.
+_gru_forward_graphed = _CudaGraphed(_gru_forward, _gru_forward_impl)
+_gru_backward_graphed = _CudaGraphed(_gru_backward, _gru_backward_impl)
 
 
 class _GRURecurrence(torch.autograd.Function):
@@ -339,10 +345,21 @@ class RecurrentLayer(nn.Module):
         weights = [self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0]
         h0 = x.new_zeros(1, x.size(0), self.hidden_size)
         args = (weights, True, 1, 0.0, self.training, False, True)
+        if x.is_cuda:
+            # cuDNN wants the four weight tensors in one buffer and copies them into one at
+            # every call, warning each time: a few kB for these layers.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="RNN module weights are not part",
+                                        category=UserWarning)
+                return self._cudnn_call(x, h0, args, relu)
+        return self._cudnn_call(x, h0, args, relu)
+
+    def _cudnn_call(self, x: Tensor, h0: Tensor, args: tuple, relu: bool) -> Tensor:
         if self.cell == "lstm":
             out, h, _ = torch._VF.lstm(x, (h0, h0), *args)
         elif self.cell == "gru":
-            assert not relu, "PyTorch's GRU is tanh only"
+            if relu:
+                raise RnnlabError("PyTorch's GRU is tanh only: a relu GRU runs our loop")
             out, h = torch._VF.gru(x, h0, *args)
         else:
             out, h = (torch._VF.rnn_relu if relu else torch._VF.rnn_tanh)(x, h0, *args)
