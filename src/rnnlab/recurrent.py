@@ -351,10 +351,10 @@ class RecurrentLayer(nn.Module):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="RNN module weights are not part",
                                         category=UserWarning)
-                return self._cudnn_call(x, h0, args, relu)
-        return self._cudnn_call(x, h0, args, relu)
+                return self._vf_rnn(x, h0, args, relu)
+        return self._vf_rnn(x, h0, args, relu)
 
-    def _cudnn_call(self, x: Tensor, h0: Tensor, args: tuple, relu: bool) -> Tensor:
+    def _vf_rnn(self, x: Tensor, h0: Tensor, args: tuple, relu: bool) -> Tensor:
         if self.cell == "lstm":
             out, h, _ = torch._VF.lstm(x, (h0, h0), *args)
         elif self.cell == "gru":
