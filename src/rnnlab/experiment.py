@@ -24,7 +24,7 @@ from rnnlab.atomic import atomic_output, remove_if_empty, write_json
 from rnnlab.baselines import count_tfidf_parameters, fit_tfidf
 from rnnlab.device import resolve_device
 from rnnlab.models import build_model, count_parameters
-from rnnlab.params import ARCHITECTURES, COMMON_FIELDS, Params
+from rnnlab.params import ARCHITECTURES, Params, fields_read
 from rnnlab.recurrent import prepare_native
 from rnnlab.paths import CHECKPOINTS, repo_root
 from rnnlab.seeds import combine_seeds
@@ -80,8 +80,7 @@ def train_variant(params: Params, variant: str, *, prepared: Path, outputs: Outp
     if torch_model:
         log.info("%s: %s on %s", variant, policy.describe(), device)
     # Only the fields the variant's architecture reads: a dense model logs no ``model.cell``.
-    reads = COMMON_FIELDS + ARCHITECTURES[spec.arch].fields
-    model_params = {k: v for k, v in asdict(spec).items() if k in reads}
+    model_params = {k: v for k, v in asdict(spec).items() if k in fields_read(spec.arch)}
     base_params = {"variant": variant, "model": model_params, spec.dataset: data.data_params,
                    "device": str(device), "seeds": seeds, "threads": policy.threads,
                    "threads_source": policy.source + (", tuned" if policy.tuned else "")}

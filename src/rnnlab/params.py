@@ -230,6 +230,11 @@ ARCHITECTURES = {
 COMMON_FIELDS = ("dataset", "arch", "epochs")
 
 
+def fields_read(arch: str) -> tuple[str, ...]:
+    """Every ``models.<variant>`` key a variant of ``arch`` reads (the common ones first)."""
+    return COMMON_FIELDS + ARCHITECTURES[arch].fields
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One variant's architecture and training length (a ``models.<variant>`` entry)."""
@@ -260,11 +265,11 @@ class ModelSpec:
         if not isinstance(arch, str) or arch not in ARCHITECTURES:
             raise ConfigError(f"{where}.arch: unknown architecture {arch!r}; known: "
                               f"{', '.join(sorted(ARCHITECTURES))}")
-        uses = ARCHITECTURES[arch].fields
-        unused = [k for k in data if k not in COMMON_FIELDS and k not in uses]
+        reads = fields_read(arch)
+        unused = [k for k in data if k not in reads]
         if unused:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unused))} for arch "
-                              f"{arch!r}; it reads {', '.join(COMMON_FIELDS + uses)}")
+                              f"{arch!r}; it reads {', '.join(reads)}")
 
     def validate(self, where: str) -> None:
         datasets = ARCHITECTURES[self.arch].datasets

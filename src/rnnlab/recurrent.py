@@ -140,11 +140,13 @@ class _CudaGraphed:
     """
 
     enabled = os.environ.get("RNNLAB_CUDA_GRAPHS", "1") != "0"
+    instances: list[_CudaGraphed] = []
 
     def __init__(self, fn, fallback):
         self.fn, self.fallback = fn, fallback
         self.graphs: dict[tuple, tuple] = {}
         self.lock = threading.Lock()
+        _CudaGraphed.instances.append(self)
 
     def __call__(self, *args):
         if not _CudaGraphed.enabled:
@@ -161,7 +163,7 @@ class _CudaGraphed:
                     entry = self.graphs[key] = self._capture(args, device)
                 except Exception as e:  # noqa: BLE001 - any capture failure: no graphs
                     _CudaGraphed.enabled = False
-                    for graphed in (_gru_forward_graphed, _gru_backward_graphed):
+                    for graphed in _CudaGraphed.instances:
                         graphed.graphs.clear()
                     warnings.warn(f"CUDA graphs turned off for the recurrent loops "
                                   f"({type(e).__name__}: {e}); the loops run step by step, "
