@@ -141,6 +141,71 @@ def test_imdb_variant_learns_and_every_parameter_gets_a_gradient(name):
     assert loss_fn(model(x), y).item() < 0.9 * before
 
 
+def _grad_fns(out: torch.Tensor) -> set[str]:
+    """The names of the autograd nodes behind ``out``."""
+    seen, todo, names = set(), [out.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(next_fn for next_fn, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("fused", [True, False])
+def test_recurrent_layer_reading_token_ids_equals_the_embedding_route(cell, bidirectional, fused):
+    """``forward_ids`` (the table projected once, its rows gathered) gives the outputs and
+    gradients of embedding-then-layer up to rounding, in training (with
+    the same recurrent-dropout mask) and in evaluation; without the C++ recurrences, with
+    an input dropout mask, or with more table rows than tokens, it is the embedding route."""
+    from rnnlab import fused as fused_module
+    if fused and not fused_module.available():
+        pytest.fail(f"the C++ recurrences should build here: {fused_module.unavailable_reason()}")
+    vocab, batch, steps = 40, 6, 9
+    torch.manual_seed(5)
+    table = torch.nn.Parameter(torch.empty(vocab, 7).uniform_(-0.5, 0.5))
+    layer = Recurrent(cell, 7, 5, dropout=0.0, recurrent_dropout=0.3 if cell == "gru" else 0.0,
+                      activation="tanh", bidirectional=bidirectional, return_sequences=True)
+    for direction in (layer.forward_rnn, layer.backward_rnn):
+        if direction is not None:
+            direction.native = fused
+    ids = torch.randint(0, vocab, (batch, steps))
+    ids[:, :3] = 0                                             # front padding, repeated ids
+    grads = []
+    for route in ("ids", "embedding"):
+        layer.train()
+        torch.manual_seed(11)                                  # the same dropout masks
+        out = (layer.forward_ids(ids, table) if route == "ids"
+               else layer(torch.nn.functional.embedding(ids, table)))
+        nodes = _grad_fns(out)
+        assert ("IndexSelectBackward0" in nodes) == (route == "ids" and fused), nodes
+        assert ("EmbeddingBackward0" in nodes) == (route == "embedding" or not fused), nodes
+        table.grad = None
+        layer.zero_grad()
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append([table.grad] + [p.grad for p in layer.parameters()])
+        layer.eval()
+        with torch.no_grad():
+            grads[-1].append(layer.forward_ids(ids, table) if route == "ids"
+                             else layer(torch.nn.functional.embedding(ids, table)))
+        grads[-1].append(out.detach())
+    for ours, reference in zip(*grads):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+    layer.train()
+    with_input_dropout = Recurrent(cell, 7, 5, dropout=0.2, recurrent_dropout=0.0,
+                                   activation="tanh", bidirectional=bidirectional,
+                                   return_sequences=False)
+    for big_vocab, model in ((False, with_input_dropout), (True, layer)):
+        short = ids[:2, :3] if big_vocab else ids                 # 6 tokens < 40 rows
+        nodes = _grad_fns(model.forward_ids(short, table))
+        assert "IndexSelectBackward0" not in nodes and "EmbeddingBackward0" in nodes
+
+
 def test_imdb_lecture_architectures():
     assert count_parameters(build_model(spec_of("imdb_simplernn"), 10002, 500)) == (
         10002 * 32 + (32 * 32 + 32 * 32 + 2 * 32) + 33)   # Keras: 320,000 + 2,080 + 33 (+32 bias)

@@ -118,10 +118,19 @@ class Recurrent(nn.Module):
         self.backward_rnn = make() if bidirectional else None
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.forward_rnn(x)
-        if self.backward_rnn is None:
+        return self._join(self.forward_rnn(x),
+                          None if self.backward_rnn is None else self.backward_rnn(x.flip(1)))
+
+    def forward_ids(self, ids: Tensor, table: Tensor) -> Tensor:
+        """``self(embedding(ids))``, each direction projecting the table once
+        (``RecurrentLayer.forward_ids``)."""
+        return self._join(self.forward_rnn.forward_ids(ids, table),
+                          None if self.backward_rnn is None
+                          else self.backward_rnn.forward_ids(ids.flip(1), table))
+
+    def _join(self, out: Tensor, back: Tensor | None) -> Tensor:
+        if back is None:
             return out
-        back = self.backward_rnn(x.flip(1))
         if self.return_sequences:
             back = back.flip(1)                           # align with forward time
         return torch.cat([out, back], -1)
@@ -234,4 +243,17 @@ def build_embed_rnn(spec: ModelSpec, n_features: int, timesteps: int) -> nn.Modu
     # RMSprop's small steps, learned far slower here (val accuracy after 2 epochs of the
     # LSTM on the real reviews: 0.83 with N(0, 1), 0.89 with +-0.05).
     nn.init.uniform_(embedding.weight, -0.05, 0.05)
-    return Head(nn.Sequential(embedding, body), size)
+    return Head(Embedded(embedding, body), size)
+
+
+class Embedded(nn.Sequential):
+    """Embedding -> recurrent stack, as ``nn.Sequential(embedding, body)`` (the same
+    parameter names); the first recurrent layer reads the token ids and the embedding
+    table itself (``Recurrent.forward_ids``)."""
+
+    def forward(self, ids: Tensor) -> Tensor:
+        embedding, body = self[0], self[1]
+        out = body[0].forward_ids(ids, embedding.weight)
+        for layer in body[1:]:
+            out = layer(out)
+        return out

@@ -321,6 +321,32 @@ class RecurrentLayer(nn.Module):
         # Input projections of all steps in one matmul, time-major for the loop.
         gi = torch.nn.functional.linear(x.transpose(0, 1), self.weight_ih_l0,
                                         self.bias_ih_l0).contiguous()         # (T, B, G*H)
+        return self._recur(gi, mask_h, relu, native)
+
+    def forward_ids(self, ids: Tensor, table: Tensor) -> Tensor:
+        """``self(embedding(ids))`` for ids (B, T) into an embedding ``table`` (V, I).
+
+        The input projection of an embedded token is a row of ``table @ W_ih^T + b_ih``, so
+        where the C++ recurrences run and the vocabulary has no more rows than the batch
+        has tokens, that (V, G*H) product is computed once and its rows gathered in time
+        order: a product over V rows instead of B*T, and no (B, T, I) embedding tensor
+        (IMDB's LSTM step: 64,000 rows against 10,000). Gradients reach the table through
+        the product, summed per token id first. Outputs and gradients equal the embedding
+        route's up to rounding (tests/test_models.py).
+        Anywhere else, or with an input dropout mask to apply, it is the embedding route.
+        """
+        batch, steps = ids.shape
+        if (self.training and self.dropout > 0) or table.size(0) > batch * steps \
+                or not (self.native and self.fused_backward and _use_fused(table)):
+            return self(torch.nn.functional.embedding(ids, table))
+        mask_h = self.sample_masks(batch, table.device, table.dtype)[1] if self.training \
+            else None
+        projected = torch.nn.functional.linear(table, self.weight_ih_l0, self.bias_ih_l0)
+        gi = projected.index_select(0, ids.t().reshape(-1)).view(steps, batch, -1)
+        return self._recur(gi, mask_h, self.activation == "relu", True)
+
+    def _recur(self, gi: Tensor, mask_h: Tensor | None, relu: bool, native: bool) -> Tensor:
+        """The time loop over input projections ``gi`` (T, B, G*H)."""
         if mask_h is not None:
             mask_h = mask_h.to(gi.dtype).contiguous()
         if native:
