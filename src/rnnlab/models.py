@@ -253,7 +253,11 @@ class Embedded(nn.Sequential):
 
     def forward(self, ids: Tensor) -> Tensor:
         embedding, body = self[0], self[1]
-        out = body[0].forward_ids(ids, embedding.weight)
-        for layer in body[1:]:
+        if (embedding.padding_idx is not None or embedding.max_norm is not None
+                or embedding.sparse or embedding._forward_hooks or embedding._forward_pre_hooks):
+            return body(embedding(ids))     # what the table route does not reproduce
+        layers = iter(body)
+        out = next(layers).forward_ids(ids, embedding.weight)
+        for layer in layers:
             out = layer(out)
         return out
