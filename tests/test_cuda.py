@@ -189,3 +189,32 @@ def test_models_in_evaluation_equal_their_cpu_twins(arch, kw):
         ref = model(x)
         got = model.to(CUDA)(x.to(CUDA)).cpu()
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * max(1.0, ref.abs().max().item()))
+
+
+@pytest.mark.parametrize("kw", [{"cell": "rnn"}, {"cell": "lstm"},
+                                {"cell": "lstm", "bidirectional": True}])
+def test_imdb_models_on_cuda_equal_their_cpu_twins(kw):
+    """An IMDB model (``Embedded``) on CUDA reads the embedding then runs cuDNN (the token-id
+    route is the C++ recurrences' only): outputs in evaluation and the gradients of one
+    training loss equal the CPU twin's."""
+    seed_everything(4)
+    model = build_model(ModelSpec(dataset="imdb", arch="embed_rnn", epochs=1, **kw), 50, 30)
+    for layer in model.modules():
+        if isinstance(layer, RecurrentLayer):
+            layer.native = False          # the CPU reference: no C++ build on the GPU machine
+    ids = torch.randint(0, 50, (12, 30))
+    y = (ids == 7).any(1).float()
+
+    def run(m, device):
+        m.train().zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(m(ids.to(device)),
+                                                                    y.to(device))
+        loss.backward()
+        with torch.no_grad():
+            out = m.eval()(ids.to(device))
+        return [loss.detach(), out] + [p.grad for p in m.parameters()]
+
+    ref = [t.clone() for t in run(model, torch.device("cpu"))]
+    got = [t.cpu() for t in run(model.to(CUDA), CUDA)]
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5 * max(1.0, r.abs().max().item()))
