@@ -235,3 +235,23 @@ def test_accuracy_is_the_exact_fraction(tmp_path):
     outputs = torch.full((25_000,), 2.0)
     outputs[21_648:] = -2.0                       # 3,352 wrong
     assert task.metrics(outputs, targets)["accuracy"] == 21_648 / 25_000
+
+
+def test_roc_auc_is_scikit_learns():
+    """The IMDB stages' AUC (numpy, average ranks) equals scikit-learn's roc_auc_score, ties
+    and float32 logits included; NaN with one class."""
+    from sklearn.metrics import roc_auc_score
+
+    from rnnlab.tasks import roc_auc
+    rng = np.random.default_rng(0)
+    for n, levels in ((25_000, None), (1_000, 7), (50, 2), (2, None)):
+        labels = rng.random(n) < 0.4
+        labels[:2] = (True, False)
+        scores = rng.normal(size=n).astype(np.float32)
+        if levels:                                       # many ties
+            scores = np.round(scores * levels / 3) / levels
+        assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores),
+                                                        rel=1e-12, abs=1e-12)
+    assert roc_auc(np.array([True, False, True]), np.array([0.3, 0.3, 0.3])) == 0.5
+    assert roc_auc(np.array([True, False]), np.array([0.9, 0.1])) == 1.0
+    assert np.isnan(roc_auc(np.array([True, True]), np.array([0.2, 0.4])))
