@@ -1,6 +1,6 @@
 """The arithmetic floor of the Jena half: its multiply-adds at a given FLOP rate.
 
-Run by hand:  python bench/bench_floor.py [--gflops 190] [--rows 420551]
+Run by hand:  PYTHONPATH=src python bench/bench_floor.py [--gflops 190] [--rows 420551]
 
 Counts the multiply-adds of every default Jena variant in params.yaml (the recurrent and
 input products of each GRU/LSTM layer and direction, the convolutions, the dense layers)
@@ -20,8 +20,9 @@ from pathlib import Path
 
 import yaml
 
+from rnnlab.recurrent import GATES
+
 ROOT = Path(__file__).resolve().parents[1]
-GATES = {"gru": 3, "lstm": 4, "rnn": 1}
 
 
 def macs_per_window(model: dict, timesteps: int, features: int = 14) -> int:
