@@ -63,6 +63,7 @@ apt_install() {
   fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+  $sudo apt-get clean   # the downloaded .deb files: hundreds of MB of disk, no longer needed
 }
 
 # Debian's chromium and chromedriver (tests/test_browser.py drives them with Selenium).
@@ -88,10 +89,12 @@ install_keras() {
   local pins
   pins=$("$(find_python)" -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"]))')
   "$KERAS_VENV/bin/python" -m pip install --quiet --upgrade pip
+  rm -f "$KERAS_VENV/.installed"
   # shellcheck disable=SC2086
   "$KERAS_VENV/bin/python" -m pip install --quiet $pins
+  touch "$KERAS_VENV/.installed"   # only a finished install is used (a full disk can stop one)
 }
-if [ -z "${RNNLAB_KERAS_PYTHON:-}" ] && [ -x "$KERAS_VENV/bin/python" ]; then
+if [ -z "${RNNLAB_KERAS_PYTHON:-}" ] && [ -f "$KERAS_VENV/.installed" ]; then
   export RNNLAB_KERAS_PYTHON="$PWD/$KERAS_VENV/bin/python"
 fi
 
@@ -102,7 +105,7 @@ export MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1
 cmd=${1:-help}
 [ $# -gt 0 ] && shift
 case "$cmd" in
-  install) install ;;
+  install) install "${1:-dev}" ;;   # `install dev,team`: the extras `./dev.sh test` uses
   repro)   install; dvc repro "$@" ;;
   test)    install dev,team; python -m pytest "$@" ;;
   demo)    install; exec python -m rnnlab.demo "$@" ;;
