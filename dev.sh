@@ -107,7 +107,9 @@ cmd=${1:-help}
 case "$cmd" in
   install) install "${1:-dev}" ;;   # `install dev,team`: the extras `./dev.sh test` uses
   repro)   install; dvc repro "$@" ;;
-  test)    install dev,team; python -m pytest "$@" ;;
+  # Two workers (`-n 0`: one process); a module's tests, and all that read the tiny
+  # pipeline, share a worker (tests/conftest.py), so each shared fixture is built once.
+  test)    install dev,team; python -m pytest -n 2 --dist loadgroup "$@" ;;
   demo)    install; exec python -m rnnlab.demo "$@" ;;
   runs)    install; exec python -m rnnlab.runs "$@" ;;
   leaderboard) install; exec python -m rnnlab.leaderboard "$@" ;;

@@ -120,6 +120,17 @@ def small_jena_zip(tmp_path_factory) -> tuple[Path, str]:
     return path, md5
 
 
+@pytest.hookimpl(tryfirst=True)      # before pytest-xdist's own hook reads the marks
+def pytest_collection_modifyitems(config, items):
+    """Which tests share a worker under ``-n 2 --dist loadgroup`` (pyproject's addopts): a
+    module's tests stay together, so a module-scoped fixture is built once, and every test
+    that reads the session's ``tiny_pipeline`` joins one group, so it is built once."""
+    for item in items:
+        group = ("tiny_pipeline" if "tiny_pipeline" in getattr(item, "fixturenames", ())
+                 else item.path.stem)
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def leftovers(directory: Path) -> list[str]:
     """Every file left under ``directory`` (temp files included)."""
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
