@@ -74,7 +74,7 @@ def test_a_dripping_server_fails_on_its_bound(http_server, small_jena_zip, tarba
     started = time.monotonic()
     with pytest.raises(LimitError) as e:
         download_dataset(dataset, url, dest, md5=md5, progress=False, **kwargs)
-    assert time.monotonic() - started < 0.8
+    assert time.monotonic() - started < 1.5     # unbounded: 2 s a byte, or a MB at 100 B/s
     msg = one_line(e)
     assert msg.startswith(url + ": ") and msg.endswith(f"(params.yaml: data.{dataset}.{limit})")
     assert all(w in msg for w in words), msg
@@ -100,7 +100,7 @@ def test_an_unresolvable_host_fails_at_once_with_the_offline_hint(tmp_path, capl
     started = time.monotonic()
     with pytest.raises(DownloadError) as e:
         download_dataset("jena", url, tmp_path / "raw" / "jena.csv", md5=None, progress=False)
-    assert time.monotonic() - started < 0.9
+    assert time.monotonic() - started < 2.0     # a retry would wait 2 s first
     msg = one_line(e)
     assert msg.startswith(f"{url}: cannot resolve the host name 'rnnlab-no-such-host.invalid'")
     assert "offline?" in msg and "file:///absolute/path" in msg and "md5" in msg
