@@ -6,21 +6,22 @@ Counts the multiply-adds of every default Jena variant in params.yaml (the recur
 input products of each GRU/LSTM layer and direction, the convolutions, the dense layers)
 for its default budget: epochs x 500 training steps of 128 windows (forward, and the two
 backward products: 3x the forward), a full validation pass per epoch and one test pass,
-on the lecture's split of a file of --rows rows (train 1-200,000, validation to 300,000,
-test the rest). Gate nonlinearities, elementwise work, memory traffic, data and tracking
-are left out, so a real run cannot get under this; --gflops is the machine's float32
-matrix-product rate (190: two threads of this project's 2-core machine, issue 10).
+over the windows the windows stage makes of a file of --rows rows (params.yaml's
+jena.*_rows, rnnlab.windows.make_window_spec). Gate nonlinearities, elementwise work,
+memory traffic, data and tracking are left out, so a real run cannot get under this;
+--gflops is the machine's float32 matrix-product rate (190: two threads of this project's
+2-core machine, issue 10).
 """
 
 from __future__ import annotations
 
 import argparse
-from math import ceil
 from pathlib import Path
 
 import yaml
 
 from rnnlab.recurrent import GATES
+from rnnlab.windows import SPLITS, make_window_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,19 +57,20 @@ def main() -> None:
     args = parser.parse_args()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     jena, train = params["jena"], params["train"]
-    batch, steps = jena.get("batch_size", 128), train["steps_per_epoch"]
+    batch, steps = jena["batch_size"], train["steps_per_epoch"]
+    splits = {split: tuple(jena[f"{split}_rows"]) for split in SPLITS}
     print(f"| variant | epochs | GFLOP per training step | TFLOP in all | minutes at "
           f"{args.gflops:.0f} GFLOP/s |\n|---|---|---|---|---|")
     total = 0.0
     for name, model in params["models"].items():
         if model["dataset"] != "jena":
             continue
-        lookback = model.get("lookback", jena["lookback"])
-        timesteps = lookback // model.get("step", jena["step"])
-        val = ceil((100_000 - lookback - jena["delay"]) / batch) * batch
-        test = ceil((args.rows - 300_000 - lookback - jena["delay"]) / batch) * batch
-        fwd = 2 * macs_per_window(model, timesteps)            # FLOP per window, forward
-        flop = fwd * (model["epochs"] * (steps * batch * 3 + val) + test)
+        lookback, step = model.get("lookback", jena["lookback"]), model.get("step", jena["step"])
+        windows = make_window_spec(n_rows=args.rows, lookback=lookback, step=step,
+                                   delay=jena["delay"], target_index=0, splits=splits)
+        fwd = 2 * macs_per_window(model, windows.timesteps)    # FLOP per window, forward
+        flop = fwd * (model["epochs"] * (steps * batch * 3 + windows.count("val"))
+                      + windows.count("test"))
         minutes = flop / (args.gflops * 1e9) / 60
         total += minutes
         print(f"| {name} | {model['epochs']} | {fwd * batch * 3 / 1e9:.2f} | "

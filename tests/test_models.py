@@ -172,6 +172,13 @@ def _both_routes(layer, ids, table, training: bool, seed: int = 11):
     return results
 
 
+def set_input_dropout(layer, p: float) -> None:
+    """The input dropout of a ``Recurrent`` and of each of its directions."""
+    for module in (layer, layer.forward_rnn, layer.backward_rnn):
+        if module is not None:
+            module.dropout = p
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("return_sequences", [False, True])
@@ -211,19 +218,13 @@ def test_recurrent_layer_reading_token_ids_equals_the_embedding_route(
 
     # Evaluation ignores input dropout, so the table route serves it; training with an
     # input mask, or a table with more rows than the batch has tokens, takes the embedding.
-    layer.dropout = 0.2
-    for direction in (layer.forward_rnn, layer.backward_rnn):
-        if direction is not None:
-            direction.dropout = 0.2
+    set_input_dropout(layer, 0.2)
     (ours, nodes), (reference, _) = _both_routes(layer, ids, table, training=False)
     assert ("IndexSelectBackward0" in nodes) == fused
     for mine, theirs in zip(ours, reference):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
     assert "IndexSelectBackward0" not in _both_routes(layer, ids, table, training=True)[0][1]
-    layer.dropout = 0.0
-    for direction in (layer.forward_rnn, layer.backward_rnn):
-        if direction is not None:
-            direction.dropout = 0.0
+    set_input_dropout(layer, 0.0)
     assert "IndexSelectBackward0" not in _both_routes(layer, ids[:2, :3], table, True)[0][1]
 
 
