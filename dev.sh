@@ -48,7 +48,7 @@ install() {
   # ~/.cache/rnnlab) rather than inside the first training stage, where the compiler's
   # 1.7 GB would count as that stage's memory and its minute as its first epoch.
   echo "compiling rnnlab's C++ recurrences (once per machine, about a minute)" >&2
-  "$VENV/bin/python" -c 'import sys; from rnnlab import fused; sys.exit(not fused.available())' ||
+  "$VENV/bin/python" -c 'import sys; from rnnlab.nn import fused; sys.exit(not fused.available())' ||
     echo "warning: the C++ recurrences did not build; training will use the slower loops" >&2
   tr , '\n' <<<"$have,$extras" | sed '/^$/d' | sort -u | paste -sd, > "$stamp"
 }
@@ -110,13 +110,13 @@ case "$cmd" in
   # Two workers (`-n 0`: one process); a module's tests, and all that read the tiny
   # pipeline, share a worker (tests/conftest.py), so each shared fixture is built once.
   test)    install dev,team; python -m pytest -n 2 --dist loadgroup "$@" ;;
-  demo)    install; exec python -m rnnlab.demo "$@" ;;
-  runs)    install; exec python -m rnnlab.runs "$@" ;;
-  leaderboard) install; exec python -m rnnlab.leaderboard "$@" ;;
-  ray-sweep) install dev,team; exec python -m rnnlab.raysweep "$@" ;;
-  ui)      install; exec python -m rnnlab.ui "$@" ;;
-  server)  install dev,team; exec python -m rnnlab.server "$@" ;;
-  plots)   install; exec python -m rnnlab.offline_plots "$@" ;;
+  demo)    install; exec rnnlab-demo "$@" ;;
+  runs)    install; exec rnnlab-runs "$@" ;;
+  leaderboard) install; exec rnnlab-leaderboard "$@" ;;
+  ray-sweep) install dev,team; exec rnnlab-ray-sweep "$@" ;;
+  ui)      install; exec rnnlab-ui "$@" ;;
+  server)  install dev,team; exec rnnlab-server "$@" ;;
+  plots)   install; exec rnnlab-plots "$@" ;;
   browser) install_browser ;;
   postgres) install_postgres ;;
   keras)   install_keras ;;

@@ -13,7 +13,7 @@ variant's architecture, lookback, epochs and batch size. Both sides then train e
 ``shuffled_batches`` for that seed and epoch, which bench/fidelity_keras.py imports), keep
 the best validation epoch by the same rule, and score validation and test in full in
 float64. What differs is what is compared: the framework, its initial draws and dropout
-masks, its arithmetic. rnnlab runs its real engine (``rnnlab.train.fit``, fused kernels,
+masks, its arithmetic. rnnlab runs its real engine (``rnnlab.training.engine.fit``, fused kernels,
 the ``train.init`` of params.yaml) without MLflow; Keras runs ``model.fit`` on the
 lecture's model (bench/keras_lecture.py).
 
@@ -43,7 +43,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from rnnlab.report import data_digest, run_setup
+from rnnlab.lecture.report import data_digest, run_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 KERAS_WORKER = ROOT / "bench" / "fidelity_keras.py"
@@ -64,8 +64,8 @@ def budget(args, params, spec) -> dict:
 
 def data_label(root: Path, dataset: str) -> str:
     """Where the prepared data came from: the report shows a figure only beside its own."""
-    from rnnlab.imdb import data_source
-    from rnnlab.jena import JenaStats
+    from rnnlab.data.imdb import data_source
+    from rnnlab.data.jena import JenaStats
 
     prepared = root / "data" / "prepared" / dataset
     if dataset == "imdb":
@@ -76,10 +76,10 @@ def data_label(root: Path, dataset: str) -> str:
 def run_ours(job: dict, params, threads: int, rmsprop: str = "keras2") -> dict:
     import torch
 
-    from rnnlab.models import build_model
-    from rnnlab.recurrent import prepare_native
-    from rnnlab.tasks import build_task
-    from rnnlab.train import TrainConfig, fit, seed_everything
+    from rnnlab.nn.models import build_model
+    from rnnlab.nn.recurrent import prepare_native
+    from rnnlab.training.tasks import build_task
+    from rnnlab.training.engine import TrainConfig, fit, seed_everything
 
     torch.set_num_threads(threads)
     spec = params.variant(job["variant"])
@@ -216,7 +216,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if not args.table:
-        from rnnlab.params import load_params
+        from rnnlab.tools.params import load_params
 
         params = load_params(args.root / "params.yaml")
         if "keras" in args.sides and not args.keras_python:
@@ -245,8 +245,8 @@ def main() -> None:
             if (side, variant, seed, json.dumps(job["setup"], sort_keys=True)) in have:
                 continue
             if spec.dataset == "jena":
-                from rnnlab.jena import JenaStats
-                from rnnlab.windows import load_spec, variant_spec
+                from rnnlab.data.jena import JenaStats
+                from rnnlab.data.windows import load_spec, variant_spec
 
                 w = variant_spec(load_spec(windows_dir), spec.lookback, spec.step)
                 job["windows"] = asdict(w)
@@ -268,7 +268,7 @@ def main() -> None:
     summary = summarize(done_runs(args.out))
     print(table(summary))
     if args.summary:
-        from rnnlab.atomic import write_json
+        from rnnlab.core.atomic import write_json
 
         write_json(args.summary, summary)
 

@@ -7,7 +7,7 @@ input products of each GRU/LSTM layer and direction, the convolutions, the dense
 for its default budget: epochs x 500 training steps of 128 windows (forward, and the two
 backward products: 3x the forward), a full validation pass per epoch and one test pass,
 over the windows the windows stage makes of a file of --rows rows (params.yaml's
-jena.*_rows, rnnlab.windows.make_window_spec). Gate nonlinearities, elementwise work,
+jena.*_rows, rnnlab.data.windows.make_window_spec). Gate nonlinearities, elementwise work,
 memory traffic, data and tracking are left out, so a real run cannot get under this;
 --gflops is the machine's float32 matrix-product rate (190: two threads of this project's
 2-core machine, issue 10).
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from rnnlab.recurrent import GATES
-from rnnlab.windows import SPLITS, make_window_spec
+from rnnlab.nn.recurrent import GATES
+from rnnlab.data.windows import SPLITS, make_window_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab import fused
-from rnnlab.recurrent import DropoutGRU
+from rnnlab.nn import fused
+from rnnlab.nn.recurrent import DropoutGRU
 
 try:
     import numba

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnlab.jena import normalize_jena
-from rnnlab.synthetic import FULL_JENA_ROWS, write_jena_csv
-from rnnlab.windows import JenaWindows, make_window_spec
+from rnnlab.data.jena import normalize_jena
+from rnnlab.data.synthetic import FULL_JENA_ROWS, write_jena_csv
+from rnnlab.data.windows import JenaWindows, make_window_spec
 
 CACHE = Path(__file__).parent / ".cache"
 SPLITS = {"train": (0, 200000), "val": (200001, 300000), "test": (300001, None)}
@@ -64,9 +64,9 @@ def timed(fn, *args) -> float:
 MEMORY_PROBE = r"""
 import json, sys, tracemalloc
 import numpy as np
-from rnnlab.jena import load_features
-from rnnlab.naive import naive_mae
-from rnnlab.windows import load_spec, make_window_spec, save_spec
+from rnnlab.data.jena import load_features
+from rnnlab.lecture.naive import naive_mae
+from rnnlab.data.windows import load_spec, make_window_spec, save_spec
 prepared, out, stage = sys.argv[1], sys.argv[2], sys.argv[3]
 def vm(key):  # VmRSS / VmHWM (peak) of this process in bytes; exec resets VmHWM, unlike ru_maxrss
     for line in open("/proc/self/status"):

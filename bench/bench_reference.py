@@ -26,11 +26,11 @@ ONE_EPOCH = r"""
 import json, sys, time
 from pathlib import Path
 import torch
-from rnnlab.params import load_params
-from rnnlab.tasks import build_task
-from rnnlab.models import build_model
-from rnnlab.train import TrainConfig, fit, seed_everything
-from rnnlab import fused
+from rnnlab.tools.params import load_params
+from rnnlab.training.tasks import build_task
+from rnnlab.nn.models import build_model
+from rnnlab.training.engine import TrainConfig, fit, seed_everything
+from rnnlab.nn import fused
 root, variant = Path(sys.argv[1]), sys.argv[2]
 params = load_params(root / "params.yaml")
 spec = params.variant(variant)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from rnnlab.windows import make_window_spec
+from rnnlab.data.windows import make_window_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / "bench" / "speed_worker.py")

@@ -28,7 +28,7 @@ import yaml  # noqa: E402
 
 from _project import TRAIN_CAPS, set_params, sh, small_project  # noqa: E402
 from conftest import serving  # noqa: E402
-from rnnlab.synthetic import write_jena_zip  # noqa: E402
+from rnnlab.data.synthetic import write_jena_zip  # noqa: E402
 
 VARIANTS = ("dense", "gru_dropout", "imdb_dense")
 

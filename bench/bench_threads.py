@@ -1,4 +1,4 @@
-"""train.threads under load: one thread, every core, and ``auto`` (rnnlab.threads) side by side.
+"""train.threads under load: one thread, every core, and ``auto`` (rnnlab.training.threads) side by side.
 
 Run by hand:  PYTHONPATH=src python bench/bench_threads.py [--variant gru] [--steps 250]
               [--load 0 1 2]
@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from rnnlab.config import from_mapping
-from rnnlab.models import ModelSpec, build_model
-from rnnlab.threads import FixedThreads, ThreadTuner, available_cores
+from rnnlab.core.config import from_mapping
+from rnnlab.nn.models import ModelSpec, build_model
+from rnnlab.training.threads import FixedThreads, ThreadTuner, available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 

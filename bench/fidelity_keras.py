@@ -7,7 +7,7 @@ the wall time. ``JOB.json`` (written by bench/bench_fidelity.py) names the varia
 seed, the prepared data and the budget. The model is ``keras_lecture.lecture_model``
 compiled as the lecture does (RMSprop with Keras' defaults; ``mae`` or binary
 cross-entropy with accuracy), trained by ``model.fit`` on exactly the batches rnnlab's
-engine draws for the same seed (``rnnlab.windows.shuffled_batches``, which needs only
+engine draws for the same seed (``rnnlab.data.windows.shuffled_batches``, which needs only
 NumPy), and kept at its best validation epoch as rnnlab keeps its own (lowest MAE, highest
 accuracy, the first on ties). Validation and test are then predicted in full and scored
 here in float64, as rnnlab scores its own.
@@ -30,7 +30,7 @@ from keras_lecture import lecture_model, multi_hot  # noqa: E402
 import keras  # noqa: E402  (keras_lecture chose the TensorFlow backend)
 import tensorflow as tf  # noqa: E402
 
-from rnnlab.windows import shuffled_batches  # noqa: E402  (NumPy only)
+from rnnlab.data.windows import shuffled_batches  # noqa: E402  (NumPy only)
 
 
 class Data:

@@ -38,9 +38,9 @@ class TorchSide:
         import torch
         import yaml
 
-        from rnnlab.config import from_mapping
-        from rnnlab.models import ModelSpec, build_model
-        from rnnlab.threads import resolve_threads, thread_control
+        from rnnlab.core.config import from_mapping
+        from rnnlab.nn.models import ModelSpec, build_model
+        from rnnlab.training.threads import resolve_threads, thread_control
         self.torch = torch
         torch.set_flush_denormal(True)        # as the training engine does
         params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())

@@ -3,9 +3,9 @@
 import argparse
 from pathlib import Path
 
-from _params import load_params, run_stage
+from _params import read_params, run_stage
 
-from rnnlab.download import download_dataset
+from rnnlab.data.download import SourceParams, download_dataset
 
 
 def main() -> None:
@@ -13,7 +13,7 @@ def main() -> None:
     parser.add_argument("dataset", choices=["jena", "imdb"])
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
-    source = getattr(load_params().data, args.dataset)
+    source = read_params().section(f"data.{args.dataset}", SourceParams)
     print(download_dataset(args.dataset, source.url, args.out, md5=source.md5,
                            deadline_s=source.deadline_s, min_rate_kb_s=source.min_rate_kb_s,
                            max_mb=source.max_mb))

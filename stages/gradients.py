@@ -3,9 +3,9 @@
 import argparse
 from pathlib import Path
 
-from _params import load_params, run_stage
+from _params import read_params, run_stage
 
-from rnnlab.gradient_study import StudyOutputs, run_gradient_study
+from rnnlab.lecture.gradient_study import GradientsParams, StudyOutputs, run_gradient_study
 
 
 def main() -> None:
@@ -15,7 +15,11 @@ def main() -> None:
     args = parser.parse_args()
     outputs = StudyOutputs(metrics=args.metrics, vanishing=args.vanishing,
                            exploding=args.exploding, figure=args.figure)
-    run_gradient_study(load_params(), args.prepared, args.windows, outputs)
+    params = read_params()
+    run_gradient_study(params.section("gradients", GradientsParams), args.prepared, args.windows,
+                       outputs, seed=params.value("seed", int),
+                       batch_size=params.value("jena.batch_size", int),
+                       clip_norm=params.value("train.clip_norm", float | None))
 
 
 if __name__ == "__main__":

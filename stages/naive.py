@@ -3,9 +3,9 @@
 import argparse
 from pathlib import Path
 
-from _params import load_params, run_stage
+from _params import read_params, run_stage
 
-from rnnlab.naive import run_naive
+from rnnlab.lecture.naive import run_naive
 
 
 def main() -> None:
@@ -14,7 +14,7 @@ def main() -> None:
     parser.add_argument("windows", type=Path)
     parser.add_argument("metrics", type=Path)
     args = parser.parse_args()
-    run_naive(args.prepared, args.windows, args.metrics, seed=load_params().seed)
+    run_naive(args.prepared, args.windows, args.metrics, seed=read_params().value("seed", int))
 
 
 if __name__ == "__main__":

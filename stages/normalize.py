@@ -3,9 +3,9 @@
 import argparse
 from pathlib import Path
 
-from _params import load_params, run_stage
+from _params import read_params, run_stage
 
-from rnnlab.jena import normalize_jena
+from rnnlab.data.jena import JenaParams, normalize_jena
 
 
 def main() -> None:
@@ -13,7 +13,7 @@ def main() -> None:
     parser.add_argument("csv", type=Path)
     parser.add_argument("out_dir", type=Path)
     args = parser.parse_args()
-    jena = load_params().jena
+    jena = read_params().section("jena", JenaParams)
     stats = normalize_jena(args.csv, args.out_dir, train_rows=jena.train_rows,
                            target=jena.target, wind_sentinel_fill=jena.wind_sentinel_fill)
     print(f"normalize: {stats.n_rows:,} rows x {len(stats.columns)} features -> "

@@ -4,9 +4,14 @@ import argparse
 import json
 from pathlib import Path
 
-from _params import load_params, run_stage
+from _params import read_params, run_stage
 
-from rnnlab.report import data_sources, write_report
+from rnnlab.data.imdb import ImdbParams
+from rnnlab.data.jena import JenaParams
+from rnnlab.lecture.report import ReportParams, data_sources, write_report
+from rnnlab.nn.schema import load_models
+from rnnlab.training.params import TrainParams
+from rnnlab.training.seeds import RunParams
 
 
 def main() -> None:
@@ -21,7 +26,13 @@ def main() -> None:
                              "figures on the same data, shown beside ours where they match")
     args = parser.parse_args()
     fidelity = json.loads(args.fidelity.read_text()) if args.fidelity else None
-    summary = write_report(load_params(), args.metrics, args.plots, args.out,
+    params = read_params()
+    report = ReportParams(run=params.top(RunParams), jena=params.section("jena", JenaParams),
+                          imdb=params.section("imdb", ImdbParams),
+                          train=params.section("train", TrainParams),
+                          models=load_models(params.at("models"), "params.yaml: models"),
+                          distance=params.value("gradients.distance", int))
+    summary = write_report(report, args.metrics, args.plots, args.out,
                            data_sources(jena=args.jena, imdb=args.imdb), fidelity)
     print(f"report: {summary} and {len(list(args.out.glob('*.png')))} charts")
 

@@ -3,9 +3,9 @@
 import argparse
 from pathlib import Path
 
-from _params import load_params, run_stage
+from _params import read_params, run_stage
 
-from rnnlab.imdb import prepare_imdb, save_sequence_spec
+from rnnlab.data.imdb import ImdbParams, prepare_imdb, save_sequence_spec
 
 
 def main() -> None:
@@ -14,10 +14,10 @@ def main() -> None:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("windows_dir", type=Path, help="where the sequence spec goes")
     args = parser.parse_args()
-    params = load_params()
-    imdb = params.imdb
+    params = read_params()
+    imdb = params.section("imdb", ImdbParams)
     stats = prepare_imdb(args.raw, args.out_dir, max_features=imdb.max_features,
-                         maxlen=imdb.maxlen, val_fraction=imdb.val_fraction, seed=params.seed,
+                         maxlen=imdb.maxlen, val_fraction=imdb.val_fraction, seed=params.value("seed", int),
                          padding=imdb.padding, truncating=imdb.truncating)
     save_sequence_spec(stats, args.windows_dir)
     print(f"tokenize: train {stats['counts']['train']:,}, val {stats['counts']['val']:,}, "

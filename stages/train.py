@@ -4,9 +4,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from _params import load_params, run_stage
+from _params import read_params, run_stage
 
-from rnnlab.experiment import Outputs, train_variant
+from rnnlab.data.imdb import ImdbParams
+from rnnlab.data.jena import JenaParams
+from rnnlab.lecture.experiment import Outputs, train_variant
+from rnnlab.nn.schema import load_models, variant_spec
+from rnnlab.training.params import TrainParams
+from rnnlab.training.seeds import RunParams
+
+DATA_PARAMS = {"jena": JenaParams, "imdb": ImdbParams}
 
 
 def main() -> None:
@@ -18,7 +25,13 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, required=True)
     parser.add_argument("--model", type=Path, required=True)
     args = parser.parse_args()
-    train_variant(load_params(), args.variant, prepared=args.prepared, windows=args.windows,
+    params = read_params()
+    spec = variant_spec(load_models(params.at("models"), "params.yaml: models"),
+                        args.variant)
+    train_variant(args.variant, spec, run=params.top(RunParams),
+                  train=params.section("train", TrainParams),
+                  data=params.section(spec.dataset, DATA_PARAMS[spec.dataset]),
+                  prepared=args.prepared, windows=args.windows,
                   outputs=Outputs(metrics=args.metrics, plots=args.plots, model=args.model),
                   progress=sys.stderr.isatty())
 

@@ -3,10 +3,10 @@
 import argparse
 from pathlib import Path
 
-from _params import load_params, run_stage
+from _params import read_params, run_stage
 
-from rnnlab.jena import JenaStats
-from rnnlab.windows import SPLITS, make_window_spec, save_spec
+from rnnlab.data.jena import JenaParams, JenaStats
+from rnnlab.data.windows import SPLITS, make_window_spec, save_spec
 
 
 def main() -> None:
@@ -14,7 +14,7 @@ def main() -> None:
     parser.add_argument("prepared", type=Path, help="the normalize stage's output directory")
     parser.add_argument("out_dir", type=Path)
     args = parser.parse_args()
-    jena = load_params().jena
+    jena = read_params().section("jena", JenaParams)
     stats = JenaStats.load(args.prepared)
     spec = make_window_spec(n_rows=stats.n_rows, lookback=jena.lookback, step=jena.step,
                             delay=jena.delay, target_index=stats.target_index,

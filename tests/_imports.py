@@ -47,10 +47,14 @@ def import_closure(script: Path) -> set[str]:
             found = _module_file(name, stages)
             if found is not None:
                 todo.append(found)
-            # importing rnnlab.x runs rnnlab/__init__.py first
-            if name.startswith("rnnlab"):
-                todo.append(LIBRARY / "rnnlab" / "__init__.py")
+            # importing rnnlab.x.y runs rnnlab/__init__.py and rnnlab/x/__init__.py first
+            parts = name.split(".")
+            if parts[0] == "rnnlab":
+                for depth in range(1, len(parts)):
+                    init = LIBRARY.joinpath(*parts[:depth], "__init__.py")
+                    if init.is_file():
+                        todo.append(init)
     closure = {str(p.relative_to(ROOT)) for p in seen}
-    if "src/rnnlab/fused.py" in closure:     # it compiles these at first use
-        closure |= {str(p.relative_to(ROOT)) for p in (LIBRARY / "rnnlab" / "csrc").iterdir()}
+    if "src/rnnlab/nn/fused.py" in closure:     # it compiles these at first use
+        closure |= {str(p.relative_to(ROOT)) for p in (LIBRARY / "rnnlab" / "nn" / "csrc").iterdir()}
     return closure

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from rnnlab.synthetic import write_imdb_tarball
+from rnnlab.data.synthetic import write_imdb_tarball
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_JENA = {"lookback": 144, "step": 6, "delay": 24, "train_rows": [0, 2500],
@@ -39,7 +39,7 @@ def env_for_tools() -> dict[str, str]:
 
 
 def sh(repo: Path, *cmd: str, check: bool = True, env: dict[str, str] | None = None,
-       timeout: float = 600) -> subprocess.CompletedProcess:
+       timeout: float = 3600) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=repo, env=env_for_tools() | (env or {}),
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

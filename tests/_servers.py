@@ -5,7 +5,7 @@ on loopback, both stopped (and the cluster deleted) on the way out, failures inc
         with mlflow_server(backend_uri, tmp_path / "artifacts") as tracking_uri:
             ...
 
-They wrap ``rnnlab.server``, the code ``python -m rnnlab.server`` runs.
+They wrap ``rnnlab.tools.server``, the code ``python -m rnnlab.tools.server`` runs.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rnnlab import server
+from rnnlab.tools import server
 
 
 def need_postgres() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rnnlab.synthetic import write_jena_zip
+from rnnlab.data.synthetic import write_jena_zip
 
 
 class LoopbackServer:
@@ -176,3 +176,11 @@ def pipeline_copy(tiny_pipeline, tmp_path):
             db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)",
                        (str(tiny_pipeline), str(repo)))
     return repo
+
+
+def pytest_configure(config):
+    """What every entry point sets up for the process (the stages' run_stage does the same):
+    tracked runs in the tests wait on a dead tracking server as briefly as a stage does."""
+    from rnnlab.core.process import configure_process
+
+    configure_process()

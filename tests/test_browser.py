@@ -74,11 +74,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def mlflow_ui(tiny_pipeline):
-    """`python -m rnnlab.ui` (what `./dev.sh ui` runs) over the tiny repro's store."""
+    """`python -m rnnlab.tracking.ui` (what `./dev.sh ui` runs) over the tiny repro's store."""
     port = free_port()
     log_path = tiny_pipeline.parent / "ui.log"          # outside the repository
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "rnnlab.ui", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "rnnlab.tracking.ui", "--port", str(port)],
                             cwd=tiny_pipeline, env=env_for_tools(), stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -145,7 +145,7 @@ def test_the_printed_links_open_on_the_runs_list(browser, mlflow_ui, tiny_pipeli
     assert {"Runs", "Models", "Columns"} <= menu, text[:2000]       # the model-training view
     assert not {"Overview", "Token Usage", "Training runs"} & menu, text[:2000]
 
-    listing = sh(tiny_pipeline, sys.executable, "-m", "rnnlab.runs", "--links", mlflow_ui).stdout
+    listing = sh(tiny_pipeline, sys.executable, "-m", "rnnlab.tracking.runs", "--links", mlflow_ui).stdout
     compare = [ln.split("compare: ", 1)[1] for ln in listing.splitlines()
                if ln.startswith("  compare: ")][0]          # workspace, rnnlab-imdb: 6 runs
     n = len(json.loads(compare.split("runs=", 1)[1].split("&", 1)[0]))
@@ -296,7 +296,7 @@ def test_offline_plots_page_renders_without_internet(browser, tiny_pipeline):
     time.sleep(2)
     assert browser.execute_script("return document.querySelectorAll('.vega-embed').length") == 0
 
-    proc = subprocess.run([sys.executable, "-m", "rnnlab.offline_plots", "show"],
+    proc = subprocess.run([sys.executable, "-m", "rnnlab.tools.offline_plots", "show"],
                           cwd=tiny_pipeline, env=env_for_tools(), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

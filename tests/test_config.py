@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rnnlab.config import ConfigError, from_mapping
-from rnnlab.paths import repo_root
+from rnnlab.core.config import ConfigError, from_mapping
+from rnnlab.tracking.paths import repo_root
 
 ROOT = Path(__file__).resolve().parents[1]
 

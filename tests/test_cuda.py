@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from rnnlab import recurrent
-from rnnlab.models import ModelSpec, build_model
-from rnnlab.recurrent import RecurrentLayer, _CudaGraphed, _GRURecurrence
-from rnnlab.tasks import JenaTask
-from rnnlab.train import TrainConfig, fit, seed_everything
-from rnnlab.windows import make_window_spec
+from rnnlab.nn import recurrent
+from rnnlab.nn.models import ModelSpec, build_model
+from rnnlab.nn.recurrent import RecurrentLayer, _CudaGraphed, _GRURecurrence
+from rnnlab.training.tasks import JenaTask
+from rnnlab.training.engine import TrainConfig, fit, seed_everything
+from rnnlab.data.windows import make_window_spec
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")

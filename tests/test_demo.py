@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 
 from _project import env_for_tools, sh
-from rnnlab import demo
-from rnnlab.params import load_params
+from rnnlab.tools import demo
+from rnnlab.tools.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ def test_params_yaml_is_restored_when_the_demo_is_terminated(tmp_path):
     script = textwrap.dedent(f"""\
         import os, signal
         from pathlib import Path
-        from rnnlab.demo import file_restored
+        from rnnlab.tools.demo import file_restored
         path = Path({str(path)!r})
         with file_restored(path):
             path.write_text("rewritten: true\\n")

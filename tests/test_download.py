@@ -6,9 +6,9 @@ import zipfile
 import pytest
 
 from conftest import leftovers
-from rnnlab.download import download_csv, extract_zip_csv, fetch
-from rnnlab.errors import ChecksumError, DownloadError, UnsafeArchiveError
-from rnnlab.synthetic import JENA_CSV_NAME, write_jena_zip
+from rnnlab.data.download import download_csv, extract_zip_csv, fetch
+from rnnlab.core.errors import ChecksumError, DownloadError, UnsafeArchiveError
+from rnnlab.data.synthetic import JENA_CSV_NAME, write_jena_zip
 
 
 def serve(http_server, src, name="jena.zip"):

@@ -9,9 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab import fused
-from rnnlab.recurrent import DropoutGRU, _GRURecurrence
+from rnnlab.nn import fused
+from rnnlab.nn.recurrent import DropoutGRU, _GRURecurrence
 
+from _reference import reference_gru
+
+# Where the C++ recurrences cannot be built these tests skip, saying why; under
+# RNNLAB_REQUIRE_CPP=1 (CI) importing fused's build fails the run instead.
 pytestmark = pytest.mark.skipif(not fused.available(),
                                 reason=f"fused extension unavailable: {fused.unavailable_reason()}")
 
@@ -64,13 +68,13 @@ def test_matches_torch_modules(cell, nonlinearity, return_sequences):
 def test_gru_matches_dropout_gru_reference(activation, return_sequences):
     torch.manual_seed(1)
     ref = DropoutGRU(I, H, dropout=0.3, recurrent_dropout=0.4, activation=activation,
-                     return_sequences=return_sequences, fused_backward=False)
+                     return_sequences=return_sequences)
     ref.train()
     x = torch.randn(B, T, I)
     masks = ref.sample_masks(B)
     assert masks[0] is not None and masks[1] is not None
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_ref = ref(x1, masks)
+    out_ref = reference_gru(ref, x1, masks)
     g = torch.randn_like(out_ref)          # O(1) gradients, so 1e-5 is a few float32 ulps
     ref_grads = torch.autograd.grad((out_ref * g).sum(), [x1, *ref.parameters()])
     # What DropoutGRU's fused path does, with the C++ recurrence in place of _GRURecurrence.
@@ -212,22 +216,46 @@ def test_rejects_bad_shapes():
 
 
 def test_build_failure_falls_back_with_one_warning(tmp_path):
-    """A compiler that fails: available() is False, one warning line gives the reason."""
+    """A compiler that fails: available() is False, one warning gives the cause and the
+    fix; with RNNLAB_REQUIRE_CPP=1 (CI) the same failure is an error instead."""
     import os
     import subprocess
     import sys
 
-    code = ("import logging; logging.basicConfig(format='%(levelname)s %(message)s')\n"
-            "from rnnlab import fused\n"
+    code = ("from rnnlab.nn import fused\n"
             "print(fused.available(), fused.available())\n")
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), CXX="/bin/false")
+    env.pop("RNNLAB_REQUIRE_CPP", None)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "False"]
-    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
+    warnings = [line for line in done.stderr.splitlines() if "Warning" in line]
     assert len(warnings) == 1, done.stderr
-    assert "unavailable" in warnings[0] and "Error" in warnings[0]
+    assert "did not build" in warnings[0] and "CalledProcessError" in warnings[0]
+    assert "install a C++ compiler" in warnings[0]
+
+    required = subprocess.run([sys.executable, "-c", code], env=env | {"RNNLAB_REQUIRE_CPP": "1"},
+                              capture_output=True, text=True, timeout=300)
+    assert required.returncode != 0
+    assert "RNNLAB_REQUIRE_CPP=1 requires them" in required.stderr
+
+
+def test_training_on_the_cpu_runs_the_cpp_recurrences():
+    """Every recurrent cell's training step and evaluation on the CPU goes through the C++
+    recurrences: a silent fall back to another path fails here."""
+    from rnnlab.nn.recurrent import RecurrentLayer
+
+    for cell in ("gru", "lstm", "rnn"):
+        layer = RecurrentLayer(cell, I, H, dropout=0.2, recurrent_dropout=0.3)
+        x = torch.randn(B, T, I)
+        before = fused.calls[cell]
+        assert layer.path(x, True) == layer.path(x, False) == "cpp"
+        layer(x).sum().backward()
+        layer.eval()
+        with torch.no_grad():
+            layer(x)
+        assert fused.calls[cell] == before + 2, cell
 
 
 @pytest.mark.parametrize("flush", [True, False])
@@ -264,9 +292,9 @@ def test_a_copy_of_the_package_elsewhere_reuses_the_build(tmp_path):
     built = next((fused._cache_root() / fused.build_key()).glob("*.so"))
     stamp = built.stat().st_mtime_ns
     copy = tmp_path / "elsewhere" / "src"
-    shutil.copytree(Path(fused.__file__).parent, copy / "rnnlab",
+    shutil.copytree(Path(fused.__file__).parents[1], copy / "rnnlab",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    code = "from rnnlab import fused; print(fused.__file__, fused.available())"
+    code = "from rnnlab.nn import fused; print(fused.__file__, fused.available())"
     done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(copy)),
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr

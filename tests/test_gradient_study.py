@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import yaml
 
-from rnnlab import demo
-from rnnlab.config import from_mapping
-from rnnlab.gradient_study import explode_traces
-from rnnlab.jena import load_features, normalize_jena
-from rnnlab.params import Params
-from rnnlab.synthetic import FULL_JENA_ROWS, write_jena_csv
-from rnnlab.windows import JenaWindows, make_window_spec
+from rnnlab.tools import demo
+from rnnlab.core.config import from_mapping
+from rnnlab.lecture.gradient_study import explode_traces
+from rnnlab.data.jena import load_features, normalize_jena
+from rnnlab.tools.params import Params
+from rnnlab.data.synthetic import FULL_JENA_ROWS, write_jena_csv
+from rnnlab.data.windows import JenaWindows, make_window_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,9 @@ def train_windows(params: Params, rows: int, tmp: Path) -> JenaWindows:
 def test_unclipped_sgd_blows_up_and_clipped_stays_bounded(config, rows, tmp_path):
     params = shipped_params(config)
     cfg = params.gradients.explode
-    plain, clipped = explode_traces(params, train_windows(params, rows, tmp_path)).values()
+    plain, clipped = explode_traces(params.gradients, train_windows(params, rows, tmp_path),
+                                    seed=params.seed, batch_size=params.jena.batch_size,
+                                    clip_norm=params.train.clip_norm).values()
     assert plain.clip_norm is None and clipped.clip_norm == cfg.clip_norm
 
     # Unclipped: an exploded gradient at the first step, then the weights leave the finite.

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnnlab.gradients import (CellRegressor, decay_ratio, explode_run, scale_recurrent_weights,
+from rnnlab.lecture.gradients import (CellRegressor, decay_ratio, explode_run, scale_recurrent_weights,
                               state_gradient_norms)
 
 

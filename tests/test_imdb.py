@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from conftest import leftovers
-from rnnlab.errors import DownloadError, UnsafeArchiveError
-from rnnlab.download import download_imdb
-from rnnlab.imdb import (CANONICAL_MD5, OOV, PAD, REAL_REVIEWS_SHA256, WANTED, build_vocabulary,
+from rnnlab.core.errors import DownloadError, UnsafeArchiveError
+from rnnlab.data.download import download_imdb
+from rnnlab.data.imdb import (CANONICAL_MD5, OOV, PAD, REAL_REVIEWS_SHA256, WANTED, build_vocabulary,
                          data_source, digest_reviews, encode, load_imdb, load_texts,
                          prepare_imdb, read_reviews, reviews_digest, split_validation, tokenize)
-from rnnlab.synthetic import write_imdb_tarball
+from rnnlab.data.synthetic import write_imdb_tarball
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +225,8 @@ def test_accuracy_is_the_exact_fraction(tmp_path):
     """21,648 right of 25,000 logs as 0.86592, not float32's 0.8659200072288513."""
     import torch
 
-    from rnnlab.imdb import FILES
-    from rnnlab.tasks import ImdbTask
+    from rnnlab.data.imdb import FILES
+    from rnnlab.training.tasks import ImdbTask
     for split in ("train", "val", "test"):
         np.save(tmp_path / FILES["x"].format(split=split), np.ones((4, 3), np.int32))
         np.save(tmp_path / FILES["y"].format(split=split), np.array([0, 1, 0, 1], np.int8))
@@ -242,7 +242,7 @@ def test_roc_auc_is_scikit_learns():
     and float32 logits included; NaN with one class."""
     from sklearn.metrics import roc_auc_score
 
-    from rnnlab.tasks import roc_auc
+    from rnnlab.training.tasks import roc_auc
     rng = np.random.default_rng(0)
     for n, levels in ((25_000, None), (1_000, 7), (50, 2), (2, None)):
         labels = rng.random(n) < 0.4

@@ -20,8 +20,8 @@ import pytest
 import torch
 from torch import nn
 
-from rnnlab.models import build_model, count_parameters
-from rnnlab.recurrent import RecurrentLayer
+from rnnlab.nn.models import build_model, count_parameters
+from rnnlab.nn.recurrent import RecurrentLayer
 from test_models import IMDB_TORCH_VARIANTS, JENA_VARIANTS, assert_keras_initialized, spec_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +165,7 @@ np.save(sys.argv[2], np.asarray(w.value))
 def test_keras3_rmsprop_is_keras_own_and_the_default_is_the_books(tmp_path):
     """Keras 3's RMSprop applied to a sequence of gradients, some far below sqrt(eps), equals
     rnnlab's ``rmsprop: keras3``; the default (the book's Keras 2, torch's) does not."""
-    from rnnlab.train import Keras3RMSprop
+    from rnnlab.training.engine import Keras3RMSprop
     python = keras_python()
     if python is None:
         pytest.skip(f"no Keras to compare with: {ENABLE}")

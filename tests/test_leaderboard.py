@@ -1,4 +1,4 @@
-"""`python -m rnnlab.leaderboard`: DVC experiments as rows, narrow enough for a terminal."""
+"""`python -m rnnlab.tools.leaderboard`: DVC experiments as rows, narrow enough for a terminal."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import yaml
 
 from _project import sh
-from rnnlab.leaderboard import Row, leaderboard
+from rnnlab.tools.leaderboard import Row, leaderboard
 
 
 def cells(text: str, name: str) -> list[str]:
@@ -57,7 +57,7 @@ def test_leaderboard_of_a_real_experiment(pipeline_copy):
     ours = json.loads((repo / "metrics/dense.json").read_text())["val_mae"]
     assert ours != baseline
 
-    text = sh(repo, sys.executable, "-m", "rnnlab.leaderboard", "--width", "100").stdout
+    text = sh(repo, sys.executable, "-m", "rnnlab.tools.leaderboard", "--width", "100").stdout
     assert max(map(len, text.splitlines())) <= 100, text
     assert [c[0] for c in (cells(text, "dense8")[0], cells(text, branch)[0])] == ["[8]", "[32]"]
     header = [ln for ln in text.splitlines() if ln.startswith("experiment")][1].split()

@@ -6,9 +6,9 @@ import pytest
 import torch
 import yaml
 
-from rnnlab.config import from_mapping
-from rnnlab.errors import RnnlabError
-from rnnlab.models import (REGISTRY, Embedded, Head, ModelSpec, Recurrent, build_model,
+from rnnlab.core.config import from_mapping
+from rnnlab.core.errors import RnnlabError
+from rnnlab.nn.models import (REGISTRY, Embedded, Head, ModelSpec, Recurrent, build_model,
                            count_parameters)
 
 PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
@@ -190,7 +190,7 @@ def test_recurrent_layer_reading_token_ids_equals_the_embedding_route(
     recurrent-dropout mask) and in evaluation (where input dropout is off, so the table
     route runs), for int64 and non-contiguous int32 ids; without the C++ recurrences it is
     the embedding route."""
-    from rnnlab import fused as fused_module
+    from rnnlab.nn import fused as fused_module
     if fused and not fused_module.available():
         pytest.skip(f"fused extension unavailable: {fused_module.unavailable_reason()}")
     vocab, batch, steps = 40, 6, 9
@@ -312,7 +312,7 @@ def assert_uniform_within(weight: torch.Tensor, limit: float, what: str):
 
 def assert_keras_initialized(model: torch.nn.Module, name: str):
     """Every layer of ``model`` holds what Keras 3's defaults draw."""
-    from rnnlab.recurrent import GATES, RecurrentLayer
+    from rnnlab.nn.recurrent import GATES, RecurrentLayer
     kinds = set()
     for path, module in model.named_modules():
         what = f"{name} {path}"
@@ -373,7 +373,7 @@ def test_init_is_deterministic_under_the_seed():
 def test_torch_init_keeps_pytorchs_defaults(name):
     """``torch``: Kaiming-uniform Linear/Conv1d (limit 1/sqrt(fan_in), biases too) and
     recurrent weights and biases uniform in +-1/sqrt(H); nothing orthogonal, no zero bias."""
-    from rnnlab.recurrent import RecurrentLayer
+    from rnnlab.nn.recurrent import RecurrentLayer
     model = build_full_size(name, init="torch")
     for path, module in model.named_modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d)):
@@ -395,8 +395,29 @@ def test_unknown_init_is_refused():
 
 
 def test_keras_init_refuses_a_layer_it_does_not_know():
-    from rnnlab.models import initialize
+    from rnnlab.nn.models import initialize
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
     with pytest.raises(RnnlabError, match=r"no Keras initializer for LayerNorm"):
         initialize(model, "keras")
     assert initialize(model, "torch") is model
+
+
+def test_initial_weights_do_not_depend_on_the_thread_count():
+    """A queue worker runs with OMP_NUM_THREADS=1, `dvc repro` with every core: the same
+    seed must give the same starting weights (LAPACK's QR rounded differently per count)."""
+    import torch
+
+    from rnnlab.training.seeds import seed_everything
+
+    drawn, before = [], torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            seed_everything(3)
+            model = build_model(ModelSpec(dataset="jena", arch="gru", epochs=1, units=(32,)),
+                                14, 20)
+            drawn.append([p.detach().clone() for p in model.parameters()])
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*drawn):
+        assert torch.equal(a, b)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rnnlab.config import ConfigError
-from rnnlab.params import ARCHITECTURES, Params, load_params
-from rnnlab.models import REGISTRY
+from rnnlab.core.config import ConfigError
+from rnnlab.tools.params import ARCHITECTURES, Params, load_params
+from rnnlab.nn.models import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from _project import env_for_tools, run_queue, set_params, sh, small_project
-from rnnlab.synthetic import JENA_CSV_NAME
+from rnnlab.data.synthetic import JENA_CSV_NAME
 
 
 def hand_naive_mae(csv_bytes: bytes, split: tuple[int, int], lookback=144, step=6, delay=24):
@@ -282,8 +282,8 @@ def test_queued_sweep_with_two_workers(pipeline_copy):
         assert run.data.metrics["val_mae"] == pytest.approx(metrics["val_mae"])
     assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
 
-    # `python -m rnnlab.runs` counts the runs of each DVC experiment.
-    listing = sh(repo, sys.executable, "-m", "rnnlab.runs").stdout
+    # `python -m rnnlab.tracking.runs` counts the runs of each DVC experiment.
+    listing = sh(repo, sys.executable, "-m", "rnnlab.tracking.runs").stdout
     for name in experiments:
         (line,) = [ln for ln in listing.splitlines() if ln.startswith(f"{name} ")]
         assert line.split()[1:4] == ["rnnlab-jena", "1", "1"] and line.endswith("gru_dropout")

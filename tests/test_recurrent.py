@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rnnlab.recurrent import DropoutGRU, _GRURecurrence
+from rnnlab.nn.recurrent import DropoutGRU, _GRURecurrence
 
 
 def reference_gru(x, layer, mask_x=None, mask_h=None):

@@ -9,11 +9,12 @@ import pytest
 from dataclasses import replace
 from pathlib import Path
 
-from rnnlab.errors import RnnlabError
-from rnnlab.imdb import CANONICAL_MD5 as IMDB_MD5
-from rnnlab.jena import CANONICAL_MD5 as JENA_MD5
-from rnnlab.params import ModelSpec, load_params
-from rnnlab.report import DataSource, data_sources, write_report
+from rnnlab.core.errors import RnnlabError
+from rnnlab.data.imdb import CANONICAL_MD5 as IMDB_MD5
+from rnnlab.data.jena import CANONICAL_MD5 as JENA_MD5
+from rnnlab.tools.params import ModelSpec, load_params
+from rnnlab.lecture.report import DataSource, ReportParams, data_sources, write_report
+from rnnlab.training.seeds import RunParams
 
 MODELS = {"gru": ModelSpec("jena", "gru", 20), "lstm": ModelSpec("jena", "lstm", 20),
           "imdb_lstm": ModelSpec("imdb", "embed_rnn", 10),
@@ -22,9 +23,9 @@ DEFAULTS = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
 
 
 def params_with(*, seeds=(), max_epochs=None, distance=100):
-    return replace(DEFAULTS, seed=1, seeds=tuple(seeds), models=MODELS,
-                   train=replace(DEFAULTS.train, max_epochs=max_epochs),
-                   gradients=replace(DEFAULTS.gradients, distance=distance))
+    return ReportParams(run=RunParams(seed=1, seeds=tuple(seeds)), jena=DEFAULTS.jena,
+                        imdb=DEFAULTS.imdb, models=MODELS, distance=distance,
+                        train=replace(DEFAULTS.train, max_epochs=max_epochs))
 
 
 def row(summary: str, variant: str) -> list[str]:
@@ -108,7 +109,7 @@ def test_data_sources_come_from_the_prepared_statistics(tmp_path):
 def test_a_copy_with_the_real_reviews_is_reported_real(tmp_path):
     """Another tarball md5, the real reviews' digest and counts: real, saying what was
     checked; the same md5 with generated reviews: not real."""
-    from rnnlab.imdb import REAL_REVIEWS_SHA256
+    from rnnlab.data.imdb import REAL_REVIEWS_SHA256
     (tmp_path / "imdb").mkdir()
     counts = dict.fromkeys(("train/pos", "train/neg", "test/pos", "test/neg"), 12_500)
     stats = {"archive_md5": "2" * 32, "reviews_sha256": REAL_REVIEWS_SHA256,
@@ -137,13 +138,13 @@ def test_report_states_both_exploding_runs(outputs):
 
 
 def curve(name, values, column="val_mae", arch="gru"):
-    from rnnlab.report import Variant
+    from rnnlab.lecture.report import Variant
     return Variant(name, "jena", {"n_seeds": 1},
                    [{"epoch": i + 1, column: v} for i, v in enumerate(values)], arch)
 
 
 def test_a_curve_that_dwarfs_the_others_gets_a_zoomed_panel():
-    from rnnlab.report import zoom_range
+    from rnnlab.lecture.report import zoom_range
     gru, lstm = curve("gru", [0.31, 0.27]), curve("lstm", [0.33, 0.28])
     dense = curve("dense", [2.4, 0.8], arch="dense")
     low, high = zoom_range([dense, gru, lstm], "val_mae", lower_is_better=True, reference=0.29)
@@ -184,6 +185,6 @@ def test_the_lecture_keras_figure_stands_beside_a_run_with_the_same_data_and_set
     summary = write_report(params_with(), outputs / "metrics", outputs / "plots",
                            outputs / "reports", digests, jena_full).read_text()
     assert row(summary, "gru")[7] == "0.271 ± 0.001 (3)"
-    from rnnlab.report import keras_cell
+    from rnnlab.lecture.report import keras_cell
     one = {"val_accuracy": 0.8714, "val_accuracy_std": 0.0, "seeds": [1337]}
     assert keras_cell(one, "val_accuracy") == "0.871 (1)"   # no spread from one seed

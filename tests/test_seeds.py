@@ -4,7 +4,7 @@ import statistics
 
 import pytest
 
-from rnnlab.seeds import combine_seeds
+from rnnlab.training.seeds import combine_seeds
 
 
 def history(*val_losses):

@@ -1,4 +1,4 @@
-"""Sweeps on Ray (`python -m rnnlab.raysweep`) on a real local Ray cluster: a head and one
+"""Sweeps on Ray (`python -m rnnlab.tools.raysweep`) on a real local Ray cluster: a head and one
 more worker node on loopback, a bare git repository as the shared git remote, a
 local-directory DVC remote and an MLflow tracking server."""
 
@@ -102,7 +102,7 @@ def ray_cluster():
 
 
 def sweep(repo: Path, address: str, tracking: str, *args: str) -> subprocess.CompletedProcess:
-    return sh(repo, sys.executable, "-m", "rnnlab.raysweep", "--address", address, *args,
+    return sh(repo, sys.executable, "-m", "rnnlab.tools.raysweep", "--address", address, *args,
               check=False, env=RAY_ENV | {"MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": str(SRC)})
 
 
@@ -237,8 +237,8 @@ def check_sweep(repo: Path, tmp_path: Path, address: str, uri: str, grid: list[s
 
 def test_without_ray_one_line_names_the_extra(tmp_path):
     code = ("import sys; sys.modules['ray'] = None\n"      # `import ray` -> ImportError
-            "from rnnlab.raysweep import main; sys.exit(main(['-S', 'seed=1,2']))")
+            "from rnnlab.tools.raysweep import main; sys.exit(main(['-S', 'seed=1,2']))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, env=env_for_tools() | {"PYTHONPATH": str(SRC)})
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "rnnlab.raysweep needs Ray: pip install -e '.[team]'"
+    assert proc.stderr.strip() == "rnnlab.tools.raysweep needs Ray: pip install -e '.[team]'"

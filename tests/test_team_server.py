@@ -154,7 +154,7 @@ def test_repro_and_queued_sweep_log_to_the_server(team):
 WORKER = """
 import sys
 from pathlib import Path
-from rnnlab.tracking import experiment_id
+from rnnlab.tracking.store import experiment_id
 print(experiment_id(sys.argv[2], Path(sys.argv[1])))
 """
 
@@ -177,7 +177,7 @@ def test_workers_creating_an_experiment_at_once_on_a_server(team, tmp_path):
 def test_ui_on_a_server_prints_its_links_and_starts_nothing(team):
     """`./dev.sh ui` with MLFLOW_TRACKING_URI on a server: the server is the UI; the links
     to its experiments' runs lists, in the model-training view, and no second UI."""
-    done = subprocess.run([sys.executable, "-m", "rnnlab.ui"], cwd=team.repo, timeout=120,
+    done = subprocess.run([sys.executable, "-m", "rnnlab.tracking.ui"], cwd=team.repo, timeout=120,
                           env={**os.environ, "MLFLOW_TRACKING_URI": team.url},
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -191,14 +191,14 @@ def test_ui_on_a_server_prints_its_links_and_starts_nothing(team):
 
 def test_server_commands_fail_in_one_line(team, tmp_path):
     port = int(team.url.rsplit(":", 1)[1])
-    busy = sh(team.repo, sys.executable, "-m", "rnnlab.server", "--port", str(port),
+    busy = sh(team.repo, sys.executable, "-m", "rnnlab.tools.server", "--port", str(port),
               check=False)
     assert busy.returncode != 0
     assert busy.stderr.strip() == (f"error: port {port} on 127.0.0.1 is busy (Address already "
                                    "in use): stop what listens there, or choose another with "
                                    "--port")
     missing = tmp_path / "no" / "mlflow.db"
-    copy = sh(tmp_path, sys.executable, "-m", "rnnlab.server", "copy", "--from",
+    copy = sh(tmp_path, sys.executable, "-m", "rnnlab.tools.server", "copy", "--from",
               f"sqlite:///{missing}", "--to", team.url, check=False)
     assert copy.returncode != 0 and not missing.parent.exists()
     assert copy.stderr.strip() == f"error: no MLflow store at {missing} (--from sqlite:///{missing})"
@@ -209,7 +209,7 @@ import sys
 from pathlib import Path
 import numpy as np
 import torch
-from rnnlab.tracking import tracked_run
+from rnnlab.tracking.store import tracked_run
 root = Path(sys.argv[1])
 for n, (experiment, variant) in enumerate([("rnnlab-jena", "gru"), ("rnnlab-jena", "dense"),
                                            ("rnnlab-imdb", "imdb_lstm")]):
@@ -227,7 +227,7 @@ for n, (experiment, variant) in enumerate([("rnnlab-jena", "gru"), ("rnnlab-jena
 
 
 def test_copy_a_sqlite_store_into_the_server(team, tmp_path, monkeypatch):
-    """`python -m rnnlab.server copy` brings a local store's runs to the server whole;
+    """`python -m rnnlab.tools.server copy` brings a local store's runs to the server whole;
     a second copy finds them there and copies nothing."""
     import mlflow.pytorch
     import torch
@@ -237,7 +237,7 @@ def test_copy_a_sqlite_store_into_the_server(team, tmp_path, monkeypatch):
     source = f"sqlite:///{tmp_path}/mlflow.db"
     src, dst = MlflowClient(source), MlflowClient(team.url)
     before = len(server_runs(team.backend))
-    copy = sh(tmp_path, sys.executable, "-m", "rnnlab.server", "copy", "--from", source,
+    copy = sh(tmp_path, sys.executable, "-m", "rnnlab.tools.server", "copy", "--from", source,
               "--to", team.url)
     assert copy.stdout.splitlines()[-1].startswith("3 runs copied, 0 already there, in ")
     assert len(server_runs(team.backend)) == before + 3
@@ -273,7 +273,7 @@ def test_copy_a_sqlite_store_into_the_server(team, tmp_path, monkeypatch):
                 assert torch.equal(model.weight, torch.nn.Linear(3, 1).weight)
                 assert len(copy_run.outputs.model_outputs) == 1
 
-    again = sh(tmp_path, sys.executable, "-m", "rnnlab.server", "copy", "--from", source,
+    again = sh(tmp_path, sys.executable, "-m", "rnnlab.tools.server", "copy", "--from", source,
                "--to", team.url)
     assert again.stdout.splitlines()[-1].startswith("0 runs copied, 3 already there, in ")
     assert len(server_runs(team.backend)) == before + 3

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from rnnlab.errors import RnnlabError
-from rnnlab.models import ModelSpec, build_model
-from rnnlab.params import TrainParams
-from rnnlab.config import ConfigError, from_mapping
-from rnnlab.tasks import JenaTask
-from rnnlab.threads import FixedThreads, ThreadTuner, available_cores, resolve_threads
-from rnnlab.train import TrainConfig, fit, seed_everything
-from rnnlab.windows import make_window_spec
+from rnnlab.core.errors import RnnlabError
+from rnnlab.nn.models import ModelSpec, build_model
+from rnnlab.tools.params import TrainParams
+from rnnlab.core.config import ConfigError, from_mapping
+from rnnlab.training.tasks import JenaTask
+from rnnlab.training.threads import FixedThreads, ThreadTuner, available_cores, resolve_threads
+from rnnlab.training.engine import TrainConfig, fit, seed_everything
+from rnnlab.data.windows import make_window_spec
 
 
 @pytest.fixture(autouse=True)
@@ -103,8 +103,9 @@ def test_a_run_that_changes_its_thread_count_gives_the_same_figures():
     task = JenaTask(features, spec, batch_size=128, target_std=1.0)
     config = TrainConfig(epochs=2, steps_per_epoch=6, seed=5, max_eval_batches=2)
     results = []
-    for control in (FixedThreads(1),
-                    ThreadTuner(2, period=1, trial=1, first_trial=1, margin=-1.0)):
+    for make in (lambda: FixedThreads(1),
+                 lambda: ThreadTuner(2, period=1, trial=1, first_trial=1, margin=-1.0)):
+        control = make()          # each sets torch's count as it is made: one at a time
         seed_everything(3)
         model = build_model(ModelSpec(dataset="jena", arch="gru", epochs=2, dropout=0.2,
                                       recurrent_dropout=0.2), 14, 200)

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from _project import ROOT, env_for_tools
-from rnnlab.tracking import (TrackingError, _digest, _lock_path, experiment_id, flatten,
+from rnnlab.tracking.store import (TrackingError, _digest, _lock_path, experiment_id, flatten,
                              store_errors, tracked_run, tracking_uri)
 
 WORKER = """
 import sys
 from pathlib import Path
-from rnnlab.tracking import tracked_run
+from rnnlab.tracking.store import tracked_run
 root, n = Path(sys.argv[1]), int(sys.argv[2])
 with tracked_run(experiment="rnnlab-jena", run_name=f"worker{n}", params={"jena": {"n": n}},
                  tags={"variant": f"worker{n}", "seed": n}, root=root) as run:
@@ -90,9 +90,9 @@ SECRET = "s3cr3t"
 @pytest.fixture(scope="module")
 def naive_dir(tmp_path_factory) -> Path:
     """A folder the naive stage can run in: params.yaml, prepared Jena data, window spec."""
-    from rnnlab.jena import normalize_jena
-    from rnnlab.synthetic import write_jena_csv
-    from rnnlab.windows import make_window_spec, save_spec
+    from rnnlab.data.jena import normalize_jena
+    from rnnlab.data.synthetic import write_jena_csv
+    from rnnlab.data.windows import make_window_spec, save_spec
 
     base = tmp_path_factory.mktemp("naive")
     write_jena_csv(base / "jena.csv", rows=1200, seed=3)
@@ -195,7 +195,7 @@ def test_unreachable_tracking_server_fails_in_one_bounded_line(naive_dir, tmp_pa
 
 @pytest.mark.hostile
 def test_server_waits_default_to_short_ones_unless_set():
-    code = ("import os, rnnlab.tracking; print(os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT'], "
+    code = ("import os, rnnlab.tracking.store; print(os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT'], "
             "os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'], "
             "os.environ['MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR'])")
     unset = subprocess.run([sys.executable, "-c", code], env=env_for_tools(),
@@ -291,7 +291,7 @@ def test_errors_of_the_code_inside_a_run_are_not_taken_for_store_errors(tmp_path
 KILLED_WORKER = """
 import os, signal, sys
 from pathlib import Path
-from rnnlab.tracking import tracked_run
+from rnnlab.tracking.store import tracked_run
 root, name = Path(sys.argv[1]), sys.argv[2]
 with tracked_run(experiment="rnnlab-jena", run_name=name, params={"epochs": 3}, tags={},
                  root=root, claim=root / "checkpoints" / f"{name}.run.json") as run:
@@ -360,7 +360,7 @@ def test_a_run_that_fails_is_failed_and_leaves_no_claim(with_store, tmp_path, mo
 
 @pytest.mark.hostile
 def test_the_runs_command_on_a_refused_server_is_one_line(tmp_path, monkeypatch, capsys):
-    from rnnlab import runs
+    from rnnlab.tracking import runs
 
     port = closed_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:{SECRET}@127.0.0.1:{port}")

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from rnnlab.device import resolve_device
-from rnnlab.errors import RnnlabError
-from rnnlab.models import ModelSpec, build_model
-from rnnlab.tasks import JenaTask
-from rnnlab.train import TrainConfig, TrainingDiverged, fit, seed_everything
-from rnnlab.windows import make_window_spec
+from rnnlab.training.device import resolve_device
+from rnnlab.core.errors import RnnlabError
+from rnnlab.nn.models import ModelSpec, build_model
+from rnnlab.training.tasks import JenaTask
+from rnnlab.training.engine import TrainConfig, TrainingDiverged, fit, seed_everything
+from rnnlab.data.windows import make_window_spec
 
 N = 1500
 SPLITS = {"train": (0, 800), "val": (801, 1150), "test": (1151, None)}
@@ -127,7 +127,7 @@ def test_checkpoint_that_is_not_plain_data_is_never_executed(task, tmp_path, cap
     ckpt = tmp_path / "ckpt.pt"
     plant(ckpt, marker)
     assert not marker.exists()
-    caplog.set_level(logging.INFO, logger="rnnlab.train")
+    caplog.set_level(logging.INFO, logger="rnnlab.training.engine")
     epochs = []
     with warnings.catch_warnings(record=True) as python_warnings:
         warnings.simplefilter("always")
@@ -189,15 +189,15 @@ def test_device_resolution():
 ])
 def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch, present, expected):
     # No GPU on the test machines: what the hardware reports is the one thing stood in for.
-    import rnnlab.device
-    monkeypatch.setattr(rnnlab.device, "available_devices", lambda: present)
+    import rnnlab.training.device
+    monkeypatch.setattr(rnnlab.training.device, "available_devices", lambda: present)
     assert str(resolve_device("auto")) == expected
 
 
 @pytest.mark.parametrize("arch, kw", [("gru", {}), ("gru", {"dropout": 0.2, "recurrent_dropout": 0.3}),
                                       ("lstm", {})])
 def test_evaluation_batch_size_changes_no_figure(task, arch, kw):
-    from rnnlab.train import evaluate
+    from rnnlab.training.engine import evaluate
     model = make(arch, **kw)
     small = evaluate(model, task, "val", torch.device("cpu"), None)            # batches of 32
     big = JenaTask(task.windows["train"].features.numpy(), task.spec, batch_size=32,
@@ -210,7 +210,7 @@ def test_evaluation_batch_size_changes_no_figure(task, arch, kw):
 
 
 def test_evaluation_caps_count_batches_of_the_evaluation_size(task):
-    from rnnlab.train import evaluate
+    from rnnlab.training.engine import evaluate
     capped = JenaTask(task.windows["train"].features.numpy(), task.spec, batch_size=32,
                       eval_batch_size=50, target_std=2.0)
     seen = [len(y) for _, y in capped.eval_batches("val", 3)]
@@ -223,11 +223,11 @@ def test_one_log_line_per_epoch_with_the_time_left_and_bars_only_when_asked(task
     """Without bars (stderr not a terminal) each epoch logs one line: epochs done, its time,
     the mean per epoch and the time left in the stage (this fit's epochs plus
     ``epochs_after``); with bars, tqdm draws the training and the validation passes."""
-    caplog.set_level(logging.INFO, logger="rnnlab.train")
+    caplog.set_level(logging.INFO, logger="rnnlab.training.engine")
     config = TrainConfig(epochs=2, steps_per_epoch=3, seed=1, max_eval_batches=2)
     fit(make(), task, config, torch.device("cpu"), progress=False, desc="gru seed 1",
         epochs_after=4)
-    lines = [r.getMessage() for r in caplog.records if r.name == "rnnlab.train"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "rnnlab.training.engine"]
     assert len(lines) == 2 and capsys.readouterr().err == ""
     for epoch, line in enumerate(lines, start=1):
         assert line.startswith(f"gru seed 1 epoch {epoch}/2: train_loss ")
@@ -235,7 +235,7 @@ def test_one_log_line_per_epoch_with_the_time_left_and_bars_only_when_asked(task
 
     caplog.clear()
     fit(make(), task, config, torch.device("cpu"), progress=True, desc="gru")
-    lines = [r.getMessage() for r in caplog.records if r.name == "rnnlab.train"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "rnnlab.training.engine"]
     assert len(lines) == 2 and lines[-1].endswith("s/epoch, last epoch")
     bars = capsys.readouterr().err
     assert "gru 1/2" in bars and "gru 1/2 val" in bars and "gru 2/2 val" in bars

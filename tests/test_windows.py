@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from rnnlab.errors import RnnlabError
-from rnnlab.windows import JenaWindows, load_spec, make_window_spec, save_spec
+from rnnlab.core.errors import RnnlabError
+from rnnlab.data.windows import JenaWindows, load_spec, make_window_spec, save_spec
 
 N = 3000
 SPLITS = {"train": (0, 1500), "val": (1501, 2200), "test": (2201, None)}

@@ -1,0 +1,3 @@
+"""Foundations every room uses: errors, atomic writes, typed configs, process set-up.
+Imports nothing else of rnnlab.
+"""

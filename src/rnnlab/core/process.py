@@ -1,0 +1,41 @@
+"""What an entry point (a stage's ``run_stage``, a tool's ``main``, the test session) sets up
+for the whole process, once: the environment MLflow reads and the log filters. Nothing
+here runs at import; ``configure_process`` does it, and only where the user set nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+# A tracking server's waits: at most 3 tries of 5 s each, 2 s of back-off between the
+# last two; a server that never answers fails a stage after about 17 s, a refused port at
+# once (MLflow's defaults: 120 s a request, 7 retries, back-off factor 2, about 250 s for
+# a refused port). Values the user set win. MLflow reads them at each request.
+HTTP_WAIT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+                      "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                      "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+class _QuietSqlErrors(logging.Filter):
+    """MLflow logs every SQLAlchemy error with its traceback before raising it; the error
+    is raised anyway (and becomes one ``TrackingError`` line when it is a known one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+_QUIET = _QuietSqlErrors()
+
+
+def configure_process() -> None:
+    """No telemetry, short tracking-server waits (values the user set win), and the two
+    log filters. Idempotent."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for name, value in HTTP_WAIT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    sql = logging.getLogger("mlflow.store.db.utils")
+    if _QUIET not in sql.filters:
+        sql.addFilter(_QUIET)
+    # urllib3 logs each retry with the full URL (credentials included) and the socket error.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)

@@ -1,0 +1,245 @@
+"""IMDB Large Movie Review Dataset: download, tokenize, pad, split.
+
+Layout of the archive (``aclImdb_v1.tar.gz``)::
+
+    aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt    12,500 reviews per folder
+
+Only those four folders are unpacked. Reviews carry ``<br />`` tags; tokens are the
+lowercased words of scikit-learn's default pattern (2+ word characters). The vocabulary is
+the ``max_features`` most frequent words of the *training* reviews (the validation part
+excluded); id 0 pads, id 1 stands for every word outside the vocabulary, words take ids
+2 .. max_features + 1 by decreasing frequency. Sequences are padded and truncated at the
+front by default, as Keras' ``pad_sequences`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections import Counter
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rnnlab.core.atomic import atomic_output, write_json
+from rnnlab.core.errors import DataFormatError
+from rnnlab.data.archive import ARCHIVE_FILE, REVIEWS_PER_FOLDER, WANTED, archive_md5
+from rnnlab.core.config import ConfigError, at_least
+
+PAD, OOV = 0, 1
+# md5 of the canonical aclImdb_v1.tar.gz; other copies (our offline mirror) differ.
+CANONICAL_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
+LABEL_DIRS = {"neg": 0, "pos": 1}
+_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
+TOKEN = re.compile(r"(?u)\b\w\w+\b")
+FILES = {"x": "x_{split}.npy", "x_reversed": "x_{split}_reversed.npy", "y": "y_{split}.npy"}
+# The real corpus, however it was packed: ``reviews_digest`` of its 50,000 labelled reviews,
+# computed on 2026-11-27 over our offline mirror (a re-packed copy whose reviews its
+# PROVENANCE.md checks: 12,500 per folder, every id once, the official ratings, spot texts
+# equal to a second public copy). Not computed on the canonical tarball (not reachable
+# here). A copy with another tarball md5 but this digest holds the same reviews.
+REAL_REVIEWS_SHA256 = "5b40628e929e1699e5b272aa53f31144d5462d93d1ebbe484d65aa087d60f0e2"
+FOLDERS = ("train/pos", "train/neg", "test/pos", "test/neg")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reviews:
+    texts: list[str]
+    labels: np.ndarray     # (n,) int8, 1 = positive
+    ids: list[str]         # "<split>/<pos|neg>/<id>_<rating>" for traceability
+
+
+def read_reviews(root: Path, split: str) -> Reviews:
+    """All reviews of ``split`` under ``root`` (the unpacked ``aclImdb`` parent), sorted."""
+    texts, labels, ids = [], [], []
+    for label_dir, label in LABEL_DIRS.items():
+        folder = Path(root) / "aclImdb" / split / label_dir
+        if not folder.is_dir():
+            raise DataFormatError(f"{folder}: missing; rerun the download stage")
+        for path in sorted(folder.glob("*.txt")):
+            texts.append(path.read_text(encoding="utf-8"))
+            labels.append(label)
+            ids.append(f"{split}/{label_dir}/{path.stem}")
+    return Reviews(texts, np.asarray(labels, dtype=np.int8), ids)
+
+
+def clean(text: str) -> str:
+    return _BR.sub(" ", text).lower()
+
+
+def tokenize(text: str) -> list[str]:
+    return TOKEN.findall(clean(text))
+
+
+def build_vocabulary(token_lists: list[list[str]], max_features: int) -> dict[str, int]:
+    """The max_features most frequent words -> ids 2.. (ties broken alphabetically)."""
+    counts: Counter[str] = Counter()
+    for tokens in token_lists:
+        counts.update(tokens)
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_features]
+    return {word: i + 2 for i, (word, _) in enumerate(ranked)}
+
+
+def encode(token_lists: list[list[str]], vocab: dict[str, int], maxlen: int, *,
+           padding: str = "pre", truncating: str = "pre", reverse: bool = False) -> np.ndarray:
+    """Token lists -> (n, maxlen) int32 ids, padded with 0, OOV as 1.
+
+    ``reverse`` flips each review's word order before padding and truncating (the
+    lecture's reversed-sequence experiment: ``x[::-1]`` then ``pad_sequences``).
+    """
+    out = np.zeros((len(token_lists), maxlen), dtype=np.int32)
+    for i, tokens in enumerate(token_lists):
+        ids = [vocab.get(t, OOV) for t in (reversed(tokens) if reverse else tokens)]
+        ids = ids[-maxlen:] if truncating == "pre" else ids[:maxlen]
+        if not ids:
+            continue
+        if padding == "pre":
+            out[i, maxlen - len(ids):] = ids
+        else:
+            out[i, :len(ids)] = ids
+    return out
+
+
+def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train_idx, val_idx) of ``n`` training reviews."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * fraction))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def prepare_imdb(raw: Path, out: Path, *, max_features: int, maxlen: int, val_fraction: float,
+                 seed: int, padding: str = "pre", truncating: str = "pre") -> dict:
+    """Tokenize, build the vocabulary on training reviews, write the arrays and vocab.json."""
+    for name, value in (("padding", padding), ("truncating", truncating)):
+        if value not in ("pre", "post"):
+            raise DataFormatError(f"imdb.{name}: {value!r}; choose pre or post")
+    began = time.perf_counter()
+    train, test = read_reviews(raw, "train"), read_reviews(raw, "test")
+    digest, review_counts = reviews_digest(raw)
+    train_tokens = [tokenize(t) for t in train.texts]
+    test_tokens = [tokenize(t) for t in test.texts]
+    tr, va = split_validation(len(train_tokens), val_fraction, seed)
+    vocab = build_vocabulary([train_tokens[i] for i in tr], max_features)
+    splits = {"train": ([train_tokens[i] for i in tr], train.labels[tr]),
+              "val": ([train_tokens[i] for i in va], train.labels[va]),
+              "test": (test_tokens, test.labels)}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, (tokens, labels) in splits.items():
+        arrays = {"x": encode(tokens, vocab, maxlen, padding=padding, truncating=truncating),
+                  "x_reversed": encode(tokens, vocab, maxlen, padding=padding,
+                                       truncating=truncating, reverse=True),
+                  "y": labels}
+        for key, array in arrays.items():
+            with atomic_output(out / FILES[key].format(split=split)) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, array)
+    # Cleaned texts for the TF-IDF baseline, split as above (one JSON list per split).
+    texts = {"train": [clean(train.texts[i]) for i in tr], "val": [clean(train.texts[i]) for i in va],
+             "test": [clean(t) for t in test.texts]}
+    with atomic_output(out / "texts.json") as tmp:
+        tmp.write_text(json.dumps(texts))
+    lengths = np.array([len(t) for t in train_tokens])
+    stats = {"vocab_size": len(vocab) + 2, "max_features": max_features, "maxlen": maxlen,
+             "padding": padding, "truncating": truncating, "pad_id": PAD, "oov_id": OOV,
+             "counts": {s: len(v[1]) for s, v in splits.items()},
+             "positive_fraction": {s: float(np.mean(v[1])) for s, v in splits.items()},
+             "train_review_length_median": float(np.median(lengths)),
+             "train_truncated_fraction": float(np.mean(lengths > maxlen)),
+             "val_ids": [train.ids[i] for i in va],
+             "archive_md5": archive_md5(raw),
+             "reviews_sha256": digest, "review_counts": review_counts,
+             "seconds": round(time.perf_counter() - began, 2)}
+    with atomic_output(out / "vocab.json") as tmp:
+        tmp.write_text(json.dumps(vocab))
+    with atomic_output(out / "stats.json") as tmp:
+        tmp.write_text(json.dumps(stats, indent=1) + "\n")
+    log.info("tokenize: %s reviews, vocabulary %s + 2 reserved ids, %s s",
+             f"{sum(stats['counts'].values()):,}", f"{len(vocab):,}", stats["seconds"])
+    return stats
+
+
+def save_sequence_spec(stats: dict, out_dir: Path) -> Path:
+    """IMDB's counterpart of the Jena window spec (``windows.json``): how a review becomes
+    one model input, (maxlen,) word ids of a vocab_size-word vocabulary. The train stages
+    of both data sets read their input shape from ``data/prepared/<dataset>_windows``."""
+    spec = {k: stats[k] for k in ("maxlen", "vocab_size", "padding", "truncating",
+                                  "pad_id", "oov_id")} | {"timesteps": stats["maxlen"]}
+    write_json(Path(out_dir) / "windows.json", spec)
+    return Path(out_dir) / "windows.json"
+
+
+def digest_reviews(reviews: Iterable[tuple[str, bytes]]) -> tuple[str, dict[str, int]]:
+    """A sha256 over labelled reviews given as (path relative to ``aclImdb``, bytes), and
+    their count per folder.
+
+    In sorted order of the paths (``test/neg/0_2.txt``); for each, the path, a newline, its
+    size in bytes, a newline, then its bytes. It names the content, whatever the archive's
+    compression, order or timestamps: a re-packed copy of the real corpus has the real
+    corpus' digest (``REAL_REVIEWS_SHA256``) although its tarball md5 differs.
+    """
+    h = hashlib.sha256()
+    counts = dict.fromkeys(FOLDERS, 0)
+    for rel, data in sorted(reviews):
+        h.update(f"{rel}\n{len(data)}\n".encode())
+        h.update(data)
+        counts[rel.rsplit("/", 1)[0]] += 1
+    return h.hexdigest(), counts
+
+
+def reviews_digest(raw: Path) -> tuple[str, dict[str, int]]:
+    """``digest_reviews`` of the reviews unpacked under ``raw/aclImdb/{train,test}/{pos,neg}``."""
+    base = Path(raw) / "aclImdb"
+    return digest_reviews((p.relative_to(base).as_posix(), p.read_bytes())
+                          for folder in FOLDERS for p in (base / folder).glob("*.txt"))
+
+
+def data_source(stats: dict) -> str:
+    """What the prepared reviews are, from tokenize_imdb's ``stats.json``: ``canonical``
+    (the canonical tarball, by its md5), ``real`` (another packing of the real corpus: the
+    reviews' digest is ``REAL_REVIEWS_SHA256`` and every folder holds 12,500 reviews) or
+    ``other`` (generated reviews, a subset, an altered copy)."""
+    if stats.get("archive_md5") == CANONICAL_MD5:
+        return "canonical"
+    counts = stats.get("review_counts") or {}
+    if (stats.get("reviews_sha256") == REAL_REVIEWS_SHA256
+            and all(counts.get(f) == REVIEWS_PER_FOLDER for f in FOLDERS)):
+        return "real"
+    return "other"
+
+
+def load_imdb(prepared: Path, split: str, reverse: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    prepared = Path(prepared)
+    key = "x_reversed" if reverse else "x"
+    return (np.load(prepared / FILES[key].format(split=split)),
+            np.load(prepared / FILES["y"].format(split=split)))
+
+
+def load_texts(prepared: Path) -> dict[str, list[str]]:
+    return json.loads((Path(prepared) / "texts.json").read_text())
+
+
+@dataclass(frozen=True)
+class ImdbParams:
+    max_features: int
+    maxlen: int
+    val_fraction: float
+    batch_size: int
+    padding: str = "pre"
+    truncating: str = "pre"
+
+    def validate(self, where: str) -> None:
+        for name in ("max_features", "maxlen", "batch_size"):
+            at_least(where, name, getattr(self, name), 1)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"{where}.val_fraction: must be in (0, 1), got {self.val_fraction}")
+        for name in ("padding", "truncating"):
+            if getattr(self, name) not in ("pre", "post"):
+                raise ConfigError(f"{where}.{name}: {getattr(self, name)!r}; choose pre or post")

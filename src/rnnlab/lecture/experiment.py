@@ -1,0 +1,165 @@
+"""One variant's training run, as ``train@<variant>`` runs it: once per seed, each seed an
+MLflow run, resumable from per-epoch checkpoints; then the stage's outputs.
+
+    outputs = Outputs(metrics=Path("metrics/gru.json"), plots=Path("plots/gru.csv"),
+                      model=Path("models/gru.pt"))
+    train_variant("gru", spec, run=run, train=train, data=jena,
+                  prepared=Path("data/prepared/jena"),
+                  windows=Path("data/prepared/jena_windows"), outputs=outputs)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import pickle
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnlab.core.atomic import atomic_output, remove_if_empty, write_json
+from rnnlab.lecture.baselines import count_tfidf_parameters, fit_tfidf
+from rnnlab.training.device import resolve_device
+from rnnlab.nn.models import build_model, count_parameters
+from rnnlab.data.imdb import ImdbParams
+from rnnlab.data.jena import JenaParams
+from rnnlab.nn.schema import ARCHITECTURES, ModelSpec, fields_read
+from rnnlab.training.params import TrainParams
+from rnnlab.nn.recurrent import prepare_native
+from rnnlab.tracking.paths import repo_root
+from rnnlab.training.checkpoints import CHECKPOINTS, remove_superseded
+from rnnlab.training.seeds import RunParams, combine_seeds
+from rnnlab.training.tasks import build_task
+from rnnlab.training.threads import resolve_threads, thread_control
+from rnnlab.tracking.store import tracked_run
+from rnnlab.training.engine import TrainConfig, fit, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The files ``dvc.yaml`` declares for one variant."""
+    metrics: Path
+    plots: Path
+    model: Path
+
+
+def epoch_metrics(row: dict) -> dict:
+    """One epoch's figures as MLflow metrics ``epoch/<name>`` (a chart section of their own):
+    the plain names (``val_mae``...) hold the kept best epoch's, as metrics/<variant>.json."""
+    return {f"epoch/{k}": v for k, v in row.items() if k != "epoch"}
+
+
+def write_plots(path: Path, history: list[dict], extra: tuple[str, ...]) -> None:
+    columns = ["epoch", "train_loss", "val_loss", *extra]
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            for row in history:
+                writer.writerow([row["epoch"]] + [f"{row[c]:.6f}" for c in columns[1:]])
+
+
+def train_variant(variant: str, spec: ModelSpec, *, run: RunParams, train: TrainParams,
+                  data: JenaParams | ImdbParams, prepared: Path, outputs: Outputs,
+                  windows: Path | None = None, checkpoints: Path = CHECKPOINTS,
+                  progress: bool = False) -> dict[str, Any]:
+    """Train ``variant`` (its ``spec``) once per seed of ``run``, log each seed, write
+    ``outputs``; return the metrics. ``data`` is the params section of its data set."""
+    prep = build_task(spec, data, train, prepared, windows)
+    task = prep.task
+    torch_model = ARCHITECTURES[spec.arch].torch
+    device = resolve_device(run.device) if torch_model else torch.device("cpu")
+    epochs = min(spec.epochs, train.max_epochs or spec.epochs)
+    config = TrainConfig(epochs=epochs, steps_per_epoch=prep.steps_per_epoch, seed=run.seed,
+                         clip_norm=train.clip_norm,
+                         max_eval_batches=train.max_eval_batches)
+    seeds = run.seed_list
+    policy = resolve_threads(train.threads)
+    if device.type != "cpu":
+        policy = replace(policy, tuned=False)
+    if torch_model:
+        log.info("%s: %s on %s", variant, policy.describe(), device)
+    # Only the fields the variant's architecture reads: a dense model logs no ``model.cell``.
+    model_params = {k: v for k, v in asdict(spec).items() if k in fields_read(spec.arch)}
+    base_params = {"variant": variant, "model": model_params, spec.dataset: prep.data_params,
+                   "device": str(device), "seeds": seeds, "threads": policy.threads,
+                   "threads_source": policy.source + (", tuned" if policy.tuned else "")}
+
+    per_seed, models = [], []
+    for n, seed in enumerate(seeds, start=1):
+        config = replace(config, seed=seed)
+        run_params = base_params | {"seed": seed, "train": asdict(config) | {
+            "eval_batch_size": train.eval_batch_size, "init": train.init}}
+        fingerprint = hashlib.sha256(json.dumps(       # thread count aside: resume anyway
+            {**run_params, "threads": None, "threads_source": None,
+             "data_stats": prep.data_stats}, sort_keys=True,
+            default=str).encode()).hexdigest()
+        suffix = "" if len(seeds) == 1 else f".seed{seed}"
+        desc = variant if len(seeds) == 1 else f"{variant} seed {seed}"
+        tags = {"variant": variant, "dataset": spec.dataset, "seed": seed,
+                "data_source": prep.data_source}
+        with tracked_run(experiment=task.experiment, run_name=variant, params=run_params,
+                         tags=tags, root=repo_root(),
+                         claim=checkpoints / f"{variant}{suffix}.run.json") as run:
+            if n == 1:   # dead attempts' claims are closed now; live ones are respected
+                remove_superseded(checkpoints)   # metrics newer than a checkpoint: stale
+            if torch_model:
+                run.log_training_data(task.training_rows(), name=f"{spec.dataset}-train",
+                                      source=str(Path(prepared).resolve()))
+                seed_everything(seed)
+                model = build_model(spec, n_features=task.n_inputs, timesteps=task.timesteps,
+                                    init=train.init)
+                prepare_native(model, device)
+                result = fit(model, task, config, device,
+                             checkpoint=checkpoints / f"{variant}{suffix}.pt",
+                             fingerprint=fingerprint, desc=desc, progress=progress,
+                             threads=thread_control(policy),
+                             epochs_after=(len(seeds) - n) * config.epochs,
+                             on_epoch=lambda epoch, row: run.log_metrics(epoch_metrics(row),
+                                                                         step=epoch))
+                n_params = count_parameters(model)
+            else:                            # scikit-learn baseline: one fit, no epochs
+                result, model = fit_tfidf(task.prepared, ngram_max=spec.ngram_max, c=spec.c,
+                                          seed=seed)
+                n_params = count_tfidf_parameters(model)
+                for row in result.history:
+                    run.log_metrics(epoch_metrics(row), step=row["epoch"])
+            metrics = {f"{split}_{k}": values[k] for split, values in
+                       (("val", result.val), ("test", result.test)) for k in task.metric_keys}
+            metrics |= {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                        "n_params": n_params, "seconds_per_epoch": result.seconds_per_epoch,
+                        "device": str(device), "mlflow_run_id": run.id}
+            run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            run.log_dict(metrics, f"{variant}.json")     # this seed's metrics file
+            run.log_loss_curves(result.history, f"{desc} (best epoch {result.best_epoch})")
+            if torch_model:
+                run.log_model(model.cpu())
+        per_seed.append((seed, metrics, result.history))
+        models.append(model)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                          if k.startswith(("val_", "test_")))
+        log.info("%s: %s; best epoch %d, %s parameters, %.1f s/epoch on %s", desc, shown,
+                 result.best_epoch, f"{n_params:,}", result.seconds_per_epoch, metrics["device"])
+
+    metrics, history = combine_seeds(per_seed)
+    write_json(outputs.metrics, metrics)
+    write_plots(outputs.plots, history, task.plot_columns)
+    with atomic_output(outputs.model) as tmp:      # the first seed's weights are the model
+        if torch_model:
+            torch.save(models[0].state_dict(), tmp)
+        else:
+            tmp.write_bytes(pickle.dumps(models[0]))
+    for path in [checkpoints / f"{variant}.pt", *checkpoints.glob(f"{variant}.seed*.pt")]:
+        path.unlink(missing_ok=True)
+    remove_if_empty(checkpoints)
+    if len(seeds) > 1:
+        shown = ", ".join(f"{k} {metrics[k]:.4f} +- {metrics[k + '_std']:.4f}"
+                          for k in metrics if f"{k}_std" in metrics)
+        log.info("%s, %d seeds: %s", variant, len(seeds), shown)
+    return metrics

@@ -1,0 +1,256 @@
+"""Fused CPU recurrences: GRU, LSTM and Elman RNN with the whole time loop in C++.
+
+``gru_recurrence``, ``lstm_recurrence`` and ``rnn_recurrence`` take the time-major input
+projections ``gi`` (T, B, G*H) (bias_ih included, e.g. ``F.linear(x.transpose(0, 1), w_ih,
+b_ih)``), the recurrent weights ``w_hh`` (G*H, H) and ``b_hh`` (G*H,), and an optional
+recurrent-dropout mask ``mask_h`` (B, H) applied to the state before ``w_hh`` at every step
+(Keras' recurrent_dropout); they return h_T (B, H) or all states (T, B, H). Gradients flow
+to gi, w_hh and b_hh. ``gru_recurrence`` has exactly the semantics of
+``rnnlab.nn.recurrent._GRURecurrence.apply``. When autograd needs no backward (``no_grad``,
+or no input requires grad: evaluation), inference kernels run the same arithmetic without
+keeping each step's states and gates (bit-identical outputs, a few MB less per batch).
+
+The extension (src/rnnlab/nn/csrc/recurrent.cpp and recurrent_kernels.h) is compiled by
+``torch.utils.cpp_extension.load`` at first use into
+``$XDG_CACHE_HOME/rnnlab/torch_extensions/<key>`` (default ``~/.cache``), from a copy of
+the sources kept there (so every clone of the repository shares one build), where the key
+hashes the source, the compiler flags, torch's version and location (its headers are named
+by path in the compile command) and the CPU's instruction-set flags
+(the build uses ``-march=native``, so a cache shared between machines never serves code
+for another CPU). An ``fcntl`` lock serializes builds across processes. If the build or
+the import fails, ``available()`` is False, one warning says why, and callers keep their
+current code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCE = _CSRC / "recurrent.cpp"
+_HEADERS = [_CSRC / "recurrent_kernels.h"]
+_CFLAGS = ["-O3", "-fno-trapping-math", "-fopenmp", "-march=native"]
+_LDFLAGS = ["-fopenmp"]   # torch ships libgomp.so.1 with that soname: one OpenMP runtime
+
+_lock = threading.Lock()
+_ext = None
+_error: Optional[str] = None
+# Calls into the C++ recurrences, by cell: a test checks that training really ran them.
+calls = {"gru": 0, "lstm": 0, "rnn": 0}
+
+
+def _cpu_flags() -> str:
+    """The CPU's instruction-set flags (part of the cache key because of -march=native)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rnnlab" / "torch_extensions"
+
+
+def build_key() -> str:
+    """Hex digest naming the build directory and the module."""
+    h = hashlib.sha256()
+    for part in (_SOURCE.read_bytes(), *(p.read_bytes() for p in _HEADERS), " ".join(_CFLAGS + _LDFLAGS).encode(),
+                 torch.__version__.encode(), sys.version.encode(), _cpu_flags().encode(),
+                 # the compile command names torch's headers by path: two environments
+                 # sharing one build directory recompiled each other's build every time
+                 str(Path(torch.__file__).resolve().parent).encode()):
+        h.update(part)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _build():
+    import fcntl
+
+    from torch.utils import cpp_extension
+
+    key = build_key()
+    build_dir = _cache_root() / key
+    build_dir.mkdir(parents=True, exist_ok=True)
+    # torch's own FileBaton (an O_EXCL "lock" file) blocks forever when a build was killed
+    # while holding it; an flock dies with its process. Under our flock no other process of
+    # ours is building here, so a leftover baton file is stale and can go.
+    with open(build_dir / "build.flock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            (build_dir / "lock").unlink(missing_ok=True)
+            # Compile a copy kept in the build directory: ninja's build file names its
+            # sources by absolute path, so building from each clone's own src/ recompiled
+            # (70 s) in every new clone, worktree or test copy that shared this cache.
+            sources = build_dir / "src"
+            sources.mkdir(exist_ok=True)
+            for original in (_SOURCE, *_HEADERS):
+                copy, text = sources / original.name, original.read_bytes()
+                if not copy.exists() or copy.read_bytes() != text:
+                    tmp = copy.with_suffix(".tmp")
+                    tmp.write_bytes(text)
+                    tmp.replace(copy)
+            if not list(build_dir.glob("*.so")):
+                log.info("rnnlab.nn.fused: compiling the C++ recurrences into %s (once per "
+                         "machine, about a minute)", build_dir)
+            # Always the same ninja (the environment's, from the `ninja` package, else the
+            # system's): two ninja versions invalidate each other's logs, and every switch
+            # recompiled (a minute, 1.7 GB) in the first stage of a `dvc repro`.
+            path = os.environ.get("PATH", "")
+            os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), path])
+            try:
+                return cpp_extension.load(
+                    name=f"rnnlab_recurrent_{key}", sources=[str(sources / _SOURCE.name)],
+                    extra_cflags=list(_CFLAGS), extra_ldflags=list(_LDFLAGS),  # load() appends to them
+                    build_directory=str(build_dir), verbose=False)
+            finally:
+                os.environ["PATH"] = path
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def extension():
+    """The compiled module, or None (after one warning) when it cannot be built."""
+    global _ext, _error
+    if _ext is not None or _error is not None:
+        return _ext
+    with _lock:
+        if _ext is None and _error is None:
+            if os.environ.get("RNNLAB_NO_FUSED"):
+                _error = "disabled by RNNLAB_NO_FUSED"
+            else:
+                try:
+                    _ext = _build()
+                except Exception as exc:  # noqa: BLE001 - any failure means: use the fallback
+                    reason = " ".join(str(exc).split()) or type(exc).__name__
+                    if len(reason) > 400:   # a build log: its start is the command line
+                        reason = reason[:150] + " ... " + reason[-250:]
+                    _error = f"{type(exc).__name__}: {reason}"
+            if _error is not None:
+                if os.environ.get("RNNLAB_REQUIRE_CPP") == "1" and \
+                        not os.environ.get("RNNLAB_NO_FUSED"):
+                    raise RuntimeError(f"rnnlab.nn.fused: the C++ recurrences did not build "
+                                       f"and RNNLAB_REQUIRE_CPP=1 requires them: {_error}")
+                warnings.warn(f"rnnlab: the C++ recurrences did not build, so training "
+                              f"runs the slower Python loops ({_error}); install a C++ "
+                              f"compiler (g++) and run ./dev.sh install again",
+                              RuntimeWarning, stacklevel=3)
+    return _ext
+
+
+def available() -> bool:
+    """True when the C++ extension is compiled and loaded (builds it on first call)."""
+    return extension() is not None
+
+
+def unavailable_reason() -> Optional[str]:
+    extension()
+    return _error
+
+
+def _require():
+    ext = extension()
+    if ext is None:
+        raise RuntimeError(f"rnnlab.nn.fused is unavailable: {_error}")
+    return ext
+
+
+class _GRU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gi, w_hh, b_hh, mask_h, relu, return_sequences):
+        out, gates = _require().gru_forward(gi, w_hh, b_hh, mask_h, bool(relu))
+        ctx.save_for_backward(w_hh, mask_h, out, gates)
+        ctx.relu, ctx.return_sequences = bool(relu), bool(return_sequences)
+        return out if return_sequences else out[-1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        w_hh, mask_h, out, gates = ctx.saved_tensors
+        dgi, dw, db = _require().gru_backward(grad_out, w_hh, mask_h, out, gates, ctx.relu,
+                                              ctx.return_sequences)
+        return dgi, dw, db, None, None, None
+
+
+class _LSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gi, w_hh, b_hh, mask_h, return_sequences):
+        out, gates, cs = _require().lstm_forward(gi, w_hh, b_hh, mask_h)
+        ctx.save_for_backward(w_hh, mask_h, out, gates, cs)
+        ctx.return_sequences = bool(return_sequences)
+        return out if return_sequences else out[-1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        w_hh, mask_h, out, gates, cs = ctx.saved_tensors
+        dgi, dw, db = _require().lstm_backward(grad_out, w_hh, mask_h, out, gates, cs,
+                                               ctx.return_sequences)
+        return dgi, dw, db, None, None
+
+
+class _RNN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gi, w_hh, b_hh, mask_h, relu, return_sequences):
+        (out,) = _require().rnn_forward(gi, w_hh, b_hh, mask_h, bool(relu))
+        ctx.save_for_backward(w_hh, mask_h, out)
+        ctx.relu, ctx.return_sequences = bool(relu), bool(return_sequences)
+        return out if return_sequences else out[-1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        w_hh, mask_h, out = ctx.saved_tensors
+        dgi, dw, db = _require().rnn_backward(grad_out, w_hh, mask_h, out, ctx.relu,
+                                              ctx.return_sequences)
+        return dgi, dw, db, None, None, None
+
+
+def _wants_grad(*tensors: Tensor) -> bool:
+    """Whether autograd will need this recurrence's backward (else: the inference kernels,
+    which keep no per-step states or gates)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def gru_recurrence(gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask_h: Optional[Tensor],
+                   relu: bool, return_sequences: bool) -> Tensor:
+    """GRU (r, z, n; reset after). gi (T, B, 3H), w_hh (3H, H), b_hh (3H,), mask_h (B, H)."""
+    calls["gru"] += 1
+    if not _wants_grad(gi, w_hh, b_hh):
+        return _require().gru_infer(gi, w_hh, b_hh, mask_h, bool(relu), bool(return_sequences))
+    return _GRU.apply(gi, w_hh, b_hh, mask_h, relu, return_sequences)
+
+
+def lstm_recurrence(gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask_h: Optional[Tensor],
+                    return_sequences: bool) -> Tensor:
+    """LSTM (i, f, g, o), zero initial h and c. gi (T, B, 4H), w_hh (4H, H), b_hh (4H,)."""
+    calls["lstm"] += 1
+    if not _wants_grad(gi, w_hh, b_hh):
+        return _require().lstm_infer(gi, w_hh, b_hh, mask_h, bool(return_sequences))
+    return _LSTM.apply(gi, w_hh, b_hh, mask_h, return_sequences)
+
+
+def rnn_recurrence(gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask_h: Optional[Tensor],
+                   relu: bool, return_sequences: bool) -> Tensor:
+    """Elman RNN h' = act(gi + W_hh h + b_hh). gi (T, B, H), w_hh (H, H), b_hh (H,)."""
+    calls["rnn"] += 1
+    if not _wants_grad(gi, w_hh, b_hh):
+        return _require().rnn_infer(gi, w_hh, b_hh, mask_h, bool(relu), bool(return_sequences))
+    return _RNN.apply(gi, w_hh, b_hh, mask_h, relu, return_sequences)

@@ -1,0 +1,3 @@
+"""MLflow: the store, runs and their links. Imports only ``rnnlab.core``; the one room
+(with the tools) that imports mlflow.
+"""

@@ -1,0 +1,383 @@
+"""The one module that talks to MLflow; the rest of rnnlab calls ``tracked_run``.
+
+Default store (shared conventions): ``sqlite:///<repository root>/mlflow.db`` with
+artifacts under ``<repository root>/mlruns/``, for ``dvc repro``, ``dvc exp run`` and
+queued experiments alike. ``MLFLOW_TRACKING_URI`` overrides it.
+
+A store that cannot be used ends the stage with one ``TrackingError`` line naming the
+store and the fix, never a page of MLflow, SQLAlchemy and urllib3 traceback: a tracking
+server that refuses or does not answer (MLflow's own waits, 120 s per request and 7
+retries with back-off, are shortened unless the user set them: ``HTTP_WAIT_DEFAULTS``),
+a read-only store or folder, a locked database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rnnlab.core.atomic import remove_if_empty, write_json
+from rnnlab.core.errors import RnnlabError, redact
+
+try:
+    import fcntl
+except ImportError:          # Windows: no flock; start parallel workers on an existing store
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+
+class TrackingError(RnnlabError):
+    """The MLflow store cannot be reached or written."""
+
+
+# MLflow 3 calls an experiment's kind a tag; the UI offers "custom_model_development" (model
+# training: the runs list and its charts) and "genai_development" (traces, evaluations).
+# MLflow 3.17's UI reads the view from the URL (``?workflowType=machine_learning``) or the
+# browser's last choice rather than this tag (see ``runs_url``); the tag is what the UI
+# itself writes when a user sets an experiment's type, and what other versions read.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+EXPERIMENTS = ("rnnlab-jena", "rnnlab-imdb")     # one per data set (conventions)
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store; None for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+def _lock_path(uri: str) -> Path | None:
+    """``<db>.lock`` beside a SQLite store; None for a server (it serializes by itself)."""
+    db = _sqlite_path(uri)
+    return None if db is None else db.with_name(db.name + ".lock")
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return seen
+
+
+_STORE_MODULES = ("mlflow", "requests", "urllib3", "sqlalchemy", "sqlite3")
+
+
+def store_problem(uri: str, e: BaseException) -> str | None:
+    """One line saying why the store ``uri`` failed with ``e``, and the fix; None when
+    ``e`` is not a known store failure (then it is raised as it is). Only errors raised by
+    MLflow and the libraries under it count: a training error is never taken for one."""
+    chain = _chain(e)
+    if not any(type(x).__module__.split(".")[0] in _STORE_MODULES for x in chain):
+        return None
+    text = " | ".join(str(x) for x in chain)
+    db = _sqlite_path(uri)
+    if db is not None:
+        where = f"MLflow store {db}"
+        elsewhere = "or point MLFLOW_TRACKING_URI at a writable store"
+        if "readonly database" in text:
+            return (f"{where} is read-only (attempt to write a readonly database): make the "
+                    f"file and its folder writable for this user, {elsewhere}")
+        if "database is locked" in text:
+            return (f"{where} is locked by another process (database is locked): let that "
+                    "process finish or stop it, then rerun")
+        if "unable to open database file" in text:
+            return (f"{where} cannot be written (unable to open database file): its folder "
+                    f"{db.parent} is read-only or missing, and SQLite writes a journal beside "
+                    f"the file: make the folder writable for this user, {elsewhere}")
+        if "file is not a database" in text:
+            return (f"{where} is not a SQLite database (file is not a database): move it "
+                    f"aside to start a new store, {elsewhere}")
+        return None
+    if not uri.lower().startswith(("http://", "https://")):
+        return None
+    if "Connection refused" in text:
+        reason = "the connection was refused"
+    elif "timed out" in text.lower() or "Timeout" in text:
+        reason = (f"no answer within MLFLOW_HTTP_REQUEST_TIMEOUT="
+                  f"{os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT')} s")
+    elif "Max retries exceeded" in text or "ConnectionError" in text:
+        reason = "the connection failed"
+    else:
+        return None
+    tries = int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") or 0) + 1
+    return (f"MLflow tracking server {redact(uri)} is not answering ({reason}; {tries} tries): "
+            "start the server, or unset MLFLOW_TRACKING_URI to use the embedded store "
+            "(mlflow.db at the repository root)")
+
+
+@contextmanager
+def store_errors(uri: str) -> Iterator[None]:
+    """Known store failures inside the block become one ``TrackingError`` line."""
+    try:
+        yield
+    except RnnlabError:
+        raise
+    except Exception as e:  # noqa: BLE001 (MLflow, SQLAlchemy, requests and OS errors alike)
+        problem = store_problem(uri, e)
+        if problem is None:
+            raise
+        raise TrackingError(problem) from e
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on a SQLite store while it is created or migrated.
+
+    MLflow creates a fresh SQLite store by running its schema migrations; two processes
+    doing that at once (``dvc queue start -j 2`` on a new clone) fail with errors such as
+    ``duplicate column name`` or ``table _alembic_tmp_experiments already exists``. Runs
+    written after that are ordinary SQLite transactions and need no lock.
+    """
+    path = _lock_path(uri)
+    if path is None or fcntl is None:
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+    except PermissionError as e:
+        raise TrackingError(
+            f"MLflow store {_sqlite_path(uri)} is read-only (its lock file {path} cannot be "
+            f"written: {e.strerror}): make the folder {path.parent} writable for this user, "
+            "or point MLFLOW_TRACKING_URI at a writable store") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def experiment_id(name: str, root: Path) -> str:
+    """The id of experiment ``name`` in the store, created (once, under the lock) if new."""
+    import mlflow
+
+    root = Path(root).resolve()
+    uri = tracking_uri(root)
+    default_store = uri == f"sqlite:///{root}/mlflow.db"
+    user_set = "MLFLOW_TRACKING_URI" in os.environ
+    mlflow.set_tracking_uri(uri)
+    if not user_set:   # MLflow exports it; tracking_uri() of another root must not see it
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    with store_errors(uri), store_lock(uri):
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.tags.get(KIND_TAG) != KIND:      # made before rnnlab set the kind
+                mlflow.MlflowClient(uri).set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
+            return exp.experiment_id
+        # The artifact location is fixed at creation: make it absolute, at the real root.
+        # rnnlab's experiments are made together, in one order, so that a new store's ids
+        # are always the same (rnnlab-jena 1, rnnlab-imdb 2) and the README's links work.
+        location = (root / "mlruns").as_uri() if default_store else None
+        ids = {each: _get_or_create(each, location)
+               for each in (*EXPERIMENTS, *([name] if name not in EXPERIMENTS else []))}
+        return ids[name]
+
+
+def _get_or_create(name: str, location: str | None) -> str:
+    """The experiment's id, created if new. On a tracking server there is no lock: two
+    workers starting at once on a fresh server both create it, and the second gets
+    RESOURCE_ALREADY_EXISTS (PostgreSQL's unique name); the first one's is as good."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return mlflow.create_experiment(name, artifact_location=location,
+                                        tags={KIND_TAG: KIND})
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'jena': {'lookback': 1440}} -> {'jena.lookback': 1440}, as MLflow params are flat."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+class Run:
+    """What training code may do with a run: log metrics and artifacts."""
+
+    def __init__(self, run_id: str):
+        self.id = run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import mlflow
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        import mlflow
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_dict(self, data: Mapping[str, Any], name: str) -> None:
+        """``data`` as the JSON artifact ``name`` (what a stage writes as its metrics file)."""
+        import mlflow
+        mlflow.log_dict(dict(data), name)
+
+    def log_model(self, model, name: str = "model") -> None:
+        """The trained torch module, pickled (the ``pt2`` format would fix the input length)."""
+        import mlflow.pytorch
+        import torch
+        # pickle is chosen knowingly (see above); MLflow logs a caution about it each time.
+        log = logging.getLogger("mlflow.pytorch")
+        level = log.level
+        log.setLevel(logging.ERROR)
+        try:
+            mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
+                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        finally:
+            log.setLevel(level)
+
+    def log_training_data(self, array, *, name: str, source: str, context: str = "training"
+                          ) -> None:
+        """Record the training matrix as the run's MLflow dataset input (digest + schema)."""
+        import mlflow
+        import mlflow.data
+        with warnings.catch_warnings():  # file:// sources match two equivalent source kinds
+            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
+            dataset = mlflow.data.from_numpy(array, source=source, name=name)
+        mlflow.log_input(dataset, context=context)
+
+    def log_loss_curves(self, history: list[Mapping[str, float]], title: str) -> None:
+        """A PNG of train and validation loss per epoch, as the run's ``loss_curves.png``."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import mlflow
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        epochs = [row["epoch"] for row in history]
+        ax.plot(epochs, [row["train_loss"] for row in history], "o-", label="train")
+        ax.plot(epochs, [row["val_loss"] for row in history], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        mlflow.log_figure(fig, "loss_curves.png")
+        plt.close(fig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                      # another user's process: alive
+        return True
+    return True
+
+
+def _close_interrupted(claims: Path, uri: str) -> dict[Path, str]:
+    """Mark KILLED every run that a dead process of this machine left claimed in the folder
+    ``claims`` and that is still RUNNING in this store; remove those claims. Return
+    {claim: run id} of the runs marked.
+
+    The whole folder, not only the caller's claim: a stage that DVC restores from its run
+    cache never runs again, and its killed attempt would otherwise stay RUNNING forever.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client, closed = MlflowClient(tracking_uri=uri), {}
+    for claim in sorted(claims.glob("*.run.json")):
+        try:
+            held = json.loads(claim.read_text())
+            run_id, store, pid, host = held["run_id"], held["store"], held["pid"], held["host"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue                     # unreadable: not ours to judge
+        if host != socket.gethostname() or _alive(int(pid)):
+            continue                     # a live attempt, or one we cannot see
+        if store != _digest(uri):
+            continue                     # a run in another store: closed when it is back
+        try:
+            status = client.get_run(run_id).info.status
+        except Exception:  # noqa: BLE001 (deleted run, foreign id: nothing to close)
+            status = None
+        if status == "RUNNING":
+            client.set_terminated(run_id, "KILLED")
+            log.info("MLflow run %s of an interrupted attempt (%s) marked KILLED", run_id,
+                     claim)
+            closed[claim] = run_id
+        claim.unlink(missing_ok=True)
+    return closed
+
+
+def _digest(uri: str) -> str:
+    """Names the store in a claim without writing its URI (and any credentials) to disk."""
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+@contextmanager
+def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
+                tags: Mapping[str, Any], root: Path, claim: Path | None = None
+                ) -> Iterator[Run]:
+    """Start an MLflow run with flattened ``params`` and the conventional tags.
+
+    ``claim``: a small file that names the run (and this process) while the run is open,
+    removed when it ends (FINISHED, or FAILED on an exception). A process killed with
+    ``kill -9`` cannot end its run and leaves the file: the next tracked run with a claim in
+    the same folder marks that run KILLED if its process is gone and it is still RUNNING in
+    this store; the run whose claim it takes over is tagged ``interrupted_run_id``.
+    """
+    import mlflow
+
+    root = Path(root).resolve()
+    uri = tracking_uri(root)
+    exp_id = experiment_id(experiment, root)
+    all_tags = {
+        "git_commit": git_commit(root),
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME") or "workspace",
+        **tags,
+    }
+    if claim is not None and claim.parent.is_dir():
+        with store_errors(uri):
+            closed = _close_interrupted(claim.parent, uri)
+        if claim in closed:
+            all_tags["interrupted_run_id"] = closed[claim]
+    try:
+        with store_errors(uri), mlflow.start_run(
+                experiment_id=exp_id, run_name=run_name,
+                tags={k: str(v) for k, v in all_tags.items()}) as active:
+            if claim is not None:
+                write_json(claim, {"run_id": active.info.run_id, "store": _digest(uri),
+                                   "pid": os.getpid(), "host": socket.gethostname()})
+            flat = flatten(params)
+            mlflow.log_params({k: ("null" if v is None else v) for k, v in flat.items()})
+            yield Run(active.info.run_id)
+    finally:
+        if claim is not None:
+            claim.unlink(missing_ok=True)
+            remove_if_empty(claim.parent)

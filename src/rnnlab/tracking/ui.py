@@ -1,0 +1,83 @@
+"""The MLflow UI over the project's store, on 127.0.0.1.
+
+    python -m rnnlab.tracking.ui [--port 5000]        (or: ./dev.sh ui)
+
+The store is the one every stage logs to (``rnnlab.tracking.store``): ``sqlite:///<root>/mlflow.db``
+with artifacts under ``<root>/mlruns``, or ``MLFLOW_TRACKING_URI`` when set. It prints the
+link to each experiment's runs list before it starts. When ``MLFLOW_TRACKING_URI`` is a
+tracking server (http or https), that server is the UI: it prints the links there and
+starts nothing.
+
+MLflow 3.17's UI opens an experiment on its GenAI overview unless the URL asks for the
+model-training view (``?workflowType=machine_learning``; the browser then remembers the
+choice): every link rnnlab prints carries it.
+"""
+
+from __future__ import annotations
+
+from rnnlab.core.process import configure_process
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rnnlab.core.errors import redact
+from rnnlab.tracking.paths import repo_root
+from rnnlab.tracking.store import (EXPERIMENTS, TrackingError, experiment_id, tracking_uri)
+
+VIEW = "workflowType=machine_learning"      # the UI's model-training view, not GenAI's
+
+
+def runs_url(base: str, experiment: str) -> str:
+    """The runs list of MLflow experiment id ``experiment``, in the model-training view."""
+    return f"{base}/#/experiments/{experiment}/runs?{VIEW}"
+
+
+def compare_url(base: str, run_ids: list[str], experiments: list[str]) -> str:
+    """MLflow's side-by-side comparison of ``run_ids`` (of the experiment ids given), in the
+    model-training view (without it a first visit gets the GenAI sidebar)."""
+    return (f"{base}/#/compare-runs?runs={json.dumps(run_ids, separators=(',', ':'))}"
+            f"&experiments={json.dumps(experiments, separators=(',', ':'))}&{VIEW}")
+
+
+def ui_command(root: Path, port: int, host: str = "127.0.0.1") -> list[str]:
+    root = Path(root).resolve()
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(root),
+            "--default-artifact-root", (root / "mlruns").as_uri(),
+            "--host", host, "--port", str(port), "--workers", "1"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    configure_process()
+    parser = argparse.ArgumentParser(prog="python -m rnnlab.tracking.ui", description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 5000)))
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="the address to listen on (default 127.0.0.1: this machine only)")
+    args = parser.parse_args(argv)
+    root = repo_root()
+    uri = tracking_uri(root)
+    try:
+        # the links before any run; experiment_id creates the store and the experiments
+        # under the store's lock (the UI may be the store's first user)
+        ids = {name: experiment_id(name, root) for name in EXPERIMENTS}
+    except TrackingError as e:
+        sys.exit(f"error: {e}")
+    if uri.startswith(("http://", "https://")):      # a tracking server is its own UI
+        base = uri.rstrip("/")
+        print(f"MLFLOW_TRACKING_URI is a tracking server: its UI is the server itself, "
+              f"{redact(base)}")
+        for name, exp in ids.items():
+            print(f"  {name} (experiment {exp}), runs: {redact(runs_url(base, exp))}")
+        return
+    command = ui_command(root, args.port, args.host)
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI over {redact(uri)} on {base} (Ctrl-C stops it)")
+    for name, exp in ids.items():
+        print(f"  {name} (experiment {exp}), runs: {runs_url(base, exp)}")
+    print("  one DVC experiment's runs, side by side: `./dev.sh runs --links`", flush=True)
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    main()

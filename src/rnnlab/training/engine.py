@@ -1,0 +1,291 @@
+"""The training engine shared by every variant: RMSprop, best epoch kept, resumable.
+
+``fit`` knows nothing of MLflow or DVC: it reports each epoch to an ``on_epoch``
+callback (the stage logs it) and checkpoints after every epoch, so a killed run restarts
+from its last completed epoch and ends with the same metrics as an uninterrupted one:
+each epoch's batches and dropout masks depend only on ``(seed, epoch)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from rnnlab.core.atomic import atomic_output
+from rnnlab.core.errors import RnnlabError
+from rnnlab.training.process import denormals_flushed
+from rnnlab.training.results import FitResult
+from rnnlab.training.seeds import seed_everything
+from rnnlab.training.threads import FixedThreads, ThreadTuner
+
+__all__ = ["FitResult", "TrainConfig", "TrainingDiverged", "evaluate", "fit", "seed_everything"]
+
+Batch = tuple[Tensor, Tensor]
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RnnlabError):
+    """The loss became NaN or infinite."""
+
+
+class Task(Protocol):
+    """What the engine needs of a dataset: batches, a loss, metrics, and what 'best' means."""
+
+    monitor: str          # a key of metrics(), compared on validation
+    monitor_mode: str     # "min" or "max"
+
+    def train_batches(self, epoch: int, steps: int | None, seed: int) -> Iterator[Batch]: ...
+    def eval_batches(self, split: str, max_batches: int | None) -> Iterator[Batch]: ...
+    def eval_size(self, split: str) -> int: ...          # examples in the split
+    def loss(self, output: Tensor, target: Tensor) -> Tensor: ...
+    def metrics(self, outputs: Tensor, targets: Tensor) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    steps_per_epoch: int | None
+    seed: int
+    clip_norm: float | None = None
+    max_eval_batches: int | None = None
+    # Keras' RMSprop defaults, as the lecture used them.
+    lr: float = 1e-3
+    rho: float = 0.9
+    eps: float = 1e-7
+    # "keras2": p -= lr g / (sqrt(v) + eps), the book's Keras 2 (and torch.optim.RMSprop);
+    # "keras3": p -= lr g / sqrt(v + eps), TF 2's tf.keras and Keras 3 (bench_fidelity).
+    rmsprop: str = "keras2"
+
+
+class Keras3RMSprop(torch.optim.Optimizer):
+    """RMSprop as TF 2's ``tf.keras`` and Keras 3 compute it: v = rho v + (1 - rho) g^2,
+    p -= lr g / sqrt(v + eps), where the book's Keras 2 and ``torch.optim.RMSprop`` divide
+    by sqrt(v) + eps. Its state is ``square_avg``, as torch's."""
+
+    def __init__(self, params, lr: float, alpha: float, eps: float):
+        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            avgs = [self.state[p].setdefault("square_avg", torch.zeros_like(p)) for p in params]
+            torch._foreach_mul_(avgs, group["alpha"])
+            torch._foreach_addcmul_(avgs, grads, grads, value=1 - group["alpha"])
+            denominators = torch._foreach_add(avgs, group["eps"])
+            torch._foreach_sqrt_(denominators)
+            torch._foreach_addcdiv_(params, grads, denominators, value=-group["lr"])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A seed for one epoch's dropout masks, independent of what ran before it."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Task, split: str, device: torch.device,
+             max_batches: int | None, *, progress: bool = False, desc: str = "") -> dict[str, float]:
+    """The task's metrics over ``split`` (every example once, or ``max_batches`` batches):
+    no gradients, in the task's evaluation batches; only the (n,) outputs are kept."""
+    model.eval()
+    n = task.eval_size(split)
+    batches = -(-n // task.eval_batch_size)
+    if max_batches is not None:
+        batches = min(batches, max_batches)
+        n = min(n, batches * task.eval_batch_size)
+    # Filled in place: small tensors kept between the batches' large freed buffers would
+    # fragment the heap (a validation pass held 1.4 GB of RSS that way).
+    outputs, targets = torch.empty(n), torch.empty(n)
+    done = 0
+    bar = tqdm(task.eval_batches(split, max_batches), total=batches, disable=not progress,
+               desc=f"{desc} {split}".strip(), file=sys.stderr, leave=False, mininterval=1.0)
+    for x, y in bar:
+        outputs[done:done + len(y)] = model(x.to(device)).float().cpu()
+        targets[done:done + len(y)] = y
+        done += len(y)
+    bar.close()
+    return task.metrics(outputs[:done], targets[:done])
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+# What a checkpoint holds: state dicts (tensors), the history (dicts of floats and ints),
+# numbers and the fingerprint string; nothing that needs a class to be rebuilt.
+CHECKPOINT_KEYS = frozenset({"fingerprint", "epoch", "model", "optimizer", "history",
+                             "best_value", "best_epoch", "best_model"})
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path, device: torch.device, desc: str) -> dict | None:
+    """The checkpoint's state, or None (one warning) when it cannot be used.
+
+    ``weights_only=True``: the unpickler rebuilds only tensors, containers and plain
+    values, so a pickle planted at the checkpoint path cannot run code. A checkpoint is a
+    cache, so any file that does not load that way, or lacks a key, means 'start over':
+    training runs from epoch 1 and its first checkpoint replaces the file.
+    """
+    try:
+        with warnings.catch_warnings():
+            # torch warns about a foreign pickle protocol before refusing it: one line is ours.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:   # noqa: BLE001 (unpickling, zip, EOF, OS errors alike)
+        problem = f"it does not load as tensors and plain values ({type(e).__name__})"
+    else:
+        if isinstance(state, dict) and CHECKPOINT_KEYS <= state.keys():
+            return state
+        problem = "it is not an rnnlab checkpoint (missing keys)"
+    log.warning("%s: ignoring %s: %s; training from epoch 1, this run's checkpoint replaces "
+                "it", desc, path, problem)
+    return None
+
+
+def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device, *,
+        checkpoint: Path | None = None, fingerprint: str = "",
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        progress: bool = True, desc: str = "train",
+        threads: ThreadTuner | FixedThreads | None = None, epochs_after: int = 0) -> FitResult:
+    """Train ``model`` for ``config.epochs`` and return the best epoch's val/test metrics.
+
+    ``checkpoint``: written after every epoch; if it exists with the same
+    ``fingerprint`` (a digest of everything that defines the run), training resumes
+    after its last epoch. The caller deletes it once the outputs are written. It holds
+    only state dicts and plain values and is read with ``weights_only=True``: a file that
+    does not load that way is ignored with a warning, never executed.
+    ``threads``: told each step's wall time, it may change torch's thread count between
+    steps (rnnlab.training.threads); each epoch records the mean count as ``threads``.
+    ``progress``: tqdm bars on stderr for each epoch's training and validation passes (the
+    stages turn them on only when stderr is a terminal). Whether or not, each epoch logs one
+    line: the epochs done, this epoch's time, the mean time per epoch and an estimate of the
+    time left in the stage, counting ``epochs_after`` more epochs of the same length after
+    this fit (the stage's other seeds).
+    """
+    # Vanishing gradients reach denormal floats, which make CPU matmuls ~30x slower
+    # (measured on the GRU's backward); flushing them to zero changes nothing visible. The
+    # thread controller's count, like the flag, lasts only as long as this fit.
+    with denormals_flushed(True):
+        return _fit(model, task, config, device, checkpoint=checkpoint,
+                    fingerprint=fingerprint, on_epoch=on_epoch, progress=progress, desc=desc,
+                    threads=threads, epochs_after=epochs_after)
+
+
+def _fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device, *,
+         checkpoint: Path | None, fingerprint: str,
+         on_epoch: Callable[[int, dict[str, float]], None] | None, progress: bool, desc: str,
+         threads: ThreadTuner | FixedThreads | None, epochs_after: int) -> FitResult:
+    model.to(device)
+    rmsprop = {"keras2": torch.optim.RMSprop, "keras3": Keras3RMSprop}[config.rmsprop]
+    optimizer = rmsprop(model.parameters(), lr=config.lr, alpha=config.rho, eps=config.eps)
+    history: list[dict[str, float]] = []
+    best_state, best_value, best_epoch, start = None, None, 0, 1
+    sign = 1.0 if task.monitor_mode == "min" else -1.0
+
+    state = None
+    if checkpoint is not None and checkpoint.exists():
+        state = _load_checkpoint(checkpoint, device, desc)
+    if state is not None:
+        if state["fingerprint"] == fingerprint:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            history, best_value, best_epoch = state["history"], state["best_value"], state["best_epoch"]
+            best_state = state["best_model"]
+            start = state["epoch"] + 1
+            log.info("%s: resuming after epoch %d from %s", desc, state["epoch"], checkpoint)
+            for row in history:          # a new tracking run gets the restored epochs too
+                if on_epoch is not None:
+                    on_epoch(int(row["epoch"]), row)
+        else:
+            log.info("%s: ignoring %s: it belongs to other params", desc, checkpoint)
+    resumed_from = start - 1
+
+    for epoch in range(start, config.epochs + 1):
+        torch.manual_seed(epoch_seed(config.seed, epoch))
+        model.train()
+        began = time.perf_counter()
+        total, count = 0.0, 0
+        batches = task.train_batches(epoch, config.steps_per_epoch, config.seed)
+        bar = tqdm(batches, total=config.steps_per_epoch, desc=f"{desc} {epoch}/{config.epochs}",
+                   disable=not progress, file=sys.stderr, leave=False, mininterval=1.0)
+        for step, (x, y) in enumerate(bar, start=1):
+            step_began = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            loss = task.loss(model(x), y)
+            if not torch.isfinite(loss):
+                where = f" (last good checkpoint: {checkpoint})" if checkpoint and epoch > 1 else ""
+                raise TrainingDiverged(
+                    f"{desc}: the loss became {loss.item()} at epoch {epoch}, step {step}; "
+                    f"the gradients exploded. Set train.clip_norm (for example 1.0) or lower "
+                    f"the learning rate{where}")
+            loss.backward()
+            if config.clip_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            optimizer.step()
+            total += loss.item()
+            count += 1
+            if threads is not None:
+                threads.step(time.perf_counter() - step_began)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.close()
+        val = evaluate(model, task, "val", device, config.max_eval_batches, progress=progress,
+                       desc=f"{desc} {epoch}/{config.epochs}")
+        row = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val["loss"],
+               **{f"val_{k}": v for k, v in val.items() if k != "loss"},
+               "seconds": time.perf_counter() - began}
+        if threads is not None:
+            row["threads"] = threads.mean_threads(count)
+        history.append(row)
+        value = val[task.monitor]
+        if best_value is None or sign * value < sign * best_value:
+            best_value, best_epoch = value, epoch
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        mean = float(np.mean([r["seconds"] for r in history[resumed_from:]]))
+        left = (config.epochs - epoch + epochs_after) * mean
+        log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f | %.1f s, %.1f s/epoch, %s",
+                 desc, epoch, config.epochs, row["train_loss"], row["val_loss"],
+                 row["seconds"], mean,
+                 f"about {_duration(left)} left in this stage" if left > 0 else "last epoch")
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, {
+                "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "history": history,
+                "best_value": best_value, "best_epoch": best_epoch, "best_model": best_state})
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+
+    if best_state is None:
+        raise RnnlabError(f"{desc}: no epoch to evaluate (epochs = {config.epochs})")
+    model.load_state_dict(best_state)
+    val = evaluate(model, task, "val", device, config.max_eval_batches, progress=progress,
+                   desc=f"{desc} best epoch {best_epoch}")
+    test = evaluate(model, task, "test", device, config.max_eval_batches, progress=progress,
+                    desc=f"{desc} best epoch {best_epoch}")
+    seconds = [row["seconds"] for row in history]
+    return FitResult(best_epoch=best_epoch, history=history, val=val, test=test,
+                     seconds_per_epoch=float(np.mean(seconds)) if seconds else math.nan,
+                     resumed_from=resumed_from)

@@ -1,0 +1,175 @@
+"""Datasets as the training engine sees them (see ``rnnlab.training.engine.Task``), built from params.
+
+    task = build_task(spec, jena_params, train_params, prepared, windows)  # JenaTask | ...
+
+A task carries what the rest of a training run needs to know about its data set: the
+MLflow experiment, the metric keys of ``metrics/<variant>.json``, the plot columns, the
+shape of one input, the data's identity, and the params it depends on (for logging).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rnnlab.data.imdb import data_source as imdb_data_source
+from rnnlab.data.imdb import load_imdb
+from rnnlab.data.jena import load_features
+from rnnlab.training.results import roc_auc
+from rnnlab.data.imdb import ImdbParams
+from rnnlab.data.jena import JenaParams
+from rnnlab.nn.schema import ARCHITECTURES, ModelSpec
+from rnnlab.training.params import TrainParams
+from rnnlab.data.windows import (SPEC_FILE, JenaWindows, WindowSpec, load_spec, shuffled_batches,
+                            variant_spec)
+
+
+class JenaTask:
+    """Temperature 24 h ahead from windows of the normalized matrix; MAE loss and metric."""
+
+    experiment = "rnnlab-jena"
+    metric_keys = ("mae", "mae_degc")            # metrics/<variant>.json: val_mae, test_mae...
+    plot_columns = ("val_mae", "val_mae_degc")   # plots/<variant>.csv beside the losses
+    monitor = "mae"
+    monitor_mode = "min"
+
+    def __init__(self, features: np.ndarray, spec: WindowSpec, *, batch_size: int,
+                 eval_batch_size: int | None = None, reverse: bool = False,
+                 target_std: float = 1.0):
+        self.windows = {split: JenaWindows(features, spec, split, reverse=reverse)
+                        for split in ("train", "val", "test")}
+        self.spec = spec
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.target_std = target_std
+        self.n_inputs, self.timesteps = features.shape[1], spec.timesteps
+
+    def train_batches(self, epoch: int, steps: int | None, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.windows["train"].epoch_batches(epoch, steps, self.batch_size, seed)
+
+    def eval_batches(self, split: str, max_batches: int | None) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.windows[split].ordered(self.eval_batch_size, max_batches)
+
+    def eval_size(self, split: str) -> int:
+        return len(self.windows[split])
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return torch.nn.functional.l1_loss(output, target)
+
+    def metrics(self, outputs: Tensor, targets: Tensor) -> dict[str, float]:
+        mae = float((outputs.double() - targets.double()).abs().mean())
+        return {"loss": mae, "mae": mae, "mae_degc": mae * self.target_std}
+
+    def training_rows(self) -> np.ndarray:
+        """The rows the training windows read, (n, 14): what MLflow records as the input."""
+        lo, hi = self.spec.train
+        return self.windows["train"].features[lo - self.spec.lookback:hi].numpy()
+
+
+class ImdbTask:
+    """Sentiment of a review from its (maxlen,) word ids; binary cross-entropy on a logit."""
+
+    experiment = "rnnlab-imdb"
+    metric_keys = ("accuracy", "auc", "loss")
+    plot_columns = ("val_accuracy", "val_auc")
+    monitor = "accuracy"
+    monitor_mode = "max"
+
+    def __init__(self, prepared, *, batch_size: int, vocab_size: int,
+                 eval_batch_size: int | None = None, reverse: bool = False):
+        self.data = {}
+        for split in ("train", "val", "test"):
+            x, y = load_imdb(prepared, split, reverse=reverse)
+            self.data[split] = (torch.from_numpy(x.astype(np.int64)),
+                                torch.from_numpy(y.astype(np.float32)))
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.n_inputs, self.timesteps = vocab_size, self.data["train"][0].shape[1]
+
+    def train_batches(self, epoch: int, steps: int | None, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+        x, y = self.data["train"]
+        for rows in shuffled_batches(np.arange(len(y)), epoch, steps, self.batch_size, seed):
+            idx = torch.from_numpy(rows)
+            yield x[idx], y[idx]
+
+    def eval_batches(self, split: str, max_batches: int | None) -> Iterator[tuple[Tensor, Tensor]]:
+        x, y = self.data[split]
+        size = self.eval_batch_size
+        for i, start in enumerate(range(0, len(y), size)):
+            if max_batches is not None and i >= max_batches:
+                return
+            yield x[start:start + size], y[start:start + size]
+
+    def eval_size(self, split: str) -> int:
+        return len(self.data[split][1])
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return torch.nn.functional.binary_cross_entropy_with_logits(output, target)
+
+    def metrics(self, outputs: Tensor, targets: Tensor) -> dict[str, float]:
+        loss = float(self.loss(outputs.double(), targets.double()))
+        # in float64: a float32 mean logs 0.86592 as 0.8659200072288513
+        accuracy = float(((outputs > 0).float() == targets).double().mean())
+        return {"loss": loss, "accuracy": accuracy,
+                "auc": roc_auc(targets.numpy() > 0.5, outputs.numpy())}
+
+    def training_rows(self) -> np.ndarray:
+        return self.data["train"][0].numpy()
+
+
+class TfidfTask:
+    """The IMDB texts for the scikit-learn baseline (``rnnlab.lecture.baselines.fit_tfidf``)."""
+
+    experiment, metric_keys, plot_columns = ImdbTask.experiment, ImdbTask.metric_keys, ImdbTask.plot_columns
+
+    def __init__(self, prepared: Path):
+        self.prepared = Path(prepared)
+
+
+class Prepared:
+    """A task plus what a run records about its data (built by ``build_task``)."""
+
+    def __init__(self, task, *, steps_per_epoch: int | None, data_source: str,
+                 data_params: dict[str, Any], data_stats: dict[str, Any]):
+        self.task = task
+        self.steps_per_epoch = steps_per_epoch
+        self.data_source = data_source     # canonical, real (IMDB re-packed) or other
+        self.data_params = data_params     # logged to MLflow as ``<dataset>.*``
+        self.data_stats = data_stats       # part of the resume fingerprint
+
+
+def build_task(spec: ModelSpec, data: JenaParams | ImdbParams, train: TrainParams,
+               prepared: Path, windows: Path) -> Prepared:
+    """The task of variant ``spec`` over the prepared data and its window spec
+    (``data/prepared/<dataset>_windows``: the windows_jena output, or IMDB's sequence spec
+    from tokenize_imdb). ``data`` is the params section of the variant's data set."""
+    if spec.dataset == "jena":
+        assert isinstance(data, JenaParams)
+        features, stats = load_features(prepared, mmap=False)             # (N, 14) float32
+        window = variant_spec(load_spec(windows), spec.lookback, spec.step)
+        task = JenaTask(features, window, batch_size=data.batch_size,
+                        eval_batch_size=train.eval_batch_size,
+                        reverse=spec.reverse, target_std=stats.target_std)
+        return Prepared(task, steps_per_epoch=train.steps_per_epoch,
+                        data_source="canonical" if stats.canonical else "other",
+                        data_params=asdict(data) | {"lookback": window.lookback,
+                                                           "step": window.step},
+                        data_stats=asdict(stats))
+    assert isinstance(data, ImdbParams)
+    stats = json.loads((Path(prepared) / "stats.json").read_text())
+    sequences = json.loads((Path(windows) / SPEC_FILE).read_text())
+    task: ImdbTask | TfidfTask = (
+        ImdbTask(prepared, batch_size=data.batch_size, reverse=spec.reverse,
+                 eval_batch_size=train.eval_batch_size,
+                 vocab_size=sequences["vocab_size"])
+        if ARCHITECTURES[spec.arch].torch else TfidfTask(prepared))
+    return Prepared(task, steps_per_epoch=train.imdb_steps_per_epoch,
+                    data_source=imdb_data_source(stats),
+                    data_params=asdict(data), data_stats=stats)
