@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set-up and everyday commands. Each one creates .venv on first use (Python 3.11+).
 #   ./dev.sh repro   install, then `dvc repro` the whole pipeline
-#   ./dev.sh test    install, then run the test suite
+#   ./dev.sh test    install, then run the test suite (`test -m fast`: the inner loop)
+#   ./dev.sh lint    ruff on the code, mypy on the library
+#   ./dev.sh lock    requirements*.lock again from pyproject.toml (hashes; then commit them)
 #   ./dev.sh demo    a tiny offline run of the whole pipeline on generated data (minutes)
 #   ./dev.sh runs    the MLflow runs per DVC experiment
 #   ./dev.sh leaderboard  the DVC experiments as rows: changed params, each variant's figure
@@ -29,12 +31,15 @@ find_python() {
   return 1
 }
 
-# install [EXTRAS]: rnnlab (editable) with pyproject's extras (default `dev`), once. The stamp
-# lists the extras installed since pyproject.toml last changed: `test` and `server` add
-# `team` (the PostgreSQL driver, Ray), `repro` and the rest leave the default install as is.
+# install [EXTRAS]: rnnlab (editable) and its locked environment, once. requirements.lock
+# pins every package of the main install with its hashes, requirements-dev.lock adds the
+# `dev` and `team` extras (the suite's); torch is the one package they leave out (pinned
+# exactly in pyproject.toml: its wheel differs by platform, CPU or CUDA) and goes in first.
+# The stamp lists the extras installed since pyproject.toml or the lock last changed.
 install() {
-  local extras=${1:-dev} stamp="$VENV/.installed" have=""
-  if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
+  local extras=${1:-} stamp="$VENV/.installed" have="" lockfile=requirements.lock
+  case ",$extras," in *,dev,*|*,team,*) lockfile=requirements-dev.lock ;; esac
+  if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt "$lockfile" ]; then
     have=$(cat "$stamp")
     if [ -z "$(comm -13 <(tr , '\n' <<<"$have" | sort -u) <(tr , '\n' <<<"$extras" | sort -u))" ]
     then return 0; fi
@@ -43,14 +48,35 @@ install() {
     "$(find_python)" -m venv "$VENV"
   fi
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e ".[$extras]"
+  local torch_pin
+  torch_pin=$("$VENV/bin/python" -c 'import tomllib; print(next(d for d in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"] if d.startswith("torch==")))')
+  "$VENV/bin/python" -m pip install --quiet "$torch_pin"
+  "$VENV/bin/python" -m pip install --quiet --require-hashes --no-deps -r "$lockfile"
+  "$VENV/bin/python" -m pip install --quiet --no-deps -e .
+  "$VENV/bin/python" -m pip check >&2 || echo "warning: pip check found the conflicts above" >&2
   # Compile the C++ recurrences now (about a minute, once per machine; cached in
   # ~/.cache/rnnlab) rather than inside the first training stage, where the compiler's
-  # 1.7 GB would count as that stage's memory and its minute as its first epoch.
+  # 1.7 GB would count as that stage's memory and its minute as its first epoch. A failed
+  # build is one warning naming the cause (training then runs the slower Python loops);
+  # with RNNLAB_REQUIRE_CPP=1 (CI) it stops the install.
   echo "compiling rnnlab's C++ recurrences (once per machine, about a minute)" >&2
   "$VENV/bin/python" -c 'import sys; from rnnlab.nn import fused; sys.exit(not fused.available())' ||
-    echo "warning: the C++ recurrences did not build; training will use the slower loops" >&2
+    { [ "${RNNLAB_REQUIRE_CPP:-}" != 1 ] || return 1; }
   tr , '\n' <<<"$have,$extras" | sed '/^$/d' | sort -u | paste -sd, > "$stamp"
+}
+
+# lock: requirements.lock and requirements-dev.lock again from pyproject.toml's ranges
+# (pip-tools in a throwaway venv; newest versions that fit, every hash of each release).
+lock() {
+  local tools=.venv-lock
+  [ -x "$tools/bin/pip-compile" ] || { "$(find_python)" -m venv "$tools" &&
+    "$tools/bin/python" -m pip install --quiet --upgrade pip "pip-tools==7.7.0"; }
+  local common=(--quiet --generate-hashes --strip-extras --unsafe-package torch --no-header
+                --no-emit-index-url --no-emit-find-links --annotation-style=line)
+  "$tools/bin/pip-compile" "${common[@]}" -o requirements.lock pyproject.toml
+  "$tools/bin/pip-compile" "${common[@]}" --extra dev --extra team \
+    -o requirements-dev.lock pyproject.toml
+  sha256sum requirements.lock requirements-dev.lock
 }
 
 # apt_install WHAT PACKAGE...: Debian packages, as root or with password-less sudo.
@@ -105,7 +131,9 @@ export MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1
 cmd=${1:-help}
 [ $# -gt 0 ] && shift
 case "$cmd" in
-  install) install "${1:-dev}" ;;   # `install dev,team`: the extras `./dev.sh test` uses
+  install) install "${1:-}" ;;   # `install dev,team`: the extras `./dev.sh test` uses
+  lock)    lock ;;
+  lint)    install dev,team; ruff check src stages tests bench && mypy ;;
   repro)   install; dvc repro "$@" ;;
   # Two workers (`-n 0`: one process); a module's tests, and all that read the tiny
   # pipeline, share a worker (tests/conftest.py), so each shared fixture is built once.

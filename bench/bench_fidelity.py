@@ -78,8 +78,8 @@ def run_ours(job: dict, params, threads: int, rmsprop: str = "keras2") -> dict:
 
     from rnnlab.nn.models import build_model
     from rnnlab.nn.recurrent import prepare_native
-    from rnnlab.training.tasks import build_task
     from rnnlab.training.engine import TrainConfig, fit, seed_everything
+    from rnnlab.training.tasks import build_task
 
     torch.set_num_threads(threads)
     spec = params.variant(job["variant"])
@@ -169,7 +169,7 @@ def spread(side: dict, key: str) -> str:
 
 def table(summary: dict) -> str:
     lines = []
-    for dataset, key, keys in (("jena", "mae_degc", ("val_mae_degc", "test_mae_degc")),
+    for dataset, _key, keys in (("jena", "mae_degc", ("val_mae_degc", "test_mae_degc")),
                                ("imdb", "accuracy", ("val_accuracy", "test_accuracy"))):
         rows = [(r, side) for r in summary["rows"] for side in OURS
                 if (r["variant"] in IMDB) == (dataset == "imdb") and side in r and "keras" in r]

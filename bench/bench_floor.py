@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from rnnlab.nn.recurrent import GATES
 from rnnlab.data.windows import SPLITS, make_window_spec
+from rnnlab.nn.recurrent import GATES
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -41,12 +41,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from rnnlab.nn import recurrent  # noqa: E402
 from rnnlab.data.imdb import FILES  # noqa: E402
+from rnnlab.nn import recurrent  # noqa: E402
 from rnnlab.nn.models import build_model  # noqa: E402
 from rnnlab.tools.params import ARCHITECTURES, load_params  # noqa: E402
-from rnnlab.training.tasks import ImdbTask, build_task  # noqa: E402
 from rnnlab.training.engine import TrainConfig, fit, seed_everything  # noqa: E402
+from rnnlab.training.tasks import ImdbTask, build_task  # noqa: E402
 
 IMDB_COUNTS = {"train": 20_000, "val": 5_000, "test": 25_000}
 

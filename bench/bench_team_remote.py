@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import yaml  # noqa: E402
 
+from rnnlab.data.synthetic import write_jena_zip  # noqa: E402
+
 from _project import TRAIN_CAPS, set_params, sh, small_project  # noqa: E402
 from conftest import serving  # noqa: E402
-from rnnlab.data.synthetic import write_jena_zip  # noqa: E402
 
 VARIANTS = ("dense", "gru_dropout", "imdb_dense")
 

@@ -25,10 +25,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
-from keras_lecture import lecture_model, multi_hot  # noqa: E402
-
 import keras  # noqa: E402  (keras_lecture chose the TensorFlow backend)
 import tensorflow as tf  # noqa: E402
+from keras_lecture import lecture_model, multi_hot  # noqa: E402
 
 from rnnlab.data.windows import shuffled_batches  # noqa: E402  (NumPy only)
 

@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from keras_lecture import lecture_model, multi_hot  # noqa: E402
-
 import keras  # noqa: E402  (keras_lecture chose the TensorFlow backend)
+from keras_lecture import lecture_model, multi_hot  # noqa: E402
 
 logging.getLogger("tensorflow").setLevel(logging.ERROR)   # one predict function per model
 

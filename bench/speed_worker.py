@@ -94,7 +94,8 @@ class TorchSide:
 class KerasSide:
     def __init__(self, xla: bool) -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from keras_lecture import VOCAB as K_VOCAB, lecture_model
+        from keras_lecture import VOCAB as K_VOCAB
+        from keras_lecture import lecture_model
         assert K_VOCAB == VOCAB
         import keras
         self.keras, self.lecture_model, self.xla = keras, lecture_model, xla

@@ -3,9 +3,9 @@
 import argparse
 from pathlib import Path
 
-from _params import read_params, run_stage
-
 from rnnlab.data.download import SourceParams, download_dataset
+
+from _params import read_params, run_stage
 
 
 def main() -> None:

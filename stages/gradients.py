@@ -3,9 +3,11 @@
 import argparse
 from pathlib import Path
 
-from _params import read_params, run_stage
-
+from rnnlab.data.jena import JenaParams
 from rnnlab.lecture.gradient_study import GradientsParams, StudyOutputs, run_gradient_study
+from rnnlab.training.params import TrainParams
+
+from _params import read_params, run_stage
 
 
 def main() -> None:
@@ -18,8 +20,8 @@ def main() -> None:
     params = read_params()
     run_gradient_study(params.section("gradients", GradientsParams), args.prepared, args.windows,
                        outputs, seed=params.value("seed", int),
-                       batch_size=params.value("jena.batch_size", int),
-                       clip_norm=params.value("train.clip_norm", float | None))
+                       batch_size=params.section("jena", JenaParams).batch_size,
+                       clip_norm=params.section("train", TrainParams).clip_norm)
 
 
 if __name__ == "__main__":

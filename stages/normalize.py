@@ -3,9 +3,9 @@
 import argparse
 from pathlib import Path
 
-from _params import read_params, run_stage
-
 from rnnlab.data.jena import JenaParams, normalize_jena
+
+from _params import read_params, run_stage
 
 
 def main() -> None:

@@ -4,14 +4,14 @@ import argparse
 import json
 from pathlib import Path
 
-from _params import read_params, run_stage
-
 from rnnlab.data.imdb import ImdbParams
 from rnnlab.data.jena import JenaParams
 from rnnlab.lecture.report import ReportParams, data_sources, write_report
 from rnnlab.nn.schema import load_models
 from rnnlab.training.params import TrainParams
 from rnnlab.training.seeds import RunParams
+
+from _params import read_params, run_stage
 
 
 def main() -> None:

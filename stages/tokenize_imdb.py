@@ -3,9 +3,9 @@
 import argparse
 from pathlib import Path
 
-from _params import read_params, run_stage
-
 from rnnlab.data.imdb import ImdbParams, prepare_imdb, save_sequence_spec
+
+from _params import read_params, run_stage
 
 
 def main() -> None:

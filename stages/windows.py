@@ -3,10 +3,10 @@
 import argparse
 from pathlib import Path
 
-from _params import read_params, run_stage
-
 from rnnlab.data.jena import JenaParams, JenaStats
 from rnnlab.data.windows import SPLITS, make_window_spec, save_spec
+
+from _params import read_params, run_stage
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shutil
 import threading
-from contextlib import contextmanager
 from collections import defaultdict
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -120,14 +120,27 @@ def small_jena_zip(tmp_path_factory) -> tuple[Path, str]:
     return path, md5
 
 
+# The lanes (pyproject's markers): the modules that run real DVC pipelines, the team's
+# servers, a browser or a GPU carry theirs; every other test is ``fast``, the inner loop
+# (`./dev.sh test -m fast`). The whole suite, every lane, is what CI runs.
+LANES = {"test_pipeline": "e2e", "test_dvc_graph": "e2e", "test_demo": "e2e",
+         "test_leaderboard": "e2e", "test_xdist_groups": "e2e", "test_keras_parity": "e2e",
+         "test_team_ray": "team", "test_team_server": "team", "test_browser": "browser",
+         "test_cuda": "gpu"}
+PIPELINE_FIXTURES = {"tiny_pipeline", "pipeline_copy"}
+
+
 @pytest.hookimpl(tryfirst=True)      # before pytest-xdist's own hook reads the marks
 def pytest_collection_modifyitems(config, items):
-    """Which tests share a worker under ``-n 2 --dist loadgroup`` (pyproject's addopts): a
+    """Each test's lane (``LANES``; a test that reads the tiny pipeline is ``e2e``), and
+    which tests share a worker under ``-n 2 --dist loadgroup`` (pyproject's addopts): a
     module's tests stay together, so a module-scoped fixture is built once, and every test
     that reads the session's ``tiny_pipeline`` joins one group, so it is built once."""
     for item in items:
-        group = ("tiny_pipeline" if "tiny_pipeline" in getattr(item, "fixturenames", ())
-                 else item.path.stem)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        lane = LANES.get(item.path.stem) or ("e2e" if fixtures & PIPELINE_FIXTURES else "fast")
+        item.add_marker(getattr(pytest.mark, lane))
+        group = "tiny_pipeline" if "tiny_pipeline" in fixtures else item.path.stem
         item.add_marker(pytest.mark.xdist_group(group))
 
 

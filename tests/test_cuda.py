@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from rnnlab.data.windows import make_window_spec
 from rnnlab.nn import recurrent
 from rnnlab.nn.models import ModelSpec, build_model
 from rnnlab.nn.recurrent import RecurrentLayer, _CudaGraphed, _GRURecurrence
-from rnnlab.training.tasks import JenaTask
 from rnnlab.training.engine import TrainConfig, fit, seed_everything
-from rnnlab.data.windows import make_window_spec
+from rnnlab.training.tasks import JenaTask
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -63,7 +63,8 @@ def test_graphed_gru_loop_equals_the_cpu_loop(graphs, relu, masked, return_seque
     for _ in range(3):            # the first call captures, the next ones replay
         got = _recurrence(move(gi), move(w), move(b), move(mask), relu, return_sequences)
         # really graphed: a failed capture would fall back silently, with the same figures
-        assert _CudaGraphed.enabled
+        assert not recurrent._gru_forward_graphed.failed
+        assert not recurrent._gru_backward_graphed.failed
         assert len(recurrent._gru_forward_graphed.graphs) == 1
         assert len(recurrent._gru_backward_graphed.graphs) == 1
         for mine, ref in zip(got, cpu):
@@ -143,7 +144,8 @@ def test_training_with_recurrent_dropout_on_cuda(graphs, task, arch, kw):
     for fn in (recurrent._gru_forward_graphed, recurrent._gru_backward_graphed):
         fn.graphs.clear()
     a, b = _fit(task, arch, **kw), _fit(task, arch, **kw)
-    assert _CudaGraphed.enabled                  # no capture failed and fell back
+    for fn in (recurrent._gru_forward_graphed, recurrent._gru_backward_graphed):
+        assert not fn.failed                     # no capture failed and fell back
     graphs(False)
     c = _fit(task, arch, **kw)
     for run in (b, c):

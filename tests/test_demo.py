@@ -10,9 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from _project import env_for_tools, sh
 from rnnlab.tools import demo
 from rnnlab.tools.params import load_params
+
+from _project import env_for_tools, sh
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,10 +5,11 @@ import zipfile
 
 import pytest
 
-from conftest import leftovers
-from rnnlab.data.download import download_csv, extract_zip_csv, fetch
 from rnnlab.core.errors import ChecksumError, DownloadError, UnsafeArchiveError
+from rnnlab.data.download import download_csv, extract_zip_csv, fetch
 from rnnlab.data.synthetic import JENA_CSV_NAME, write_jena_zip
+
+from conftest import leftovers
 
 
 def serve(http_server, src, name="jena.zip"):

@@ -19,7 +19,7 @@ from _reference import reference_gru
 pytestmark = pytest.mark.skipif(not fused.available(),
                                 reason=f"fused extension unavailable: {fused.unavailable_reason()}")
 
-B, T, I, H = 5, 7, 3, 6
+B, T, I, H = 5, 7, 3, 6  # noqa: E741  (batch, time, input, hidden)
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}
 
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import yaml
 
-from rnnlab.tools import demo
 from rnnlab.core.config import from_mapping
-from rnnlab.lecture.gradient_study import explode_traces
 from rnnlab.data.jena import load_features, normalize_jena
-from rnnlab.tools.params import Params
 from rnnlab.data.synthetic import FULL_JENA_ROWS, write_jena_csv
 from rnnlab.data.windows import JenaWindows, make_window_spec
+from rnnlab.lecture.gradient_study import explode_traces
+from rnnlab.tools import demo
+from rnnlab.tools.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
 

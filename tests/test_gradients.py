@@ -2,8 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from rnnlab.lecture.gradients import (CellRegressor, decay_ratio, explode_run, scale_recurrent_weights,
-                              state_gradient_norms)
+from rnnlab.lecture.gradients import (
+    CellRegressor,
+    decay_ratio,
+    explode_run,
+    scale_recurrent_weights,
+    state_gradient_norms,
+)
 
 
 def batches(n=2, batch=16, steps=40, features=5, seed=0):

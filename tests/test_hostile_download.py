@@ -17,13 +17,20 @@ import zipfile
 
 import pytest
 
-from conftest import leftovers
 from rnnlab.core.config import ConfigError, from_mapping
+from rnnlab.core.errors import (
+    ChecksumError,
+    DataFormatError,
+    DownloadError,
+    LimitError,
+    UnsafeArchiveError,
+    redact,
+)
 from rnnlab.data.download import download_dataset, fetch, remove_stale_temps
-from rnnlab.core.errors import (ChecksumError, DataFormatError, DownloadError, LimitError,
-                           UnsafeArchiveError, redact)
-from rnnlab.tools.params import SourceParams
 from rnnlab.data.synthetic import write_imdb_tarball
+from rnnlab.tools.params import SourceParams
+
+from conftest import leftovers
 
 SECRET = "s3cret"
 pytestmark = pytest.mark.hostile     # every case here is in docs/hostile-inputs.md

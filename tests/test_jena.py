@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from rnnlab.core.errors import DataFormatError
-from rnnlab.data.jena import (FEATURES, HEADER, SENTINEL, JenaStats, load_features, normalize_jena,
-                         read_jena_csv)
+from rnnlab.data.jena import (
+    FEATURES,
+    HEADER,
+    SENTINEL,
+    JenaStats,
+    load_features,
+    normalize_jena,
+    read_jena_csv,
+)
 from rnnlab.data.synthetic import jena_frame, write_jena_csv
 
 HEADER_LINE = ",".join(f'"{c}"' for c in HEADER)

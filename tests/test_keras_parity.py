@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_models import IMDB_TORCH_VARIANTS, JENA_VARIANTS, assert_keras_initialized, spec_of
 from torch import nn
 
 from rnnlab.nn.models import build_model, count_parameters
 from rnnlab.nn.recurrent import RecurrentLayer
-from test_models import IMDB_TORCH_VARIANTS, JENA_VARIANTS, assert_keras_initialized, spec_of
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = sorted({**JENA_VARIANTS, **IMDB_TORCH_VARIANTS})

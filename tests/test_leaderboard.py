@@ -7,8 +7,9 @@ import sys
 
 import yaml
 
-from _project import sh
 from rnnlab.tools.leaderboard import Row, leaderboard
+
+from _project import sh
 
 
 def cells(text: str, name: str) -> list[str]:

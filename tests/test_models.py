@@ -8,8 +8,15 @@ import yaml
 
 from rnnlab.core.config import from_mapping
 from rnnlab.core.errors import RnnlabError
-from rnnlab.nn.models import (REGISTRY, Embedded, Head, ModelSpec, Recurrent, build_model,
-                           count_parameters)
+from rnnlab.nn.models import (
+    REGISTRY,
+    Embedded,
+    Head,
+    ModelSpec,
+    Recurrent,
+    build_model,
+    count_parameters,
+)
 
 PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
 JENA_VARIANTS = {k: v for k, v in PARAMS["models"].items() if v["dataset"] == "jena"}

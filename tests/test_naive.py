@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from rnnlab.lecture.naive import naive_mae
 from rnnlab.data.windows import make_window_spec
+from rnnlab.lecture.naive import naive_mae
 
 
 def test_naive_mae_against_hand_computation():

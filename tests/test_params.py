@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from rnnlab.core.config import ConfigError
-from rnnlab.tools.params import ARCHITECTURES, Params, load_params
 from rnnlab.nn.models import REGISTRY
+from rnnlab.tools.params import ARCHITECTURES, Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from _project import env_for_tools, run_queue, set_params, sh, small_project
 from rnnlab.data.synthetic import JENA_CSV_NAME
+
+from _project import env_for_tools, run_queue, set_params, sh, small_project
 
 
 def hand_naive_mae(csv_bytes: bytes, split: tuple[int, int], lookback=144, step=6, delay=24):
@@ -307,9 +308,10 @@ def test_editing_one_variant_reruns_only_it(pipeline_copy):
 def test_a_checkpoint_superseded_by_a_run_cache_restore_is_removed(pipeline_copy):
     """`dvc repro` of gru with other params is killed with kill -9 after its first
     checkpoint; the params go back and DVC restores gru from its run cache (no code of ours
-    runs); the next tracked stage (naive) removes the stale checkpoint and any temp file of
-    a checkpoint write the kill cut short, closes the killed run, and keeps a checkpoint
-    newer than its variant's metrics (a resumable one)."""
+    runs); the next training stage (dense) removes the stale checkpoint and any temp file
+    of a checkpoint write the kill cut short, closes the killed run, and keeps a checkpoint
+    newer than its variant's metrics (a resumable one). A stage that trains nothing (naive)
+    leaves checkpoints alone."""
     from mlflow.tracking import MlflowClient
 
     repo = pipeline_copy
@@ -338,7 +340,9 @@ def test_a_checkpoint_superseded_by_a_run_cache_restore_is_removed(pipeline_copy
     shutil.copy(ckpt / "gru.pt", ckpt / "lstm.pt")   # newer than metrics/lstm.json: resumable
     (ckpt / ".gru.pt.x1y2z3w4.part").write_bytes(b"")  # what a kill during a write leaves
 
-    after = sh(repo, "dvc", "repro", "-s", "-f", "naive")
+    naive = sh(repo, "dvc", "repro", "-s", "-f", "naive")
+    assert "removed" not in naive.stderr and (ckpt / "gru.pt").exists()
+    after = sh(repo, "dvc", "repro", "-s", "-f", "train@dense")
     assert "removed checkpoints/gru.pt: metrics/gru.json was written after it" in after.stderr
     assert sorted(p.name for p in ckpt.iterdir()) == ["lstm.pt"]
     client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-
-import pytest
-
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from rnnlab.core.errors import RnnlabError
 from rnnlab.data.imdb import CANONICAL_MD5 as IMDB_MD5
 from rnnlab.data.jena import CANONICAL_MD5 as JENA_MD5
-from rnnlab.tools.params import ModelSpec, load_params
 from rnnlab.lecture.report import DataSource, ReportParams, data_sources, write_report
+from rnnlab.tools.params import ModelSpec, load_params
 from rnnlab.training.seeds import RunParams
 
 MODELS = {"gru": ModelSpec("jena", "gru", 20), "lstm": ModelSpec("jena", "lstm", 20),

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from rnnlab.core.config import ConfigError, from_mapping
 from rnnlab.core.errors import RnnlabError
+from rnnlab.data.windows import make_window_spec
 from rnnlab.nn.models import ModelSpec, build_model
 from rnnlab.tools.params import TrainParams
-from rnnlab.core.config import ConfigError, from_mapping
+from rnnlab.training.engine import TrainConfig, fit, seed_everything
 from rnnlab.training.tasks import JenaTask
 from rnnlab.training.threads import FixedThreads, ThreadTuner, available_cores, resolve_threads
-from rnnlab.training.engine import TrainConfig, fit, seed_everything
-from rnnlab.data.windows import make_window_spec
 
 
 @pytest.fixture(autouse=True)

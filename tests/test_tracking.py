@@ -17,9 +17,18 @@ from pathlib import Path
 
 import pytest
 
+from rnnlab.tracking.store import (
+    TrackingError,
+    _digest,
+    _lock_path,
+    experiment_id,
+    flatten,
+    store_errors,
+    tracked_run,
+    tracking_uri,
+)
+
 from _project import ROOT, env_for_tools
-from rnnlab.tracking.store import (TrackingError, _digest, _lock_path, experiment_id, flatten,
-                             store_errors, tracked_run, tracking_uri)
 
 WORKER = """
 import sys
@@ -58,7 +67,7 @@ def test_parallel_workers_on_a_fresh_store_lose_no_run(tmp_path):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for n in range(6)]
     outputs = [w.communicate(timeout=300) for w in workers]
-    for w, (out, err) in zip(workers, outputs):
+    for w, (_out, err) in zip(workers, outputs):
         assert w.returncode == 0, err[-3000:]
     ids = {out.strip().splitlines()[-1] for out, _ in outputs}
 
@@ -195,7 +204,18 @@ def test_unreachable_tracking_server_fails_in_one_bounded_line(naive_dir, tmp_pa
 
 @pytest.mark.hostile
 def test_server_waits_default_to_short_ones_unless_set():
-    code = ("import os, rnnlab.tracking.store; print(os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT'], "
+    """An entry point's set-up shortens MLflow's waits unless the user set them; importing
+    the tracking module alone changes nothing of the environment."""
+    names = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_DISABLE_TELEMETRY")
+    imported = subprocess.run(
+        [sys.executable, "-c", "import os, rnnlab.tracking.store, rnnlab.lecture.experiment; "
+         f"print([n for n in {names!r} if n in os.environ])"],
+        env={k: v for k, v in env_for_tools().items() if k not in names},
+        capture_output=True, text=True, timeout=60, check=True)
+    assert imported.stdout.strip() == "[]"
+    code = ("import os; from rnnlab.core.process import configure_process; configure_process(); "
+            "print(os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT'], "
             "os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'], "
             "os.environ['MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR'])")
     unset = subprocess.run([sys.executable, "-c", code], env=env_for_tools(),
@@ -353,7 +373,7 @@ def test_a_run_that_fails_is_failed_and_leaves_no_claim(with_store, tmp_path, mo
         with tracked_run(experiment="rnnlab-jena", run_name="naive", params={}, tags={},
                          root=root, claim=claim) as run:
             assert claim.exists()
-            1 / 0
+            raise ZeroDivisionError("the stage fails")
     assert MlflowClient(tracking_uri(root)).get_run(run.id).info.status == "FAILED"
     assert not (root / "checkpoints").exists()
 

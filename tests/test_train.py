@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from rnnlab.training.device import resolve_device
 from rnnlab.core.errors import RnnlabError
-from rnnlab.nn.models import ModelSpec, build_model
-from rnnlab.training.tasks import JenaTask
-from rnnlab.training.engine import TrainConfig, TrainingDiverged, fit, seed_everything
 from rnnlab.data.windows import make_window_spec
+from rnnlab.nn.models import ModelSpec, build_model
+from rnnlab.training.device import resolve_device
+from rnnlab.training.engine import TrainConfig, TrainingDiverged, fit, seed_everything
+from rnnlab.training.tasks import JenaTask
 
 N = 1500
 SPLITS = {"train": (0, 800), "val": (801, 1150), "test": (1151, None)}

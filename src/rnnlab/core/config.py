@@ -13,13 +13,16 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from rnnlab.core.errors import RnnlabError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(RnnlabError, ValueError):
@@ -93,7 +96,8 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}: YAML reads {read}; "
                               "put the value in quotes")
         raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if dataclasses.is_dataclass(tp):
+    # A type hint is a class, never a dataclass instance.
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_mapping(tp, value, where=where)
     raise TypeError(f"unsupported config type {tp!r} at {where}")
 

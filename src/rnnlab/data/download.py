@@ -38,15 +38,22 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Self
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from tqdm import tqdm
 
 from rnnlab.core.atomic import atomic_output, file_md5, write_json
-from rnnlab.core.errors import (ChecksumError, DataFormatError, DownloadError, LimitError,
-                           UnsafeArchiveError, redact)
-from rnnlab.data.archive import ARCHIVE_FILE, REVIEWS_PER_FOLDER, WANTED, archive_md5
 from rnnlab.core.config import ConfigError
+from rnnlab.core.errors import (
+    ChecksumError,
+    DataFormatError,
+    DownloadError,
+    LimitError,
+    UnsafeArchiveError,
+    redact,
+)
+from rnnlab.data.archive import ARCHIVE_FILE, REVIEWS_PER_FOLDER, WANTED, archive_md5
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20  # 1 MiB per read: large enough that Python overhead is negligible
@@ -420,7 +427,8 @@ def _pick_csv(zip_path: Path | str, infos: list[zipfile.ZipInfo], member: str | 
     return csvs[0]
 
 
-def _too_big(label: str, what: str, max_mb: float) -> LimitError:
+def _too_big(label: str, what: str, max_mb: float | None) -> LimitError:
+    assert max_mb is not None   # called only where a limit was set
     return LimitError(f"{label}: {what} is larger than the size limit of {max_mb:g} MB, so "
                       "nothing was extracted; raise the limit if this really is the data",
                       "max_mb")
@@ -514,10 +522,11 @@ class _StrictTarInfo(tarfile.TarInfo):
     """
 
     @classmethod
-    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> Self:
         try:
             return super().fromtarfile(tarfile_)
-        except tarfile.EOFHeaderError:      # the end-of-archive marker: a proper end
+        # The end-of-archive marker: a proper end. (Real, but missing from typeshed's stubs.)
+        except tarfile.EOFHeaderError:  # type: ignore[attr-defined]
             raise
         except tarfile.HeaderError as e:
             tarfile_.rnnlab_header_error = e  # type: ignore[attr-defined]
@@ -603,13 +612,20 @@ def extract_tar_members(tar_path: Path, dest: Path, wanted, *, label: str | None
     return len(names)
 
 
+def _folder(name: str) -> tuple[str, str]:
+    """(split, label) of an extracted review's name."""
+    match = WANTED.match(name)
+    assert match is not None   # only names that WANTED matches are extracted
+    return match.group(1), match.group(2)
+
+
 def _check_reviews(url: str, names: list[str]) -> None:
     """No review at all is an error; another count than the canonical archive's a warning
     (a small mirror is fine, an archive missing a folder is not what you want)."""
     if not names:
         raise DataFormatError(f"{redact(url)}: no review files "
                               "aclImdb/{train,test}/{pos,neg}/*.txt in the archive; check the URL")
-    counts = Counter(WANTED.match(n).group(1, 2) for n in names)
+    counts = Counter(_folder(n) for n in names)
     folders = [(split, label) for split in ("train", "test") for label in ("pos", "neg")]
     if any(counts[f] != REVIEWS_PER_FOLDER for f in folders):
         found = ", ".join(f"{s}/{lab} {counts[(s, lab)]:,}" for s, lab in folders)
@@ -655,7 +671,9 @@ def download_dataset(dataset: str, url: str, dest: Path, *, md5: str | None,
             digest = download_csv(url, dest, md5=md5, **fetch_kwargs)
         else:
             download_imdb(url, dest, md5=md5, **fetch_kwargs)
-            digest = archive_md5(dest)
+            recorded = archive_md5(dest)
+            assert recorded is not None   # download_imdb just wrote the record
+            digest = recorded
     except ChecksumError as e:
         raise ChecksumError(f"{e} (params.yaml: data.{dataset}.md5)") from e
     except LimitError as e:

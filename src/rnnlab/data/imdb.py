@@ -18,18 +18,19 @@ import hashlib
 import json
 import logging
 import re
-from collections import Counter
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from rnnlab.core.atomic import atomic_output, write_json
-from rnnlab.core.errors import DataFormatError
-from rnnlab.data.archive import ARCHIVE_FILE, REVIEWS_PER_FOLDER, WANTED, archive_md5
 from rnnlab.core.config import ConfigError, at_least
+from rnnlab.core.errors import DataFormatError
+from rnnlab.data.archive import REVIEWS_PER_FOLDER, archive_md5
 
 PAD, OOV = 0, 1
 # md5 of the canonical aclImdb_v1.tar.gz; other copies (our offline mirror) differ.
@@ -147,16 +148,17 @@ def prepare_imdb(raw: Path, out: Path, *, max_features: int, maxlen: int, val_fr
     with atomic_output(out / "texts.json") as tmp:
         tmp.write_text(json.dumps(texts))
     lengths = np.array([len(t) for t in train_tokens])
-    stats = {"vocab_size": len(vocab) + 2, "max_features": max_features, "maxlen": maxlen,
-             "padding": padding, "truncating": truncating, "pad_id": PAD, "oov_id": OOV,
-             "counts": {s: len(v[1]) for s, v in splits.items()},
-             "positive_fraction": {s: float(np.mean(v[1])) for s, v in splits.items()},
-             "train_review_length_median": float(np.median(lengths)),
-             "train_truncated_fraction": float(np.mean(lengths > maxlen)),
-             "val_ids": [train.ids[i] for i in va],
-             "archive_md5": archive_md5(raw),
-             "reviews_sha256": digest, "review_counts": review_counts,
-             "seconds": round(time.perf_counter() - began, 2)}
+    stats: dict[str, Any] = {
+        "vocab_size": len(vocab) + 2, "max_features": max_features, "maxlen": maxlen,
+        "padding": padding, "truncating": truncating, "pad_id": PAD, "oov_id": OOV,
+        "counts": {s: len(v[1]) for s, v in splits.items()},
+        "positive_fraction": {s: float(np.mean(v[1])) for s, v in splits.items()},
+        "train_review_length_median": float(np.median(lengths)),
+        "train_truncated_fraction": float(np.mean(lengths > maxlen)),
+        "val_ids": [train.ids[i] for i in va],
+        "archive_md5": archive_md5(raw),
+        "reviews_sha256": digest, "review_counts": review_counts,
+        "seconds": round(time.perf_counter() - began, 2)}
     with atomic_output(out / "vocab.json") as tmp:
         tmp.write_text(json.dumps(vocab))
     with atomic_output(out / "stats.json") as tmp:

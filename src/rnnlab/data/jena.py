@@ -8,21 +8,20 @@ name the first bad one, after a vectorized check failed.
 
 from __future__ import annotations
 
-from itertools import pairwise
-
 import csv
 import json
 import logging
 import math
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rnnlab.core.atomic import atomic_output, file_md5, write_json
-from rnnlab.core.errors import DataFormatError
 from rnnlab.core.config import ConfigError, at_least
+from rnnlab.core.errors import DataFormatError
 
 if TYPE_CHECKING:   # polars parses the CSV only: training stages load .npy files without it
     import polars as pl

@@ -34,7 +34,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -108,7 +108,8 @@ def make_window_spec(*, n_rows: int, lookback: int, step: int, delay: int, targe
                 f"fall past the last row ({n_rows - 1}); lower the split's end or jena.delay")
         ranges[split] = (start, stop)
     return WindowSpec(lookback=lookback, step=step, delay=delay, target_index=target_index,
-                      n_rows=n_rows, split_rows=tuple(tuple(splits[s]) for s in SPLITS),
+                      n_rows=n_rows,
+                      split_rows=tuple((splits[s][0], splits[s][1]) for s in SPLITS),
                       **ranges)
 
 
@@ -138,7 +139,8 @@ def load_spec(out_dir: Path) -> WindowSpec:
     doc = json.loads((Path(out_dir) / SPEC_FILE).read_text())
     doc.pop("counts"), doc.pop("timesteps")
     doc["split_rows"] = tuple(tuple(rows) for rows in doc.get("split_rows", ()))
-    return WindowSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()}
+    return WindowSpec(**fields)
 
 
 class JenaWindows:

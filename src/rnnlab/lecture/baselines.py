@@ -19,7 +19,7 @@ def make_tfidf_logreg(*, ngram_max: int = 2, c: float = 1.0, seed: int = 0):
 def binary_metrics(prob: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import log_loss
 
-    from rnnlab.training.results import roc_auc       # the torch variants' AUC, so the columns agree
+    from rnnlab.training.results import roc_auc  # the torch variants' AUC, so the columns agree
     return {"accuracy": float(np.mean((prob > 0.5) == labels)),
             "auc": roc_auc(np.asarray(labels) > 0.5, prob),
             "loss": float(log_loss(labels, np.clip(prob, 1e-7, 1 - 1e-7)))}

@@ -3,7 +3,7 @@ MLflow run, resumable from per-epoch checkpoints; then the stage's outputs.
 
     outputs = Outputs(metrics=Path("metrics/gru.json"), plots=Path("plots/gru.csv"),
                       model=Path("models/gru.pt"))
-    train_variant("gru", spec, run=run, train=train, data=jena,
+    train_variant("gru", spec, common=common, train=train, data=jena,
                   prepared=Path("data/prepared/jena"),
                   windows=Path("data/prepared/jena_windows"), outputs=outputs)
 """
@@ -22,21 +22,21 @@ from typing import Any
 import torch
 
 from rnnlab.core.atomic import atomic_output, remove_if_empty, write_json
-from rnnlab.lecture.baselines import count_tfidf_parameters, fit_tfidf
-from rnnlab.training.device import resolve_device
-from rnnlab.nn.models import build_model, count_parameters
 from rnnlab.data.imdb import ImdbParams
 from rnnlab.data.jena import JenaParams
-from rnnlab.nn.schema import ARCHITECTURES, ModelSpec, fields_read
-from rnnlab.training.params import TrainParams
+from rnnlab.lecture.baselines import count_tfidf_parameters, fit_tfidf
+from rnnlab.nn.models import build_model, count_parameters
 from rnnlab.nn.recurrent import prepare_native
+from rnnlab.nn.schema import ARCHITECTURES, ModelSpec, fields_read
 from rnnlab.tracking.paths import repo_root
+from rnnlab.tracking.store import tracked_run
 from rnnlab.training.checkpoints import CHECKPOINTS, remove_superseded
+from rnnlab.training.device import resolve_device
+from rnnlab.training.engine import TrainConfig, fit, seed_everything
+from rnnlab.training.params import TrainParams
 from rnnlab.training.seeds import RunParams, combine_seeds
 from rnnlab.training.tasks import build_task
 from rnnlab.training.threads import resolve_threads, thread_control
-from rnnlab.tracking.store import tracked_run
-from rnnlab.training.engine import TrainConfig, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +65,22 @@ def write_plots(path: Path, history: list[dict], extra: tuple[str, ...]) -> None
                 writer.writerow([row["epoch"]] + [f"{row[c]:.6f}" for c in columns[1:]])
 
 
-def train_variant(variant: str, spec: ModelSpec, *, run: RunParams, train: TrainParams,
+def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: TrainParams,
                   data: JenaParams | ImdbParams, prepared: Path, outputs: Outputs,
-                  windows: Path | None = None, checkpoints: Path = CHECKPOINTS,
+                  windows: Path, checkpoints: Path = CHECKPOINTS,
                   progress: bool = False) -> dict[str, Any]:
     """Train ``variant`` (its ``spec``) once per seed of ``run``, log each seed, write
-    ``outputs``; return the metrics. ``data`` is the params section of its data set."""
+    ``outputs``; return the metrics. ``common``: seed(s) and device; ``data``: the params
+    section of its data set."""
     prep = build_task(spec, data, train, prepared, windows)
     task = prep.task
     torch_model = ARCHITECTURES[spec.arch].torch
-    device = resolve_device(run.device) if torch_model else torch.device("cpu")
+    device = resolve_device(common.device) if torch_model else torch.device("cpu")
     epochs = min(spec.epochs, train.max_epochs or spec.epochs)
-    config = TrainConfig(epochs=epochs, steps_per_epoch=prep.steps_per_epoch, seed=run.seed,
+    config = TrainConfig(epochs=epochs, steps_per_epoch=prep.steps_per_epoch, seed=common.seed,
                          clip_norm=train.clip_norm,
                          max_eval_batches=train.max_eval_batches)
-    seeds = run.seed_list
+    seeds = common.seed_list
     policy = resolve_threads(train.threads)
     if device.type != "cpu":
         policy = replace(policy, tuned=False)
@@ -130,8 +131,9 @@ def train_variant(variant: str, spec: ModelSpec, *, run: RunParams, train: Train
                 n_params = count_tfidf_parameters(model)
                 for row in result.history:
                     run.log_metrics(epoch_metrics(row), step=row["epoch"])
-            metrics = {f"{split}_{k}": values[k] for split, values in
-                       (("val", result.val), ("test", result.test)) for k in task.metric_keys}
+            metrics: dict[str, Any] = {
+                f"{split}_{k}": values[k] for split, values in
+                (("val", result.val), ("test", result.test)) for k in task.metric_keys}
             metrics |= {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
                         "n_params": n_params, "seconds_per_epoch": result.seconds_per_epoch,
                         "device": str(device), "mlflow_run_id": run.id}

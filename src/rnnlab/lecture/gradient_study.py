@@ -12,22 +12,30 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from rnnlab.core.atomic import atomic_output, write_json
+from rnnlab.core.config import ConfigError, at_least
 from rnnlab.core.errors import RnnlabError
-from rnnlab.lecture.gradients import (CELLS, CellRegressor, ExplodeTrace, decay_ratio, explode_run,
-                              scale_recurrent_weights, state_gradient_norms, train_steps)
 from rnnlab.data.jena import load_features
+from rnnlab.data.windows import JenaWindows, load_spec
+from rnnlab.lecture.gradients import (
+    CELLS,
+    CellRegressor,
+    ExplodeTrace,
+    decay_ratio,
+    explode_run,
+    scale_recurrent_weights,
+    state_gradient_norms,
+    train_steps,
+)
 from rnnlab.tracking.paths import repo_root
-from rnnlab.training.checkpoints import CHECKPOINTS
 from rnnlab.tracking.store import tracked_run
+from rnnlab.training.checkpoints import CHECKPOINTS
 from rnnlab.training.process import denormals_flushed
 from rnnlab.training.seeds import seed_everything
-from rnnlab.data.windows import JenaWindows, load_spec
-from rnnlab.core.config import ConfigError, at_least
 
 log = logging.getLogger(__name__)
 
@@ -172,17 +180,17 @@ def explode_traces(cfg: GradientsParams, train: JenaWindows, *, seed: int, batch
     batches) trained with plain SGD, once unclipped and once clipped to ``train.clip_norm``
     (``gradients.explode.clip_norm`` when that is null); keyed by a label for each."""
     check_explode_window(cfg, train.spec.timesteps)
-    hidden, cfg = cfg.hidden, cfg.explode
-    clip = clip_norm or cfg.clip_norm
+    hidden, ex = cfg.hidden, cfg.explode
+    clip = clip_norm or ex.clip_norm
     traces = {}
     for label, clip_norm in (("no clipping", None), (f"clip_norm {clip:g}", clip)):
         seed_everything(seed)
         model = CellRegressor("rnn", train.features.shape[1], hidden,
-                              cfg.nonlinearity)
-        scale_recurrent_weights(model, cfg.recurrent_scale)
-        batches = train.epoch_batches(2, cfg.steps, batch_size, seed)
-        traces[label] = explode_run(model, batches, cfg.steps, lr=cfg.lr, clip_norm=clip_norm,
-                                    timesteps=cfg.timesteps)
+                              ex.nonlinearity)
+        scale_recurrent_weights(model, ex.recurrent_scale)
+        batches = train.epoch_batches(2, ex.steps, batch_size, seed)
+        traces[label] = explode_run(model, batches, ex.steps, lr=ex.lr, clip_norm=clip_norm,
+                                    timesteps=ex.timesteps)
     return traces
 
 
@@ -211,7 +219,8 @@ def _study(cfg: GradientsParams, prepared: Path, windows: Path, out: StudyOutput
     picks = np.linspace(0, len(val) - batch_size, cfg.batches).astype(int)
     fixed = [val.batch(val.rows[i:i + batch_size]) for i in picks]
 
-    norms, metrics, ratios = {}, {}, {}
+    norms, ratios = {}, {}
+    metrics: dict[str, Any] = {}      # the figures, then the run id
     for cell in CELLS:
         seed_everything(seed)
         model = CellRegressor(cell, features.shape[1], cfg.hidden)
@@ -250,11 +259,12 @@ def _study(cfg: GradientsParams, prepared: Path, windows: Path, out: StudyOutput
     write_csv(out.vanishing, ["distance"] + [f"{c}_{w}" for c, w in norms],
               ([d] + [f"{norms[k][d]:.6g}" for k in norms] for d in range(depth)))
     n = max(len(t.losses) for t in traces.values())
-    cell = lambda seq, i: f"{seq[i]:.6g}" if i < len(seq) else ""  # noqa: E731
+    entry = lambda seq, i: f"{seq[i]:.6g}" if i < len(seq) else ""  # noqa: E731
     write_csv(out.exploding, ["step", "loss_noclip", "grad_norm_noclip", "loss_clip",
                                "grad_norm_clip", "applied_norm_clip"],
-              ([i + 1, cell(plain.losses, i), cell(plain.grad_norms, i), cell(clipped.losses, i),
-                cell(clipped.grad_norms, i), cell(clipped.clipped_norms, i)] for i in range(n)))
+              ([i + 1, entry(plain.losses, i), entry(plain.grad_norms, i),
+                entry(clipped.losses, i), entry(clipped.grad_norms, i),
+                entry(clipped.clipped_norms, i)] for i in range(n)))
     ex = cfg.explode
     figure(out.figure, norms, traces, cfg.distance,
            f"{ex.nonlinearity} RNN, W_hh = {ex.recurrent_scale:g} I, last {ex.timesteps} steps, "
@@ -267,7 +277,7 @@ def _study(cfg: GradientsParams, prepared: Path, windows: Path, out: StudyOutput
                      root=repo_root(), claim=CHECKPOINTS / "gradients.run.json") as run:
         # MLflow shows small numbers as they are: the ratios themselves too.
         run.log_metrics({k: v for k, v in (metrics | ratios).items() if v is not None})
-        for label, t in traces.items():
+        for t in traces.values():
             key = "noclip" if t.clip_norm is None else "clip"
             for i, norm in enumerate(t.grad_norms, start=1):
                 if np.isfinite(norm):

@@ -39,6 +39,7 @@ class CellRegressor(nn.Module):
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; choose one of {CELLS}")
         self.cell = cell
+        self.rnn: nn.RNNBase
         if cell == "rnn":
             self.rnn = nn.RNN(n_features, hidden, batch_first=True, nonlinearity=nonlinearity)
         elif cell == "gru":
@@ -72,6 +73,12 @@ class CellRegressor(nn.Module):
         return self.out(h).squeeze(-1), states
 
 
+def _grad(t: Tensor) -> Tensor:
+    """``t.grad``, which the backward pass just filled."""
+    assert t.grad is not None
+    return t.grad
+
+
 def state_gradient_norms(model: CellRegressor, batches: list[tuple[Tensor, Tensor]]) -> np.ndarray:
     """Mean over samples and batches of ||dL/dh_t||, indexed by distance from the output.
 
@@ -87,8 +94,9 @@ def state_gradient_norms(model: CellRegressor, batches: list[tuple[Tensor, Tenso
         loss = torch.nn.functional.l1_loss(pred, y)
         model.zero_grad(set_to_none=True)
         loss.backward()
-        norms = torch.stack([h.grad.norm(dim=1).mean() for h in states]).detach()  # (T,)
+        norms = torch.stack([_grad(h).norm(dim=1).mean() for h in states]).detach()  # (T,)
         totals = norms if totals is None else totals + norms
+    assert totals is not None   # batches is not empty
     return (totals / len(batches)).flip(0).double().numpy()
 
 
@@ -127,7 +135,7 @@ def scale_recurrent_weights(model: CellRegressor, scale: float) -> None:
     """W_hh <- scale * I: every unit feeds itself ``scale`` times its state (spectral radius
     ``scale``), so a gradient passing back d steps through live relu units grows scale^d."""
     with torch.no_grad():
-        w = model.rnn.weight_hh_l0                                     # (H, H)
+        w = model.rnn.get_parameter("weight_hh_l0")                    # (H, H)
         w.copy_(scale * torch.eye(w.size(0), dtype=w.dtype))
 
 
@@ -150,13 +158,14 @@ def explode_run(model: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], step
             break
         loss.backward()
         params = [p for p in model.parameters() if p.grad is not None]
-        norm = torch.norm(torch.stack([p.grad.norm() for p in params])).item()
+        norm = torch.norm(torch.stack([_grad(p).norm() for p in params])).item()
         trace.grad_norms.append(norm)
         if not math.isfinite(norm):
             trace.diverged_at = step
             break
         if clip_norm is not None:
             nn.utils.clip_grad_norm_(params, clip_norm)
-        trace.clipped_norms.append(torch.norm(torch.stack([p.grad.norm() for p in params])).item())
+        clipped = torch.norm(torch.stack([_grad(p).norm() for p in params])).item()
+        trace.clipped_norms.append(clipped)
         opt.step()
     return trace

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,14 +31,14 @@ def run_naive(prepared: Path, windows: Path, metrics_path: Path, *, seed: int) -
     """The naive stage: val/test MAE to ``metrics_path`` and an MLflow run ``naive``."""
     from rnnlab.core.atomic import write_json
     from rnnlab.data.jena import load_features
-    from rnnlab.tracking.paths import repo_root
-    from rnnlab.training.checkpoints import CHECKPOINTS
-    from rnnlab.tracking.store import tracked_run
     from rnnlab.data.windows import load_spec
+    from rnnlab.tracking.paths import repo_root
+    from rnnlab.tracking.store import tracked_run
+    from rnnlab.training.checkpoints import CHECKPOINTS
 
     features, stats = load_features(prepared)       # memory-mapped
     spec = load_spec(windows)
-    metrics = {}
+    metrics: dict[str, Any] = {}    # the figures, then the run's details (device, run id)
     for split in ("val", "test"):
         mae = naive_mae(features, spec, split)
         metrics[f"{split}_mae"] = mae

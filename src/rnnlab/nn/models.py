@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from rnnlab.core.errors import RnnlabError
-from rnnlab.nn.schema import ARCHITECTURES, ModelSpec
 from rnnlab.nn.recurrent import RecurrentLayer
+from rnnlab.nn.schema import ARCHITECTURES, ModelSpec
 
 __all__ = ["INITS", "REGISTRY", "ModelSpec", "build_model", "count_parameters", "initialize",
            "register"]
@@ -95,6 +95,7 @@ def _initialize(model: nn.Module, init: str) -> nn.Module:
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv1d)):
             nn.init.xavier_uniform_(module.weight)
+            assert module.bias is not None      # every such layer here has a bias
             nn.init.zeros_(module.bias)
         elif isinstance(module, RecurrentLayer):
             with torch.no_grad():

@@ -44,6 +44,7 @@ import math
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -129,7 +130,7 @@ class _CudaGraphed:
     enabled: bool | None = None    # None: RNNLAB_CUDA_GRAPHS decides (tests set it)
     instances: list[_CudaGraphed] = []
 
-    def __init__(self, fn, fallback):
+    def __init__(self, fn: Callable[..., tuple], fallback: Callable[..., tuple]) -> None:
         self.fn, self.fallback = fn, fallback
         self.graphs: dict[tuple, tuple] = {}
         self.failed: set[tuple] = set()     # signatures whose capture failed
@@ -209,10 +210,10 @@ class _GRURecurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        w_hh, mask_h, *saved = ctx.saved_tensors
+        w_hh, mask_h, h_prev, rz_all, n_all, hn_all = ctx.saved_tensors
         backward = _gru_backward_graphed if grad_out.is_cuda else _gru_backward
-        dgi, dw_hh, db_hh = backward(grad_out.contiguous(), w_hh, mask_h, *saved,
-                                     ctx.relu, ctx.return_sequences)
+        dgi, dw_hh, db_hh = backward(grad_out.contiguous(), w_hh, mask_h, h_prev, rz_all,
+                                     n_all, hn_all, ctx.relu, ctx.return_sequences)
         return dgi, dw_hh, db_hh, None, None, None
 
 

@@ -17,7 +17,6 @@ data is generated and the training is a few steps long.
 
 from __future__ import annotations
 
-from rnnlab.core.process import configure_process
 import argparse
 import shlex
 import signal
@@ -28,8 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rnnlab.core.atomic import atomic_output
-from rnnlab.tracking.paths import repo_root
+from rnnlab.core.process import configure_process
 from rnnlab.data.synthetic import write_imdb_tarball, write_jena_zip
+from rnnlab.tracking.paths import repo_root
 
 JENA_ROWS = 30_000
 SETTINGS = {

@@ -14,7 +14,6 @@ from DVC (``dvc exp show``'s data, read through its Python API), not from MLflow
 
 from __future__ import annotations
 
-from rnnlab.core.process import configure_process
 import argparse
 import json
 import math
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rnnlab.core.process import configure_process
 from rnnlab.tracking.paths import repo_root
 
 # The headline figure of each data set's variants: (metric key stem, label, lower is better).
@@ -127,9 +127,9 @@ def headline_table(rows: Sequence[Row], dataset: str, split: str
     shown = [j for j in range(len(names)) if any(vals[j] is not None for vals in values)]
     if not shown:
         return None
-    best_of = {}
+    best_of: dict[int, float] = {}
     for j in shown:
-        column = [vals[j] for vals in values if vals[j] is not None]
+        column = [v for vals in values if (v := vals[j]) is not None]
         best_of[j] = min(column) if lower else max(column)
     cells = [[MISSING if vals[j] is None else
               f"{vals[j]:.3f}" + ("*" if vals[j] == best_of[j] else " ") for j in shown]
@@ -165,7 +165,9 @@ def render(headers: Sequence[str], first: Sequence[str], cells: Sequence[Sequenc
         widths.append(max(cell_width, min(len(header), max(cell_width, 9))))
     heads = [_header_lines(h, w) for h, w in zip(headers, widths)]
     widths = [max(w, *(len(x) for x in h)) for w, h in zip(widths, heads)]
-    blocks, block, used = [], [], name_width
+    blocks: list[list[int]] = []
+    block: list[int] = []
+    used = name_width
     for j, w in enumerate(widths):
         if block and used + 2 + w > width:
             blocks.append(block)

@@ -11,7 +11,6 @@ template carrying them inline to ``.dvc/tmp/offline_plots.html`` and runs ``dvc 
 
 from __future__ import annotations
 
-from rnnlab.core.process import configure_process
 import os
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from rnnlab.core.atomic import atomic_output
 from rnnlab.core.errors import RnnlabError
+from rnnlab.core.process import configure_process
 from rnnlab.tracking.paths import repo_root
 
 # vega-lite 5 specs as DVC 3 writes them; versions resolved from the npm registry in 2026-11.

@@ -31,7 +31,6 @@ Then, on any machine: ``dvc exp pull origin`` and ``dvc exp show`` (docs/teams.m
 
 from __future__ import annotations
 
-from rnnlab.core.process import configure_process
 import argparse
 import hashlib
 import json
@@ -44,6 +43,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from rnnlab.core.process import configure_process
 
 INSTALL_HINT = "rnnlab.tools.raysweep needs Ray: pip install -e '.[team]'"
 SWEEP_REFS = "refs/rnnlab-sweeps"   # where a commit no branch of the remote holds is pushed

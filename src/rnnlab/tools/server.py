@@ -21,7 +21,6 @@ The driver (psycopg2) is in the ``team`` extra: ``pip install -e '.[team]'``.
 
 from __future__ import annotations
 
-from rnnlab.core.process import configure_process
 import argparse
 import glob
 import importlib.util
@@ -40,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rnnlab.core.errors import RnnlabError, redact
+from rnnlab.core.process import configure_process
 from rnnlab.tracking.paths import repo_root
 
 DATABASE = "mlflow"
@@ -381,11 +381,13 @@ def copy_store(source: str, dest: str, log=print) -> tuple[int, int]:
         if target is None:
             dst.create_experiment(exp.name, tags=dict(exp.tags))
             target = dst.get_experiment_by_name(exp.name)
+        assert target is not None   # found, or just created
         for key, value in exp.tags.items():
             if target.tags.get(key) != value:
                 dst.set_experiment_tag(target.experiment_id, key, value)
         done = {r.data.tags[COPIED_FROM] for r in _pages(
-            lambda t: dst.search_runs([target.experiment_id], f"tags.`{COPIED_FROM}` != ''",
+            lambda t, target=target: dst.search_runs(
+                [target.experiment_id], f"tags.`{COPIED_FROM}` != ''",
                                       run_view_type=ViewType.ALL, max_results=1000,
                                       page_token=t))}
         for run in sorted(runs, key=lambda r: r.info.start_time or 0):
@@ -451,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["copy"]:
         parser = argparse.ArgumentParser(prog="python -m rnnlab.tools.server copy",
-                                         description=copy_store.__doc__.split("\n")[0])
+                                         description=(copy_store.__doc__ or "").split("\n")[0])
         parser.add_argument("--from", dest="source", required=True,
                             help="the store to copy, e.g. sqlite:////path/to/mlflow.db")
         parser.add_argument("--to", dest="dest", required=True,

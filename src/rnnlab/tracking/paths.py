@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+
 def repo_root(start: Path | None = None) -> Path:
     """The repository holding ``start`` (default: the working directory).
 

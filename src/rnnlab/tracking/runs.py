@@ -10,12 +10,12 @@ The UI shows the same runs with the search ``tags.dvc_exp_name = '<name>'``;
 
 from __future__ import annotations
 
-from rnnlab.core.process import configure_process
 import argparse
 import sys
 from collections import defaultdict
 
 from rnnlab.core.errors import redact
+from rnnlab.core.process import configure_process
 from rnnlab.tracking.paths import repo_root
 from rnnlab.tracking.store import EXPERIMENTS, TrackingError, store_errors, store_lock, tracking_uri
 from rnnlab.tracking.ui import compare_url
@@ -38,12 +38,13 @@ def summarize(uri: str) -> list[tuple[str, str, int, int, list[str], list[str], 
                                       order_by=["attributes.start_time DESC"]):
             groups[run.data.tags.get("dvc_exp_name", "?"), name].append(run)
     rows = []
-    for (dvc_exp, exp), runs in sorted(groups.items()):
+    for (dvc_exp, exp_name), runs in sorted(groups.items()):
         latest: dict[str, str] = {}           # newest first: the first run of each variant
         for r in runs:
             latest.setdefault(r.data.tags.get("variant", r.info.run_name), r.info.run_id)
-        rows.append((dvc_exp, exp, len(runs), sum(r.info.status == "FINISHED" for r in runs),
-                     sorted(latest), [latest[v] for v in sorted(latest)], ids[exp]))
+        rows.append((dvc_exp, exp_name, len(runs),
+                     sum(r.info.status == "FINISHED" for r in runs),
+                     sorted(latest), [latest[v] for v in sorted(latest)], ids[exp_name]))
     return rows
 
 

@@ -20,7 +20,7 @@ import os
 import socket
 import subprocess
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from rnnlab.core.errors import RnnlabError, redact
 try:
     import fcntl
 except ImportError:          # Windows: no flock; start parallel workers on an existing store
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # mypy cannot type an optional module
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,10 @@ def _lock_path(uri: str) -> Path | None:
 
 def _chain(e: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
-    while e is not None and e not in seen:
-        seen.append(e)
-        e = e.__cause__ or e.__context__
+    link: BaseException | None = e
+    while link is not None and link not in seen:
+        seen.append(link)
+        link = link.__cause__ or link.__context__
     return seen
 
 
@@ -205,7 +206,9 @@ def _get_or_create(name: str, location: str | None) -> str:
     except MlflowException as e:
         if e.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-        return mlflow.get_experiment_by_name(name).experiment_id
+        exp = mlflow.get_experiment_by_name(name)
+        assert exp is not None   # another process just created it
+        return exp.experiment_id
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -266,13 +269,13 @@ class Run:
                           ) -> None:
         """Record the training matrix as the run's MLflow dataset input (digest + schema)."""
         import mlflow
-        import mlflow.data
+        from mlflow.data.numpy_dataset import from_numpy  # mlflow.data.from_numpy, typed
         with warnings.catch_warnings():  # file:// sources match two equivalent source kinds
             warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
-            dataset = mlflow.data.from_numpy(array, source=source, name=name)
+            dataset = from_numpy(array, source=source, name=name)
         mlflow.log_input(dataset, context=context)
 
-    def log_loss_curves(self, history: list[Mapping[str, float]], title: str) -> None:
+    def log_loss_curves(self, history: Sequence[Mapping[str, float]], title: str) -> None:
         """A PNG of train and validation loss per epoch, as the run's ``loss_curves.png``."""
         import matplotlib
         matplotlib.use("Agg")

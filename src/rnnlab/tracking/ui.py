@@ -15,7 +15,6 @@ choice): every link rnnlab prints carries it.
 
 from __future__ import annotations
 
-from rnnlab.core.process import configure_process
 import argparse
 import json
 import os
@@ -23,8 +22,9 @@ import sys
 from pathlib import Path
 
 from rnnlab.core.errors import redact
+from rnnlab.core.process import configure_process
 from rnnlab.tracking.paths import repo_root
-from rnnlab.tracking.store import (EXPERIMENTS, TrackingError, experiment_id, tracking_uri)
+from rnnlab.tracking.store import EXPERIMENTS, TrackingError, experiment_id, tracking_uri
 
 VIEW = "workflowType=machine_learning"      # the UI's model-training view, not GenAI's
 

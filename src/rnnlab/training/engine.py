@@ -12,7 +12,6 @@ import copy
 import hashlib
 import logging
 import math
-import random
 import sys
 import time
 import warnings
@@ -48,6 +47,7 @@ class Task(Protocol):
 
     monitor: str          # a key of metrics(), compared on validation
     monitor_mode: str     # "min" or "max"
+    eval_batch_size: int  # examples per evaluation batch
 
     def train_batches(self, epoch: int, steps: int | None, seed: int) -> Iterator[Batch]: ...
     def eval_batches(self, split: str, max_batches: int | None) -> Iterator[Batch]: ...

@@ -11,7 +11,6 @@ from typing import Any
 from rnnlab.core.config import ConfigError
 
 
-
 @dataclass(frozen=True)
 class RunParams:
     """The top level of params.yaml that every run reads: its seed(s) and device."""
@@ -51,8 +50,8 @@ def combine_seeds(results: list[SeedResult]) -> tuple[dict[str, Any], list[dict[
     if not results:
         raise ValueError("combine_seeds: no results")
     if len(results) == 1:
-        _, metrics, history = results[0]
-        return metrics | {"n_seeds": 1}, history
+        _, only, only_history = results[0]
+        return only | {"n_seeds": 1}, only_history
     first = results[0][1]
     metrics: dict[str, Any] = {}
     for key, value in first.items():

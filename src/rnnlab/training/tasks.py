@@ -19,16 +19,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnlab.data.imdb import ImdbParams, load_imdb
 from rnnlab.data.imdb import data_source as imdb_data_source
-from rnnlab.data.imdb import load_imdb
-from rnnlab.data.jena import load_features
-from rnnlab.training.results import roc_auc
-from rnnlab.data.imdb import ImdbParams
-from rnnlab.data.jena import JenaParams
+from rnnlab.data.jena import JenaParams, load_features
+from rnnlab.data.windows import (
+    SPEC_FILE,
+    JenaWindows,
+    WindowSpec,
+    load_spec,
+    shuffled_batches,
+    variant_spec,
+)
 from rnnlab.nn.schema import ARCHITECTURES, ModelSpec
 from rnnlab.training.params import TrainParams
-from rnnlab.data.windows import (SPEC_FILE, JenaWindows, WindowSpec, load_spec, shuffled_batches,
-                            variant_spec)
+from rnnlab.training.results import roc_auc
 
 
 class JenaTask:
@@ -154,10 +158,10 @@ def build_task(spec: ModelSpec, data: JenaParams | ImdbParams, train: TrainParam
         assert isinstance(data, JenaParams)
         features, stats = load_features(prepared, mmap=False)             # (N, 14) float32
         window = variant_spec(load_spec(windows), spec.lookback, spec.step)
-        task = JenaTask(features, window, batch_size=data.batch_size,
-                        eval_batch_size=train.eval_batch_size,
-                        reverse=spec.reverse, target_std=stats.target_std)
-        return Prepared(task, steps_per_epoch=train.steps_per_epoch,
+        jena_task = JenaTask(features, window, batch_size=data.batch_size,
+                             eval_batch_size=train.eval_batch_size,
+                             reverse=spec.reverse, target_std=stats.target_std)
+        return Prepared(jena_task, steps_per_epoch=train.steps_per_epoch,
                         data_source="canonical" if stats.canonical else "other",
                         data_params=asdict(data) | {"lookback": window.lookback,
                                                            "step": window.step},

@@ -125,6 +125,7 @@ class ThreadTuner:
         torch.set_num_threads(candidate)
 
     def _decide(self) -> None:
+        assert self._trying is not None   # a trial ran before this
         tried = statistics.median(self._tried[1:])
         current = statistics.median(self._before + self._after[1:])
         if tried < (1 - self.margin) * current:
