@@ -84,6 +84,11 @@ def test_data_half_end_to_end(repo, http_server, small_jena_zip):
     assert run.data.metrics["val_mae"] == pytest.approx(metrics["val_mae"])
     head = sh(repo, "git", "rev-parse", "HEAD").stdout.strip()
     assert run.data.tags["git_commit"] == head
+    # A result names everything it came from: the commit, the lock, the packages, the data.
+    lock = hashlib.sha256((repo / "requirements.lock").read_bytes()).hexdigest()[:16]
+    assert run.data.tags["lock_sha256"] == lock
+    assert len(run.data.tags["env_sha256"]) == 16
+    assert run.data.tags["data_md5"] == md5
     assert run.data.tags["dvc_exp_name"] == "workspace"
     assert run.data.tags["variant"] == "naive" and run.data.tags["data_source"] == "other"
     assert run.data.params["jena.lookback"] == "144"
@@ -136,6 +141,8 @@ def test_whole_pipeline_end_to_end(tiny_pipeline, monkeypatch):
             imdb_runs[variant].info.run_id
         assert imdb_runs[variant].data.tags["dataset"] == "imdb"
         assert imdb_runs[variant].data.tags["data_source"] == "other"   # generated reviews
+        assert imdb_runs[variant].data.tags["data_md5"] == json.loads(
+            (repo / "data/raw/imdb/archive.json").read_text())["md5"]
         # A run logs the model fields its architecture reads, no others: the UI's
         # model.cell column is empty for dense and tf-idf, not a misleading "lstm".
         params = imdb_runs[variant].data.params

@@ -104,7 +104,7 @@ def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: Tr
         suffix = "" if len(seeds) == 1 else f".seed{seed}"
         desc = variant if len(seeds) == 1 else f"{variant} seed {seed}"
         tags = {"variant": variant, "dataset": spec.dataset, "seed": seed,
-                "data_source": prep.data_source}
+                "data_source": prep.data_source, "data_md5": prep.data_md5 or "unrecorded"}
         with tracked_run(experiment=task.experiment, run_name=variant, params=run_params,
                          tags=tags, root=repo_root(),
                          claim=checkpoints / f"{variant}{suffix}.run.json") as run:

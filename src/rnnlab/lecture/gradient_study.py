@@ -273,7 +273,8 @@ def _study(cfg: GradientsParams, prepared: Path, windows: Path, out: StudyOutput
     run_params = {"gradients": asdict(cfg), "jena": {"batch_size": batch_size}, "seed": seed,
                   "clip_norm_used": clip}
     with tracked_run(experiment="rnnlab-jena", run_name="gradients", params=run_params,
-                     tags={"variant": "gradients", "dataset": "jena", "seed": seed},
+                     tags={"variant": "gradients", "dataset": "jena", "seed": seed,
+                           "data_md5": stats.csv_md5},
                      root=repo_root(), claim=CHECKPOINTS / "gradients.run.json") as run:
         # MLflow shows small numbers as they are: the ratios themselves too.
         run.log_metrics({k: v for k, v in (metrics | ratios).items() if v is not None})

@@ -232,6 +232,26 @@ def git_commit(root: Path) -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
+LOCK_FILE = "requirements.lock"     # the pipeline's locked environment (./dev.sh lock)
+
+
+def provenance(root: Path) -> dict[str, str]:
+    """What a run came from besides its params: the commit, the lock file of the repository
+    (``lock_sha256``, 16 hex digits; ``none`` without one) and the packages this process
+    really has installed (``env_sha256`` over every distribution's name and version, so two
+    runs with the same value ran the same packages, lock or not)."""
+    from importlib import metadata
+
+    lock = Path(root) / LOCK_FILE
+    lock_digest = (hashlib.sha256(lock.read_bytes()).hexdigest()[:16] if lock.is_file()
+                   else "none")
+    installed = sorted({f"{d.metadata['Name']}=={d.version}".lower()
+                        for d in metadata.distributions() if d.metadata["Name"]})
+    env_digest = hashlib.sha256("\n".join(installed).encode()).hexdigest()[:16]
+    return {"git_commit": git_commit(root), "lock_sha256": lock_digest,
+            "env_sha256": env_digest}
+
+
 class Run:
     """What training code may do with a run: log metrics and artifacts."""
 
@@ -361,7 +381,7 @@ def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
     uri = tracking_uri(root)
     exp_id = experiment_id(experiment, root)
     all_tags = {
-        "git_commit": git_commit(root),
+        **provenance(root),
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME") or "workspace",
         **tags,
     }

@@ -141,8 +141,10 @@ class Prepared:
     """A task plus what a run records about its data (built by ``build_task``)."""
 
     def __init__(self, task, *, steps_per_epoch: int | None, data_source: str,
-                 data_params: dict[str, Any], data_stats: dict[str, Any]):
+                 data_params: dict[str, Any], data_stats: dict[str, Any],
+                 data_md5: str | None):
         self.task = task
+        self.data_md5 = data_md5           # the downloaded file's: Jena's CSV, IMDB's tarball
         self.steps_per_epoch = steps_per_epoch
         self.data_source = data_source     # canonical, real (IMDB re-packed) or other
         self.data_params = data_params     # logged to MLflow as ``<dataset>.*``
@@ -165,7 +167,7 @@ def build_task(spec: ModelSpec, data: JenaParams | ImdbParams, train: TrainParam
                         data_source="canonical" if stats.canonical else "other",
                         data_params=asdict(data) | {"lookback": window.lookback,
                                                            "step": window.step},
-                        data_stats=asdict(stats))
+                        data_stats=asdict(stats), data_md5=stats.csv_md5)
     assert isinstance(data, ImdbParams)
     stats = json.loads((Path(prepared) / "stats.json").read_text())
     sequences = json.loads((Path(windows) / SPEC_FILE).read_text())
@@ -176,4 +178,5 @@ def build_task(spec: ModelSpec, data: JenaParams | ImdbParams, train: TrainParam
         if ARCHITECTURES[spec.arch].torch else TfidfTask(prepared))
     return Prepared(task, steps_per_epoch=train.imdb_steps_per_epoch,
                     data_source=imdb_data_source(stats),
-                    data_params=asdict(data), data_stats=stats)
+                    data_params=asdict(data), data_stats=stats,
+                    data_md5=stats.get("archive_md5"))
