@@ -132,7 +132,9 @@ def test_checkpoint_that_is_not_plain_data_is_never_executed(task, tmp_path, cap
     with warnings.catch_warnings(record=True) as python_warnings:
         warnings.simplefilter("always")
         result = run(task, make(), tmp_path, epochs=2, on_epoch=lambda e, row: epochs.append(e))
-    assert [str(w.message) for w in python_warnings] == []     # our one log line, nothing else
+    # our one log line; no warning of torch's about unpickling what it was given
+    assert not [w for w in python_warnings if "serialization" in w.filename
+                or "pickle" in str(w.message).lower()]
     assert not marker.exists()                                  # the pickle never ran
     assert result.resumed_from == 0 and epochs == [1, 2]        # trained from epoch 1
     logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
