@@ -135,7 +135,7 @@ def test_keras_weights_give_keras_outputs(keras_side, variant):
     assert_keras_initialized(model, f"{variant} (Keras' weights)")
     x = torch.from_numpy(inputs["imdb" if imdb else "jena"])
     model.eval()
-    for native in (True, False):           # the C++ recurrences, and PyTorch's/TorchScript's loop
+    for native in (True, False):           # the C++ recurrences, and PyTorch's / the Python GRU loop
         for m in model.modules():
             if isinstance(m, RecurrentLayer):
                 m.native = native

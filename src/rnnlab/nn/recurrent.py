@@ -270,12 +270,9 @@ class RecurrentLayer(nn.Module):
     ``dropout`` (one input mask per sequence) and ``recurrent_dropout`` (one state mask per
     sequence), scaled by 1/(1-p) and off in eval mode.
 
-    Which code runs the time loop: on the CPU the fused C++ recurrences of
-    ``rnnlab.nn.fused`` (one call for the whole sequence, forward and backward); where they
-    cannot be built or on another device, PyTorch's own fused loop (cuDNN on CUDA) when no
-    state mask is asked for, else the GRU loop below: TorchScript on the CPU, replayed as
-    one CUDA graph per call on CUDA (``_CudaGraphed``). All give the same results
-    (tests/test_fused.py, tests/test_recurrent.py, tests/test_cuda.py on a GPU).
+    Which code runs the time loop: ``path`` decides, by the table in this module's
+    docstring. All paths give the same results (tests/test_fused.py, tests/test_recurrent.py;
+    tests/test_cuda.py on a GPU).
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, *, dropout: float = 0.0,
