@@ -395,8 +395,8 @@ def _imdb_tar(path, names):
 @pytest.mark.parametrize("per_folder, found", [
     ({"train/pos": 2, "train/neg": 2, "test/pos": 2, "test/neg": 2},
      "found train/pos 2, train/neg 2, test/pos 2, test/neg 2 reviews"),
-    ({"train/pos": 3, "train/neg": 1, "test/pos": 2},
-     "found train/pos 3, train/neg 1, test/pos 2, test/neg 0 reviews"),
+    ({"train/pos": 3, "train/neg": 1, "test/pos": 2, "test/neg": 1},
+     "found train/pos 3, train/neg 1, test/pos 2, test/neg 1 reviews"),
 ])
 def test_review_counts_other_than_canonical_are_a_warning(tmp_path, caplog, per_folder, found):
     src = tmp_path / "few.tar.gz"
@@ -492,3 +492,134 @@ def test_unsafe_archive_messages_name_the_redacted_url(tmp_path):
     with pytest.raises(UnsafeArchiveError) as e:
         download_dataset("imdb", url, tmp_path / "raw" / "imdb", md5=None, progress=False)
     assert one_line(e).endswith("check the URL. (params.yaml: data.imdb.url)")
+
+
+# -- 5. what the standard library cannot read, incomplete archives, the old copy kept ---------
+
+def _patch_zip(data: bytes, member: str, *, flag: int = 0, method: int | None = None) -> bytes:
+    """``data`` (a zip) with ``member``'s general-purpose flag bits OR-ed with ``flag`` and
+    its compression method set to ``method``, in its local header and in its central
+    directory entry, as an encrypting or Deflate64 zip writer leaves them."""
+    out = bytearray(data)
+    zf = zipfile.ZipFile(io.BytesIO(data))
+    info = zf.getinfo(member)
+    at = zf.start_dir                                  # the central directory's first entry
+    entries = []
+    while out[at:at + 4] == b"PK\x01\x02":
+        name_len, extra_len, comment_len = (int.from_bytes(out[at + k:at + k + 2], "little")
+                                            for k in (28, 30, 32))
+        if out[at + 46:at + 46 + name_len].decode() == member:
+            entries.append(at + 8)                       # flags at +8, method at +10
+        at += 46 + name_len + extra_len + comment_len
+    assert out[info.header_offset:info.header_offset + 4] == b"PK\x03\x04" and len(entries) == 1
+    for flags_at in (info.header_offset + 6, entries[0]):  # local: flags at +6, method at +8
+        flags = int.from_bytes(out[flags_at:flags_at + 2], "little") | flag
+        out[flags_at:flags_at + 2] = flags.to_bytes(2, "little")
+        if method is not None:
+            out[flags_at + 2:flags_at + 4] = method.to_bytes(2, "little")
+    return bytes(out)
+
+
+@pytest.mark.parametrize("patch, problem", [
+    ({"flag": 0x1}, "is encrypted (a password-protected zip), which Python's standard library "
+     "cannot extract; unzip it with its password and re-zip"),
+    ({"method": 9}, "is compressed with Deflate64 (method 9, what Windows writes for large "
+     "zips), which Python's standard library cannot read; re-zip"),
+])
+def test_a_zip_member_the_standard_library_cannot_read_is_one_line(small_jena_zip, tmp_path,
+                                                                  patch, problem):
+    src, md5 = small_jena_zip
+    zipped = tmp_path / "jena.zip"
+    zipped.write_bytes(_patch_zip(src.read_bytes(), "jena_climate_2009_2016.csv", **patch))
+    info = zipfile.ZipFile(zipped).getinfo("jena_climate_2009_2016.csv")
+    assert info.flag_bits & 0x1 if "flag" in patch else info.compress_type == 9
+    dest = tmp_path / "raw" / "jena.csv"
+    with pytest.raises(DownloadError) as e:
+        download_dataset("jena", zipped.as_uri(), dest, md5=md5, progress=False)
+    assert one_line(e) == (f"{zipped.as_uri()}: member 'jena_climate_2009_2016.csv' {problem} "
+                           "the CSV with plain Deflate (zip -Z deflate, or python -m zipfile -c), "
+                           "or point the URL at the bare CSV (params.yaml: data.jena.url)")
+    assert leftovers(tmp_path / "raw") == [] and not dest.exists()
+
+
+@pytest.mark.parametrize("half, found", [
+    ("test", "found train/pos 2, train/neg 2, test/pos 0, test/neg 0"),
+    ("train", "found train/pos 0, train/neg 0, test/pos 2, test/neg 2"),
+])
+def test_a_tarball_without_its_train_or_test_half_is_refused_at_download(tmp_path, half, found):
+    src = tmp_path / "half.tar.gz"
+    kept = "train" if half == "test" else "test"
+    _imdb_tar(src, [f"aclImdb/{kept}/{label}/{i}_7.txt" for label in ("pos", "neg")
+                    for i in range(2)] + ["aclImdb/README"])
+    dest = tmp_path / "raw" / "imdb"
+    with pytest.raises(DataFormatError) as e:
+        download_dataset("imdb", src.as_uri(), dest, md5=None, progress=False)
+    assert one_line(e) == (f"{src.as_uri()}: the archive is incomplete: no review in "
+                           f"aclImdb/{half}/pos, aclImdb/{half}/neg ({found}); get a complete "
+                           "copy of aclImdb_v1.tar.gz (check data.imdb.url and data.imdb.md5) "
+                           "(params.yaml: data.imdb.url)")
+    assert leftovers(tmp_path / "raw") == [] and not dest.exists()
+
+
+def _tree(directory) -> dict[str, bytes]:
+    """Every file under ``directory`` (temp files included) with its bytes."""
+    return {f: (directory / f).read_bytes() for f in leftovers(directory)}
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("dataset, failure", [
+    ("jena", "wrong md5"), ("jena", "missing file"),
+    ("imdb", "wrong md5"), ("imdb", "incomplete archive"), ("imdb", "disk full at the end"),
+])
+def test_a_failed_download_leaves_the_previous_copy_as_it_was(small_jena_zip, tarball, tmp_path,
+                                                              monkeypatch, dataset, failure):
+    """DVC keeps the outputs of a ``persist: true`` stage: the library must not lose them."""
+    src, md5 = small_jena_zip if dataset == "jena" else tarball
+    dest = dest_of(tmp_path, dataset)
+    download_dataset(dataset, src.as_uri(), dest, md5=md5, progress=False)
+    before = _tree(tmp_path / "raw")
+    new = tmp_path / "new.data"                         # other data than the copy in place
+    if dataset == "jena":
+        from rnnlab.data.synthetic import write_jena_zip
+        write_jena_zip(new, rows=300, seed=11)
+    elif failure == "incomplete archive":
+        _imdb_tar(new, ["aclImdb/train/pos/1_7.txt", "aclImdb/train/neg/1_2.txt"])
+    else:
+        write_imdb_tarball(new, per_class=2, seed=11)
+    url, expected = new.as_uri(), DownloadError
+    if failure == "missing file":
+        url = (tmp_path / "nowhere.zip").as_uri()
+    if failure == "incomplete archive":
+        expected = DataFormatError
+    if failure == "disk full at the end":               # the record of the new copy fails
+        monkeypatch.setattr("rnnlab.data.download.write_json", _disk_full)
+        expected = OSError
+    with pytest.raises(expected):
+        download_dataset(dataset, url, dest, md5=md5 if failure == "wrong md5" else None,
+                         progress=False)
+    assert _tree(tmp_path / "raw") == before             # byte-identical, no temp file
+
+
+@pytest.mark.parametrize("dest_there", [False, True])
+def test_an_old_copy_a_killed_swap_left_aside_is_put_back(tarball, tmp_path, caplog, dest_there):
+    """A kill between the swap's two renames leaves the old copy aside under a temp name and
+    nothing at the destination: the next run puts it back (then fails here, on a 404-like
+    missing file, keeping it). A kill after the second rename, while the old copy was being
+    removed, leaves the new copy in place: the rest of the old one is removed."""
+    src, md5 = tarball
+    dest = tmp_path / "raw" / "imdb"
+    download_dataset("imdb", src.as_uri(), dest, md5=md5, progress=False)
+    good = _tree(tmp_path / "raw")
+    aside = tmp_path / "raw" / ".imdb.old.k2j3h4g5"
+    if dest_there:
+        shutil.copytree(dest, aside)
+    else:
+        dest.rename(aside)
+    with caplog.at_level(logging.WARNING), pytest.raises(DownloadError, match="check the path"):
+        download_dataset("imdb", (tmp_path / "nowhere.tar.gz").as_uri(), dest, md5=md5,
+                         progress=False)
+    assert _tree(tmp_path / "raw") == good
+    assert ("put back the previous copy" in caplog.text) != dest_there

@@ -1,5 +1,6 @@
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -8,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnnlab.core.errors import DownloadError, UnsafeArchiveError
+from rnnlab.core.config import ConfigError
+from rnnlab.core.errors import DataFormatError, DownloadError, UnsafeArchiveError
 from rnnlab.data.archive import WANTED
 from rnnlab.data.download import download_imdb
 from rnnlab.data.imdb import (
@@ -20,6 +22,7 @@ from rnnlab.data.imdb import (
     data_source,
     digest_reviews,
     encode,
+    interleave_classes,
     load_imdb,
     load_texts,
     prepare_imdb,
@@ -232,7 +235,7 @@ def test_the_offline_mirror_of_the_real_reviews_is_labelled_real():
     digest, counts = digest_reviews(reviews)
     assert counts == dict.fromkeys(("train/pos", "train/neg", "test/pos", "test/neg"), 12_500)
     assert digest == REAL_REVIEWS_SHA256
-    tarball_md5 = hashlib.md5(REAL_COPY.read_bytes()).hexdigest()
+    tarball_md5 = hashlib.md5(Path(REAL_COPY).read_bytes()).hexdigest()
     assert data_source({"archive_md5": tarball_md5, "reviews_sha256": digest,
                         "review_counts": counts}) == ("canonical" if tarball_md5 == CANONICAL_MD5
                                                       else "real")
@@ -272,3 +275,118 @@ def test_roc_auc_is_scikit_learns():
     assert roc_auc(np.array([True, False, True]), np.array([0.3, 0.3, 0.3])) == 0.5
     assert roc_auc(np.array([True, False]), np.array([0.9, 0.1])) == 1.0
     assert np.isnan(roc_auc(np.array([True, True]), np.array([0.2, 0.4])))
+
+
+@pytest.fixture(scope="module")
+def prepared_1200(tmp_path_factory):
+    """1,200 reviews (300 a folder) prepared with val_fraction 0.25: train 450, val 150,
+    test 600, every split past one batch of 128."""
+    base = tmp_path_factory.mktemp("imdb1200")
+    write_imdb_tarball(base / "a.tar.gz", per_class=300, seed=5)
+    download_imdb((base / "a.tar.gz").as_uri(), base / "raw", md5=None, progress=False)
+    stats = prepare_imdb(base / "raw", base / "prep", max_features=200, maxlen=40,
+                         val_fraction=0.25, seed=7)
+    return base, stats
+
+
+@pytest.mark.hostile
+def test_every_split_is_stored_with_the_classes_interleaved(prepared_1200):
+    """A capped evaluation reads a split's first batches: each must hold both classes. The
+    arrays, the texts and the validation ids stay aligned row for row."""
+    base, stats = prepared_1200
+    prep, raw = base / "prep", base / "raw"
+    vocab = json.loads((prep / "vocab.json").read_text())
+    texts = load_texts(prep)
+    assert stats["counts"] == {"train": 450, "val": 150, "test": 600}
+    for split in ("train", "val", "test"):
+        x, y = load_imdb(prep, split)
+        xr, y2 = load_imdb(prep, split, reverse=True)
+        assert np.array_equal(y, y2) and len(texts[split]) == len(y)
+        assert set(y[:128]) == {0, 1}, f"the first batch of {split} holds one class"
+        share = y.mean()
+        for start in range(0, len(y) - 127, 128):   # every full batch: the split's share
+            assert abs(y[start:start + 128].sum() - 128 * share) <= 2, (split, start)
+        tokens = [tokenize(t) for t in texts[split]]
+        assert np.array_equal(x, encode(tokens, vocab, 40))
+        assert np.array_equal(xr, encode(tokens, vocab, 40, reverse=True))
+    # The validation ids name the reviews in the stored order; their labels are y_val's.
+    _, y_val = load_imdb(prep, "val")
+    for i, review_id in enumerate(stats["val_ids"]):
+        split, label, stem = review_id.split("/")
+        assert y_val[i] == (label == "pos")
+        text = (raw / "aclImdb" / split / label / f"{stem}.txt").read_text()
+        assert texts["val"][i] == text.replace("<br /><br />", "  ").lower()
+    # Nothing lost or repeated: the test split holds each test review once.
+    folder_texts = sorted(p.read_text().replace("<br /><br />", "  ").lower()
+                          for p in (raw / "aclImdb" / "test").glob("*/*.txt"))
+    assert sorted(texts["test"]) == folder_texts
+
+
+def test_the_interleaving_is_seeded_and_even():
+    labels = np.array([0] * 90 + [1] * 30)               # unbalanced: 3 to 1
+    order = interleave_classes(labels, seed=1)
+    assert sorted(order) == list(range(120))
+    assert np.array_equal(order, interleave_classes(labels, seed=1))
+    assert not np.array_equal(order, interleave_classes(labels, seed=2))
+    ordered = labels[order]
+    assert all(ordered[i:i + 4].sum() == 1 for i in range(0, 120, 4))   # one in every four
+
+
+def _prepared_from(tmp_path, tarball, val_fraction, remove=()):
+    path, md5 = tarball
+    raw = tmp_path / "raw"
+    download_imdb(path.as_uri(), raw, md5=md5, progress=False)
+    for folder in remove:                     # a raw copy changed after its download
+        for review in (raw / "aclImdb" / folder).glob("*.txt"):
+            review.unlink()
+    return raw, lambda: prepare_imdb(raw, tmp_path / "prep", max_features=100, maxlen=20,
+                                     val_fraction=val_fraction, seed=1)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("val_fraction, remove, error", [
+    (0.001, (), ConfigError("imdb.val_fraction: 0.001 of the 60 training reviews leaves 0 for "
+                            "validation and 60 for training; set params.yaml imdb.val_fraction "
+                            "so that both parts keep reviews of each class (0.2 is usual)")),
+    (0.999, (), ConfigError("imdb.val_fraction: 0.999 of the 60 training reviews leaves 60 for "
+                            "validation and 0 for training; set params.yaml imdb.val_fraction "
+                            "so that both parts keep reviews of each class (0.2 is usual)")),
+    (0.02, (), ConfigError("imdb.val_fraction: 0.02 of the 60 training reviews leaves 1 for "
+                           "validation and 59 for training (validation: 1, all positive); set "
+                           "params.yaml imdb.val_fraction so that both parts keep reviews of "
+                           "each class (0.2 is usual)")),
+    (0.2, ("test/pos",), DataFormatError("{raw}/aclImdb/test: no review in test/pos (30 test "
+                                         "reviews in all): the archive was incomplete; get a "
+                                         "complete copy (check data.imdb.url and data.imdb.md5) "
+                                         "and rerun the download")),
+])
+def test_a_split_without_both_classes_is_refused(tarball, tmp_path, val_fraction, remove, error):
+    raw, prepare = _prepared_from(tmp_path, tarball, val_fraction, remove)
+    with pytest.raises(type(error)) as caught:
+        prepare()
+    assert str(caught.value) == str(error).format(raw=raw)
+    assert not (tmp_path / "prep").exists()                 # nothing written
+
+
+@pytest.mark.hostile
+def test_a_review_that_is_not_utf8_is_read_with_replacement_and_named(tmp_path, caplog):
+    info = tarfile.TarInfo("aclImdb/train/pos/999_9.txt")
+    latin1 = "A café film, a naïve delight.".encode("latin-1")
+    info.size = len(latin1)
+    path = tmp_path / "latin1.tar.gz"
+    write_imdb_tarball(path, per_class=10, seed=2, extra_members=[(info, latin1)])
+    raw = tmp_path / "raw"
+    download_imdb(path.as_uri(), raw, md5=None, progress=False)
+    with caplog.at_level(logging.WARNING):
+        stats = prepare_imdb(raw, tmp_path / "prep", max_features=100, maxlen=20,
+                             val_fraction=0.2, seed=1)
+    named = "aclImdb/train/pos/999_9.txt (byte 0xe9 at offset 5)"
+    assert stats["not_utf8"] == [named]
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and r.name == "rnnlab.data.imdb"]
+    assert warnings == [f"tokenize: 1 review(s) are not UTF-8 (the IMDB release is); their "
+                        f"undecodable bytes were replaced by U+FFFD: {named}; re-encode them as "
+                        "UTF-8 to keep those characters"]
+    texts = load_texts(tmp_path / "prep")
+    assert "a caf\ufffd film, a na\ufffdve delight." in texts["train"] + texts["val"]
+    assert stats["counts"]["train"] + stats["counts"]["val"] == 21     # 20 + the Latin-1 one

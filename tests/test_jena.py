@@ -251,3 +251,70 @@ def test_timestamps_in_order_give_no_warning(jena_csv, caplog):
     caplog.set_level(logging.WARNING)
     read_jena_csv(jena_csv)                     # one repeated timestamp is not out of order
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def with_value(jena_csv, tmp_path, cells: dict[tuple[int, str], str]):
+    """The CSV with the cells {(line, column): text} replaced; its path."""
+    lines = lines_of(jena_csv)
+    for (line, column), text in cells.items():
+        fields = lines[line - 1].split(",")
+        fields[HEADER.index(column)] = text
+        lines[line - 1] = ",".join(fields)
+    return write_lines(tmp_path / "x.csv", lines)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("value, column, line, problem", [
+    # finite in float64, inf once stored as float32: outside and inside the training rows
+    ("1e300", "T (degC)", 2600, "'1e300' is too large for the float32 the features are stored "
+     "in (at most 3.403e+38); correct the reading, or remove the row"),
+    ("-1e300", "p (mbar)", 100, "'-1e300' is too large for the float32 the features are "
+     "stored in (at most 3.403e+38); correct the reading, or remove the row"),
+    ("3.5e38", "rh (%)", 2999, "'3.5e38' is too large for the float32 the features are stored "
+     "in (at most 3.403e+38); correct the reading, or remove the row"),
+    # fits float32, but its z-score (over a std of 0.7) does not
+    ("3e38", "VPdef (mbar)", 2600, "its z-score over the training rows 0..2000 overflows the "
+     "float32 the features are stored in; the reading is out of scale with the training "
+     "rows: correct it, or remove the row"),
+])
+def test_value_past_float32_names_the_line_and_writes_nothing(tmp_path, jena_csv, value,
+                                                              column, line, problem):
+    path = with_value(jena_csv, tmp_path, {(line, column): value})
+    out = tmp_path / "prep"
+    with pytest.raises(DataFormatError) as caught:
+        normalize_jena(path, out, train_rows=(0, 2000), target="T (degC)", wind_sentinel_fill=0.0)
+    assert str(caught.value) == f"{path}: line {line}: column {column!r}: {problem}"
+    assert not out.exists()
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("column, values, shown", [
+    # 1000 mbar with a 1e-13 step every other row: std 8e-14, z-scores up to 1e14
+    ("p (mbar)", lambda i: "1000.0000000000001" if i % 2 else "1000", "'p (mbar)' (std 8.04e-14, "
+     "values up to 1000)"),
+    # zero but for one 1e-13 step
+    ("wd (deg)", lambda i: "1e-13" if i == 7 else "0.00", "'wd (deg)' (std 2.24e-15, "
+     "values up to 1e-13)"),
+    # exactly constant (refused before this round too)
+    ("rh (%)", lambda i: "55.00", "'rh (%)' (std 0, values up to 55)"),
+])
+def test_near_constant_column_is_refused_naming_it(tmp_path, jena_csv, column, values, shown):
+    path = with_value(jena_csv, tmp_path, {(i + 2, column): values(i) for i in range(2000)})
+    out = tmp_path / "prep"
+    with pytest.raises(DataFormatError) as caught:
+        normalize_jena(path, out, train_rows=(0, 2000), target="T (degC)", wind_sentinel_fill=0.0)
+    assert str(caught.value) == (
+        f"{path}: column(s) {shown} are constant or near-constant over the training rows "
+        "0..2000 (std at most 1e-09 of max(1, |value|)): z-scores would divide by rounding "
+        "noise; check the column in the CSV, or set jena.train_rows to rows where it varies")
+    assert not out.exists()
+
+
+def test_a_column_varying_by_one_reading_is_not_near_constant(tmp_path, jena_csv):
+    """One hundredth of a millibar once in 2,000 rows is a real (if small) variation."""
+    cells = {(i + 2, "p (mbar)"): "1000.01" if i == 500 else "1000.00" for i in range(2000)}
+    stats = normalize_jena(with_value(jena_csv, tmp_path, cells), tmp_path / "prep",
+                           train_rows=(0, 2000), target="T (degC)", wind_sentinel_fill=0.0)
+    assert stats.std["p (mbar)"] == pytest.approx(0.01 * np.sqrt(1999) / 2000)
+    features, _ = load_features(tmp_path / "prep")
+    assert np.isfinite(features).all()

@@ -2,8 +2,11 @@
 
 Every writer here streams into a temporary file beside its destination and renames it
 into place only after the checksum matched, so an interrupted or failed download leaves
-nothing behind: the destination either holds verified bytes or does not exist. (A killed
-process cannot clean up; ``remove_stale_temps`` clears what one left, at the next run.)
+nothing behind: the destination either holds verified bytes or does not exist, and a
+previous good copy stays in place, untouched, until the new one is complete (the IMDB
+folder: the old one is renamed aside, the new one renamed in, then the old one removed).
+(A killed process cannot clean up; ``remove_stale_temps`` clears what one left, at the
+next run, and puts back an old copy that a kill left aside.)
 
 Every wait and every write is bounded: a download has an overall deadline (retries and
 their back-off included), a minimum average rate and a size limit, and an extraction stops
@@ -64,8 +67,13 @@ OFFLINE_HINT = ("offline? Point the URL at a local copy, file:///absolute/path, 
                 "file's md5 (README, 'Data without the internet')")
 # The temp names of this module and rnnlab.core.atomic beside a destination: '.<name>.' then
 # tempfile's 8 random characters, '.part' for files, 'dl.' before them for the IMDB
-# tarball's folder. Nothing else in a data folder is named so.
-_TEMP_NAME = r"\.{name}\.(?:dl\.)?[a-z0-9_]{{8}}(?:\.part)?"
+# tarball's folder, 'old.' for a previous copy set aside while the new one moves in.
+# Nothing else in a data folder is named so.
+_TEMP_NAME = r"\.{name}\.(?P<kind>dl\.|old\.)?[a-z0-9_]{{8}}(?:\.part)?"
+# What zipfile can decompress: stored, Deflate, bzip2, LZMA.
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+_REZIP = ("re-zip the CSV with plain Deflate (zip -Z deflate, or python -m zipfile -c), or "
+          "point the URL at the bare CSV")
 
 
 def _one_line(e: object) -> str:
@@ -368,7 +376,9 @@ def remove_stale_temps(dest: Path) -> list[str]:
 
     A killed process (SIGKILL, a closed laptop, CI's timeout) skips every cleanup, and each
     left-over can be a whole download. Only this module's temp names for ``dest`` are
-    touched; DVC runs one stage at a time per repository, so none of them is in use.
+    touched; DVC runs one stage at a time per repository, so none of them is in use. A
+    previous copy set aside by a swap that a kill cut between its two renames (``_swap_in``)
+    is put back at ``dest`` if nothing is there, not removed: it is the last good data.
     """
     dest = Path(dest)
     if not dest.parent.is_dir():
@@ -376,7 +386,13 @@ def remove_stale_temps(dest: Path) -> list[str]:
     pattern = re.compile(_TEMP_NAME.format(name=re.escape(dest.name)))
     removed = []
     for path in sorted(dest.parent.iterdir()):
-        if not pattern.fullmatch(path.name):
+        match = pattern.fullmatch(path.name)
+        if not match:
+            continue
+        if match["kind"] == "old." and not os.path.lexists(dest):
+            os.replace(path, dest)
+            log.warning("download: put back the previous copy of %s that an interrupted run "
+                        "had set aside (%s)", dest, path.name)
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -427,6 +443,21 @@ def _pick_csv(zip_path: Path | str, infos: list[zipfile.ZipInfo], member: str | 
     return csvs[0]
 
 
+def _check_readable(label: str, info: zipfile.ZipInfo) -> None:
+    """A member zipfile cannot read is one line, not zipfile's RuntimeError or
+    NotImplementedError: an encrypted one (flag bit 0), or another compression than stored,
+    Deflate, bzip2 or LZMA (Deflate64, method 9, is what Windows writes for large zips)."""
+    if info.flag_bits & 0x1:
+        raise DownloadError(f"{label}: member {info.filename!r} is encrypted (a password-"
+                            "protected zip), which Python's standard library cannot extract; "
+                            f"unzip it with its password and {_REZIP}")
+    if info.compress_type not in _ZIP_METHODS:
+        method = ("Deflate64 (method 9, what Windows writes for large zips)"
+                  if info.compress_type == 9 else f"compression method {info.compress_type}")
+        raise DownloadError(f"{label}: member {info.filename!r} is compressed with {method}, "
+                            f"which Python's standard library cannot read; {_REZIP}")
+
+
 def _too_big(label: str, what: str, max_mb: float | None) -> LimitError:
     assert max_mb is not None   # called only where a limit was set
     return LimitError(f"{label}: {what} is larger than the size limit of {max_mb:g} MB, so "
@@ -456,6 +487,7 @@ def extract_zip_csv(zip_path: Path, dest: Path, *, md5: str | None = None,
         for info in infos:
             _check_member(label, info)
         info = _pick_csv(label, infos, member)
+        _check_readable(label, info)
         if limit is not None and info.file_size > limit:
             raise _too_big(label, f"{info.filename} ({info.file_size:,} bytes)", max_mb)
         h = hashlib.md5()
@@ -547,18 +579,46 @@ def _refusal(member: tarfile.TarInfo) -> str | None:
     return None
 
 
+def _swap_in(new: Path, dest: Path) -> None:
+    """Put the complete directory ``new`` at ``dest``, replacing what is there.
+
+    The old copy is renamed aside, the new one renamed in, and only then the old one
+    removed: at every instant ``dest`` holds the old copy or the new one, never a mix or a
+    half-deleted folder. A kill between the two renames leaves the old copy aside under a
+    temp name (``.<name>.old.*``) that ``remove_stale_temps`` puts back.
+    """
+    if not os.path.lexists(dest):
+        os.replace(new, dest)
+        return
+    aside = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old."))
+    aside.rmdir()                     # a free name beside dest, ours (the temp pattern)
+    os.replace(dest, aside)
+    try:
+        os.replace(new, dest)
+    except BaseException:
+        os.replace(aside, dest)       # the old copy back where it was
+        raise
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)
+
+
 def extract_tar_members(tar_path: Path, dest: Path, wanted, *, label: str | None = None,
                         max_mb: float | None = None,
-                        check: Callable[[list[str]], None] | None = None) -> int:
+                        check: Callable[[list[str]], None] | None = None,
+                        finish: Callable[[Path, list[str]], None] | None = None) -> int:
     """Extract the members for which ``wanted(name)`` is true into ``dest``, atomically.
 
-    Everything is written into a temporary directory beside ``dest`` and renamed at the
-    end. Any member, wanted or not, with an absolute path, a ``..`` component, or that is
+    Everything is written into a temporary directory beside ``dest`` and swapped in at the
+    end (``_swap_in``): an old ``dest`` stays as it was unless the new copy is complete.
+    Any member, wanted or not, with an absolute path, a ``..`` component, or that is
     a link or a device refuses the whole archive and leaves nothing behind. The archive is
     read to its very end, so a damaged header or a compressed stream whose CRC or length
     is wrong fails rather than passing for a shorter archive; the files extracted stop at
-    ``max_mb`` MB. ``check(names)`` sees the extracted names before the rename and may
-    refuse them. Returns the number of files extracted.
+    ``max_mb`` MB. ``check(names)`` sees the extracted names before the swap and may
+    refuse them; ``finish(directory, names)`` then adds files to the new copy (a record),
+    still before the swap. Returns the number of files extracted.
     """
     tar_path, dest = Path(tar_path), Path(dest)
     label = redact(label or str(tar_path))
@@ -604,9 +664,9 @@ def extract_tar_members(tar_path: Path, dest: Path, wanted, *, label: str | None
                                     "again or check the URL") from e
         if check is not None:
             check(names)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        if finish is not None:
+            finish(Path(tmp), names)
+        _swap_in(Path(tmp), dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)   # gone already after a successful rename
     return len(names)
@@ -620,15 +680,21 @@ def _folder(name: str) -> tuple[str, str]:
 
 
 def _check_reviews(url: str, names: list[str]) -> None:
-    """No review at all is an error; another count than the canonical archive's a warning
-    (a small mirror is fine, an archive missing a folder is not what you want)."""
+    """No review at all is an error, and so is a folder without reviews (a tarball without
+    its test/ or train/ half: rerunning the download would not help, nor would tokenize);
+    another count than the canonical archive's is a warning (fine for a small mirror)."""
     if not names:
         raise DataFormatError(f"{redact(url)}: no review files "
                               "aclImdb/{train,test}/{pos,neg}/*.txt in the archive; check the URL")
     counts = Counter(_folder(n) for n in names)
     folders = [(split, label) for split in ("train", "test") for label in ("pos", "neg")]
+    found = ", ".join(f"{s}/{lab} {counts[(s, lab)]:,}" for s, lab in folders)
+    empty = [f"aclImdb/{s}/{lab}" for s, lab in folders if not counts[(s, lab)]]
+    if empty:
+        raise DataFormatError(f"{redact(url)}: the archive is incomplete: no review in "
+                              f"{', '.join(empty)} (found {found}); get a complete copy of "
+                              "aclImdb_v1.tar.gz (check data.imdb.url and data.imdb.md5)")
     if any(counts[f] != REVIEWS_PER_FOLDER for f in folders):
-        found = ", ".join(f"{s}/{lab} {counts[(s, lab)]:,}" for s, lab in folders)
         log.warning("download %s: found %s reviews, not the canonical %s per folder "
                     "(25,000 train + 25,000 test); fine for a small mirror, otherwise the "
                     "archive is incomplete", redact(url), found, f"{REVIEWS_PER_FOLDER:,}")
@@ -652,11 +718,13 @@ def download_imdb(url: str, dest: Path, *, md5: str | None, max_mb: float | None
             _check_reviews(url, names)
             _check_md5(redact(url), md5, digest, size)
 
-        count = extract_tar_members(tarball, dest, lambda n: bool(WANTED.match(n)), label=url,
-                                    max_mb=max_mb, check=check)
-    # The data's identity travels with it (not the URL: a mirror changes nothing downstream).
-    write_json(dest / ARCHIVE_FILE, {"md5": digest, "reviews": count})
-    return count
+        def record(directory: Path, names: list[str]) -> None:
+            # The data's identity travels with it (not the URL: a mirror changes nothing
+            # downstream), written into the new copy before it replaces the old one.
+            write_json(directory / ARCHIVE_FILE, {"md5": digest, "reviews": len(names)})
+
+        return extract_tar_members(tarball, dest, lambda n: bool(WANTED.match(n)), label=url,
+                                   max_mb=max_mb, check=check, finish=record)
 
 
 def download_dataset(dataset: str, url: str, dest: Path, *, md5: str | None,

@@ -10,6 +10,23 @@ the ``max_features`` most frequent words of the *training* reviews (the validati
 excluded); id 0 pads, id 1 stands for every word outside the vocabulary, words take ids
 2 .. max_features + 1 by decreasing frequency. Sequences are padded and truncated at the
 front by default, as Keras' ``pad_sequences`` does.
+
+Every prepared split (train, val, test) is stored in a seeded interleaving of the two
+classes (``interleave_classes``): each class in a seeded random order, the two spread
+evenly along the split, so that any run of consecutive reviews (the first N batches of a
+capped evaluation) holds both classes in their proportions; sorted by folder, the first
+half of a split would be negative reviews only. ``x``, ``x_reversed``, ``y``, the texts of
+``texts.json`` and ``stats.json``'s ``val_ids`` share that order.
+
+Each split must hold reviews of both classes: ``imdb.val_fraction`` must leave reviews of
+each class in training and in validation, and the archive's train and test halves must
+hold both folders; either is one error line.
+
+The IMDB release is UTF-8. A review that is not (one Latin-1 byte, say) is read with each
+undecodable byte replaced by U+FFFD rather than refused: the word around it loses a
+character, the rest of the corpus is untouched. One warning names the files (their path
+inside the archive) and ``stats.json`` lists them (``not_utf8``), so the replacement is
+never silent; re-encode those files as UTF-8 to keep their characters.
 """
 
 from __future__ import annotations
@@ -21,7 +38,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,20 +72,29 @@ class Reviews:
     texts: list[str]
     labels: np.ndarray     # (n,) int8, 1 = positive
     ids: list[str]         # "<split>/<pos|neg>/<id>_<rating>" for traceability
+    # Files that are not UTF-8, read with U+FFFD for their bad bytes: "aclImdb/<path>
+    # (byte 0xe9 at offset 17)" (module docstring).
+    not_utf8: list[str] = field(default_factory=list)
 
 
 def read_reviews(root: Path, split: str) -> Reviews:
     """All reviews of ``split`` under ``root`` (the unpacked ``aclImdb`` parent), sorted."""
-    texts, labels, ids = [], [], []
+    texts, labels, ids, not_utf8 = [], [], [], []
     for label_dir, label in LABEL_DIRS.items():
         folder = Path(root) / "aclImdb" / split / label_dir
         if not folder.is_dir():
             raise DataFormatError(f"{folder}: missing; rerun the download stage")
         for path in sorted(folder.glob("*.txt")):
-            texts.append(path.read_text(encoding="utf-8"))
+            raw = path.read_bytes()
+            try:
+                texts.append(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                texts.append(raw.decode("utf-8", errors="replace"))
+                not_utf8.append(f"aclImdb/{split}/{label_dir}/{path.name} "
+                                f"(byte 0x{raw[e.start]:02x} at offset {e.start})")
             labels.append(label)
             ids.append(f"{split}/{label_dir}/{path.stem}")
-    return Reviews(texts, np.asarray(labels, dtype=np.int8), ids)
+    return Reviews(texts, np.asarray(labels, dtype=np.int8), ids, not_utf8)
 
 
 def clean(text: str) -> str:
@@ -115,22 +141,87 @@ def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def interleave_classes(labels: np.ndarray, seed: int) -> np.ndarray:
+    """An order of ``labels``' indices that spreads each class evenly along the split.
+
+    Each class is put in a seeded random order; its k-th of n reviews goes to position key
+    (k + 1/2) / n, and the keys of all classes are merged (ties: negative first). With
+    balanced classes that alternates neg, pos, neg, ...; otherwise every run of
+    consecutive reviews holds each class in its proportion, to within one review.
+    """
+    rng = np.random.default_rng(seed)
+    keys = np.empty(len(labels))
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        keys[members] = (np.arange(len(members)) + 0.5) / len(members)
+    return np.lexsort((labels, keys))
+
+
+def _one_class(labels: np.ndarray) -> str | None:
+    """None if ``labels`` hold both classes, else what they hold ("60, all negative")."""
+    positive = int(np.sum(labels == 1))
+    if 0 < positive < len(labels):
+        return None
+    return f"{len(labels):,}, all {'positive' if positive else 'negative'}" if len(labels) \
+        else "none"
+
+
+def _check_splits(raw: Path, train: Reviews, test: Reviews, tr: np.ndarray, va: np.ndarray,
+                  val_fraction: float) -> None:
+    """Each split must hold reviews of both classes (accuracy and AUC on one class say
+    nothing; an empty split gives NaN or a division by zero)."""
+    for name, reviews in (("train", train), ("test", test)):
+        if _one_class(reviews.labels) is not None:
+            missing = [f"{name}/{d}" for d, label in LABEL_DIRS.items()
+                       if not np.any(reviews.labels == label)]
+            raise DataFormatError(
+                f"{Path(raw) / 'aclImdb' / name}: no review in {' and '.join(missing)} "
+                f"({len(reviews.labels):,} {name} reviews in all): the archive was incomplete; "
+                "get a complete copy (check data.imdb.url and data.imdb.md5) and rerun the "
+                "download")
+    n = len(train.labels)
+    counts = f"{len(va):,} for validation and {len(tr):,} for training"
+    fix = ("set params.yaml imdb.val_fraction so that both parts keep reviews of each "
+           "class (0.2 is usual)")
+    if not len(va) or not len(tr):
+        raise ConfigError(f"imdb.val_fraction: {val_fraction:g} of the {n:,} training reviews "
+                          f"leaves {counts}; {fix}")
+    for part, rows in (("validation", va), ("training", tr)):
+        held = _one_class(train.labels[rows])
+        if held is not None:
+            raise ConfigError(f"imdb.val_fraction: {val_fraction:g} of the {n:,} training "
+                              f"reviews leaves {counts} ({part}: {held}); {fix}")
+
+
 def prepare_imdb(raw: Path, out: Path, *, max_features: int, maxlen: int, val_fraction: float,
                  seed: int, padding: str = "pre", truncating: str = "pre") -> dict:
-    """Tokenize, build the vocabulary on training reviews, write the arrays and vocab.json."""
+    """Tokenize, build the vocabulary on training reviews, write the arrays and vocab.json.
+
+    Every split is stored in ``interleave_classes`` order (seeded by ``seed``)."""
     for name, value in (("padding", padding), ("truncating", truncating)):
         if value not in ("pre", "post"):
             raise DataFormatError(f"imdb.{name}: {value!r}; choose pre or post")
     began = time.perf_counter()
     train, test = read_reviews(raw, "train"), read_reviews(raw, "test")
+    tr, va = split_validation(len(train.texts), val_fraction, seed)
+    _check_splits(raw, train, test, tr, va, val_fraction)
+    not_utf8 = train.not_utf8 + test.not_utf8
+    if not_utf8:
+        log.warning("tokenize: %d review(s) are not UTF-8 (the IMDB release is); their "
+                    "undecodable bytes were replaced by U+FFFD: %s%s; re-encode them as UTF-8 "
+                    "to keep those characters", len(not_utf8), ", ".join(not_utf8[:5]),
+                    ", ..." if len(not_utf8) > 5 else "")
     digest, review_counts = reviews_digest(raw)
     train_tokens = [tokenize(t) for t in train.texts]
     test_tokens = [tokenize(t) for t in test.texts]
-    tr, va = split_validation(len(train_tokens), val_fraction, seed)
     vocab = build_vocabulary([train_tokens[i] for i in tr], max_features)
-    splits = {"train": ([train_tokens[i] for i in tr], train.labels[tr]),
-              "val": ([train_tokens[i] for i in va], train.labels[va]),
-              "test": (test_tokens, test.labels)}
+    # Stored order (module docstring): rows of the reviews read, classes interleaved.
+    rows = {"train": tr[interleave_classes(train.labels[tr], seed)],
+            "val": va[interleave_classes(train.labels[va], seed)],
+            "test": interleave_classes(test.labels, seed)}
+    source = {"train": (train, train_tokens), "val": (train, train_tokens),
+              "test": (test, test_tokens)}
+    splits = {s: ([source[s][1][i] for i in r], source[s][0].labels[r]) for s, r in rows.items()}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for split, (tokens, labels) in splits.items():
@@ -142,9 +233,8 @@ def prepare_imdb(raw: Path, out: Path, *, max_features: int, maxlen: int, val_fr
             with atomic_output(out / FILES[key].format(split=split)) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, array)
-    # Cleaned texts for the TF-IDF baseline, split as above (one JSON list per split).
-    texts = {"train": [clean(train.texts[i]) for i in tr], "val": [clean(train.texts[i]) for i in va],
-             "test": [clean(t) for t in test.texts]}
+    # Cleaned texts for the TF-IDF baseline, in the order of the arrays (one list per split).
+    texts = {s: [clean(source[s][0].texts[i]) for i in r] for s, r in rows.items()}
     with atomic_output(out / "texts.json") as tmp:
         tmp.write_text(json.dumps(texts))
     lengths = np.array([len(t) for t in train_tokens])
@@ -155,7 +245,8 @@ def prepare_imdb(raw: Path, out: Path, *, max_features: int, maxlen: int, val_fr
         "positive_fraction": {s: float(np.mean(v[1])) for s, v in splits.items()},
         "train_review_length_median": float(np.median(lengths)),
         "train_truncated_fraction": float(np.mean(lengths > maxlen)),
-        "val_ids": [train.ids[i] for i in va],
+        "val_ids": [train.ids[i] for i in rows["val"]],      # in the stored order
+        "not_utf8": not_utf8,
         "archive_md5": archive_md5(raw),
         "reviews_sha256": digest, "review_counts": review_counts,
         "seconds": round(time.perf_counter() - began, 2)}

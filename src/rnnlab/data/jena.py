@@ -4,6 +4,21 @@ The file has a quoted 15-column header, a ``dd.mm.yyyy HH:MM:SS`` timestamp and 
 numeric columns written with two decimals, one row every 10 minutes (420,551 rows for
 2009-2016). Parsing is polars' multithreaded reader; Python loops over the lines only to
 name the first bad one, after a vectorized check failed.
+
+Values are checked in the dtype they are stored in: the prepared features are float32, so
+a reading that is finite in float64 but past float32's range (``1e300``, anything beyond
+about 3.4e38) is refused with its line and column, as ``inf`` is; it would otherwise
+become ``inf`` in ``features.npy`` (and ``test_mae inf``), or, inside the training rows,
+an infinite std that flattens its whole column to zero. A z-score that still overflows
+float32 (a reading far out of scale with the training rows) is refused the same way.
+
+A column whose spread over the training rows is negligible against its values is
+*near-constant* and refused like a constant one, naming the column: its std must exceed
+``NEAR_CONSTANT`` (1e-9) times the larger of 1 and the largest absolute value of the
+column over those rows. A std below that is rounding or an edit (a 1e-13 step on 1000
+mbar), not weather: the file writes readings in hundredths, and z-scores divided by such
+a std reach 1e11 and more. The floor of 1 (in the column's unit) catches a tiny step on
+zero too.
 """
 
 from __future__ import annotations
@@ -41,6 +56,10 @@ TIME_FORMAT = "%d.%m.%Y %H:%M:%S"
 CANONICAL_MD5 = "959915f05bfafef18e471a97ae679535"
 WIND_COLUMNS = ("wv (m/s)", "max. wv (m/s)")
 SENTINEL = -9999.0
+# The largest float32: the prepared features are stored as float32 (see the docstring).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# A std at or below this fraction of max(1, the largest |value|) is a constant column.
+NEAR_CONSTANT = 1e-9
 
 # Names of the files the normalize step writes into its output directory.
 FEATURES_FILE = "features.npy"
@@ -143,6 +162,10 @@ def _bad_row(lineno: int, row: list[str]) -> str | None:
         if not math.isfinite(number):
             return (f"line {lineno}: column {name!r}: {value.strip()!r} is not a finite number; "
                     "write the reading as a number, or remove the row")
+        if abs(number) > FLOAT32_MAX:
+            return (f"line {lineno}: column {name!r}: {value.strip()!r} is too large for the "
+                    f"float32 the features are stored in (at most {FLOAT32_MAX:.4g}); correct "
+                    "the reading, or remove the row")
     return None
 
 
@@ -215,10 +238,11 @@ def read_jena_csv(path: Path) -> JenaTable:
     if df.height == 0:
         raise DataFormatError(f"{path}: no data rows after the header")
     # Empty fields and short rows come back as nulls; polars reads nan, inf and overflowing
-    # numbers (1e400) as non-finite floats that would poison every statistic: let the slow
-    # path name the line.
+    # numbers (1e400) as non-finite floats that would poison every statistic, and a number
+    # past float32's range (1e300) would be inf once stored: let the slow path name the line.
     if df.select(pl.any_horizontal(pl.all().is_null()).any()
-                 | pl.any_horizontal(~pl.col(FEATURES).is_finite()).any()).item():
+                 | pl.any_horizontal(~pl.col(FEATURES).is_finite()).any()
+                 | pl.any_horizontal(pl.col(FEATURES).abs() > FLOAT32_MAX).any()).item():
         raise DataFormatError(f"{path}: {_first_bad_line(path)}")
     # cache=False: the timestamps are (almost) all distinct, so a cache only costs time.
     stamps = df.get_column(TIME_COLUMN)
@@ -233,18 +257,42 @@ def read_jena_csv(path: Path) -> JenaTable:
 
 
 def zscore_stats(frame: pl.DataFrame, train_rows: tuple[int, int]) -> tuple[list, list]:
-    """Per-column mean and std (ddof 0, as NumPy and the lecture) over rows [lo, hi)."""
+    """Per-column mean and std (ddof 0, as NumPy and the lecture) over rows [lo, hi).
+
+    A constant or near-constant column (std at most ``NEAR_CONSTANT`` of max(1, its largest
+    |value|) over those rows; module docstring) is refused, naming it.
+    """
     import polars as pl
     lo, hi = train_rows
+    n = len(FEATURES)
     row = frame.slice(lo, hi - lo).select(
         [pl.col(c).mean().alias(f"m{i}") for i, c in enumerate(FEATURES)]
-        + [pl.col(c).std(ddof=0).alias(f"s{i}") for i, c in enumerate(FEATURES)]).row(0)
-    mean, std = list(row[:len(FEATURES)]), list(row[len(FEATURES):])
-    flat = [c for c, sd in zip(FEATURES, std) if not sd]
+        + [pl.col(c).std(ddof=0).alias(f"s{i}") for i, c in enumerate(FEATURES)]
+        + [pl.col(c).abs().max().alias(f"a{i}") for i, c in enumerate(FEATURES)]).row(0)
+    mean, std, largest = list(row[:n]), list(row[n:2 * n]), row[2 * n:]
+    flat = {c: (sd, big) for c, sd, big in zip(FEATURES, std, largest)
+            if sd <= NEAR_CONSTANT * max(1.0, big)}
     if flat:
-        raise DataFormatError(f"column(s) {flat} are constant over the training rows "
-                              f"{lo}..{hi}: cannot z-score them")
+        what = ", ".join(f"{c!r} (std {sd:.3g}, values up to {big:.6g})"
+                         for c, (sd, big) in flat.items())
+        raise DataFormatError(
+            f"column(s) {what} are constant or near-constant over the training rows "
+            f"{lo}..{hi} (std at most {NEAR_CONSTANT:g} of max(1, |value|)): z-scores would "
+            "divide by rounding noise; check the column in the CSV, or set jena.train_rows "
+            "to rows where it varies")
     return mean, std
+
+
+def _check_stored(csv_path: Path, features: np.ndarray, lo: int, hi: int) -> None:
+    """The float32 z-scores as stored must be finite: a reading far out of scale with the
+    training rows (1e38 against a std of 0.1) overflows float32 even though it fits."""
+    bad = ~np.isfinite(features)
+    if bad.any():
+        i, j = (int(k[0]) for k in np.nonzero(bad))
+        raise DataFormatError(
+            f"{csv_path}: line {i + 2}: column {FEATURES[j]!r}: its z-score over the training "
+            f"rows {lo}..{hi} overflows the float32 the features are stored in; the reading is "
+            "out of scale with the training rows: correct it, or remove the row")
 
 
 def normalize_jena(csv_path: Path, out_dir: Path, *, train_rows: tuple[int, int | None],
@@ -280,11 +328,15 @@ def normalize_jena(csv_path: Path, out_dir: Path, *, train_rows: tuple[int, int 
         log.info("normalize: %d repeated timestamp(s) kept (rows are positions, as in "
                  "the lecture)", duplicates)
 
-    mean, std = zscore_stats(frame, (lo, hi))
+    try:
+        mean, std = zscore_stats(frame, (lo, hi))
+    except DataFormatError as e:
+        raise DataFormatError(f"{csv_path}: {e}") from None
     # z-score in float64 (polars, multithreaded), store float32, row-major for fast gathers.
     features = np.ascontiguousarray(frame.select(
         ((pl.col(c) - m) / sd).cast(pl.Float32) for c, m, sd in zip(FEATURES, mean, std)
     ).to_numpy())                                                    # (N, 14) float32
+    _check_stored(csv_path, features, lo, hi)
 
     stats = JenaStats(
         columns=list(FEATURES), target=target, target_index=FEATURES.index(target),
