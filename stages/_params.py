@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rnnlab.core.config import ConfigError, check_type, from_mapping, read_yaml_mapping
-from rnnlab.core.errors import RnnlabError
+from rnnlab.core.config import ConfigError, check_type, from_mapping, keys, read_yaml_mapping
+from rnnlab.core.errors import RnnlabError, redact
 from rnnlab.core.process import configure_process
 
 PARAMS_FILE = Path("params.yaml")
@@ -29,9 +29,9 @@ class StageParams:
     """params.yaml as one stage reads it: the whole file parsed, only its sections typed."""
 
     def __init__(self, raw: dict, path: Path = PARAMS_FILE):
-        unknown = [str(k) for k in raw if k not in SECTIONS]
+        unknown = [k for k in raw if k not in SECTIONS]
         if unknown:
-            raise ConfigError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            raise ConfigError(f"{path}: unknown key(s) {keys(unknown)}; "
                               f"known keys are {', '.join(SECTIONS)}")
         self.raw, self.path = raw, path
 
@@ -76,5 +76,6 @@ def run_stage(main: Callable[[], None]) -> None:
     try:
         main()
     except (RnnlabError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        # The messages redact the URLs they name; this is the net under them.
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(1)

@@ -84,3 +84,24 @@ def test_repo_root_sees_through_dvc_temp_copies(tmp_path):
     assert repo_root(inner) == tmp_path
     assert repo_root(inner / "stages") == tmp_path
     assert repo_root(tmp_path) == tmp_path
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("key, value, message", [
+    ("seed", -1, "error: params.yaml: seed: -1 is not a seed: seeds run from 0 to 4294967295 "
+                 "(2**32 - 1, NumPy's range); choose one in it"),
+    ("train", {"steps_per_epoch": 5, "threads": 2**40},
+     "error: params.yaml: train.threads: must be auto or a number of threads from 1 to 1024, "
+     "got 1099511627776"),
+], ids=["seed -1", "threads 2**40"])
+def test_stage_refuses_a_value_out_of_range_before_any_run(tmp_path, key, value, message):
+    """A negative seed was a traceback from NumPy inside the MLflow run, 2**40 threads one
+    from torch: both are one line now, before the stage opens a run or writes a file."""
+    params = repo_params()
+    params[key] = value
+    proc = run_stage(tmp_path, params, "train.py", "gru", "--prepared", "prep", "--windows",
+                     "windows.json", "--metrics", "gru.json", "--plots", "gru.csv", "--model",
+                     "gru.pt")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [message]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

@@ -81,7 +81,7 @@ KNOWN_TOP = "known keys are seed, device, data, jena, imdb, train, gradients, mo
     ("imdb.maxlen", -5, "params.yaml: imdb.maxlen: must be >= 1, got -5"),
     ("seeds", [1, 1], "params.yaml: seeds: [1, 1] repeats a seed"),
     ("seed", "x", "params.yaml: seed: expected an integer, got 'x'"),
-    ("device", None, "params.yaml: device: expected a string, got None"),
+    ("device", None, "params.yaml: device: expected a string, got null"),
 ])
 def test_one_clear_error_per_mistake(tmp_path, dotted, value, message):
     with pytest.raises(ConfigError) as caught:
@@ -177,13 +177,14 @@ SPLIT_ORDER = "the splits run train, val, test in order without overlap (shared 
     ("data.jena.md5", 12345678901234567890123456789012,
      f"data.jena.md5: expected a string, got 12345678901234567890123456789012: {QUOTE}"),
     ("data.imdb.md5", 1234, f"data.imdb.md5: expected a string, got 1234: {QUOTE}"),
-    ("device", True, "device: expected a string, got True: YAML reads an unquoted "
+    ("device", True, "device: expected a string, got true: YAML reads an unquoted "
                      "yes/no/on/off/true/false as a boolean; put the value in quotes"),
-    ("train.clip_norm", float("nan"), "train.clip_norm: expected a finite number, got nan"),
-    ("gradients.explode.lr", float("inf"), "gradients.explode.lr: expected a finite number, got inf"),
+    ("train.clip_norm", float("nan"), "train.clip_norm: expected a finite number, got .nan"),
+    ("gradients.explode.lr", float("inf"), "gradients.explode.lr: expected a finite number, "
+                                           "got .inf"),
     ("jena.wind_sentinel_fill", float("-inf"), "jena.wind_sentinel_fill: expected a finite "
-                                               "number, got -inf"),
-    ("models.gru.dropout", float("nan"), "models.gru.dropout: expected a finite number, got nan"),
+                                               "number, got -.inf"),
+    ("models.gru.dropout", float("nan"), "models.gru.dropout: expected a finite number, got .nan"),
     ("seed", 2**64, "seed: 18446744073709551616 does not fit a 64-bit integer; use a smaller "
                     "number"),
     ("jena.val_rows", [200001, 10**30], "jena.val_rows[1]: 1000000000000000000000000000000 does "
@@ -248,5 +249,226 @@ def test_unreadable_params_file_is_one_line(tmp_path):
         load_params(path)
     assert str(caught.value) == (f"{path}: line {line}: byte 0xe9 is not UTF-8; "
                                  "save the file as UTF-8")
-    with pytest.raises(ConfigError, match=r": cannot be read \(Is a directory\)$"):
+    with pytest.raises(ConfigError, match=r": is a folder, not a regular file; params are read "
+                                          r"from a plain YAML file: put one there$"):
         load_params(tmp_path)
+
+
+# --- YAML as users write it: anchors and merge keys, as DVC reads them -------------------
+
+PARAMS_TEXT = (ROOT / "params.yaml").read_text()
+
+
+def with_models(tmp_path, anchors: dict[str, str], extra: str) -> Path:
+    """params.yaml with ``&anchor`` on the variants named in ``anchors`` and ``extra`` (more
+    variants, indented under ``models:``, the file's last section) at the end."""
+    text = PARAMS_TEXT
+    for variant, anchor in anchors.items():
+        head = next(line for line in text.splitlines() if line.startswith(f"  {variant}:"))
+        text = text.replace(head + "\n", f"  {variant}: &{anchor}\n", 1)
+    path = tmp_path / "params.yaml"
+    path.write_text(text + extra)
+    return path
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("extra, expected", [
+    ("  gru64: {<<: *gru_base, units: [64]}\n", {"units": (64,)}),
+    ("  gru64:\n    <<: *gru_base\n    units: [64]\n    epochs: 5\n",
+     {"units": (64,), "epochs": 5}),
+    # of a list, the earlier mapping wins (gru's arch, not lstm's)
+    ("  gru64: {<<: [*gru_base, *lstm_base], units: [64]}\n", {"units": (64,)}),
+    # a merge of a merge keeps the override (PyYAML's own gave units [32] here)
+    ("  gru64: &gru64 {<<: *gru_base, units: [64]}\n  gru64b: {<<: *gru64, epochs: 3}\n",
+     {"units": (64,)}),
+], ids=["flow", "block", "list", "merge of a merge"])
+def test_merge_keys_load_as_dvc_reads_them(tmp_path, extra, expected):
+    from dataclasses import replace
+
+    from dvc.utils.serialize import parse_yaml
+
+    from rnnlab.core.config import read_yaml_mapping
+
+    path = with_models(tmp_path, {"gru": "gru_base", "lstm": "lstm_base"}, extra)
+    params = load_params(path)
+    assert params.models["gru64"] == replace(params.models["gru"], **expected)
+    if "gru64b" in params.models:
+        assert params.models["gru64b"] == replace(params.models["gru64"], epochs=3)
+    assert read_yaml_mapping(path) == parse_yaml(path.read_text(), str(path))
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("extra, message", [
+    ("  gru64: {<<: *gru_base, <<: *lstm_base}\n", "key '<<' appears twice in one mapping; "
+                                                   "merge several with one: <<: [*first, *second]"),
+    ("  gru64: {<<: *gru_base, units: [64], units: [8]}\n", "key 'units' appears twice in one "
+                                                            "mapping; keep one"),
+], ids=["<< twice", "a key twice"])
+def test_a_merge_still_refuses_a_repeated_key(tmp_path, extra, message):
+    path = with_models(tmp_path, {"gru": "gru_base", "lstm": "lstm_base"}, extra)
+    line = len(path.read_text().splitlines())
+    with pytest.raises(ConfigError) as caught:
+        load_params(path)
+    assert str(caught.value).startswith(f"{path}: line {line}, column ")
+    assert str(caught.value).endswith(f": not valid YAML: {message}")
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """``seeds`` of 9**9 values with its aliases expanded, in 449 bytes."""
+    inner = "[1, 1, 1, 1, 1, 1, 1, 1, 1]"
+    for i in range(levels):
+        inner = f"[&s{i} {inner}, " + ", ".join([f"*s{i}"] * 8) + "]"
+    return inner
+
+
+def unblock_fifo_later(path: Path, after: float = 3.0) -> None:
+    """Open the FIFO for writing once (and close it) after a while: a reader that opened
+    it and blocks (the code before the check) then reads an empty file instead of hanging
+    the suite; with no reader, nothing happens."""
+    import threading
+
+    def run() -> None:
+        import os
+        import time
+        time.sleep(after)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    threading.Thread(target=run, daemon=True).start()
+
+
+HOSTILE_FILES = ("alias bomb", "alias loop", "too big", "too deep", "fifo", "/dev/zero")
+
+
+def hostile_file(tmp_path: Path, kind: str) -> Path:
+    import os
+
+    path = tmp_path / "params.yaml"
+    if kind == "alias bomb":
+        path.write_text(PARAMS_TEXT.replace("seeds: []", f"seeds: {alias_bomb()}"))
+    elif kind == "alias loop":
+        path.write_text(PARAMS_TEXT.replace("seeds: []", "seeds: &loop [1, *loop]"))
+    elif kind == "too big":
+        pad = 2_000_001 - len(PARAMS_TEXT.encode())
+        path.write_text(PARAMS_TEXT + "#" * (pad - 1) + "\n")
+    elif kind == "too deep":
+        path.write_text(PARAMS_TEXT.replace("seeds: []", "seeds: " + "[" * 2000 + "]" * 2000))
+    elif kind == "fifo":
+        os.mkfifo(path)
+        unblock_fifo_later(path)
+    elif kind == "/dev/zero":
+        path.symlink_to("/dev/zero")
+    return path
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("kind, message", [
+    ("alias bomb", "line 4, column 29: more than 50,000 values with the aliases (*name) "
+                   "expanded; a params file holds settings, a few hundred values: check the "
+                   "anchors and aliases"),
+    ("alias loop", "line 4, column 8: an alias (*name) inside the value its anchor (&name) "
+                   "names: a loop without end; point it at another anchor"),
+    ("too big", "2,000,001 bytes, more than the 2,000,000 a params file may have (it holds "
+                "settings, not data); cut it down"),
+    ("too deep", "nested too deeply to read (a params file needs a few levels); check its "
+                 "brackets"),
+    ("fifo", "is a FIFO (named pipe), not a regular file; params are read from a plain YAML "
+             "file: put one there"),
+    ("/dev/zero", "is a character device, not a regular file; params are read from a plain "
+                  "YAML file: put one there"),
+], ids=list(HOSTILE_FILES))
+def test_any_params_file_is_read_with_bounded_work(tmp_path, kind, message):
+    """A 3 KB alias bomb in ``seeds`` took 73 s and 3 GB (the repr of the whole value in
+    an error message), a FIFO blocked for good, /dev/zero read without end."""
+    path = hostile_file(tmp_path, kind)
+    with pytest.raises(ConfigError) as caught:
+        load_params(path)
+    assert str(caught.value) == f"{path}: {message}"
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("value, message", [
+    ("2024-13-01", "'2024-13-01': month must be in 1..12; put it in quotes if it is text"),
+    ("1" * 5000, "'11111111111111111111111111111111111111111111111111111111111...: Exceeds the "
+                 "limit (4300 digits) for integer string conversion: value has 5000 digits; "
+                 "put it in quotes if it is text"),
+], ids=["date", "5000 digits"])
+def test_a_scalar_python_cannot_hold_is_one_line(tmp_path, value, message):
+    """YAML reads these as a date and an integer, which Python refuses (a traceback)."""
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS_TEXT.replace("seed: 1337", f"seed: {value}"))
+    with pytest.raises(ConfigError) as caught:
+        load_params(path)
+    assert str(caught.value) == f"{path}: line 3, column 7: not valid YAML: {message}"
+
+
+# --- ranges checked up front, one line each ---------------------------------------------
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("dotted, value, message", [
+    ("seed", -1, "seed: -1 is not a seed: seeds run from 0 to 4294967295 (2**32 - 1, "
+                 "NumPy's range); choose one in it"),
+    ("seed", 2**32, "seed: 4294967296 is not a seed: seeds run from 0 to 4294967295"),
+    ("seeds", [1, -5], "seeds[1]: -5 is not a seed: seeds run from 0 to 4294967295"),
+    ("train.threads", 2**40, "train.threads: must be auto or a number of threads from 1 to "
+                             "1024, got 1099511627776"),
+    ("train.clip_norm", 10**400, "train.clip_norm: a 401-digit integer is too large for a "
+                                 "number (the largest is about 1.8e308); use a smaller one"),
+    ("jena.lookback", -10**400, "jena.lookback: a 401-digit integer does not fit a 64-bit "
+                                "integer; use a smaller number"),
+], ids=["seed -1", "seed 2**32", "seeds", "threads 2**40", "float 10**400", "int -10**400"])
+def test_ranges_are_checked_when_params_load(tmp_path, dotted, value, message):
+    with pytest.raises(ConfigError) as caught:
+        load_with(tmp_path, set_key(dotted, value))
+    assert str(caught.value).startswith(f"{tmp_path}/params.yaml: {message}")
+
+
+# --- messages write values as params.yaml does, and never a whole value -----------------
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("dotted, value, message", [
+    ("jena.test_rows", [300001, None, 5], "jena.test_rows: expected a list of 2 items, got "
+                                          "[300001, null, 5]"),
+    ("jena.train_rows", [0, True], "jena.train_rows[1]: expected an integer, got true"),
+    ("seed", [1, None], "seed: expected an integer, got [1, null]"),
+    ("data.jena", ["url", None], "data.jena: expected a mapping of keys, got ['url', null]"),
+    ("train.max_epochs", {"cap": None}, "train.max_epochs: expected an integer, got "
+                                        "{'cap': null}"),
+    ("seed", list(range(10_000)), "seed: expected an integer, got [0, 1, 2, 3, 4, 5, 6, 7, 8, "
+                                  "9, 10, 11, 12, 13, 14, 15, 16, 1..."),
+    ("train.init", "x" * 10_000, "train.init: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                                 "xxxxxxxxxxxx...; choose keras or torch"),
+], ids=["null in a list", "true", "a list", "a list for a mapping", "a mapping", "10,000 seeds",
+        "10,000 characters"])
+def test_messages_write_values_as_yaml_does(tmp_path, dotted, value, message):
+    with pytest.raises(ConfigError) as caught:
+        load_with(tmp_path, set_key(dotted, value))
+    assert str(caught.value) == f"{tmp_path}/params.yaml: {message}"
+
+
+@pytest.mark.hostile
+def test_many_unknown_keys_are_counted_not_listed(tmp_path):
+    def edit(params):
+        params.update({f"k{i:03}": i for i in range(100)})
+    with pytest.raises(ConfigError) as caught:
+        load_with(tmp_path, edit)
+    assert str(caught.value).startswith(f"{tmp_path}/params.yaml: unknown key(s) 'k000', "
+                                        "'k001', 'k002', 'k003', 'k004' and 95 more; known "
+                                        "keys are ")
+
+
+def test_show_writes_yaml_and_stops_early():
+    import datetime
+
+    from rnnlab.core.config import show
+
+    assert show([None, True, False, float("nan"), float("-inf"), 0.5, "a"]) == \
+        "[null, true, false, .nan, -.inf, 0.5, 'a']"
+    assert show((1, {"k": [None]})) == "[1, {'k': [null]}]"
+    assert show(datetime.date(2024, 1, 2)) == "2024-01-02"
+    assert show(10**400) == "a 401-digit integer"
+    assert show("y" * 100, limit=10) == "'yyyyyyyyy..."
+    loop: list = []
+    loop.append(loop)
+    assert show(loop, limit=5) == "[[[[[..."

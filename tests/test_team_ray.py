@@ -242,3 +242,75 @@ def test_without_ray_one_line_names_the_extra(tmp_path):
                           text=True, env=env_for_tools() | {"PYTHONPATH": str(SRC)})
     assert proc.returncode == 2
     assert proc.stderr.strip() == "rnnlab.tools.raysweep needs Ray: pip install -e '.[team]'"
+
+
+# --- credentials in a remote's URL: never printed or written (no Ray cluster needed) ------
+
+SECRET = "hunter2"
+
+
+def closed_port_url() -> str:
+    """A git remote with credentials on a loopback port nothing listens on: refused at once."""
+    return f"https://alice:{SECRET}@127.0.0.1:{free_port()}/team/shared.git"
+
+
+@pytest.mark.hostile
+def test_an_unreachable_git_remote_is_one_line_without_its_password(tmp_path):
+    """git hides the password in its own text; the line used to put git's arguments, the
+    URL as given, in front of it."""
+    sh(tmp_path, "git", "init", "-q", "-b", "main")
+    sh(tmp_path, "git", "commit", "-q", "--allow-empty", "-m", "one commit")
+    url = closed_port_url()
+    code = ("import sys, types; sys.modules['ray'] = types.ModuleType('ray')\n"   # no cluster
+            "from rnnlab.tools.raysweep import main\n"
+            f"sys.exit(main(['--git-remote', {url!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env=env_for_tools() | {
+                              "PYTHONPATH": str(SRC), "GIT_TERMINAL_PROMPT": "0"})
+    assert proc.returncode == 2, proc.stderr
+    shown = url.replace(f"alice:{SECRET}@", "***@")
+    assert proc.stderr.startswith(f"error: git ls-remote {shown}: fatal: "), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert SECRET not in proc.stdout + proc.stderr
+
+
+@pytest.mark.hostile
+def test_a_points_log_its_tail_the_hint_and_the_log_file_hide_the_password(tmp_path,
+                                                                             monkeypatch):
+    """A point whose clone fails, run as a Ray task runs it (without Ray: one CPU): its log
+    (the commands, with the remotes' URLs, and their output), the tail printed, the log
+    file and the closing hint show ``***@``."""
+    from rnnlab.tools import raysweep
+
+    monkeypatch.setattr(raysweep, "_assigned_cpus", lambda: 1)
+    url = closed_port_url()
+    override = f"data.jena.url=https://bob:{SECRET}@mirror.invalid/jena.zip"
+    point = {"name": "ray-12345678", "git_remote": url, "ref": None, "commit": "a" * 40,
+             "dvc_remote": {"name": "shared", "url": f"s3://key:{SECRET}@bucket/dvc"},
+             "targets": ["train@gru"], "overrides": [override],
+             "env": {"GIT_TERMINAL_PROMPT": "0"}}
+    result = raysweep.run_point(point)
+    assert result["status"] == "failed"
+    shown = url.replace(f"alice:{SECRET}@", "***@")
+    assert result["log"][0] == f"$ git clone -q --no-checkout {shown} " + \
+        result["log"][0].rsplit(" ", 1)[1]
+    assert SECRET not in "\n".join(result["log"])
+
+    # what the driver prints and writes, a worker's log or a dead worker's error alike
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    died = dict(result, log=result["log"] + [f"RayTaskError: clone of {url} lost"])
+    lines = raysweep.point_report(1, 1, raysweep.Point(1, [override], point["name"]), died,
+                                  logs)
+    assert lines[0].startswith("[1/1] failed ray-12345678  data.jena.url=https://"
+                               "***@mirror.invalid/jena.zip  ")
+    assert lines[-2] == f"    | RayTaskError: clone of {shown} lost"
+    raysweep.write_log(logs / "ray-12345678.log", died["log"])
+    written = (logs / "ray-12345678.log").read_text()
+    assert f"clone of {shown} lost" in written
+    commit = "b" * 40
+    assert raysweep.closing_hint(url, commit, None) == (
+        f"to see them in a clone at commit bbbbbbb: dvc exp pull {shown} && dvc exp show")
+    assert raysweep.closing_hint(url, commit, f"refs/rnnlab-sweeps/{commit}") == (
+        f"to see them in any clone: dvc exp pull -A {shown} && dvc exp show --rev {commit}")
+    assert SECRET not in "\n".join(lines) + written

@@ -312,3 +312,23 @@ def test_second_clone_pulls_results_instead_of_retraining(team, tmp_path):
         (repo / "data/prepared/jena/features.npy").read_bytes()
     assert elapsed < team.repro_s, (elapsed, team.repro_s)
     print(f"first clone's repro {team.repro_s:.1f} s; second clone's pull + repro {elapsed:.1f} s")
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("args, env, message", [
+    (["--port", "99999"], {}, "error: --port: 99999 is not a port number; choose one from 1 to "
+                              "65535"),
+    (["--port", "0"], {}, "error: --port: 0 is not a port number; choose one from 1 to 65535"),
+    (["--pg-port", "-5"], {}, "error: --pg-port: -5 is not a port number; choose one from 1 to "
+                              "65535"),
+    ([], {"PORT": "http"}, "error: PORT: http is not a port number; choose one from 1 to 65535"),
+], ids=["--port 99999", "--port 0", "--pg-port -5", "PORT=http"])
+def test_a_port_out_of_range_is_one_line(tmp_path, args, env, message):
+    """A bind of port 99999 was an OverflowError traceback, a PORT that is not a number a
+    ValueError one; now one line before anything starts (no PostgreSQL needed)."""
+    proc = sh(tmp_path, sys.executable, "-m", "rnnlab.tools.server", "--dir",
+              str(tmp_path / "state"), *args, check=False,
+              env={"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")} | env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == message
+    assert list(tmp_path.iterdir()) == []

@@ -84,8 +84,9 @@ def test_auto_counts_only_the_cores_the_process_may_use(monkeypatch):
         os.sched_setaffinity(0, allowed)
 
 
-@pytest.mark.parametrize("value, message", [(0, ">= 1"), ("many", "auto or a number"),
-                                            (-2, ">= 1")])
+@pytest.mark.parametrize("value, message", [(0, "from 1 to 1024, got 0"),
+                                            ("many", "auto or a number"),
+                                            (-2, "from 1 to 1024, got -2")])
 def test_threads_param_is_checked(value, message):
     with pytest.raises(ConfigError, match=message):
         from_mapping(TrainParams, {"steps_per_epoch": 5, "threads": value},
@@ -120,3 +121,20 @@ def test_a_run_that_changes_its_thread_count_gives_the_same_figures():
     assert one.val == switching.val and one.test == switching.test
     assert [row["threads"] for row in one.history] == [1.0, 1.0]
     assert 1.0 < switching.history[0]["threads"] < 2.0
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("env, message", [
+    ("1099511627776", "OMP_NUM_THREADS='1099511627776' is not a number of threads from 1 to "
+                      "1024; unset it or set it to the number of threads to use"),
+    ("9" * 5000, "OMP_NUM_THREADS='99999999999999999999...' is not a number of threads from 1 "
+                 "to 1024"),
+    ("0", "OMP_NUM_THREADS='0' is not a number of threads from 1 to 1024"),
+], ids=["2**40", "5000 digits", "0"])
+def test_a_thread_count_past_what_torch_takes_is_one_line(monkeypatch, env, message):
+    """OMP_NUM_THREADS (a queue worker's) of 2**40 reached torch.set_num_threads: a
+    traceback ("Overflow when unpacking long") once training had started."""
+    monkeypatch.setenv("OMP_NUM_THREADS", env)
+    with pytest.raises(RnnlabError) as caught:
+        resolve_threads("auto")
+    assert str(caught.value).startswith(message)

@@ -117,3 +117,17 @@ def test_matrix_and_spec_must_agree(features):
                             splits=SPLITS)
     with pytest.raises(RnnlabError, match="rerun `dvc repro`"):
         JenaWindows(features, spec, "train")
+
+
+def test_a_split_past_the_end_is_named_as_params_yaml_writes_it():
+    """An open split (end null) in the message reads as params.yaml says it, not None."""
+    import pytest
+
+    from rnnlab.core.errors import RnnlabError
+    from rnnlab.data.windows import make_window_spec
+
+    with pytest.raises(RnnlabError) as caught:
+        make_window_spec(n_rows=1000, lookback=120, step=6, delay=24, target_index=1,
+                         splits={"train": (0, 500), "val": (501, 800), "test": (990, None)})
+    assert "jena.test_rows [990, null]" in str(caught.value)
+    assert "None" not in str(caught.value)

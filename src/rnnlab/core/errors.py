@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import re
 
-# scheme://user:password@host...: everything between '//' and the last '@' of the authority.
-_CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+# scheme://user:password@host...: everything between '//' and the last '@' of the authority
+# (which ends at the path, the query, the fragment, or the end of a word in a longer text).
+# A scheme starts where a run of scheme characters starts: linear work on a long line.
+_CREDENTIALS = re.compile(r"(?<![A-Za-z0-9+.-])([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
 
 
-def redact(url: str) -> str:
-    """``url`` with its ``user:password@`` (if any) shown as ``***@``.
+def redact(text: str) -> str:
+    """``text`` with the ``user:password@`` (if any) of every URL in it shown as ``***@``.
 
     Every message and log line that names a URL goes through this: params.yaml may hold a
-    mirror's credentials, and errors end up in CI logs and bug reports.
+    mirror's credentials, a command line a remote's, and errors end up in CI logs and bug
+    reports. ``text`` is a URL or any line holding URLs (a command, a tool's output).
     """
-    return _CREDENTIALS.sub(r"\1***@", url)
+    return _CREDENTIALS.sub(r"\1***@", text)
 
 
 class RnnlabError(Exception):

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rnnlab.core.atomic import atomic_output
+from rnnlab.core.config import show
 from rnnlab.core.errors import RnnlabError
 
 if TYPE_CHECKING:
@@ -99,12 +100,12 @@ def make_window_spec(*, n_rows: int, lookback: int, step: int, delay: int, targe
         start, stop = lo + lookback, hi
         if lo < 0 or start >= stop:
             raise RnnlabError(
-                f"jena.{split}_rows {list(splits[split])} holds no window with lookback "
+                f"jena.{split}_rows {show(list(splits[split]))} holds no window with lookback "
                 f"{lookback} and delay {delay} in {n_rows:,} rows; widen the split or "
                 "shorten jena.lookback")
         if stop - 1 + delay > n_rows - 1:
             raise RnnlabError(
-                f"jena.{split}_rows {list(splits[split])}: targets up to row {stop - 1 + delay} "
+                f"jena.{split}_rows {show(list(splits[split]))}: targets up to row {stop - 1 + delay} "
                 f"fall past the last row ({n_rows - 1}); lower the split's end or jena.delay")
         ranges[split] = (start, stop)
     return WindowSpec(lookback=lookback, step=step, delay=delay, target_index=target_index,

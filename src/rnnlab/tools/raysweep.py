@@ -27,6 +27,10 @@ runs only the points that failed or never ran (``--name NAME``, for ``NAME-1``..
 refuses a NAME the commit already has instead).
 
 Then, on any machine: ``dvc exp pull origin`` and ``dvc exp show`` (docs/teams.md).
+
+A remote's URL may carry credentials (``https://user:token@host/...``): every line the
+command prints or writes (errors, a point's log and its tail, the closing hint) shows them
+as ``***@`` (``rnnlab.core.errors.redact``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rnnlab.core.errors import redact
 from rnnlab.core.process import configure_process
 
 INSTALL_HINT = "rnnlab.tools.raysweep needs Ray: pip install -e '.[team]'"
@@ -55,8 +60,9 @@ class SweepError(Exception):
     """A precondition the sweep checks before it starts (one line, no traceback)."""
 
 
-# --- the Ray task: standard library only; shipped by value (see _ship_by_value), so a
-# worker needs Python, Ray and rnnlab's dependencies, and imports rnnlab from the clone.
+# --- the Ray task: standard library only (and ``redact``); shipped by value (see
+# _ship_by_value), so a worker needs Python, Ray and rnnlab's dependencies, and imports
+# rnnlab from the clone.
 
 def run_point(point: dict) -> dict:
     """Run one grid point as a DVC experiment in a fresh clone; never raises."""
@@ -96,7 +102,7 @@ def run_point(point: dict) -> dict:
                       clone, env, log)):
             result["status"] = "ok"
     except Exception as e:  # noqa: BLE001 (a failed point is reported, never raised)
-        log.append(f"{type(e).__name__}: {e}")
+        log.append(redact(f"{type(e).__name__}: {e}"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         result["seconds"] = time.monotonic() - start
@@ -111,11 +117,13 @@ def _assigned_cpus() -> int:
 
 
 def _step(cmd: list[str], cwd: Path, env: dict, log: list[str]) -> bool:
-    log.append(f"$ {' '.join(cmd)}")
+    # The command holds the remotes' URLs as given (credentials and all), and a tool's
+    # output may too: the log keeps them redacted from its first line.
+    log.append(redact(f"$ {' '.join(cmd)}"))
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, errors="replace")
-    log.extend(proc.stdout.splitlines())
+    log.extend(redact(line) for line in proc.stdout.splitlines())
     log.append(f"({time.monotonic() - start:.1f} s" +
                (f", exit status {proc.returncode})" if proc.returncode else ")"))
     return proc.returncode == 0
@@ -167,8 +175,9 @@ def point_names(points: list[list[str]], targets: list[str], prefix: str | None)
 
 def git(root: Path, *args: str) -> str:
     proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SweepError(f"git {' '.join(args)}: {proc.stderr.strip() or proc.returncode}")
+    if proc.returncode != 0:   # git hides a URL's password in its text; not in the arguments
+        raise SweepError(redact(f"git {' '.join(args)}: "
+                                f"{proc.stderr.strip() or proc.returncode}"))
     return proc.stdout.strip()
 
 
@@ -188,7 +197,7 @@ def resolve_git_remote(root: Path, remote: str | None) -> str:
     if remote in names:
         remote = git(root, "remote", "get-url", remote)
     elif not (Path(remote).exists() or "://" in remote or ":" in remote):
-        raise SweepError(f"git remote {remote!r}: neither a remote of this repository "
+        raise SweepError(f"git remote {redact(remote)!r}: neither a remote of this repository "
                          f"({', '.join(names) or 'it has none'}) nor a URL or path; pass "
                          "--git-remote with the shared repository the workers clone")
     path = Path(remote) if "://" not in remote else None
@@ -238,7 +247,7 @@ def resolve_dvc_remote(root: Path, remote: str | None) -> dict[str, str]:
                          "--dvc-remote URL")
     if "://" not in remote and not Path(remote).is_absolute():
         if not (root / remote).exists():
-            raise SweepError(f"DVC remote {remote!r}: neither a remote of this repository "
+            raise SweepError(f"DVC remote {redact(remote)!r}: neither a remote of this repository "
                              f"({', '.join(remotes) or 'it has none'}) nor a URL or path")
         remote = str((root / remote).resolve())
     return {"name": "sweep", "url": remote}
@@ -272,8 +281,41 @@ def task_env(root: Path) -> tuple[dict[str, str], str]:
 
 def _ship_by_value(ray) -> None:
     """Send ``run_point`` to the workers as code rather than as a name to import: a worker
-    then needs no rnnlab of its own (the clone brings the sweep's), only Ray and Python."""
+    then needs no rnnlab of its own (the clone brings the sweep's), only Ray and Python.
+    ``redact`` goes with it (rnnlab.core.errors: standard library only)."""
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.cloudpickle.register_pickle_by_value(sys.modules[redact.__module__])
+
+
+def say(text: str, **kwargs) -> None:
+    """``print``, with the credentials of every URL in ``text`` shown as ``***@``: the
+    remotes, an ``-S`` value, a worker's error."""
+    print(redact(text), **kwargs)
+
+
+def point_report(n: int, total: int, point: Point, result: dict, logs: Path) -> list[str]:
+    """The lines printed when a point ends: its status, and for a failed one the tail of
+    its log and where the whole log is (``write_log``)."""
+    lines = [f"[{n}/{total}] {result['status']:6} {point.name}  {' '.join(point.overrides)}  "
+             f"{result['seconds']:.1f} s on {result['host']}, {result['threads']} thread(s)"]
+    if result["status"] != "ok":
+        lines += [f"    | {line}" for line in result["log"][-LOG_TAIL:]]
+        lines.append(f"    (whole log: {logs / point.name}.log)")
+    return [redact(line) for line in lines]
+
+
+def write_log(path: Path, lines: list[str]) -> None:
+    """A point's whole log, redacted (a worker redacts its own; this is the net under it)."""
+    path.write_text("".join(redact(line) + "\n" for line in lines))
+
+
+def closing_hint(remote: str, commit: str, ref: str | None) -> str:
+    """How to see the experiments: ``remote`` as given to --git-remote (its credentials
+    shown as ``***@``: put them back, or name a remote of the clone)."""
+    hint = (f"to see them in a clone at commit {commit[:7]}: dvc exp pull {remote} && "
+            "dvc exp show" if ref is None else
+            f"to see them in any clone: dvc exp pull -A {remote} && dvc exp show --rev {commit}")
+    return redact(hint)
 
 
 def summary(rows: list[tuple[Point, dict | None]]) -> str:
@@ -281,7 +323,7 @@ def summary(rows: list[tuple[Point, dict | None]]) -> str:
     for point, result in rows:
         status = "exists" if result is None else result["status"]
         seconds = "" if result is None else f"{result['seconds']:.1f}"
-        table.append((str(point.index), " ".join(point.overrides) or "(none)", status,
+        table.append((str(point.index), redact(" ".join(point.overrides)) or "(none)", status,
                       seconds, point.name))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
@@ -324,13 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return sweep(args, ray)
     except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}", file=sys.stderr)
         return 2
 
 
 def sweep(args: argparse.Namespace, ray) -> int:
-    from rnnlab.core.errors import redact
-
     root = Path(git(Path.cwd(), "rev-parse", "--show-toplevel"))
     check_clean(root)
     overrides = grid(args.set_param)
@@ -350,17 +390,16 @@ def sweep(args: argparse.Namespace, ray) -> int:
     ref = publish_commit(root, remote, commit, refs)
     env, uri = task_env(root)
 
-    print(f"sweep: {len(points)} points of commit {commit[:7]} "
-          f"({'on the git remote' if ref is None else 'pushed as ' + ref}) from {redact(remote)}")
-    print(f"  DVC remote {dvc_remote['name']} ({redact(dvc_remote['url'])}), "
-          f"MLflow {redact(uri)}")
+    say(f"sweep: {len(points)} points of commit {commit[:7]} "
+        f"({'on the git remote' if ref is None else 'pushed as ' + ref}) from {remote}")
+    say(f"  DVC remote {dvc_remote['name']} ({dvc_remote['url']}), MLflow {uri}")
     if "MLFLOW_TRACKING_URI" not in os.environ:
-        print("  note: MLFLOW_TRACKING_URI is not set: the runs go to this repository's "
-              "store, which only workers on this machine reach; set it to the team's "
-              "tracking server")
+        say("  note: MLFLOW_TRACKING_URI is not set: the runs go to this repository's "
+            "store, which only workers on this machine reach; set it to the team's "
+            "tracking server")
     for p in points:
         if p.name in done:
-            print(f"  {p.name} is already on the git remote: not run again")
+            say(f"  {p.name} is already on the git remote: not run again")
 
     logs = root / ".dvc" / "tmp" / "raysweep"
     results: dict[str, dict] = {}
@@ -371,11 +410,11 @@ def sweep(args: argparse.Namespace, ray) -> int:
             ray.init(address=args.address, logging_level="WARNING", log_to_driver=False,
                      configure_logging=True)
         except Exception as e:  # noqa: BLE001 (Ray's connection errors have no common base)
-            raise SweepError(f"Ray cluster {args.address or '(local)'}: {e}") from None
+            raise SweepError(redact(f"Ray cluster {args.address or '(local)'}: {e}")) from None
         _ship_by_value(ray)
         cpus = ray.cluster_resources().get("CPU", 0)
-        print(f"  Ray: {cpus:g} CPUs, {args.cpus_per_point} per point "
-              f"(connected in {time.monotonic() - started:.1f} s)")
+        say(f"  Ray: {cpus:g} CPUs, {args.cpus_per_point} per point "
+            f"(connected in {time.monotonic() - started:.1f} s)")
         task = ray.remote(num_cpus=args.cpus_per_point)(run_point)
         spec = {"git_remote": remote, "commit": commit, "ref": ref, "dvc_remote": dvc_remote,
                 "targets": args.targets, "env": env}
@@ -392,32 +431,23 @@ def sweep(args: argparse.Namespace, ray) -> int:
                     result = {"name": point.name, "status": "failed", "seconds": 0.0,
                               "host": "?", "threads": 0, "log": [str(e)]}
                 results[point.name] = result
-                (logs / f"{point.name}.log").write_text("\n".join(result["log"]) + "\n")
-                print(f"[{len(results)}/{len(todo)}] {result['status']:6} {point.name}  "
-                      f"{' '.join(point.overrides)}  {result['seconds']:.1f} s on "
-                      f"{result['host']}, {result['threads']} thread(s)", flush=True)
-                if result["status"] != "ok":
-                    tail = result["log"][-LOG_TAIL:]
-                    print("\n".join(f"    | {line}" for line in tail))
-                    print(f"    (whole log: {logs / point.name}.log)", flush=True)
+                write_log(logs / f"{point.name}.log", result["log"])
+                say("\n".join(point_report(len(results), len(todo), point, result, logs)),
+                    flush=True)
         except KeyboardInterrupt:
             for ref_ in pending:
                 ray.cancel(ref_, force=True)
-            print(f"interrupted: {len(pending)} points cancelled", file=sys.stderr)
+            say(f"interrupted: {len(pending)} points cancelled", file=sys.stderr)
             return 130
         finally:
             ray.shutdown()
-        print(f"sweep: {len(todo)} points ran in {time.monotonic() - started:.1f} s")
+        say(f"sweep: {len(todo)} points ran in {time.monotonic() - started:.1f} s")
 
-    print(summary([(p, results.get(p.name)) for p in points]))
+    say(summary([(p, results.get(p.name)) for p in points]))
     failed = [n for n, r in results.items() if r["status"] != "ok"]
     if failed:
-        print(f"{len(failed)} of {len(points)} points failed (logs in {logs})")
-    remote_name = args.git_remote or "origin"
-    print(f"to see them in a clone at commit {commit[:7]}: dvc exp pull {remote_name} && "
-          "dvc exp show" if ref is None else
-          f"to see them in any clone: dvc exp pull -A {remote_name} && "
-          f"dvc exp show --rev {commit}")
+        say(f"{len(failed)} of {len(points)} points failed (logs in {logs})")
+    say(closing_hint(args.git_remote or "origin", commit, ref))
     return 1 if failed else 0
 
 

@@ -51,6 +51,12 @@ class ServerError(RnnlabError):
     """The tracking server or its database cannot be started."""
 
 
+def say(text: str, **kwargs) -> None:
+    """``print``, with the credentials of every URL in ``text`` shown as ``***@`` (a
+    backend store's URI holds its password)."""
+    print(redact(text), **kwargs)
+
+
 # ---------------------------------------------------------------------- PostgreSQL
 
 def pg_binary(name: str) -> str:
@@ -87,7 +93,7 @@ def _run(cmd: list[str], what: str) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise ServerError(f"{what} failed ({proc.returncode}): {' / '.join(tail)}")
+        raise ServerError(redact(f"{what} failed ({proc.returncode}): {' / '.join(tail)}"))
     return proc.stdout
 
 
@@ -95,6 +101,17 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def port_number(text: str, option: str) -> int:
+    """``--port``'s text as a TCP port, 1-65535, or one ServerError line (a bind of 99999
+    was a traceback)."""
+    text = text.strip()
+    port = int(text) if text.isdigit() and len(text) <= 5 else 0
+    if not 1 <= port <= 65535:
+        shown = (text if len(text) <= 20 else text[:20] + "...") or "''"
+        raise ServerError(f"{option}: {shown} is not a port number; choose one from 1 to 65535")
+    return port
 
 
 def check_port_free(host: str, port: int, option: str) -> None:
@@ -153,8 +170,8 @@ def start_cluster(datadir: Path, port: int | None = None) -> int:
     datadir = Path(datadir).resolve()
     running = _running_port(datadir)
     if running is not None:
-        print(f"PostgreSQL already running on {datadir} (port {running}): reusing it",
-              file=sys.stderr)
+        say(f"PostgreSQL already running on {datadir} (port {running}): reusing it",
+            file=sys.stderr)
         return running
     if port is None:
         port = free_port()
@@ -319,19 +336,19 @@ def serve(args: argparse.Namespace) -> None:
         with database as backend, mlflow_server(backend, artifacts, args.host, args.port,
                                                 extra=tuple(args.mlflow_options)) as served:
             shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-            print(f"MLflow tracking server on {redact(backend)}, artifacts in {artifacts}, "
-                  f"answering after {time.monotonic() - started:.1f} s. In each shell whose "
-                  "stages log to it (Ctrl-C here stops it):", flush=True)
-            print(f"export MLFLOW_TRACKING_URI=http://{shown}:{args.port}", flush=True)
+            say(f"MLflow tracking server on {backend}, artifacts in {artifacts}, "
+                f"answering after {time.monotonic() - started:.1f} s. In each shell whose "
+                "stages log to it (Ctrl-C here stops it):", flush=True)
+            say(f"export MLFLOW_TRACKING_URI=http://{shown}:{args.port}", flush=True)
             if shown != args.host:
-                print(f"(listening on {args.host}: other machines use "
-                      f"http://<this machine's address>:{args.port})", flush=True)
+                say(f"(listening on {args.host}: other machines use "
+                    f"http://<this machine's address>:{args.port})", flush=True)
             while served.process.poll() is None:
                 time.sleep(0.5)
             raise ServerError(f"mlflow server exited ({served.process.returncode})")
     except KeyboardInterrupt:
-        print("stopped the tracking server"
-              f"{'' if args.backend_store_uri else ' and its PostgreSQL'}", file=sys.stderr)
+        say("stopped the tracking server"
+            f"{'' if args.backend_store_uri else ' and its PostgreSQL'}", file=sys.stderr)
 
 
 def _interrupt(*_) -> None:
@@ -362,7 +379,7 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[i:i + size]
 
 
-def copy_store(source: str, dest: str, log=print) -> tuple[int, int]:
+def copy_store(source: str, dest: str, log=None) -> tuple[int, int]:
     """Copy every run of the store ``source`` into the store ``dest`` (experiments by name,
     with their tags; each run's params, whole metric histories, tags and run name, status,
     start and end times, dataset inputs, artifacts and logged models). A run whose copy is already there
@@ -370,6 +387,7 @@ def copy_store(source: str, dest: str, log=print) -> tuple[int, int]:
     from mlflow.entities import Metric, Param, RunTag, ViewType
     from mlflow.tracking import MlflowClient
 
+    log = log or say
     src, dst = MlflowClient(source), MlflowClient(dest)
     copied = skipped = 0
     for exp in _pages(lambda t: src.search_experiments(ViewType.ACTIVE_ONLY, page_token=t)):
@@ -462,22 +480,23 @@ def main(argv: list[str] | None = None) -> None:
         from rnnlab.tracking.store import TrackingError, _sqlite_path, store_errors
         db = _sqlite_path(args.source)
         if db is not None and not db.is_file():   # MLflow would make a new, empty store there
-            sys.exit(f"error: no MLflow store at {db} (--from {args.source})")
+            sys.exit(redact(f"error: no MLflow store at {db} (--from {args.source})"))
         started = time.monotonic()
         try:
             with store_errors(args.dest), store_errors(args.source):
                 copied, skipped = copy_store(args.source, args.dest)
         except TrackingError as e:
-            sys.exit(f"error: {e}")
-        print(f"{copied} runs copied, {skipped} already there, "
-              f"in {time.monotonic() - started:.1f} s")
+            sys.exit(redact(f"error: {e}"))
+        say(f"{copied} runs copied, {skipped} already there, "
+            f"in {time.monotonic() - started:.1f} s")
         return
     parser = argparse.ArgumentParser(prog="python -m rnnlab.tools.server",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1",
                         help="the address to listen on (default 127.0.0.1: this machine only; "
                              "0.0.0.0 for a lab)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 5000)))
+    parser.add_argument("--port", default=None,
+                        help="the port to listen on, 1-65535 (default: $PORT, else 5000)")
     parser.add_argument("--dir", default=None,
                         help="where the local cluster (pgdata/) and the artifacts live "
                              "(default: .mlflow-server/ at the repository root)")
@@ -486,14 +505,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend-store-uri", default=None,
                         help="an existing database (postgresql+psycopg2://user:pw@host:port/db) "
                              "instead of the local cluster")
-    parser.add_argument("--pg-port", type=int, default=None,
+    parser.add_argument("--pg-port", default=None,
                         help="the local cluster's port on 127.0.0.1 (default: a free one)")
     args, args.mlflow_options = parser.parse_known_args(argv)
-    args.dir = args.dir or str(repo_root() / ".mlflow-server")
     try:
+        # checked before anything starts; PORT (a platform's) as --port, named as itself
+        args.port = (port_number(args.port, "--port") if args.port is not None else
+                     port_number(os.environ["PORT"], "PORT") if os.environ.get("PORT") else 5000)
+        if args.pg_port is not None:
+            args.pg_port = port_number(args.pg_port, "--pg-port")
+        args.dir = args.dir or str(repo_root() / ".mlflow-server")
         serve(args)
     except ServerError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(redact(f"error: {e}"))
 
 
 if __name__ == "__main__":

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rnnlab.core.config import ConfigError, at_least
+from rnnlab.core.config import ConfigError, at_least, show
 
 # train.init: the initial weights of every torch model (rnnlab.nn.models.initialize).
 INITS = ("keras", "torch")
+# train.threads (and OMP_NUM_THREADS): past a few hundred nothing runs faster, and torch
+# takes a C int (2**40 failed with a traceback once training had started).
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -25,14 +28,15 @@ class TrainParams:
 
     def validate(self, where: str) -> None:
         if self.init not in INITS:
-            raise ConfigError(f"{where}.init: {self.init!r}; choose {' or '.join(INITS)}")
-        if self.threads != "auto" and (isinstance(self.threads, str) or self.threads < 1):
-            raise ConfigError(f"{where}.threads: must be auto or a number of threads >= 1, "
-                              f"got {self.threads!r}")
+            raise ConfigError(f"{where}.init: {show(self.init)}; choose {' or '.join(INITS)}")
+        if self.threads != "auto" and (isinstance(self.threads, str)
+                                       or not 1 <= self.threads <= MAX_THREADS):
+            raise ConfigError(f"{where}.threads: must be auto or a number of threads from 1 "
+                              f"to {MAX_THREADS}, got {show(self.threads)}")
         at_least(where, "eval_batch_size", self.eval_batch_size, 1)
         for name in ("steps_per_epoch", "imdb_steps_per_epoch"):
             at_least(where, name, getattr(self, name), 1, null="a full pass")
         for name in ("max_epochs", "max_eval_batches"):
             at_least(where, name, getattr(self, name), 1, null="no cap")
         if self.clip_norm is not None and self.clip_norm <= 0:
-            raise ConfigError(f"{where}.clip_norm: must be > 0 or null, got {self.clip_norm}")
+            raise ConfigError(f"{where}.clip_norm: must be > 0 or null, got {show(self.clip_norm)}")

@@ -8,7 +8,10 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from rnnlab.core.config import ConfigError
+from rnnlab.core.config import ConfigError, show
+
+# NumPy's legacy seed (np.random.seed) takes 0 <= seed < 2**32; default_rng no negatives.
+SEEDS = range(2**32)
 
 
 @dataclass(frozen=True)
@@ -19,8 +22,16 @@ class RunParams:
     seeds: tuple[int, ...] | None = None   # train each variant once per seed; null/[] = seed
 
     def validate(self, where: str) -> None:
+        # Checked here, before any run opens: -1 failed inside the MLflow run, in NumPy.
+        named = [("seed", self.seed)] + [(f"seeds[{i}]", s) for i, s in
+                                         enumerate(self.seeds or ())]
+        for name, seed in named:
+            if seed not in SEEDS:
+                raise ConfigError(f"{where}: {name}: {show(seed)} is not a seed: seeds run "
+                                  "from 0 to 4294967295 (2**32 - 1, NumPy's range); choose "
+                                  "one in it")
         if self.seeds and len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"{where}: seeds: {list(self.seeds)} repeats a seed; "
+            raise ConfigError(f"{where}: seeds: {show(self.seeds)} repeats a seed; "
                               "list each once")
 
     @property

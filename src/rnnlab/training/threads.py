@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from rnnlab.core.errors import RnnlabError
+from rnnlab.training.params import MAX_THREADS
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,17 @@ class ThreadPolicy:
 def resolve_threads(setting: int | str) -> ThreadPolicy:
     """``train.threads`` -> the policy; ``OMP_NUM_THREADS`` wins over ``auto``."""
     if setting != "auto":
+        if not 1 <= int(setting) <= MAX_THREADS:      # TrainParams checks it first
+            raise RnnlabError(f"train.threads: {setting} is not from 1 to {MAX_THREADS}")
         return ThreadPolicy(int(setting), False, "train.threads")
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env:
-        if not env.isdigit() or int(env) < 1:
-            raise RnnlabError(f"OMP_NUM_THREADS={env!r} is not a positive integer; "
-                              "unset it or set it to the number of threads to use")
+        # A digit string of any length: its value is not read unless it is short.
+        if not env.isdigit() or len(env) > 6 or not 1 <= int(env) <= MAX_THREADS:
+            shown = env if len(env) <= 20 else env[:20] + "..."
+            raise RnnlabError(f"OMP_NUM_THREADS={shown!r} is not a number of threads from 1 "
+                              f"to {MAX_THREADS}; unset it or set it to the number of threads "
+                              "to use")
         return ThreadPolicy(int(env), False, "OMP_NUM_THREADS")
     cores = available_cores()
     return ThreadPolicy(cores, cores > 1, "available cores")
