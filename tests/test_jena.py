@@ -84,6 +84,41 @@ def test_unparseable_value_names_the_line(tmp_path, jena_csv):
 
 
 @pytest.mark.hostile
+@pytest.mark.parametrize("value", ["271_20", "271.20 ", "\u0662\u0667\u0661"])
+def test_a_number_python_reads_but_polars_refuses_names_the_line(tmp_path, jena_csv, value):
+    """Underscores between digits, a space after the number, Arabic-Indic digits: polars'
+    reader refuses them, Python's float() took them, and the slow path said "no malformed
+    line found"."""
+    path = with_value(jena_csv, tmp_path, {(1235, "Tpot (K)"): value})
+    with pytest.raises(DataFormatError) as caught:
+        read_jena_csv(path)
+    assert str(caught.value) == (
+        f"{path}: line 1235: column 'Tpot (K)': cannot parse {value!r} as a number; write "
+        "ASCII digits with an optional sign, '.' and exponent (no '_', no space after it), "
+        "or remove the row (ComputeError)")
+
+
+def test_the_slow_path_reads_a_number_as_polars_does():
+    """``POLARS_NUMBER`` against polars' own reader, value by value."""
+    import io
+
+    import polars as pl
+
+    from rnnlab.data.jena import POLARS_NUMBER
+    values = ["271_20", "1.5", " 1.5", "\t1.5", "1.5 ", "1.5\t", "+1.5", "-.5e-3", "5.", "1.e5",
+              ".", ".e5", "1e", "1e+", "+ 1", "--1", "1.2.3", "1_0", "\u0663", "\uff11\uff12",
+              "0x10", "1d5", "nan", "-NaN", "iNf", "+Infinity", "infinit", "infinityy", "1e400",
+              "\xa01.5", "\x0b1.5", "0001", "1 5"]
+    for value in values:
+        try:
+            read = pl.read_csv(io.StringIO(f"a,b\nx,{value}\n"),
+                               schema={"a": pl.String, "b": pl.Float64})["b"][0] is not None
+        except pl.exceptions.PolarsError:
+            read = False
+        assert read == bool(POLARS_NUMBER.fullmatch(value)), value
+
+
+@pytest.mark.hostile
 def test_empty_value_names_the_line(tmp_path, jena_csv):
     lines = lines_of(jena_csv)
     fields = lines[99].split(",")

@@ -241,3 +241,55 @@ def test_one_log_line_per_epoch_with_the_time_left_and_bars_only_when_asked(task
     assert len(lines) == 2 and lines[-1].endswith("s/epoch, last epoch")
     bars = capsys.readouterr().err
     assert "gru 1/2" in bars and "gru 1/2 val" in bars and "gru 2/2 val" in bars
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("layout", ["a folder at the checkpoint's path",
+                                    "a file where its folder goes"])
+def test_a_checkpoint_path_that_cannot_take_the_file_is_one_line_before_any_epoch(
+        task, tmp_path, layout):
+    """Before: a traceback after the first epoch (``os.replace`` onto a folder, ``mkdir``
+    onto a file), the epoch's work lost."""
+    folder = tmp_path / "checkpoints"
+    ckpt = folder / "gru.pt"
+    if layout.startswith("a folder"):
+        ckpt.mkdir(parents=True)
+        expected = (f"gru: {ckpt} is a folder, where this run writes its checkpoint file after "
+                    "every epoch; remove or rename it, then rerun")
+    else:
+        folder.write_text("not a folder")
+        expected = (f"gru: {folder} is a file, where the folder of the checkpoint {ckpt} goes; "
+                    "remove or rename it, then rerun")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    epochs = []
+    with pytest.raises(RnnlabError) as caught:
+        fit(make(), task, TrainConfig(epochs=2, steps_per_epoch=6, seed=11), torch.device("cpu"),
+            checkpoint=ckpt, on_epoch=lambda e, row: epochs.append(e), progress=False,
+            desc="gru")
+    assert str(caught.value) == expected
+    assert epochs == []                                        # refused before any epoch
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before   # nothing written
+
+
+@pytest.mark.hostile
+def test_a_checkpoint_write_that_fails_mid_run_keeps_the_training(task, tmp_path, caplog):
+    """A folder put in the checkpoint's place after epoch 1 (a disk filling up alike): each
+    later write is one warning, and the run ends with the results of an unbroken one."""
+    straight = run(task, make(), epochs=3)
+    ckpt = tmp_path / "ckpt.pt"
+
+    def block(epoch, row):
+        if epoch == 1:
+            ckpt.unlink()
+            ckpt.mkdir()
+
+    caplog.set_level(logging.INFO, logger="rnnlab.training.engine")
+    result = run(task, make(), tmp_path, epochs=3, on_epoch=block)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(result.history) == strip(straight.history)
+    assert result.val == straight.val and result.test == straight.test
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [line.split(" (")[0] for line in logged] == [
+        f"train: could not write the checkpoint {ckpt} after epoch {e}" for e in (2, 3)]
+    assert all(line.endswith("; training goes on without it") for line in logged)
+    assert not list(tmp_path.glob(".*.part"))                 # no temp file left

@@ -27,6 +27,7 @@ import csv
 import json
 import logging
 import math
+import re
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -60,6 +61,12 @@ SENTINEL = -9999.0
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # A std at or below this fraction of max(1, the largest |value|) is a constant column.
 NEAR_CONSTANT = 1e-9
+# A number as polars' CSV reader takes it: spaces or tabs before (not after), ASCII digits,
+# a sign, a point, an exponent, or nan/inf/infinity in any case. Python's float() takes
+# more ('271_20', '1.5 ', Arabic-Indic digits), so the slow path checks this first: a value
+# that polars refused must not pass there as "no malformed line found".
+POLARS_NUMBER = re.compile(r"[ \t]*[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+                           r"|nan|inf|infinity)", re.IGNORECASE | re.ASCII)
 
 # Names of the files the normalize step writes into its output directory.
 FEATURES_FILE = "features.npy"
@@ -155,10 +162,11 @@ def _bad_row(lineno: int, row: list[str]) -> str | None:
     for name, value in zip(FEATURES, row[1:]):
         if not value.strip():
             return f"line {lineno}: column {name!r} is empty"
-        try:
-            number = float(value)
-        except ValueError:
-            return f"line {lineno}: column {name!r}: cannot parse {value!r} as a number"
+        if not POLARS_NUMBER.fullmatch(value):
+            return (f"line {lineno}: column {name!r}: cannot parse {value!r} as a number; "
+                    "write ASCII digits with an optional sign, '.' and exponent (no '_', "
+                    "no space after it), or remove the row")
+        number = float(value)
         if not math.isfinite(number):
             return (f"line {lineno}: column {name!r}: {value.strip()!r} is not a finite number; "
                     "write the reading as a number, or remove the row")
@@ -169,9 +177,10 @@ def _bad_row(lineno: int, row: list[str]) -> str | None:
     return None
 
 
-def _first_bad_line(path: Path) -> str:
+def _first_bad_line(path: Path, reader_error: str = "") -> str:
     """Slow path, only after the fast reader failed or found bad values: name the first bad
-    line. Line by line in bytes, so that a byte that is not UTF-8 is named, not raised."""
+    line. Line by line in bytes, so that a byte that is not UTF-8 is named, not raised.
+    Should it find none, the reader's own first line (``reader_error``) is the clue."""
     blank = None                      # a blank line is an error only if data follows it
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -189,7 +198,8 @@ def _first_bad_line(path: Path) -> str:
             problem = _bad_row(lineno, next(csv.reader([text])))
             if problem:
                 return problem
-    return "no malformed line found"
+    said = reader_error.strip().splitlines()[0] if reader_error.strip() else ""
+    return "no malformed line found" + (f"; the CSV reader said: {said[:200]}" if said else "")
 
 
 def _drop_trailing_blank_rows(df: pl.DataFrame) -> pl.DataFrame:
@@ -232,7 +242,8 @@ def read_jena_csv(path: Path) -> JenaTable:
     try:
         df = pl.read_csv(path, schema=schema, has_header=True)
     except (pl.exceptions.PolarsError, UnicodeDecodeError) as e:
-        raise DataFormatError(f"{path}: {_first_bad_line(path)} ({type(e).__name__})") from e
+        raise DataFormatError(f"{path}: {_first_bad_line(path, str(e))} "
+                              f"({type(e).__name__})") from e
     if df.height:
         df = _drop_trailing_blank_rows(df)
     if df.height == 0:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from rnnlab.core.atomic import atomic_output
 from rnnlab.core.errors import RnnlabError
+from rnnlab.training.checkpoints import check_checkpoint_path
 from rnnlab.training.process import denormals_flushed
 from rnnlab.training.results import FitResult
 from rnnlab.training.seeds import seed_everything
@@ -135,9 +136,17 @@ CHECKPOINT_KEYS = frozenset({"fingerprint", "epoch", "model", "optimizer", "hist
                              "best_value", "best_epoch", "best_model"})
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_output(path) as tmp:
-        torch.save(state, tmp)
+def _save_checkpoint(path: Path, state: dict, desc: str) -> None:
+    """Write the checkpoint; a write that fails (a disk full, a folder put in its place
+    mid-run) is one warning, not the end of the training: a checkpoint is a cache, and the
+    run goes on to its results (a kill would resume from the last one written)."""
+    try:
+        with atomic_output(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as e:   # torch's zip writer raises RuntimeError on ENOSPC
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        log.warning("%s: could not write the checkpoint %s after epoch %d (%s); training "
+                    "goes on without it", desc, path, state["epoch"], reason)
 
 
 def _load_checkpoint(path: Path, device: torch.device, desc: str) -> dict | None:
@@ -175,7 +184,9 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
     ``fingerprint`` (a digest of everything that defines the run), training resumes
     after its last epoch. The caller deletes it once the outputs are written. It holds
     only state dicts and plain values and is read with ``weights_only=True``: a file that
-    does not load that way is ignored with a warning, never executed.
+    does not load that way is ignored with a warning, never executed. Its path is checked
+    before the first epoch (a folder there, a file where its folder goes, a folder that
+    cannot be written: one line, nothing trained); a write that fails later is a warning.
     ``threads``: told each step's wall time, it may change torch's thread count between
     steps (rnnlab.training.threads); each epoch records the mean count as ``threads``.
     ``progress``: tqdm bars on stderr for each epoch's training and validation passes (the
@@ -205,8 +216,10 @@ def _fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device
     sign = 1.0 if task.monitor_mode == "min" else -1.0
 
     state = None
-    if checkpoint is not None and checkpoint.exists():
-        state = _load_checkpoint(checkpoint, device, desc)
+    if checkpoint is not None:
+        check_checkpoint_path(checkpoint, desc)    # not after an epoch's work: before it
+        if checkpoint.exists():
+            state = _load_checkpoint(checkpoint, device, desc)
     if state is not None:
         if state["fingerprint"] == fingerprint:
             model.load_state_dict(state["model"])
@@ -274,7 +287,8 @@ def _fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device
             _save_checkpoint(checkpoint, {
                 "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "history": history,
-                "best_value": best_value, "best_epoch": best_epoch, "best_model": best_state})
+                "best_value": best_value, "best_epoch": best_epoch, "best_model": best_state},
+                desc)
         if on_epoch is not None:
             on_epoch(epoch, row)
 
