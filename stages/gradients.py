@@ -18,10 +18,14 @@ def main() -> None:
     outputs = StudyOutputs(metrics=args.metrics, vanishing=args.vanishing,
                            exploding=args.exploding, figure=args.figure)
     params = read_params()
+    train = params.section("train", TrainParams)
+    # The quick-look caps of a training run shorten this stage too (QUICK_LOOK).
+    caps = {f"train.{k}": v for k in ("max_epochs", "max_eval_batches")
+            if (v := getattr(train, k)) is not None}
     run_gradient_study(params.section("gradients", GradientsParams), args.prepared, args.windows,
                        outputs, seed=params.value("seed", int),
                        batch_size=params.section("jena", JenaParams).batch_size,
-                       clip_norm=params.section("train", TrainParams).clip_norm)
+                       clip_norm=train.clip_norm, caps=caps)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The exploding-gradients lesson on every configuration the project ships: params.yaml's
 defaults and the demo's overrides, each on generated Jena data of its own size."""
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,15 @@ from rnnlab.core.config import from_mapping
 from rnnlab.data.jena import load_features, normalize_jena
 from rnnlab.data.synthetic import FULL_JENA_ROWS, write_jena_csv
 from rnnlab.data.windows import JenaWindows, make_window_spec
-from rnnlab.lecture.gradient_study import explode_traces
+from rnnlab.lecture.finite import NonFiniteResult
+from rnnlab.lecture.gradient_study import (
+    ExplodeParams,
+    GradientsParams,
+    StudyOutputs,
+    explode_traces,
+    quick_look,
+    run_gradient_study,
+)
 from rnnlab.tools import demo
 from rnnlab.tools.params import Params
 
@@ -66,3 +76,87 @@ def test_unclipped_sgd_blows_up_and_clipped_stays_bounded(config, rows, tmp_path
     assert max(clipped.grad_norms) < 10 * clipped.grad_norms[0]
     assert np.mean(clipped.losses[-10:]) < clipped.losses[0] / 10
     assert np.mean(clipped.grad_norms[-10:]) < clipped.grad_norms[0] / 10
+
+
+def small_study(tmp: Path) -> tuple[Path, Path]:
+    """Prepared generated Jena data and its window spec (24 time steps) under ``tmp``."""
+    from rnnlab.data.windows import save_spec
+
+    write_jena_csv(tmp / "jena.csv", 5000, seed=0)
+    stats = normalize_jena(tmp / "jena.csv", tmp / "prepared", train_rows=(0, 2500),
+                           target="T (degC)", wind_sentinel_fill=0.0)
+    save_spec(make_window_spec(n_rows=stats.n_rows, lookback=144, step=6, delay=24,
+                               target_index=stats.target_index,
+                               splits={"train": (0, 2500), "val": (2501, 3800),
+                                       "test": (3801, None)}), tmp / "windows")
+    return tmp / "prepared", tmp / "windows"
+
+
+def study_params(**changes) -> GradientsParams:
+    explode = ExplodeParams(recurrent_scale=1.4, nonlinearity="relu", lr=0.05, steps=5,
+                            timesteps=20, clip_norm=1.0)
+    return replace(GradientsParams(hidden=4, batches=2, train_steps=3, distance=10,
+                                   explode=explode), **changes)
+
+
+def outputs_in(folder: Path) -> StudyOutputs:
+    return StudyOutputs(metrics=folder / "metrics" / "gradients.json",
+                        vanishing=folder / "plots" / "v.csv", exploding=folder / "plots" / "e.csv",
+                        figure=folder / "plots" / "gradients.png")
+
+
+def test_a_quick_look_caps_the_study_too(tmp_path, monkeypatch):
+    """train.max_epochs or train.max_eval_batches set: the short trainings and the batches
+    are capped (QUICK_LOOK), the metrics and the MLflow run say which caps applied."""
+    from mlflow.tracking import MlflowClient
+
+    defaults = shipped_params({}).gradients
+    quick, capped = quick_look(defaults, {"train.max_epochs": 1})
+    assert (quick.train_steps, quick.batches, quick.explode) == (20, 2, defaults.explode)
+    assert capped == {"gradients.train_steps": 20, "gradients.batches": 2}
+    assert quick_look(defaults, {}) == (defaults, {})
+    demo_settings = shipped_params(demo.SETTINGS).gradients      # already small: nothing cut
+    assert quick_look(demo_settings, {"train.max_epochs": 2}) == (demo_settings, {})
+
+    prepared, windows = small_study(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    metrics = run_gradient_study(study_params(train_steps=30), prepared, windows,
+                                 outputs_in(tmp_path), seed=1, batch_size=32, clip_norm=None,
+                                 caps={"train.max_eval_batches": 2})
+    assert metrics["capped"] == {"gradients.train_steps": 20}
+    assert json.loads((tmp_path / "metrics" / "gradients.json").read_text())["capped"] == \
+        {"gradients.train_steps": 20}
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(metrics["mlflow_run_id"])
+    assert run.data.tags["capped"] == "gradients.train_steps=20"
+    assert run.data.params["gradients.train_steps"] == "20"
+
+
+@pytest.mark.hostile
+def test_a_ratio_that_is_not_finite_is_refused(tmp_path, monkeypatch):
+    """A gradient of 0 at the output leaves no ratio to take (inf): the study stops with one
+    line naming the figure and what to do, and writes nothing. The exploding run's
+    divergence is no such figure: it is recorded as its step."""
+    from rnnlab.lecture import gradient_study
+
+    prepared, windows = small_study(tmp_path)
+    measured = gradient_study.state_gradient_norms
+
+    def dead_at_the_output(model, batches):
+        norms = measured(model, batches)
+        if model.cell == "gru":
+            norms[0] = 0.0
+        return norms
+
+    monkeypatch.setattr(gradient_study, "state_gradient_norms", dead_at_the_output)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NonFiniteResult) as info:
+        run_gradient_study(study_params(), prepared, windows, outputs_in(tmp_path), seed=1,
+                           batch_size=32, clip_norm=None)
+    assert str(info.value) == (
+        "gradients: gru_log10_ratio_10_init is inf (and gru_log10_ratio_10_trained), not a "
+        "figure a result can hold: the gru's gradient at the output was 0 or not finite, so "
+        "there is no ratio to take: try another seed or gradients.hidden; "
+        f"{tmp_path}/metrics/gradients.json not written")
+    assert not (tmp_path / "metrics").exists() and not (tmp_path / "plots").exists()
+    assert not (tmp_path / "mlflow.db").exists()

@@ -24,3 +24,42 @@ def test_naive_is_zero_on_constant_target():
     spec = make_window_spec(n_rows=500, lookback=12, step=3, delay=5, target_index=1,
                             splits={"train": (0, 200), "val": (201, 350), "test": (351, None)})
     assert naive_mae(features, spec, "val") == 0.0
+
+
+@pytest.mark.hostile
+def test_a_figure_that_is_not_finite_is_refused_not_reported(tmp_path):
+    """The naive stage on prepared data changed after normalize_jena ran (a NaN in the
+    target): exit 1 with one line naming the metric and what to do, no metrics file (NaN is
+    not JSON), no MLflow run."""
+    import shutil
+    import subprocess
+    import sys
+
+    from rnnlab.data.jena import normalize_jena
+    from rnnlab.data.synthetic import write_jena_csv
+    from rnnlab.data.windows import save_spec
+
+    from _project import ROOT, env_for_tools
+
+    write_jena_csv(tmp_path / "jena.csv", rows=1200, seed=3)
+    stats = normalize_jena(tmp_path / "jena.csv", tmp_path / "prepared", train_rows=(0, 600),
+                           target="T (degC)", wind_sentinel_fill=None)
+    (tmp_path / "jena.csv").unlink()
+    save_spec(make_window_spec(n_rows=stats.n_rows, lookback=60, step=6, delay=12,
+                               target_index=stats.target_index,
+                               splits={"train": (0, 600), "val": (601, 900),
+                                       "test": (901, None)}), tmp_path / "windows")
+    features = np.load(tmp_path / "prepared" / "features.npy")
+    features[700, stats.target_index] = np.nan
+    np.save(tmp_path / "prepared" / "features.npy", features)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "naive.py"), "prepared",
+                           "windows", "metrics/naive.json"], cwd=tmp_path, env=env_for_tools(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        "error: naive: val_mae is nan (and val_mae_degc), not a figure a result can hold: the "
+        "prepared Jena data (prepared) holds values that are not finite; prepare it again: "
+        "dvc repro -f normalize_jena windows_jena naive; metrics/naive.json not written"]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

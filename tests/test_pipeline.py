@@ -99,6 +99,18 @@ def test_data_half_end_to_end(repo, http_server, small_jena_zip):
     assert "didn't change, skipping" in again.stdout
     assert len(client.search_runs([exp.experiment_id])) == 1
 
+    # A good download, then a failing one (a wrong md5): the good copy stays, as DVC sees it
+    # (the out is persist: true, so DVC does not delete it before the stage reruns).
+    good = csv.read_bytes()
+    set_params(repo, data__jena__md5="1" * 32)
+    failed = sh(repo, "dvc", "repro", "download_jena", check=False)
+    assert failed.returncode != 0 and "md5 mismatch" in failed.stderr
+    assert csv.read_bytes() == good
+    status = sh(repo, "dvc", "status", "download_jena").stdout
+    assert "deleted" not in status and "data.jena" in status, status     # params only
+    set_params(repo, data__jena__md5=md5)
+    assert "up to date" in sh(repo, "dvc", "status", "naive").stdout
+
     # An experiment with another delay, in a temporary copy under .dvc/tmp/exps, reruns
     # windows and naive (not download/normalize) and logs to the same store.
     sh(repo, "git", "add", "-A")
@@ -109,8 +121,26 @@ def test_data_half_end_to_end(repo, http_server, small_jena_zip):
     assert "Running stage 'normalize_jena'" not in exp_run.stdout
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
     assert len(runs) == 2 and runs[0].data.tags["dvc_exp_name"] == "delay12"
+    # Named after the experiment too; params as params.yaml writes them, not (0, 2500).
+    assert runs[0].info.run_name == "naive (delay12)" and runs[1].info.run_name == "naive"
     assert runs[0].data.params["jena.delay"] == "12"
+    assert runs[0].data.params["jena.train_rows"] == "[0, 2500]"
     assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
+
+    # A quick look caps the gradients stage too; the report of the Jena half alone runs
+    # through DVC (no IMDB data: its deps must not name it) and says the IMDB half did not.
+    set_params(repo, train__max_epochs=1, gradients__distance=10)
+    sh(repo, "dvc", "repro", "gradients")
+    grads = json.loads((repo / "metrics/gradients.json").read_text())
+    assert grads["capped"] == {"gradients.train_steps": 20, "gradients.batches": 2}
+    report = sh(repo, "dvc", "repro", "-s", "report")
+    assert "Running stage 'report'" in report.stdout
+    summary = (repo / "reports/summary.md").read_text()
+    assert "- IMDB reviews: **this half did not run** in this workspace" in summary
+    assert table_row(summary, "naive")[1] == f"{metrics['val_mae']:.3f}"
+    assert "Capped: a quick look (`gradients.train_steps` = 20, `gradients.batches` = 2)" \
+        in summary
+    assert not (repo / "data/prepared/imdb").exists()
 
 
 def test_whole_pipeline_end_to_end(tiny_pipeline, monkeypatch):
@@ -177,6 +207,9 @@ def test_whole_pipeline_end_to_end(tiny_pipeline, monkeypatch):
         assert run.data.tags["variant"] == variant and run.data.tags["dataset"] == "jena"
         assert run.data.tags["seed"] == "1337"
         assert run.data.params["train.epochs"] == "1"
+        # A quick look says so (one epoch of its 20 or 40; 2 of 10 evaluation batches).
+        assert metrics["capped"] == {"train.max_epochs": 1, "train.max_eval_batches": 2}
+        assert run.data.tags["capped"] == "train.max_epochs=1, train.max_eval_batches=2"
         assert run.data.params["train.init"] == "keras"
         history = client.get_metric_history(run.info.run_id, "epoch/val_loss")
         assert [m.step for m in history] == [1]
@@ -209,7 +242,9 @@ def read_metrics(repo: Path, name: str) -> dict:
 
 
 def table_row(summary: str, variant: str) -> list[str]:
-    (line,) = [ln for ln in summary.splitlines() if ln.startswith(f"| `{variant}` |")]
+    """The report's row of ``variant``, capped (``| `gru` (capped) |``) or not."""
+    (line,) = [ln for ln in summary.splitlines()
+               if ln.startswith((f"| `{variant}` |", f"| `{variant}` (capped) |"))]
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
@@ -239,8 +274,13 @@ def test_report_puts_every_result_beside_the_lecture(tiny_pipeline):
         assert row[5] == lecture
         assert row[7] == "–"
         assert float(row[9]) == pytest.approx(m["seconds_per_epoch"], abs=0.051)
-    for variant in models:                       # one row each, matched whole
-        assert table_row(summary, variant)[0] == f"`{variant}`"
+    for variant in models:     # one row each, matched whole; capped (every one but TF-IDF's
+        # one fit: one epoch of its 10 to 40, two evaluation batches) marked as such
+        capped = read_metrics(repo, variant).get("capped")
+        assert (capped is None) == (variant == "imdb_tfidf_logreg"), variant
+        assert table_row(summary, variant)[0] == f"`{variant}`" + (" (capped)" if capped else "")
+    assert table_row(summary, "naive")[0] == "`naive`"
+    assert "*(capped)*: a quick look" in summary
     for chart in ("jena_validation", "imdb_validation", "jena_vs_lecture", "imdb_vs_lecture"):
         png = (repo / f"reports/{chart}.png").read_bytes()
         assert png[:4] == b"\x89PNG" and len(png) > 10_000
@@ -284,6 +324,8 @@ def test_queued_sweep_with_two_workers(pipeline_copy):
     assert len(new) == 2 and {r.data.tags["variant"] for r in new} == {"gru_dropout"}
     for run in new:
         dropout, metrics = experiments[run.data.tags["dvc_exp_name"]]
+        # The sweep's points differ by name in MLflow's runs list, not only by a tag.
+        assert run.info.run_name == f"gru_dropout ({run.data.tags['dvc_exp_name']})"
         assert run.data.params["model.dropout"] == str(dropout)
         assert run.data.params["threads"] == "1"
         assert run.info.run_id == metrics["mlflow_run_id"] and run.info.status == "FINISHED"

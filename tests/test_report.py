@@ -28,7 +28,9 @@ def params_with(*, seeds=(), max_epochs=None, distance=100):
 
 
 def row(summary: str, variant: str) -> list[str]:
-    (line,) = [ln for ln in summary.splitlines() if ln.startswith(f"| `{variant}` |")]
+    """The table row of ``variant``, capped (``| `gru` (capped) |``) or not."""
+    (line,) = [ln for ln in summary.splitlines()
+               if ln.startswith((f"| `{variant}` |", f"| `{variant}` (capped) |"))]
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
@@ -128,12 +130,76 @@ def test_report_states_both_exploding_runs(outputs):
     (outputs / "metrics" / "gradients.json").write_text(json.dumps(
         {"rnn_ratio_100_init": 1e-30, "explode_diverged_step_noclip": 2,
          "explode_diverged_step_clip": 0, "explode_max_grad_norm_noclip": 4156.6,
-         "explode_max_grad_norm_clip": 6584.7, "explode_clip_norm": 1.0}))
+         "explode_max_grad_norm_clip": 6584.7, "explode_max_applied_norm_clip": 1.0,
+         "explode_clip_norm": 1.0}))
     summary = write_report(params_with(), outputs / "metrics", outputs / "plots",
                            outputs / "reports", sources(real=False)).read_text()
-    assert ("without clipping, largest finite gradient norm 4.16e+03, first non-finite step 2; "
-            "clipped to 1, largest gradient norm 6.58e+03, first non-finite step never."
+    # Each largest norm says which it is: the clipped run's, above the unclipped one's, is
+    # the norm before clipping; the updates it applied are at most the threshold.
+    assert ("Without clipping: largest finite gradient norm (no clipping: applied as "
+            "computed) 4.16e+03, first non-finite step 2. Clipped to 1: largest gradient norm "
+            "before clipping 6.58e+03, largest after clipping (the gradient applied) 1, first "
+            "non-finite step never.") in summary
+
+
+def test_one_epoch_charts_have_integer_epoch_ticks(outputs, monkeypatch):
+    """After a one-epoch run the validation charts' epoch axis reads 1, not 0.950 ... 1.050."""
+    from matplotlib.figure import Figure
+    (outputs / "plots" / "gru.csv").write_text("epoch,train_loss,val_loss,val_mae,val_mae_degc\n"
+                                               "1,0.31,0.28,0.28,2.5\n")
+    (outputs / "plots" / "imdb_lstm.csv").write_text(
+        "epoch,train_loss,val_loss,val_accuracy,val_auc\n1,0.6,0.5,0.80,0.88\n")
+    ticks: dict[str, list[str]] = {}
+    savefig = Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        fig.canvas.draw()
+        for ax in fig.axes:
+            if ax.get_xlabel() == "epoch":
+                low, high = ax.get_xlim()
+                ticks[ax.get_title() or "zoom"] = [
+                    t.get_text() for t in ax.get_xticklabels() if low <= t.get_position()[0] <= high]
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    write_report(params_with(max_epochs=1), outputs / "metrics", outputs / "plots",
+                 outputs / "reports", sources(real=False))
+    assert ticks == {"Jena: validation MAE per epoch (mean over 2 seeds)": ["1"],
+                     "IMDB: validation accuracy per epoch": ["1"]}
+
+
+def test_capped_figures_are_marked_in_the_tables(outputs):
+    """A variant whose metrics name caps is marked in its table, with a note; the others not."""
+    gru = json.loads((outputs / "metrics" / "gru.json").read_text())
+    capped = {"train.max_epochs": 1, "train.max_eval_batches": 2}
+    (outputs / "metrics" / "gru.json").write_text(json.dumps(gru | {"capped": capped}))
+    (outputs / "metrics" / "gradients.json").write_text(json.dumps(
+        {"rnn_log10_ratio_100_init": -30.5, "capped": {"gradients.train_steps": 20}}))
+    summary = write_report(params_with(max_epochs=1), outputs / "metrics", outputs / "plots",
+                           outputs / "reports", sources(real=False)).read_text()
+    assert "| `gru` (capped) | 0.265 ± 0.002 |" in summary
+    assert "| `naive` | 0.290 |" in summary and "| `imdb_lstm` | 0.878 |" in summary
+    assert summary.count("*(capped)*: a quick look") == 1           # under the Jena table only
+    assert ("chart `plots/gradients.png`). Capped: a quick look (`gradients.train_steps` = 20)."
             ) in summary
+
+
+def test_a_half_that_did_not_run_is_named_in_one_line(outputs, tmp_path):
+    """Only the Jena half ran (its metrics, its prepared data): the report is written and one
+    line says that the IMDB half did not run and how to run it."""
+    for name in ("imdb_lstm.json",):
+        (outputs / "metrics" / name).unlink()
+    (tmp_path / "jena").mkdir()
+    (tmp_path / "jena" / "stats.json").write_text(json.dumps({"csv_md5": JENA_MD5}))
+    found = data_sources(jena=tmp_path / "jena", imdb=tmp_path / "imdb")
+    summary = write_report(params_with(), outputs / "metrics", outputs / "plots",
+                           outputs / "reports", found).read_text()
+    (imdb,) = [ln for ln in summary.splitlines() if ln.startswith("- IMDB reviews:")]
+    assert imdb == ("- IMDB reviews: **this half did not run** in this workspace (no metrics of "
+                    "its stages, no prepared data): its rows say \"not run\"; "
+                    "`dvc repro --glob 'train@imdb_*'` runs it.")
+    assert "- Jena Climate: **real**" in summary
+    assert row(summary, "imdb_lstm")[1] == "not run" and row(summary, "gru")[1] != "not run"
 
 
 def curve(name, values, column="val_mae", arch="gru"):

@@ -51,9 +51,59 @@ def test_default_store_is_absolute_at_the_root(tmp_path, monkeypatch):
     assert tracking_uri(Path(".")) == "http://127.0.0.1:5999"
 
 
-def test_flatten_nested_params():
-    assert flatten({"jena": {"lookback": 1440, "rows": [0, 1]}, "seed": 3}) == {
-        "jena.lookback": 1440, "jena.rows": [0, 1], "seed": 3}
+def test_flatten_writes_params_as_params_yaml_does():
+    """Lists (and the typed configs' tuples) as flow lists, None as null, booleans as
+    true/false: what params.yaml says, not Python's (300001, None) and True."""
+    assert flatten({"jena": {"lookback": 1440, "test_rows": (300001, None), "target": "T (degC)"},
+                    "model": {"reverse": True, "bidirectional": False, "units": [32, 64],
+                              "activations": ("tanh", "relu"), "dropout": 0.2},
+                    "seeds": [], "clip_norm": None, "seed": 3}) == {
+        "jena.lookback": "1440", "jena.test_rows": "[300001, null]", "jena.target": "T (degC)",
+        "model.reverse": "true", "model.bidirectional": "false", "model.units": "[32, 64]",
+        "model.activations": "[tanh, relu]", "model.dropout": "0.2", "seeds": "[]",
+        "clip_norm": "null", "seed": "3"}
+
+
+def test_runs_of_a_dvc_experiment_carry_its_name(with_store, tmp_path, monkeypatch):
+    """Under `dvc exp run` (DVC_EXP_NAME set) a run is named `<variant> (<experiment>)`, so
+    the points of a sweep differ in MLflow's runs list; under `dvc repro`, `<variant>`. Its
+    params read as params.yaml writes them; a one-epoch loss chart has the tick 1 alone."""
+    from matplotlib.figure import Figure
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = Path(shutil.copytree(with_store, tmp_path / "stage"))
+    client = MlflowClient(tracking_uri(root))
+    ticks: list[list[str]] = []
+    savefig = Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        fig.canvas.draw()
+        (ax,) = fig.axes
+        low, high = ax.get_xlim()
+        ticks.append([t.get_text() for t in ax.get_xticklabels()
+                      if low <= t.get_position()[0] <= high])
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    names = {}
+    for exp_name in ("tidal-mews", None):
+        if exp_name:
+            monkeypatch.setenv("DVC_EXP_NAME", exp_name)
+        else:
+            monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+        with tracked_run(experiment="rnnlab-jena", run_name="gru_dropout", tags={},
+                         params={"jena": {"test_rows": (300001, None)},
+                                 "model": {"reverse": False}}, root=root) as run:
+            run.log_loss_curves([{"epoch": 1, "train_loss": 0.3, "val_loss": 0.29}], "gru")
+        names[exp_name] = client.get_run(run.id)
+    assert names["tidal-mews"].info.run_name == "gru_dropout (tidal-mews)"
+    assert names["tidal-mews"].data.tags["dvc_exp_name"] == "tidal-mews"
+    assert names[None].info.run_name == "gru_dropout"
+    assert names[None].data.tags["dvc_exp_name"] == "workspace"
+    assert names[None].data.params == {"jena.test_rows": "[300001, null]",
+                                       "model.reverse": "false"}
+    assert ticks == [["1"], ["1"]]
 
 
 def test_parallel_workers_on_a_fresh_store_lose_no_run(tmp_path):

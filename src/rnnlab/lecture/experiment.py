@@ -25,6 +25,7 @@ from rnnlab.core.atomic import atomic_output, remove_if_empty, write_json
 from rnnlab.data.imdb import ImdbParams
 from rnnlab.data.jena import JenaParams
 from rnnlab.lecture.baselines import count_tfidf_parameters, fit_tfidf
+from rnnlab.lecture.finite import refuse_non_finite
 from rnnlab.nn.models import build_model, count_parameters
 from rnnlab.nn.recurrent import prepare_native
 from rnnlab.nn.schema import ARCHITECTURES, ModelSpec, fields_read
@@ -55,6 +56,42 @@ def epoch_metrics(row: dict) -> dict:
     return {f"epoch/{k}": v for k, v in row.items() if k != "epoch"}
 
 
+def caps_applied(spec: ModelSpec, train: TrainParams, task: Any) -> dict[str, int]:
+    """The quick-look caps (``train.max_epochs``, ``train.max_eval_batches``) that cut this
+    variant's run short: fewer epochs than its ``epochs``, fewer evaluation batches than its
+    validation or test split holds. The TF-IDF baseline (one fit, every review) has none."""
+    if not ARCHITECTURES[spec.arch].torch:
+        return {}
+    capped = {}
+    if train.max_epochs is not None and train.max_epochs < spec.epochs:
+        capped["train.max_epochs"] = train.max_epochs
+    cap = train.max_eval_batches
+    if cap is not None and any(task.eval_size(split) > cap * task.eval_batch_size
+                               for split in ("val", "test")):
+        capped["train.max_eval_batches"] = cap
+    return capped
+
+
+def capped_tag(capped: dict[str, int]) -> str:
+    """The MLflow tag ``capped``: ``false``, or the caps that applied (``train.max_epochs=1``)."""
+    return ", ".join(f"{k}={v}" for k, v in capped.items()) or "false"
+
+
+def advice(key: str, train: TrainParams, task: Any) -> str:
+    """What to do about a figure that is not finite (``rnnlab.lecture.finite``)."""
+    split = "validation" if key.startswith("val_") else "test"
+    if key.endswith("_auc"):     # roc_auc's NaN: one class only among the examples scored
+        if train.max_eval_batches is None:
+            return (f"the {split} split holds one class only and an AUC needs both: prepare "
+                    "the data again (dvc repro -f tokenize_imdb)")
+        return (f"the {split} examples evaluated (train.max_eval_batches = "
+                f"{train.max_eval_batches} batch(es) of train.eval_batch_size = "
+                f"{task.eval_batch_size}) hold one class only and an AUC needs both: raise "
+                "train.max_eval_batches or set it to null")
+    return ("the model's outputs are not finite (the training diverged): set train.clip_norm "
+            "(for example 1.0) and rerun")
+
+
 def write_plots(path: Path, history: list[dict], extra: tuple[str, ...]) -> None:
     columns = ["epoch", "train_loss", "val_loss", *extra]
     with atomic_output(path) as tmp:
@@ -81,6 +118,10 @@ def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: Tr
                          clip_norm=train.clip_norm,
                          max_eval_batches=train.max_eval_batches)
     seeds = common.seed_list
+    capped = caps_applied(spec, train, task)
+    if capped:
+        log.info("%s: a quick look, capped by %s: not comparable with the lecture", variant,
+                 capped_tag(capped))
     policy = resolve_threads(train.threads)
     if device.type != "cpu":
         policy = replace(policy, tuned=False)
@@ -104,7 +145,8 @@ def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: Tr
         suffix = "" if len(seeds) == 1 else f".seed{seed}"
         desc = variant if len(seeds) == 1 else f"{variant} seed {seed}"
         tags = {"variant": variant, "dataset": spec.dataset, "seed": seed,
-                "data_source": prep.data_source, "data_md5": prep.data_md5 or "unrecorded"}
+                "data_source": prep.data_source, "data_md5": prep.data_md5 or "unrecorded",
+                "capped": capped_tag(capped)}
         with tracked_run(experiment=task.experiment, run_name=variant, params=run_params,
                          tags=tags, root=repo_root(),
                          claim=checkpoints / f"{variant}{suffix}.run.json") as run:
@@ -137,6 +179,12 @@ def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: Tr
             metrics |= {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
                         "n_params": n_params, "seconds_per_epoch": result.seconds_per_epoch,
                         "device": str(device), "mlflow_run_id": run.id}
+            if capped:
+                metrics["capped"] = capped
+            # Inside the run: a refused result ends it FAILED, and nothing is written.
+            refuse_non_finite(desc, metrics, output=outputs.metrics,
+                              advice=lambda key: advice(key, train, task),
+                              first=lambda key: key.endswith("_auc"))
             run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
             run.log_dict(metrics, f"{variant}.json")     # this seed's metrics file
             run.log_loss_curves(result.history, f"{desc} (best epoch {result.best_epoch})")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from rnnlab.core.config import ConfigError, at_least
 from rnnlab.core.errors import RnnlabError
 from rnnlab.data.jena import load_features
 from rnnlab.data.windows import JenaWindows, load_spec
+from rnnlab.lecture.finite import refuse_non_finite
 from rnnlab.lecture.gradients import (
     CELLS,
     CellRegressor,
@@ -81,9 +83,44 @@ class StudyOutputs:
     figure: Path
 
 
+# A quick look (train.max_epochs or train.max_eval_batches set, as in the README's
+# `dvc exp run -S train.max_epochs=1 -S train.max_eval_batches=...`) caps the study too: its
+# three short trainings (200 RMSprop steps each through 240 time steps: 45 s of the study's
+# 46 s on two cores; 7 s capped) and the validation batches the norms are averaged over.
+# The exploding runs keep their steps: 150 steps through 20 time steps take 0.4 s, and the
+# clipped run needs them to show its loss falling.
+QUICK_LOOK = {"train_steps": 20, "batches": 2}
+
+
+def quick_look(cfg: GradientsParams, caps: Mapping[str, int]) -> tuple[GradientsParams,
+                                                                       dict[str, int]]:
+    """``cfg`` under the ``QUICK_LOOK`` caps when ``caps`` (the train caps set, such as
+    ``{"train.max_epochs": 1}``) is not empty, and the caps that lowered a value
+    (``{"gradients.train_steps": 20}``; empty when none did)."""
+    if not caps:
+        return cfg, {}
+    lowered = {k: v for k, v in QUICK_LOOK.items() if getattr(cfg, k) > v}
+    quick = replace(cfg, train_steps=min(cfg.train_steps, QUICK_LOOK["train_steps"]),
+                    batches=min(cfg.batches, QUICK_LOOK["batches"]))
+    return quick, {f"gradients.{k}": v for k, v in lowered.items()}
+
+
 def log10(ratio: float) -> float | None:
-    """log10 of a decay ratio, rounded to 0.01 (None for 0: underflow, nothing arrives)."""
-    return round(float(np.log10(ratio)), 2) if ratio > 0 else None
+    """log10 of a decay ratio, rounded to 0.01 (None for 0: underflow, nothing arrives).
+    A ratio that is not finite stays so, and the stage refuses it (``advice``)."""
+    return None if ratio == 0 else round(float(np.log10(ratio)), 2)
+
+
+def advice(key: str) -> str:
+    """What to do about a figure of metrics/gradients.json that is not finite."""
+    cell = key.split("_", 1)[0]
+    if "_log10_ratio_" in key:
+        return (f"the {cell}'s gradient at the output was 0 or not finite, so there is no "
+                "ratio to take: try another seed or gradients.hidden")
+    if key.endswith("_train_loss_last"):
+        return (f"the {cell}'s short RMSprop training diverged: lower gradients.train_steps "
+                "or try another seed")
+    return "try another seed"
 
 
 def write_csv(path: Path, header: list[str], rows) -> None:
@@ -195,15 +232,24 @@ def explode_traces(cfg: GradientsParams, train: JenaWindows, *, seed: int, batch
 
 
 def run_gradient_study(cfg: GradientsParams, prepared: Path, windows: Path, out: StudyOutputs,
-                       *, seed: int, batch_size: int, clip_norm: float | None) -> dict:
-    """Both measurements on the prepared Jena windows; returns the metrics written."""
+                       *, seed: int, batch_size: int, clip_norm: float | None,
+                       caps: Mapping[str, int] | None = None) -> dict:
+    """Both measurements on the prepared Jena windows; returns the metrics written.
+    ``caps``: the quick-look caps of ``train`` that are set (``{"train.max_epochs": 1}``),
+    which shorten the study too (``QUICK_LOOK``)."""
+    cfg, capped = quick_look(cfg, caps or {})
+    if capped:
+        log.info("gradients: a quick look (%s): %s", ", ".join(f"{k} = {v}" for k, v in
+                                                              (caps or {}).items()),
+                 ", ".join(f"{k} capped to {v}" for k, v in capped.items()))
     with denormals_flushed(False):    # the vanishing side reads tiny numbers on purpose
         return _study(cfg, prepared, windows, out, seed=seed, batch_size=batch_size,
-                      clip_norm=clip_norm)
+                      clip_norm=clip_norm, capped=capped)
 
 
 def _study(cfg: GradientsParams, prepared: Path, windows: Path, out: StudyOutputs, *,
-           seed: int, batch_size: int, clip_norm: float | None) -> dict:
+           seed: int, batch_size: int, clip_norm: float | None,
+           capped: dict[str, int]) -> dict:
     clip = clip_norm or cfg.explode.clip_norm
 
     features, stats = load_features(prepared, mmap=False)
@@ -229,7 +275,8 @@ def _study(cfg: GradientsParams, prepared: Path, windows: Path, out: StudyOutput
                              cfg.train_steps)
         norms[cell, "trained"] = state_gradient_norms(model, fixed)
         for when in ("init", "trained"):
-            ratio = decay_ratio(norms[cell, when], cfg.distance)
+            with np.errstate(divide="ignore", invalid="ignore"):   # 0 at the output: refused
+                ratio = decay_ratio(norms[cell, when], cfg.distance)
             ratios[f"{cell}_ratio_{cfg.distance}_{when}"] = ratio
             # The ratios reach 1e-31: DVC prints any of them as 0.0, their log10 as -31.0.
             metrics[f"{cell}_log10_ratio_{cfg.distance}_{when}"] = log10(ratio)
@@ -250,6 +297,11 @@ def _study(cfg: GradientsParams, prepared: Path, windows: Path, out: StudyOutput
         "explode_max_applied_norm_clip": float(max(clipped.clipped_norms or [0])),
         "explode_clip_norm": clip,
     }
+    if capped:
+        metrics["capped"] = capped
+    # The unclipped run's divergence is recorded as its step (and its largest finite norm):
+    # every figure left must be a number. Refused before any output is written.
+    refuse_non_finite("gradients", metrics, advice=advice, output=out.metrics)
     for label, t in traces.items():
         state = f"diverged at step {t.diverged_at}" if t.diverged_at else "finite throughout"
         log.info(f"gradients: exploding, {label}: max gradient norm "
@@ -274,10 +326,13 @@ def _study(cfg: GradientsParams, prepared: Path, windows: Path, out: StudyOutput
                   "clip_norm_used": clip}
     with tracked_run(experiment="rnnlab-jena", run_name="gradients", params=run_params,
                      tags={"variant": "gradients", "dataset": "jena", "seed": seed,
-                           "data_md5": stats.csv_md5},
+                           "data_md5": stats.csv_md5,
+                           "capped": ", ".join(f"{k}={v}" for k, v in capped.items())
+                           or "false"},
                      root=repo_root(), claim=CHECKPOINTS / "gradients.run.json") as run:
         # MLflow shows small numbers as they are: the ratios themselves too.
-        run.log_metrics({k: v for k, v in (metrics | ratios).items() if v is not None})
+        run.log_metrics({k: v for k, v in (metrics | ratios).items()
+                         if isinstance(v, (int, float))})
         for t in traces.values():
             key = "noclip" if t.clip_norm is None else "clip"
             for i, norm in enumerate(t.grad_norms, start=1):

@@ -32,6 +32,7 @@ def run_naive(prepared: Path, windows: Path, metrics_path: Path, *, seed: int) -
     from rnnlab.core.atomic import write_json
     from rnnlab.data.jena import load_features
     from rnnlab.data.windows import load_spec
+    from rnnlab.lecture.finite import refuse_non_finite
     from rnnlab.tracking.paths import repo_root
     from rnnlab.tracking.store import tracked_run
     from rnnlab.training.checkpoints import CHECKPOINTS
@@ -43,6 +44,11 @@ def run_naive(prepared: Path, windows: Path, metrics_path: Path, *, seed: int) -
         mae = naive_mae(features, spec, split)
         metrics[f"{split}_mae"] = mae
         metrics[f"{split}_mae_degc"] = mae * stats.target_std
+    # normalize_jena refuses values that are not finite: a NaN here is prepared data changed
+    # after it ran. Refused before the MLflow run starts: no run, no file.
+    refuse_non_finite("naive", metrics, output=metrics_path, advice=lambda key: (
+        f"the prepared Jena data ({prepared}) holds values that are not finite; prepare it "
+        "again: dvc repro -f normalize_jena windows_jena naive"))
     tags = {"variant": "naive", "dataset": "jena", "seed": seed, "data_md5": stats.csv_md5,
             "data_source": "canonical" if stats.canonical else "other"}
     window = {k: getattr(spec, k) for k in ("lookback", "step", "delay")}

@@ -200,6 +200,18 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
 NOT_RUN = ["not run", *["–"] * 11]
 
 
+CAPPED = " (capped)"
+CAPPED_NOTE = ("*(capped)*: a quick look, trained or evaluated under the caps its "
+               "`metrics/<variant>.json` names in `capped` (`train.max_epochs`: fewer epochs "
+               "than the variant's; `train.max_eval_batches`: part of the validation and test "
+               "windows); not comparable with the lecture's figures.")
+
+
+def name_cell(v: Variant) -> str:
+    """The variant's name, marked when its figures come from a capped run."""
+    return f"`{v.name}`" + (CAPPED if v.metrics.get("capped") else "")
+
+
 def run_columns(v: Variant, trained: bool = True) -> list[str]:
     """The columns every table ends with: params, s/epoch, device, best epoch(s), seeds."""
     return [f"{int(v.value('n_params') or 0):,}",
@@ -227,7 +239,7 @@ def jena_rows(naive: Variant | None, variants: list[Variant],
         lecture = LECTURE_JENA_MAE.get(v.name)
         val = v.value("val_mae")
         rows.append([
-            f"`{v.name}`",
+            name_cell(v),
             fmt(val, v.std("val_mae")), fmt(v.value("val_mae_degc"), v.std("val_mae_degc"), 2),
             fmt(v.value("test_mae"), v.std("test_mae")),
             fmt(v.value("test_mae_degc"), v.std("test_mae_degc"), 2),
@@ -249,7 +261,7 @@ def imdb_rows(variants: list[Variant],
         lecture = LECTURE_IMDB_ACCURACY.get(v.name)
         val = v.value("val_accuracy")
         rows.append([
-            f"`{v.name}`",
+            name_cell(v),
             fmt(val, v.std("val_accuracy")), fmt(v.value("test_accuracy"), v.std("test_accuracy")),
             fmt(v.value("val_auc"), v.std("val_auc")), fmt(v.value("test_auc"), v.std("test_auc")),
             "–" if lecture is None else f"{lecture:.2f}",
@@ -329,7 +341,9 @@ def curves_chart(path: Path, variants: list[Variant], column: str, ylabel: str, 
         if hline is not None:
             ax.axhline(hline[0], color="black", linestyle="--", linewidth=1,
                        label=f"{hline[1]}: {hline[0]:.3f}")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # min_n_ticks=1: one epoch spans 0.945..1.055, where the default (two integers or
+        # fall back to fractions) drew ticks 0.950, 0.975, ... 1.050
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -385,6 +399,17 @@ def lecture_chart(path: Path, variants: list[Variant], key: str, lecture: Mappin
     plt.close(fig)
 
 
+def data_line(label: str, source: DataSource, *, ran: bool, command: str) -> str:
+    """The Data section's line for one half; a half none of whose stages wrote metrics is
+    said not to have run (the report is then that of the other half)."""
+    if ran:
+        return f"- {label}: {source.describe()}."
+    data = (f"its data {source.describe()}" if source.md5 is not None
+            else "no prepared data")
+    return (f"- {label}: **this half did not run** in this workspace (no metrics of its "
+            f"stages, {data}): its rows say \"not run\"; `{command}` runs it.")
+
+
 def write_report(params: ReportParams, metrics_dir: Path, plots_dir: Path, out: Path,
                  sources: Mapping[str, DataSource],
                  fidelity: Mapping[str, Any] | None = None) -> Path:
@@ -410,8 +435,11 @@ def write_report(params: ReportParams, metrics_dir: Path, plots_dir: Path, out: 
              "(`dvc repro report`). The lecture's figures are its published validation "
              "numbers (Deep Learning with Python, ch. 6.3).", "",
              "## Data", "",
-             f"- Jena Climate: {sources['jena'].describe()}.",
-             f"- IMDB reviews: {sources['imdb'].describe()}.", ""]
+             data_line("Jena Climate", sources["jena"], ran=bool(naive) or any(
+                 v.metrics for v in jena) or (metrics_dir / "gradients.json").exists(),
+                       command="dvc repro --glob 'train@[!i]*' naive gradients"),
+             data_line("IMDB reviews", sources["imdb"], ran=any(v.metrics for v in imdb),
+                       command="dvc repro --glob 'train@imdb_*'"), ""]
     if caps:
         lines += [f"**Capped run** ({', '.join(f'train.{k} = {v}' for k, v in caps.items())}): "
                   "fewer epochs or evaluation batches than the lecture; a quick check, not a "
@@ -431,7 +459,8 @@ def write_report(params: ReportParams, metrics_dir: Path, plots_dir: Path, out: 
          "val − lecture", "Keras here, val MAE (seeds)", "params", "s/epoch", "device",
          "best epoch", "seeds"],
         jena_rows(naive, jena, keras))
-    lines += ["", KERAS_NOTE, "", "![Jena validation curves](jena_validation.png)", "",
+    lines += ["", *([CAPPED_NOTE, ""] if any(v.metrics.get("capped") for v in jena) else []),
+              KERAS_NOTE, "", "![Jena validation curves](jena_validation.png)", "",
               "![Jena: ours vs the lecture](jena_vs_lecture.png)", ""]
 
     lines += ["## IMDB sentiment", "", "Accuracy and ROC AUC.", ""]
@@ -440,7 +469,8 @@ def write_report(params: ReportParams, metrics_dir: Path, plots_dir: Path, out: 
          "val − lecture", "Keras here, val acc (seeds)", "params", "s/epoch", "device",
          "best epoch", "seeds"],
         imdb_rows(imdb, keras))
-    lines += ["", KERAS_NOTE, "", "![IMDB validation curves](imdb_validation.png)", "",
+    lines += ["", *([CAPPED_NOTE, ""] if any(v.metrics.get("capped") for v in imdb) else []),
+              KERAS_NOTE, "", "![IMDB validation curves](imdb_validation.png)", "",
               "![IMDB: ours vs the lecture](imdb_vs_lecture.png)", ""]
 
     gradients = metrics_dir / "gradients.json"
@@ -451,21 +481,29 @@ def write_report(params: ReportParams, metrics_dir: Path, plots_dir: Path, out: 
             exponent = g.get(f"{cell}_log10_ratio_{distance}_{when}")
             return "–" if exponent is None else f"{10.0 ** exponent:.1e}"
         rows = [[cell, ratio(cell, "init"), ratio(cell, "trained")] for cell in ("rnn", "gru", "lstm")]
+        capped = g.get("capped") or {}
+        shortened = (" Capped: a quick look (" + ", ".join(f"`{k}` = {v}" for k, v in
+                                                           capped.items()) + ")."
+                     if capped else "")
         lines += ["## Vanishing gradients", "",
                   f"‖dL/dh‖ {distance} steps back over the one at the output "
-                  "(`metrics/gradients.json`; chart `plots/gradients.png`).", ""]
+                  f"(`metrics/gradients.json`; chart `plots/gradients.png`).{shortened}", ""]
         lines += markdown_table(["cell", "at initialization", "after training"], rows)
         def step(key: str) -> str:
             return {0: "never", None: "–"}.get(g.get(key), str(g.get(key)))
         def norm(key: str) -> str:
             return f"{g[key]:.3g}" if isinstance(g.get(key), (int, float)) else "–"
+        # Both runs' largest norm is the gradient's before any clipping: the clipped run's
+        # may be the larger (it trains on while the unclipped one stops at its divergence).
         lines += ["", "Exploding gradients (simple RNN, recurrent weights scaled up, plain "
-                      "SGD), the same weights and batches twice: without clipping, largest "
-                      f"finite gradient norm {norm('explode_max_grad_norm_noclip')}, first "
-                      f"non-finite step {step('explode_diverged_step_noclip')}; clipped to "
-                      f"{norm('explode_clip_norm')}, largest gradient norm "
-                      f"{norm('explode_max_grad_norm_clip')}, first non-finite step "
-                      f"{step('explode_diverged_step_clip')}.", ""]
+                      "SGD), the same weights and batches twice. Without clipping: largest "
+                      "finite gradient norm (no clipping: applied as computed) "
+                      f"{norm('explode_max_grad_norm_noclip')}, first non-finite step "
+                      f"{step('explode_diverged_step_noclip')}. Clipped to "
+                      f"{norm('explode_clip_norm')}: largest gradient norm before clipping "
+                      f"{norm('explode_max_grad_norm_clip')}, largest after clipping (the "
+                      f"gradient applied) {norm('explode_max_applied_norm_clip')}, "
+                      f"first non-finite step {step('explode_diverged_step_clip')}.", ""]
 
     naive_mae = naive.value("val_mae") if naive else None
     curves_chart(out / "jena_validation.png", jena, "val_mae", "validation MAE (normalized)",

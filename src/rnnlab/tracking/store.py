@@ -211,16 +211,45 @@ def _get_or_create(name: str, location: str | None) -> str:
         return exp.experiment_id
 
 
-def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'jena': {'lookback': 1440}} -> {'jena.lookback': 1440}, as MLflow params are flat."""
-    flat: dict[str, Any] = {}
+def param_text(value: Any) -> str:
+    """A param's value as params.yaml writes it, not as Python prints it: ``null``,
+    ``true``/``false``, lists (and the tuples the typed configs hold) as flow lists
+    (``[300001, null]``, ``[tanh, relu]``); numbers and strings as they are."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_flow_item(v) for v in value) + "]"
+    if value is None or isinstance(value, bool):
+        return _flow_item(value)
+    return str(value)
+
+
+def _flow_item(value: Any) -> str:
+    import yaml
+
+    if isinstance(value, (list, tuple)):
+        return param_text(value)
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 30).removesuffix(
+        "\n...\n").strip()
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{'jena': {'lookback': 1440}} -> {'jena.lookback': '1440'}, as MLflow params are flat
+    strings, each written as params.yaml writes it (``param_text``)."""
+    flat: dict[str, str] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             flat.update(flatten(value, f"{name}."))
         else:
-            flat[name] = value
+            flat[name] = param_text(value)
     return flat
+
+
+def shown_run_name(name: str) -> str:
+    """``name`` (the variant: docs/conventions.md) under plain ``dvc repro``; under
+    ``dvc exp run``, which sets DVC_EXP_NAME, ``<name> (<experiment>)``: the points of a
+    sweep are then told apart in MLflow's runs list, not only by the ``dvc_exp_name`` tag."""
+    experiment = os.environ.get("DVC_EXP_NAME")
+    return f"{name} ({experiment})" if experiment else name
 
 
 def git_commit(root: Path) -> str:
@@ -301,10 +330,13 @@ class Run:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         import mlflow
+        from matplotlib.ticker import MaxNLocator
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         epochs = [row["epoch"] for row in history]
         ax.plot(epochs, [row["train_loss"] for row in history], "o-", label="train")
         ax.plot(epochs, [row["val_loss"] for row in history], "s-", label="validation")
+        # min_n_ticks=1: one epoch gets the tick 1, not 0.950, 0.975, ... 1.050
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax.set_title(title)
@@ -367,7 +399,8 @@ def _digest(uri: str) -> str:
 def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
                 tags: Mapping[str, Any], root: Path, claim: Path | None = None
                 ) -> Iterator[Run]:
-    """Start an MLflow run with flattened ``params`` and the conventional tags.
+    """Start an MLflow run with flattened ``params`` and the conventional tags, named
+    ``run_name`` (``<run_name> (<experiment>)`` under ``dvc exp run``: ``shown_run_name``).
 
     ``claim``: a small file that names the run (and this process) while the run is open,
     removed when it ends (FINISHED, or FAILED on an exception). A process killed with
@@ -392,13 +425,12 @@ def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
             all_tags["interrupted_run_id"] = closed[claim]
     try:
         with store_errors(uri), mlflow.start_run(
-                experiment_id=exp_id, run_name=run_name,
+                experiment_id=exp_id, run_name=shown_run_name(run_name),
                 tags={k: str(v) for k, v in all_tags.items()}) as active:
             if claim is not None:
                 write_json(claim, {"run_id": active.info.run_id, "store": _digest(uri),
                                    "pid": os.getpid(), "host": socket.gethostname()})
-            flat = flatten(params)
-            mlflow.log_params({k: ("null" if v is None else v) for k, v in flat.items()})
+            mlflow.log_params(flatten(params))
             yield Run(active.info.run_id)
     finally:
         if claim is not None:

@@ -1,0 +1,93 @@
+"""One variant's training run (rnnlab.lecture.experiment.train_variant) on tiny generated
+IMDB data: a capped run says so, a figure that is not a number is refused."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from rnnlab.data.download import download_imdb
+from rnnlab.data.imdb import ImdbParams, prepare_imdb, save_sequence_spec
+from rnnlab.data.synthetic import write_imdb_tarball
+from rnnlab.lecture.experiment import Outputs, train_variant
+from rnnlab.lecture.finite import NonFiniteResult
+from rnnlab.nn.schema import ModelSpec
+from rnnlab.training.params import TrainParams
+from rnnlab.training.seeds import RunParams
+
+IMDB = ImdbParams(max_features=200, maxlen=30, val_fraction=0.25, batch_size=16)
+DENSE = ModelSpec("imdb", "multihot_dense", epochs=3, units=(4,))
+# One short epoch of three: capped by max_epochs; validation and test capped too.
+QUICK = TrainParams(steps_per_epoch=None, imdb_steps_per_epoch=2, max_epochs=1,
+                    max_eval_batches=1, eval_batch_size=8, threads=1)
+
+
+@pytest.fixture(scope="module")
+def imdb(tmp_path_factory) -> Path:
+    """60 generated reviews a folder, tokenized: train 90, val 30, test 120."""
+    base = tmp_path_factory.mktemp("imdb")
+    write_imdb_tarball(base / "a.tar.gz", per_class=60, seed=3)
+    download_imdb((base / "a.tar.gz").as_uri(), base / "raw", md5=None, progress=False)
+    stats = prepare_imdb(base / "raw", base / "prepared", max_features=IMDB.max_features,
+                         maxlen=IMDB.maxlen, val_fraction=IMDB.val_fraction, seed=1)
+    save_sequence_spec(stats, base / "windows")
+    return base
+
+
+def train(imdb: Path, root: Path, monkeypatch, train: TrainParams, spec: ModelSpec = DENSE,
+          variant: str = "imdb_dense") -> tuple[dict, Outputs]:
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    outputs = Outputs(metrics=root / "metrics" / f"{variant}.json",
+                      plots=root / "plots" / f"{variant}.csv", model=root / "models" / "m.pt")
+    metrics = train_variant(variant, spec, common=RunParams(seed=1, device="cpu"), train=train,
+                            data=IMDB, prepared=imdb / "prepared", windows=imdb / "windows",
+                            outputs=outputs, checkpoints=root / "checkpoints")
+    return metrics, outputs
+
+
+def runs(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    return client.search_runs([client.get_experiment_by_name("rnnlab-imdb").experiment_id])
+
+
+def test_a_capped_run_says_which_caps_applied(imdb, tmp_path, monkeypatch):
+    """metrics/<variant>.json's ``capped`` and the MLflow tag name the caps that cut the
+    run short; an uncapped run (the TF-IDF baseline: one fit on every review) has neither."""
+    metrics, outputs = train(imdb, tmp_path, monkeypatch, replace(QUICK, eval_batch_size=16))
+    capped = {"train.max_epochs": 1, "train.max_eval_batches": 1}
+    assert metrics["capped"] == capped and metrics["epochs_run"] == 1
+    assert json.loads(outputs.metrics.read_text())["capped"] == capped
+    (run,) = runs(tmp_path)
+    assert run.data.tags["capped"] == "train.max_epochs=1, train.max_eval_batches=1"
+
+    tfidf = ModelSpec("imdb", "tfidf_logreg", epochs=1, ngram_max=1)
+    metrics, outputs = train(imdb, tmp_path, monkeypatch, QUICK, tfidf, "imdb_tfidf_logreg")
+    assert "capped" not in json.loads(outputs.metrics.read_text())
+    assert {r.data.tags["variant"]: r.data.tags["capped"] for r in runs(tmp_path)} == {
+        "imdb_dense": "train.max_epochs=1, train.max_eval_batches=1",
+        "imdb_tfidf_logreg": "false"}
+
+
+@pytest.mark.hostile
+def test_a_figure_that_is_not_a_number_is_refused(imdb, tmp_path, monkeypatch):
+    """One validation batch of one review holds one class: its AUC is NaN. The stage stops
+    with one line naming the variant, the metric and the fix; no metrics file, the run is
+    FAILED."""
+    with pytest.raises(NonFiniteResult) as info:
+        train(imdb, tmp_path, monkeypatch, replace(QUICK, eval_batch_size=1))
+    assert str(info.value) == (
+        "imdb_dense: val_auc is nan (and test_auc), not a figure a result can hold: the "
+        "validation examples evaluated (train.max_eval_batches = 1 batch(es) of "
+        "train.eval_batch_size = 1) hold one class only and an AUC needs both: raise "
+        f"train.max_eval_batches or set it to null; {tmp_path}/metrics/imdb_dense.json not "
+        "written")
+    assert not (tmp_path / "metrics").exists() and not (tmp_path / "plots").exists()
+    (run,) = runs(tmp_path)
+    assert run.info.status == "FAILED"
