@@ -91,3 +91,46 @@ def test_a_figure_that_is_not_a_number_is_refused(imdb, tmp_path, monkeypatch):
     assert not (tmp_path / "metrics").exists() and not (tmp_path / "plots").exists()
     (run,) = runs(tmp_path)
     assert run.info.status == "FAILED"
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("spec, where", [
+    (ModelSpec("imdb", "embed_rnn", epochs=1, units=(100_000,)), "models.imdb_lstm.units"),
+    (replace(DENSE, units=(4,)), "imdb.batch_size"),
+])
+def test_a_run_the_machine_cannot_hold_is_refused_before_anything_opens(imdb, tmp_path,
+                                                                        monkeypatch, spec,
+                                                                        where):
+    """Sizes past the machine's memory (a 100,000-unit LSTM; a batch of ten million
+    reviews) stop the stage in one line with the estimate and the key to lower, before any
+    array is loaded or any MLflow run opens (today: an allocator's traceback, or the OOM
+    killer, minutes in)."""
+    from rnnlab.core.errors import RnnlabError
+
+    data = IMDB if where != "imdb.batch_size" else replace(IMDB, batch_size=10_000_000_000)
+    monkeypatch.setattr("rnnlab.lecture.experiment.build_task",
+                        lambda *a: pytest.fail("the data were loaded"))
+    with pytest.raises(RnnlabError) as caught:
+        monkeypatch.chdir(tmp_path)
+        train_variant("imdb_lstm", spec, common=RunParams(seed=1, device="cpu"), train=QUICK,
+                      data=data, prepared=imdb / "prepared", windows=imdb / "windows",
+                      outputs=Outputs(metrics=tmp_path / "m.json", plots=tmp_path / "p.csv",
+                                      model=tmp_path / "m.pt"),
+                      checkpoints=tmp_path / "checkpoints")
+    message = str(caught.value)
+    assert message.startswith("train@imdb_lstm would need about") and "\n" not in message
+    assert where in message and "available" in message
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.hostile
+def test_a_checkpoint_folder_in_the_way_is_refused_before_the_run_opens(imdb, tmp_path,
+                                                                        monkeypatch):
+    """``checkpoints`` a file: one line before any MLflow run opens (its claim file goes
+    there), not a traceback from the run's bookkeeping."""
+    from rnnlab.core.errors import RnnlabError
+
+    (tmp_path / "checkpoints").write_text("not a folder")
+    with pytest.raises(RnnlabError, match=r"checkpoints is a file, where the folder"):
+        train(imdb, tmp_path, monkeypatch, QUICK)
+    assert not (tmp_path / "mlflow.db").exists()

@@ -31,9 +31,10 @@ from rnnlab.nn.recurrent import prepare_native
 from rnnlab.nn.schema import ARCHITECTURES, ModelSpec, fields_read
 from rnnlab.tracking.paths import repo_root
 from rnnlab.tracking.store import tracked_run
-from rnnlab.training.checkpoints import CHECKPOINTS, remove_superseded
+from rnnlab.training.checkpoints import CHECKPOINTS, check_checkpoint_path, remove_superseded
 from rnnlab.training.device import resolve_device
 from rnnlab.training.engine import TrainConfig, fit, seed_everything
+from rnnlab.training.memory import check_fits, estimate_training
 from rnnlab.training.params import TrainParams
 from rnnlab.training.seeds import RunParams, combine_seeds
 from rnnlab.training.tasks import build_task
@@ -109,9 +110,15 @@ def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: Tr
     """Train ``variant`` (its ``spec``) once per seed of ``run``, log each seed, write
     ``outputs``; return the metrics. ``common``: seed(s) and device; ``data``: the params
     section of its data set."""
+    torch_model = ARCHITECTURES[spec.arch].torch
+    if torch_model:   # before any array is loaded: a run the machine cannot hold is one line
+        check_fits(estimate_training(variant, spec, data, train, prepared, windows),
+                   f"train@{variant}")
+    for seed in common.seed_list:   # before any MLflow run opens: where its checkpoint goes
+        suffix = "" if len(common.seed_list) == 1 else f".seed{seed}"
+        check_checkpoint_path(checkpoints / f"{variant}{suffix}.pt", variant)
     prep = build_task(spec, data, train, prepared, windows)
     task = prep.task
-    torch_model = ARCHITECTURES[spec.arch].torch
     device = resolve_device(common.device) if torch_model else torch.device("cpu")
     epochs = min(spec.epochs, train.max_epochs or spec.epochs)
     config = TrainConfig(epochs=epochs, steps_per_epoch=prep.steps_per_epoch, seed=common.seed,

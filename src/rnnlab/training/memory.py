@@ -18,51 +18,10 @@ variant's sizes without building the model (a model of ``units: [100000]`` would
 120 GB while being built).
 
 What the training stage calls (``rnnlab.lecture.experiment.train_variant``, for a torch
-model: ``ARCHITECTURES[spec.arch].torch``), before ``build_task`` loads any array, with
-``variant`` the variant's name, ``spec`` its ModelSpec, ``data`` its data set's params
-section, ``train`` the ``train`` section, and the sizes read from the small JSON files
-of the prepared data::
-
-    import json
-    from pathlib import Path
-
-    from rnnlab.data.jena import FEATURES
-    from rnnlab.data.windows import load_spec, variant_spec
-    from rnnlab.training.memory import (check_fits, estimate_bytes, imdb_array_bytes,
-                                        jena_array_bytes, model_numbers)
-
-    if spec.dataset == "jena":
-        window = variant_spec(load_spec(windows), spec.lookback, spec.step)
-        n_inputs, timesteps, itemsize = len(FEATURES), window.timesteps, 4   # float32
-        train_examples = window.count("train")
-        eval_examples = max(window.count("val"), window.count("test"))
-        arrays = jena_array_bytes(n_rows=window.n_rows, features=n_inputs,
-                                  windows=sum(window.count(s) for s in ("train", "val", "test")))
-        steps = train.steps_per_epoch
-        keys = {"batch": "jena.batch_size", "timesteps": "jena.lookback",
-                "steps_per_epoch": "train.steps_per_epoch"}
-    else:                                      # imdb
-        sequences = json.loads((Path(windows) / "windows.json").read_text())
-        counts = json.loads((Path(prepared) / "stats.json").read_text())["counts"]
-        n_inputs, timesteps, itemsize = sequences["vocab_size"], sequences["maxlen"], 8
-        train_examples = counts["train"]
-        eval_examples = max(counts["val"], counts["test"])
-        arrays = imdb_array_bytes(reviews=sum(counts.values()), maxlen=timesteps,
-                                  largest_split=max(counts.values()))
-        steps = train.imdb_steps_per_epoch
-        keys = {"batch": "imdb.batch_size", "timesteps": "imdb.maxlen",
-                "arrays": "imdb.maxlen", "steps_per_epoch": "train.imdb_steps_per_epoch"}
-    keys |= {"params": f"models.{variant}.units", "layers": f"models.{variant}.units",
-             "eval_batch": "train.eval_batch_size"}
-    estimate = estimate_bytes(**model_numbers(spec, n_inputs, timesteps),
-                              batch=data.batch_size, timesteps=timesteps,
-                              features=1 if spec.dataset == "imdb" else n_inputs,
-                              input_itemsize=itemsize, steps_per_epoch=steps,
-                              train_examples=train_examples,
-                              eval_batch=train.eval_batch_size, eval_examples=eval_examples,
-                              array_bytes=arrays, keys=keys)
-    check_fits(estimate, f"train@{variant}", None)
-
+model), before ``build_task`` loads any array and before any MLflow run opens:
+``check_fits(estimate_training(variant, spec, data, train, prepared, windows),
+f"train@{variant}")``; ``estimate_training`` reads only the small JSON files of the
+prepared data (the window spec, IMDB's counts).
 (``imdb.maxlen`` is the IMDB ``timesteps``; ``features=1``: a review is one id per step.)
 On a GPU (``device.type == "cuda"``) the weights, activations and evaluation live in the
 GPU's memory and the arrays and the epoch's order in the host's: check
@@ -82,10 +41,14 @@ from pathlib import Path
 from typing import TypedDict
 
 from rnnlab.core.errors import RnnlabError
+from rnnlab.data.imdb import ImdbParams
+from rnnlab.data.jena import FEATURES, JenaParams
+from rnnlab.data.windows import load_spec, variant_spec
 from rnnlab.nn.schema import ModelSpec
+from rnnlab.training.params import TrainParams
 
 __all__ = ["Estimate", "ModelNumbers", "Part", "available_bytes", "check_fits",
-           "estimate_bytes", "imdb_array_bytes", "jena_array_bytes", "model_numbers"]
+           "estimate_bytes", "estimate_training", "imdb_array_bytes", "jena_array_bytes", "model_numbers"]
 
 FLOAT = 4                      # float32: weights, activations, windows
 INDEX = 8                      # int64: row indices, word ids once loaded
@@ -417,3 +380,42 @@ def check_fits(estimate: Estimate | int, what: str, fix_hint: str | None = None,
         fix_hint = fix_hint or estimate.fix()
     raise RnnlabError(f"{what} would need about {gigabytes(need)}{shown} but this machine "
                       f"has {gigabytes(have)} {source}; {fix_hint or 'lower the sizes'}")
+
+
+def estimate_training(variant: str, spec: ModelSpec, data: JenaParams | ImdbParams,
+                      train: TrainParams, prepared: Path, windows: Path) -> Estimate:
+    """The estimate of ``train@<variant>`` from its params and the small JSON files of its
+    prepared data (the window spec; IMDB's review counts), the params keys to lower named
+    per term."""
+    import json
+
+    keys: dict[str, str]
+    if spec.dataset == "jena":
+        window = variant_spec(load_spec(windows), spec.lookback, spec.step)
+        n_inputs, timesteps, itemsize = len(FEATURES), window.timesteps, FLOAT
+        train_examples = window.count("train")
+        eval_examples = max(window.count("val"), window.count("test"))
+        arrays = jena_array_bytes(n_rows=window.n_rows, features=n_inputs,
+                                  windows=sum(window.count(s) for s in ("train", "val", "test")))
+        steps = train.steps_per_epoch
+        keys = {"batch": "jena.batch_size", "timesteps": "jena.lookback",
+                "steps_per_epoch": "train.steps_per_epoch"}
+    else:
+        sequences = json.loads((Path(windows) / "windows.json").read_text())
+        counts = json.loads((Path(prepared) / "stats.json").read_text())["counts"]
+        n_inputs, timesteps, itemsize = sequences["vocab_size"], sequences["maxlen"], INDEX
+        train_examples = counts["train"]
+        eval_examples = max(counts["val"], counts["test"])
+        arrays = imdb_array_bytes(reviews=sum(counts.values()), maxlen=timesteps,
+                                  largest_split=max(counts.values()))
+        steps = train.imdb_steps_per_epoch
+        keys = {"batch": "imdb.batch_size", "timesteps": "imdb.maxlen",
+                "arrays": "imdb.maxlen", "steps_per_epoch": "train.imdb_steps_per_epoch"}
+    keys |= {"params": f"models.{variant}.units", "layers": f"models.{variant}.units",
+             "eval_batch": "train.eval_batch_size"}
+    return estimate_bytes(**model_numbers(spec, n_inputs, timesteps), batch=data.batch_size,
+                          timesteps=timesteps,
+                          features=1 if spec.dataset == "imdb" else n_inputs,
+                          input_itemsize=itemsize, steps_per_epoch=steps,
+                          train_examples=train_examples, eval_batch=train.eval_batch_size,
+                          eval_examples=eval_examples, array_bytes=arrays, keys=keys)
