@@ -108,9 +108,9 @@ def sweep(repo: Path, address: str, tracking: str, *args: str) -> subprocess.Com
 
 def shared_project(base: Path, small_jena_zip) -> Path:
     """A project copy on tiny params, committed and pushed to a bare repository
-    (``base/shared.git``), with a local-directory DVC remote (``base/dvc-remote``) that
-    holds its data stages' outputs and run records; the data's source is then deleted,
-    so that pulling is the only way to it."""
+    (``base/shared.git``) with its data stages' dvc.lock, and a local-directory DVC remote
+    (``base/dvc-remote``) that holds their outputs and run records; the data's source is
+    then deleted, so that pulling is the only way to it."""
     repo = project_copy(base / "first")
     source = base / "jena.zip"
     shutil.copy(small_jena_zip[0], source)
@@ -125,6 +125,12 @@ def shared_project(base: Path, small_jena_zip) -> Path:
     sh(repo, "git", "push", "-q", "origin", "main")
     sh(base / "shared.git", "git", "symbolic-ref", "HEAD", "refs/heads/main")
     sh(repo, "dvc", "repro", "windows_jena")
+    # dvc.lock goes to the git remote, as the team workflow does (docs/teams.md): the
+    # downloads' outs are persist: true, so no run-cache record restores them; a point
+    # pulls them as dvc.lock records them.
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "the data stages' lock")
+    sh(repo, "git", "push", "-q", "origin", "main")
     sh(repo, "dvc", "push", "--run-cache")
     source.unlink()
     return repo
@@ -218,7 +224,7 @@ def check_sweep(repo: Path, tmp_path: Path, address: str, uri: str, grid: list[s
         dropout, units = good[r.data.tags["dvc_exp_name"]]
         assert r.info.status == "FINISHED" and r.data.tags["variant"] == "gru_dropout"
         assert r.data.params["model.dropout"] == str(dropout)
-        assert r.data.params["model.units"] == str(tuple(yaml.safe_load(units)))
+        assert r.data.params["model.units"] == units   # as params.yaml writes it: [8]
         assert r.data.params["threads"] == "1"
 
     # The same grid again: every point is on the remote, nothing runs (no Ray at all).

@@ -96,10 +96,13 @@ def test_repro_and_queued_sweep_log_to_the_server(team):
     assert len(sweep) == 2
 
     runs = server_runs(team.backend)
-    by_name: dict[str, list[dict]] = {}
+    by_variant: dict[str, list[dict]] = {}
     for run in runs.values():
-        by_name.setdefault(run["name"], []).append(run)
-    assert sorted(by_name) == sorted(["naive", "gradients", *VARIANTS])
+        by_variant.setdefault(run["tags"]["variant"], []).append(run)
+    assert sorted(by_variant) == sorted(["naive", "gradients", *VARIANTS])
+    # the sweep's points are named apart: "<variant> (<experiment>)"
+    assert sorted(r["name"] for r in by_variant["gru_dropout"]) == sorted(
+        ["gru_dropout", *(f"gru_dropout ({name})" for name in sweep)])
     assert {r["status"] for r in runs.values()} == {"FINISHED"}
     assert len(runs) == 3 + len(VARIANTS) + 1        # the sweep's two gru_dropout runs
     kinds = dict(query(team.backend, "SELECT e.name, t.value FROM experiment_tags t JOIN "
@@ -113,8 +116,10 @@ def test_repro_and_queued_sweep_log_to_the_server(team):
     head_runs = [r for r in runs.values() if r["tags"]["dvc_exp_name"] == "workspace"]
     assert len(head_runs) == 3 + len(VARIANTS) - 1
     for run in runs.values():
-        name, tags = run["name"], run["tags"]
-        assert tags["mlflow.runName"] == name and tags["variant"] == name
+        name, tags = run["tags"]["variant"], run["tags"]
+        exp_name = tags["dvc_exp_name"]
+        assert tags["mlflow.runName"] == (name if exp_name == "workspace"
+                                          else f"{name} ({exp_name})")
         assert run["experiment"] == ("rnnlab-imdb" if name.startswith("imdb") else "rnnlab-jena")
         assert tags["seed"] == "1337" and len(tags["git_commit"]) == 40
         run_id = run["artifact_uri"].split("/")[-2]

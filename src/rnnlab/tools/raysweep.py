@@ -94,6 +94,13 @@ def run_point(point: dict) -> dict:
             if not _step(cmd, work if i == 0 else clone, env, log):
                 return result
         _use_dvc_remote(clone, point["dvc_remote"])
+        # DVC keeps stages with `persist: true` outs (the downloads, which must survive a
+        # failed rerun) out of its run cache, so `exp run --pull` cannot restore them: fetch
+        # their outs as dvc.lock records them, or the point would download the data again.
+        persisted = _persisted_stages(clone)
+        if persisted and not _step([*dvc, "pull", "--allow-missing", *persisted], clone, env,
+                                   log):
+            return result
         run = [*dvc, "exp", "run", "--pull", "--name", point["name"]]
         for override in point["overrides"]:
             run += ["-S", override]
@@ -107,6 +114,17 @@ def run_point(point: dict) -> dict:
         shutil.rmtree(work, ignore_errors=True)
         result["seconds"] = time.monotonic() - start
     return result
+
+
+def _persisted_stages(repo: Path) -> list[str]:
+    """The stages of ``repo``'s dvc.yaml with an out marked ``persist: true``."""
+    import yaml
+
+    stages = (yaml.safe_load((repo / "dvc.yaml").read_text()) or {}).get("stages") or {}
+    return [name for name, stage in stages.items()
+            if any(isinstance(out, dict) and any(isinstance(v, dict) and v.get("persist")
+                                                 for v in out.values())
+                   for out in stage.get("outs") or [])]
 
 
 def _assigned_cpus() -> int:
