@@ -147,7 +147,8 @@ def test_repro_and_queued_sweep_log_to_the_server(team):
         data = sweep[run["tags"]["dvc_exp_name"]]
         dropout = data["params"]["params.yaml"]["data"]["models"]["gru_dropout"]["dropout"]
         metrics = data["metrics"]["metrics/gru_dropout.json"]["data"]
-        assert run["name"] == "gru_dropout" and run["params"]["model.dropout"] == str(dropout)
+        assert run["name"] == f"gru_dropout ({run['tags']['dvc_exp_name']})"
+        assert run["params"]["model.dropout"] == str(dropout)
         assert run["params"]["threads"] == "1"
         assert float(run["metrics"]["val_mae"]) == pytest.approx(metrics["val_mae"])
     # the torch models went through the server too (MLflow 3 logs them beside the runs)
