@@ -94,9 +94,13 @@ def write_template(dest: Path, assets: dict[str, Path]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     configure_process()
     argv = list(sys.argv[1:] if argv is None else argv) or ["show"]
+    usage = ("usage: rnnlab-plots {show|diff} [dvc plots options] (`dvc plots show` as a "
+             "page that works offline)")
+    if argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
     if argv[0] not in ("show", "diff"):
-        print("usage: python -m rnnlab.tools.offline_plots {show|diff} [dvc plots options]",
-              file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     root = repo_root()
     try:
