@@ -253,3 +253,77 @@ def test_the_lecture_keras_figure_stands_beside_a_run_with_the_same_data_and_set
     from rnnlab.lecture.report import keras_cell
     one = {"val_accuracy": 0.8714, "val_accuracy_std": 0.0, "seeds": [1337]}
     assert keras_cell(one, "val_accuracy") == "0.871 (1)"   # no spread from one seed
+
+
+# --- Hostile report inputs: one line naming the file (and the field) and the stage to rerun.
+
+GRU_FIX = "rerun the stage that writes it: dvc repro -f train@gru"
+
+
+def damage(outputs: Path, case: str) -> tuple[Path, str]:
+    """Damage one of ``outputs``' files as ``case`` says; return it and the line expected."""
+    metrics, plots = outputs / "metrics" / "gru.json", outputs / "plots" / "gru.csv"
+    if case == "not utf-8":
+        metrics.write_bytes(metrics.read_bytes().replace(b'"cpu"', b'"c\xe9u"'))
+        offset = metrics.read_bytes().index(b"\xe9")
+        return metrics, f"{metrics}: not UTF-8 (byte 0xe9 at offset {offset}); {GRU_FIX}"
+    if case == "oops in a number":
+        plots.write_text("epoch,train_loss,val_loss,val_mae,val_mae_degc\n"
+                         "1,0.31,0.28,0.28,2.5\n2,0.28,oops,0.27,2.4\n")
+        return plots, f"{plots}: line 3, column 'val_loss': 'oops' is not a number; {GRU_FIX}"
+    if case in ("per_seed a number", "per_seed of numbers"):
+        value = 7 if case == "per_seed a number" else {"1": 7, "2": 8}
+        data = json.loads(metrics.read_text()) | {"per_seed": value}
+        metrics.write_text(json.dumps(data))
+        shown = "7" if case == "per_seed a number" else "{'1': 7, '2': 8}"
+        return metrics, (f"{metrics}: per_seed is {shown}, not a mapping of each seed to its "
+                         f"metrics; {GRU_FIX}")
+    assert case == "a folder"
+    metrics.unlink()
+    (metrics / "1.json").mkdir(parents=True)
+    return metrics, f"{metrics}: a folder, not a file; remove it (rm -r {metrics}) and {GRU_FIX}"
+
+
+DAMAGE = ["not utf-8", "oops in a number", "per_seed a number", "per_seed of numbers",
+          "a folder"]
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("case", DAMAGE)
+def test_a_damaged_input_of_the_report_is_one_line(outputs, case):
+    """A traceback each before (UnicodeDecodeError, ValueError, AttributeError,
+    IsADirectoryError), or for ``per_seed: 7`` a report that silently skipped it; nothing of
+    the report written."""
+    _, expected = damage(outputs, case)
+    with pytest.raises(RnnlabError) as info:
+        write_report(params_with(), outputs / "metrics", outputs / "plots",
+                     outputs / "reports", sources(real=False))
+    assert str(info.value) == expected
+    assert not (outputs / "reports").exists() or not list((outputs / "reports").iterdir())
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("case", ["not utf-8", "oops in a number", "per_seed of numbers",
+                                  "a folder"])
+def test_the_report_stage_names_a_damaged_input_in_one_line(outputs, case):
+    """The real stage script with dvc.yaml's arguments, in a folder of its own: exit 1, one
+    ``error:`` line, no traceback, no report."""
+    import shutil
+    import subprocess
+    import sys
+
+    from _project import ROOT, env_for_tools
+
+    shutil.copy(ROOT / "params.yaml", outputs / "params.yaml")
+    (outputs / "docs").mkdir()
+    (outputs / "docs" / "fidelity.json").write_text(json.dumps({"rows": []}))
+    path, expected = damage(outputs, case)
+    relative = expected.replace(str(outputs) + "/", "")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "report.py"), "--metrics", "metrics",
+         "--plots", "plots", "--jena", "data/prepared/jena", "--imdb", "data/prepared/imdb",
+         "--fidelity", "docs/fidelity.json", "--out", "reports"],
+        cwd=outputs, env=env_for_tools(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [f"error: {relative}"], proc.stderr[-3000:]
+    assert not (outputs / "reports").exists() or not list((outputs / "reports").iterdir())

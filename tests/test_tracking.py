@@ -440,3 +440,174 @@ def test_the_runs_command_on_a_refused_server_is_one_line(tmp_path, monkeypatch,
     assert str(info.value).startswith(f"error: MLflow tracking server http://***@127.0.0.1:{port} "
                                       "is not answering (the connection was refused")
     assert SECRET not in str(info.value) + capsys.readouterr().out
+
+
+# --- Second round (hostile inputs): a damaged store, a web page for a server, PostgreSQL's
+# driver and waits, a run whose end the store refuses.
+
+@pytest.mark.hostile
+def test_a_truncated_store_is_one_line_naming_the_file_and_the_fix(with_store, tmp_path,
+                                                                   monkeypatch):
+    """A real store cut to half its bytes (random bytes give "file is not a database"):
+    SQLite's "malformed" became a page of SQLAlchemy traceback. The file is left as it is."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    folder = Path(shutil.copytree(with_store, tmp_path / "stage"))
+    db = folder / "mlflow.db"
+    os.truncate(db, db.stat().st_size // 2)
+    cut, before = db.read_bytes(), files(folder)
+    with pytest.raises(TrackingError) as info:
+        with tracked_run(experiment="rnnlab-jena", run_name="naive", params={}, tags={},
+                         root=folder):
+            pass
+    assert str(info.value) == (
+        f"MLflow store {db} is damaged (database disk image is malformed): move it aside "
+        f"(mv {db} {db}.damaged) and MLflow makes a new, empty one at the next run, or point "
+        "MLFLOW_TRACKING_URI at a writable store")
+    assert files(folder) == before and db.read_bytes() == cut
+
+
+@contextmanager
+def sign_in_page_server():
+    """A loopback HTTP server that answers 200 with an HTML sign-in page on every path."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    page = (b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><form "
+            b"method='post'><input name='user'><input name='password' type='password'>"
+            b"</form></body></html>")
+
+    class SignIn(BaseHTTPRequestHandler):
+        def answer(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = answer
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SignIn)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.hostile
+def test_a_server_answering_with_a_sign_in_page_is_one_line(tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI at a proxy's sign-in page (HTTP 200, HTML): MLflow's "not in a
+    valid JSON format" traceback before; one line, at once, the password redacted."""
+    with sign_in_page_server() as port:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:{SECRET}@127.0.0.1:{port}")
+        began = time.monotonic()
+        with pytest.raises(TrackingError) as info:
+            with tracked_run(experiment="rnnlab-jena", run_name="naive", params={}, tags={},
+                             root=tmp_path):
+                pass
+    assert str(info.value).startswith(
+        f"MLflow tracking server http://***@127.0.0.1:{port} does not answer as an MLflow "
+        "server (HTTP 200 with a web page, not MLflow's JSON: a sign-in page, or another "
+        "service at that address): check the URI's host, port and path")
+    assert "unset MLFLOW_TRACKING_URI" in str(info.value) and "\n" not in str(info.value)
+    assert SECRET not in str(info.value)
+    assert time.monotonic() - began < 30
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("installed", [("psycopg", "psycopg2"), ("psycopg2",), ()])
+def test_a_bare_postgresql_uri_gets_the_driver_that_is_installed(monkeypatch, tmp_path,
+                                                                  installed):
+    """SQLAlchemy 2.1 reads postgresql:// as psycopg 3: with psycopg2 alone (the team extra)
+    it failed on a missing psycopg. psycopg2 is named then; neither installed: one line
+    naming both, before any connection."""
+    from rnnlab.tracking import store
+
+    monkeypatch.setattr(store, "_installed", lambda module: module in installed)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql://mlflow:{SECRET}@db.example:5432/mlflow")
+    uri = tracking_uri(tmp_path)
+    if installed == ("psycopg2",):
+        assert uri == f"postgresql+psycopg2://mlflow:{SECRET}@db.example:5432/mlflow"
+        return
+    assert uri == f"postgresql://mlflow:{SECRET}@db.example:5432/mlflow"
+    if installed:
+        return
+    with pytest.raises(TrackingError) as info:
+        with tracked_run(experiment="rnnlab-jena", run_name="naive", params={}, tags={},
+                         root=tmp_path):
+            pass
+    assert str(info.value).startswith(
+        "MLflow store postgresql://***@db.example:5432/mlflow needs a PostgreSQL driver and "
+        "neither psycopg (3) nor psycopg2 is installed: install rnnlab's team extra")
+    assert SECRET not in str(info.value)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("server", ["refused", "silent"])
+def test_an_unreachable_postgresql_store_is_one_bounded_line(tmp_path, monkeypatch, server):
+    """A PostgreSQL store that refuses (MLflow retried for 100 s, then a traceback) or never
+    answers (PGCONNECT_TIMEOUT=2 set by the user; 5 s by default): one line within seconds."""
+    pytest.importorskip("psycopg2")
+    if server == "silent":
+        monkeypatch.setenv("PGCONNECT_TIMEOUT", "2")
+    with (silent_server() if server == "silent" else nullcontext(closed_port())) as port:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI",
+                           f"postgresql://mlflow:{SECRET}@127.0.0.1:{port}/mlflow")
+        began = time.monotonic()
+        with pytest.raises(TrackingError) as info:
+            with tracked_run(experiment="rnnlab-jena", run_name="naive", params={}, tags={},
+                             root=tmp_path):
+                pass
+        seconds = time.monotonic() - began
+    text = str(info.value)
+    assert text.startswith(f"MLflow store postgresql+psycopg2://***@127.0.0.1:{port}/mlflow "
+                           "is not answering (")
+    assert ("Connection refused" if server == "refused" else "timeout expired") in text
+    assert "start the database server" in text and "\n" not in text and SECRET not in text
+    assert seconds < 15, f"{seconds:.0f} s: the wait is not bounded"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.hostile
+def test_a_failed_run_whose_end_the_store_refuses_ends_failed_at_the_next_run(
+        with_store, tmp_path, monkeypatch, caplog):
+    """A disk that fills mid-training fails the stage and the store's write of the run's end
+    alike: MLflow's end raised the store's error in place of the stage's, the claim went and
+    the run stayed RUNNING for good. Now the stage's error is raised, the claim kept marked
+    FAILED, and the next tracked run (the disk freed) ends the run FAILED."""
+    import errno
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = Path(shutil.copytree(with_store, tmp_path / "stage"))
+    claim = root / "checkpoints" / "gru.run.json"
+    client = MlflowClient(tracking_uri(root))
+
+    def disk_full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with pytest.raises(OSError) as info:
+        with tracked_run(experiment="rnnlab-jena", run_name="gru", params={}, tags={},
+                         root=root, claim=claim) as run:
+            monkeypatch.setattr(MlflowClient, "set_terminated", disk_full)
+            raise OSError(errno.ENOSPC, "No space left on device", "checkpoints/gru.pt")
+    assert info.value.errno == errno.ENOSPC               # the stage's error, not the store's
+    monkeypatch.undo()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert client.get_run(run.id).info.status == "RUNNING"
+    assert json.loads(claim.read_text())["status"] == "FAILED"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith(f"MLflow run {run.id} could not be marked FAILED (MLflow store "
+                              f"{root / 'mlflow.db'} cannot be written: the disk is full")
+    with tracked_run(experiment="rnnlab-jena", run_name="naive", params={}, tags={},
+                     root=root, claim=root / "checkpoints" / "naive.run.json"):
+        pass
+    assert client.get_run(run.id).info.status == "FAILED"
+    assert not (root / "checkpoints").exists()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnlab.core.atomic import atomic_output
+from rnnlab.core.config import show
 from rnnlab.core.errors import RnnlabError
 from rnnlab.data.imdb import ImdbParams
 from rnnlab.data.jena import JenaParams
@@ -138,25 +139,75 @@ class Variant:
         return self.value(f"{key}_std")
 
 
-def read_json(path: Path) -> dict[str, Any]:
+def rerun(path: Path) -> str:
+    """The fix for a damaged ``metrics/<name>.json`` or ``plots/<name>.csv``: rerun the
+    stage that writes it (``naive``, ``gradients``, else ``train@<name>``)."""
+    name = Path(path).stem
+    stage = name if name in ("naive", "gradients") else f"train@{name}"
+    return f"rerun the stage that writes it: dvc repro -f {stage}"
+
+
+def _read_text(path: Path, fix: str) -> str:
+    """The file as UTF-8 text, or one line: a folder in its place, a byte not UTF-8."""
+    if path.is_dir():
+        raise RnnlabError(f"{path}: a folder, not a file; remove it (rm -r {path}) and "
+                          f"{fix}")
     try:
-        data = json.loads(path.read_text())
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RnnlabError(f"{path}: not UTF-8 (byte 0x{e.object[e.start]:02x} at offset "
+                          f"{e.start}); {fix}") from None
+
+
+def read_json(path: Path, fix: str | None = None) -> dict[str, Any]:
+    fix = fix or rerun(path)
+    try:
+        data = json.loads(_read_text(path, fix))
     except FileNotFoundError:
         raise RnnlabError(f"{path}: not found; run the stage that writes it first "
                           f"(`dvc repro` runs them all)") from None
     except json.JSONDecodeError as e:
-        raise RnnlabError(f"{path}: not valid JSON ({e}); rerun its stage: dvc repro -f "
-                          f"<stage>") from None
+        raise RnnlabError(f"{path}: not valid JSON ({e}); {fix}") from None
     if not isinstance(data, dict):
-        raise RnnlabError(f"{path}: expected a JSON object of metrics")
+        raise RnnlabError(f"{path}: expected a JSON object of metrics, got {show(data)}; "
+                          f"{fix}")
+    return data
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A variant's metrics file; ``per_seed`` (several seeds) must map each seed to its
+    own metrics, as the training stage writes it."""
+    data = read_json(path)
+    per_seed = data.get("per_seed")
+    if per_seed is not None and not (isinstance(per_seed, dict) and all(
+            isinstance(v, dict) for v in per_seed.values())):
+        raise RnnlabError(f"{path}: per_seed is {show(per_seed)}, not a mapping of each seed "
+                          f"to its metrics; {rerun(path)}")
     return data
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
     if not path.exists():
         return []
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    text = _read_text(path, rerun(path))
+    rows = []
+    # Line 1 is the header; a field that is not a number is named, line and column.
+    for line, row in enumerate(csv.DictReader(text.splitlines()), start=2):
+        try:
+            rows.append({k: float(v) for k, v in row.items()})
+        except (TypeError, ValueError):
+            column, value = next((k, v) for k, v in row.items() if not _number(v))
+            raise RnnlabError(f"{path}: line {line}, column {show(column)}: {show(value)} is "
+                              f"not a number; {rerun(path)}") from None
+    return rows
+
+
+def _number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def load_variants(models: Mapping[str, ModelSpec], metrics_dir: Path,
@@ -166,7 +217,7 @@ def load_variants(models: Mapping[str, ModelSpec], metrics_dir: Path,
     for name, spec in models.items():
         path = metrics_dir / f"{name}.json"       # absent: not trained yet (a partial run)
         variants.append(Variant(name=name, dataset=spec.dataset,
-                                metrics=read_json(path) if path.exists() else {},
+                                metrics=read_metrics(path) if path.exists() else {},
                                 history=read_history(plots_dir / f"{name}.csv"),
                                 arch=spec.arch))
     return variants
@@ -424,7 +475,7 @@ def write_report(params: ReportParams, metrics_dir: Path, plots_dir: Path, out: 
     jena = [v for v in variants if v.dataset == "jena"]
     imdb = [v for v in variants if v.dataset == "imdb"]
     naive_path = metrics_dir / "naive.json"
-    naive = Variant("naive", "jena", read_json(naive_path)) if naive_path.exists() else None
+    naive = Variant("naive", "jena", read_metrics(naive_path)) if naive_path.exists() else None
     out.mkdir(parents=True, exist_ok=True)
 
     seeds = params.run.seeds or ()
@@ -531,9 +582,11 @@ def data_sources(*, jena: Path, imdb: Path) -> dict[str, DataSource]:
     from rnnlab.data.jena import CANONICAL_MD5 as JENA_MD5
     from rnnlab.data.jena import STATS_FILE
 
-    def stats(path: Path) -> dict[str, Any]:
-        return read_json(path) if path.exists() else {}
-    jena_stats, imdb_stats = stats(Path(jena) / STATS_FILE), stats(Path(imdb) / "stats.json")
+    def stats(path: Path, stage: str) -> dict[str, Any]:
+        fix = f"rerun the stage that writes it: dvc repro -f {stage}"
+        return read_json(path, fix) if path.exists() else {}
+    jena_stats = stats(Path(jena) / STATS_FILE, "normalize_jena")
+    imdb_stats = stats(Path(imdb) / "stats.json", "tokenize_imdb")
     check = None
     if imdb_data_source(imdb_stats) == "real":
         n = sum(imdb_stats["review_counts"].values())

@@ -8,15 +8,20 @@ A store that cannot be used ends the stage with one ``TrackingError`` line namin
 store and the fix, never a page of MLflow, SQLAlchemy and urllib3 traceback: a tracking
 server that refuses or does not answer (MLflow's own waits, 120 s per request and 7
 retries with back-off, are shortened unless the user set them: ``HTTP_WAIT_DEFAULTS``),
-a read-only store or folder, a locked database.
+a read-only store or folder, a locked database, a damaged or full SQLite file, a URI that
+answers with a web page (a sign-in page) rather than MLflow's API, a PostgreSQL store that
+does not answer (checked with one bounded connection first: MLflow's own retries take 100 s)
+or whose driver is missing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import warnings
@@ -50,7 +55,67 @@ EXPERIMENTS = ("rnnlab-jena", "rnnlab-imdb")     # one per data set (conventions
 
 
 def tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
+    return with_postgres_driver(uri)
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def with_postgres_driver(uri: str) -> str:
+    """A bare ``postgresql://`` means psycopg (3) to SQLAlchemy 2.1; the ``team`` extra
+    installs psycopg2, so name it when psycopg is absent (``rnnlab.tools.server`` does the
+    same for the server it starts). Neither installed: the URI as it is, and
+    ``check_database`` says so in one line."""
+    if uri.startswith("postgresql://") and not _installed("psycopg") and _installed("psycopg2"):
+        return "postgresql+psycopg2://" + uri[len("postgresql://"):]
+    return uri
+
+
+# libpq's connect_timeout for the check below, unless PGCONNECT_TIMEOUT or the URI sets one.
+PG_CONNECT_TIMEOUT_S = 5
+
+
+def check_database(uri: str) -> None:
+    """One bounded connection to a PostgreSQL store before MLflow's: MLflow retries a store
+    that does not answer 10 times with back-off (100 s for a refused port, then a page of
+    traceback). Any other URI: nothing to do."""
+    uri = with_postgres_driver(uri)
+    scheme = uri.split("://", 1)[0].lower()
+    if not scheme.startswith("postgresql"):
+        return
+    where = f"MLflow store {redact(uri)}"
+    driver = scheme.partition("+")[2] or "psycopg"
+    if scheme == "postgresql" and not _installed("psycopg"):    # nor psycopg2: see above
+        raise TrackingError(
+            f"{where} needs a PostgreSQL driver and neither psycopg (3) nor psycopg2 is "
+            "installed: install rnnlab's team extra (pip install -e '.[team]': psycopg2) or "
+            "psycopg, or unset MLFLOW_TRACKING_URI to use the embedded store (mlflow.db at "
+            "the repository root)")
+    if not _installed(driver):
+        raise TrackingError(
+            f"{where} names the driver {driver}, which is not installed: install it, or "
+            "write postgresql+psycopg2:// (rnnlab's team extra) or postgresql+psycopg://")
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    timeout = ({} if "PGCONNECT_TIMEOUT" in os.environ or "connect_timeout" in uri
+               else {"connect_timeout": PG_CONNECT_TIMEOUT_S})
+    try:
+        engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args=timeout)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except Exception as e:  # noqa: BLE001 (a bad URI, a refused port, a timeout, a login)
+        lines = str(getattr(e, "orig", None) or e).strip().splitlines() or [type(e).__name__]
+        raise TrackingError(
+            f"{where} is not answering ({redact(lines[0].strip())}): start the database "
+            "server (./dev.sh server starts one) and check the URI, or unset "
+            "MLFLOW_TRACKING_URI to use the embedded store (mlflow.db at the repository "
+            "root)") from None
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -103,9 +168,27 @@ def store_problem(uri: str, e: BaseException) -> str | None:
         if "file is not a database" in text:
             return (f"{where} is not a SQLite database (file is not a database): move it "
                     f"aside to start a new store, {elsewhere}")
+        if "database disk image is malformed" in text:   # cut short, or overwritten in part
+            return (f"{where} is damaged (database disk image is malformed): move it aside "
+                    f"(mv {db} {db}.damaged) and MLflow makes a new, empty one at the next "
+                    f"run, {elsewhere}")
+        if "database or disk is full" in text:
+            return (f"{where} cannot be written: the disk is full (database or disk is "
+                    f"full): free space on the disk of {db.parent}, then rerun")
         return None
     if not uri.lower().startswith(("http://", "https://")):
         return None
+    # A 200 (or any status) whose body is a web page: a sign-in page of a proxy in front of
+    # the server, another service on the port, a path that is not the server's root.
+    page = re.search(r"(?:error code (\d+).*)?Response body: '\s*<", text, re.DOTALL)
+    if page or "response body was not in a valid JSON format" in text:
+        status = page.group(1) if page and page.group(1) else "200"
+        return (f"MLflow tracking server {redact(uri)} does not answer as an MLflow server "
+                f"(HTTP {status} with a web page, not MLflow's JSON: a sign-in page, or "
+                "another service at that address): check the URI's host, port and path, "
+                "sign in another way (MLFLOW_TRACKING_TOKEN or the user:password of the "
+                "URI), or unset MLFLOW_TRACKING_URI to use the embedded store (mlflow.db at "
+                "the repository root)")
     if "Connection refused" in text:
         reason = "the connection was refused"
     elif "timed out" in text.lower() or "Timeout" in text:
@@ -137,7 +220,8 @@ def store_errors(uri: str) -> Iterator[None]:
 
 @contextmanager
 def store_lock(uri: str) -> Iterator[None]:
-    """Hold an exclusive lock on a SQLite store while it is created or migrated.
+    """Hold an exclusive lock on a SQLite store while it is created or migrated; check
+    first that a PostgreSQL store answers (``check_database``: one bounded connection).
 
     MLflow creates a fresh SQLite store by running its schema migrations; two processes
     doing that at once (``dvc queue start -j 2`` on a new clone) fail with errors such as
@@ -146,6 +230,7 @@ def store_lock(uri: str) -> Iterator[None]:
     """
     path = _lock_path(uri)
     if path is None or fcntl is None:
+        check_database(uri)
         yield
         return
     try:
@@ -359,7 +444,9 @@ def _alive(pid: int) -> bool:
 def _close_interrupted(claims: Path, uri: str) -> dict[Path, str]:
     """Mark KILLED every run that a dead process of this machine left claimed in the folder
     ``claims`` and that is still RUNNING in this store; remove those claims. Return
-    {claim: run id} of the runs marked.
+    {claim: run id} of the runs marked. A claim that its process marked FAILED (it failed
+    and the store would not take the status then: a full disk) is closed FAILED, its process
+    alive or not: that process is done with the run.
 
     The whole folder, not only the caller's claim: a stage that DVC restores from its run
     cache never runs again, and its killed attempt would otherwise stay RUNNING forever.
@@ -373,7 +460,8 @@ def _close_interrupted(claims: Path, uri: str) -> dict[Path, str]:
             run_id, store, pid, host = held["run_id"], held["store"], held["pid"], held["host"]
         except (OSError, ValueError, KeyError, TypeError):
             continue                     # unreadable: not ours to judge
-        if host != socket.gethostname() or _alive(int(pid)):
+        failed = held.get("status") == "FAILED"
+        if host != socket.gethostname() or (not failed and _alive(int(pid))):
             continue                     # a live attempt, or one we cannot see
         if store != _digest(uri):
             continue                     # a run in another store: closed when it is back
@@ -382,9 +470,10 @@ def _close_interrupted(claims: Path, uri: str) -> dict[Path, str]:
         except Exception:  # noqa: BLE001 (deleted run, foreign id: nothing to close)
             status = None
         if status == "RUNNING":
-            client.set_terminated(run_id, "KILLED")
-            log.info("MLflow run %s of an interrupted attempt (%s) marked KILLED", run_id,
-                     claim)
+            ended = "FAILED" if failed else "KILLED"
+            client.set_terminated(run_id, ended)
+            log.info("MLflow run %s of an interrupted attempt (%s) marked %s", run_id,
+                     claim, ended)
             closed[claim] = run_id
         claim.unlink(missing_ok=True)
     return closed
@@ -403,7 +492,9 @@ def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
     ``run_name`` (``<run_name> (<experiment>)`` under ``dvc exp run``: ``shown_run_name``).
 
     ``claim``: a small file that names the run (and this process) while the run is open,
-    removed when it ends (FINISHED, or FAILED on an exception). A process killed with
+    removed when it ends (FINISHED, or FAILED on any exception). When the store will not take
+    the end (a full disk: the failure itself), the claim stays, marked FAILED, and the next
+    tracked run with a claim in the folder ends the run FAILED. A process killed with
     ``kill -9`` cannot end its run and leaves the file: the next tracked run with a claim in
     the same folder marks that run KILLED if its process is gone and it is still RUNNING in
     this store; the run whose claim it takes over is tagged ``interrupted_run_id``.
@@ -423,16 +514,62 @@ def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
             closed = _close_interrupted(claim.parent, uri)
         if claim in closed:
             all_tags["interrupted_run_id"] = closed[claim]
+    with store_errors(uri):
+        run_id = mlflow.start_run(experiment_id=exp_id, run_name=shown_run_name(run_name),
+                                  tags={k: str(v) for k, v in all_tags.items()}).info.run_id
+    # The run is ended here, not by MLflow's ActiveRun: its end of a failed run raises the
+    # store's error in place of the stage's (a disk that filled fails both) and leaves the
+    # run RUNNING, its claim gone, for good.
+    ended = False
     try:
-        with store_errors(uri), mlflow.start_run(
-                experiment_id=exp_id, run_name=shown_run_name(run_name),
-                tags={k: str(v) for k, v in all_tags.items()}) as active:
-            if claim is not None:
-                write_json(claim, {"run_id": active.info.run_id, "store": _digest(uri),
-                                   "pid": os.getpid(), "host": socket.gethostname()})
-            mlflow.log_params(flatten(params))
-            yield Run(active.info.run_id)
+        try:
+            with store_errors(uri):
+                if claim is not None:
+                    write_json(claim, {"run_id": run_id, "store": _digest(uri),
+                                       "pid": os.getpid(), "host": socket.gethostname()})
+                mlflow.log_params(flatten(params))
+                yield Run(run_id)
+        except BaseException:
+            ended = _end_failed(run_id, uri, claim)
+            raise
+        with store_errors(uri):
+            mlflow.end_run("FINISHED")
+        ended = True
     finally:
-        if claim is not None:
+        if claim is not None and ended:     # else the claim lets the next run close it
             claim.unlink(missing_ok=True)
             remove_if_empty(claim.parent)
+
+
+def _end_failed(run_id: str, uri: str, claim: Path | None) -> bool:
+    """End the run FAILED; True when the store took it. Never raises: the stage's own
+    error is the one to show. When the store refuses, one warning, and the claim (if any)
+    is marked FAILED in place (a rewrite inside the file's block needs no free space), so
+    the next tracked run ends the run FAILED."""
+    import mlflow
+
+    try:
+        mlflow.end_run("FAILED")
+        return True
+    except Exception as e:  # noqa: BLE001 (whatever the store raises, the stage's error wins)
+        reason = store_problem(uri, e) or redact(
+            (str(e).strip().splitlines() or [type(e).__name__])[0])
+    marked = False
+    if claim is not None:
+        try:
+            held = json.loads(claim.read_text())
+            with open(claim, "r+") as f:
+                f.write(json.dumps({**held, "status": "FAILED"}))
+                f.truncate()
+            marked = True
+        except (OSError, ValueError):
+            pass
+    if marked:
+        fate = f"its claim {claim} is kept: the next tracked stage ends it FAILED"
+    elif claim is not None and claim.exists():
+        fate = f"its claim {claim} is kept: the next tracked stage marks it KILLED"
+    else:
+        fate = ("it stays RUNNING: end it by hand "
+                f"(MlflowClient().set_terminated('{run_id}', 'FAILED'))")
+    log.warning("MLflow run %s could not be marked FAILED (%s); %s", run_id, reason, fate)
+    return False
