@@ -390,3 +390,21 @@ def test_a_review_that_is_not_utf8_is_read_with_replacement_and_named(tmp_path, 
     texts = load_texts(tmp_path / "prep")
     assert "a caf\ufffd film, a na\ufffdve delight." in texts["train"] + texts["val"]
     assert stats["counts"]["train"] + stats["counts"]["val"] == 21     # 20 + the Latin-1 one
+
+
+@pytest.mark.hostile
+def test_a_maxlen_past_the_machines_memory_is_one_line_before_any_array(tmp_path):
+    """``imdb.maxlen: 1000000000`` asks for 112 GB of padded ids for 30 reviews: one line
+    naming the key, before tokenizing, and nothing written (today: MemoryError)."""
+    from rnnlab.core.config import ConfigError
+    from rnnlab.data.synthetic import write_imdb_tarball
+
+    write_imdb_tarball(tmp_path / "a.tar.gz", per_class=20, seed=1)
+    download_imdb((tmp_path / "a.tar.gz").as_uri(), tmp_path / "raw", md5=None, progress=False)
+    with pytest.raises(ConfigError) as caught:
+        prepare_imdb(tmp_path / "raw", tmp_path / "prep", max_features=100, maxlen=10**9,
+                     val_fraction=0.25, seed=1)
+    message = str(caught.value)
+    assert message.startswith("tokenize_imdb would need about") and "\n" not in message
+    assert "lower imdb.maxlen" in message
+    assert not (tmp_path / "prep").exists()

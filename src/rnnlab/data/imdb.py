@@ -47,6 +47,7 @@ import numpy as np
 from rnnlab.core.atomic import atomic_output, write_json
 from rnnlab.core.config import ConfigError, at_least
 from rnnlab.core.errors import DataFormatError
+from rnnlab.core.machine import available_bytes, gigabytes
 from rnnlab.data.archive import REVIEWS_PER_FOLDER, archive_md5
 
 PAD, OOV = 0, 1
@@ -193,6 +194,20 @@ def _check_splits(raw: Path, train: Reviews, test: Reviews, tr: np.ndarray, va: 
                               f"reviews leaves {counts} ({part}: {held}); {fix}")
 
 
+def _check_memory(largest_split: int, maxlen: int) -> None:
+    """One split's padded ids, forward and reversed (2 x reviews x maxlen int32), must fit
+    the memory this process may still take: ``imdb.maxlen: 1000000000`` was an allocator's
+    traceback (112 GB for 30 reviews) instead of a line naming the key."""
+    need = 2 * largest_split * maxlen * np.dtype(np.int32).itemsize
+    have, source = available_bytes()
+    if need > have:
+        raise ConfigError(f"tokenize_imdb would need about {gigabytes(need)} for one split's "
+                          f"padded word ids ({largest_split:,} reviews x imdb.maxlen "
+                          f"{maxlen:,} int32, forward and reversed) but this machine has "
+                          f"{gigabytes(have)} {source}; lower imdb.maxlen (500 is the "
+                          "lecture's)")
+
+
 def prepare_imdb(raw: Path, out: Path, *, max_features: int, maxlen: int, val_fraction: float,
                  seed: int, padding: str = "pre", truncating: str = "pre") -> dict:
     """Tokenize, build the vocabulary on training reviews, write the arrays and vocab.json.
@@ -205,6 +220,7 @@ def prepare_imdb(raw: Path, out: Path, *, max_features: int, maxlen: int, val_fr
     train, test = read_reviews(raw, "train"), read_reviews(raw, "test")
     tr, va = split_validation(len(train.texts), val_fraction, seed)
     _check_splits(raw, train, test, tr, va, val_fraction)
+    _check_memory(max(len(tr), len(va), len(test.texts)), maxlen)
     not_utf8 = train.not_utf8 + test.not_utf8
     if not_utf8:
         log.warning("tokenize: %d review(s) are not UTF-8 (the IMDB release is); their "
