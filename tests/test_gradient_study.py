@@ -160,3 +160,22 @@ def test_a_ratio_that_is_not_finite_is_refused(tmp_path, monkeypatch):
         f"{tmp_path}/metrics/gradients.json not written")
     assert not (tmp_path / "metrics").exists() and not (tmp_path / "plots").exists()
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("hidden, batch", [(100_000, 128), (32, 10_000_000)])
+def test_sizes_past_the_machine_are_one_line_before_the_study(hidden, batch):
+    """``gradients.hidden: 100000`` (an LSTM's recurrent weights alone are 160 GB) or
+    ``jena.batch_size: 10000000``: one line naming the keys, before any cell is built."""
+    from dataclasses import replace
+
+    from rnnlab.core.errors import RnnlabError
+    from rnnlab.lecture.gradient_study import check_study_memory
+
+    cfg = replace(shipped_params({}).gradients, hidden=hidden)
+    with pytest.raises(RnnlabError) as caught:
+        check_study_memory(cfg, batch, 240, 14)
+    message = str(caught.value)
+    assert message.startswith("gradients would need about") and "\n" not in message
+    assert "lower gradients.hidden or jena.batch_size" in message
+    check_study_memory(shipped_params({}).gradients, 128, 240, 14)   # the defaults fit

@@ -20,6 +20,7 @@ import numpy as np
 from rnnlab.core.atomic import atomic_output, write_json
 from rnnlab.core.config import ConfigError, at_least
 from rnnlab.core.errors import RnnlabError
+from rnnlab.core.machine import available_bytes, gigabytes
 from rnnlab.data.jena import load_features
 from rnnlab.data.windows import JenaWindows, load_spec
 from rnnlab.lecture.finite import refuse_non_finite
@@ -247,6 +248,28 @@ def run_gradient_study(cfg: GradientsParams, prepared: Path, windows: Path, out:
                       clip_norm=clip_norm, capped=capped)
 
 
+def check_study_memory(cfg: GradientsParams, batch_size: int, timesteps: int,
+                       features: int) -> None:
+    """The largest cell (an LSTM: 4 gates) with ``gradients.hidden`` units, its Adam-free
+    SGD state and one batch of states kept for the backward pass must fit the memory this
+    process may still take: ``gradients.hidden: 100000`` was an allocator's traceback
+    (an LSTM's recurrent weights alone are 160 GB), ``jena.batch_size: 10000000`` too."""
+    hidden = cfg.hidden
+    weights = 4 * hidden * (hidden + features + 2)            # LSTM: W_ih, W_hh, biases
+    # weights, their gradients and a copy; per step and sequence, the gates and states kept
+    # for backward (about 13 floats per unit, as training/memory.py measured), the fixed
+    # validation batches besides
+    need = 4 * (3 * weights + 13 * hidden * timesteps * batch_size * (1 + cfg.batches)
+                + batch_size * timesteps * features * (1 + cfg.batches))
+    have, source = available_bytes()
+    if need > have:
+        raise RnnlabError(f"gradients would need about {gigabytes(need)} (an LSTM of "
+                          f"gradients.hidden {hidden:,} units, batches of jena.batch_size "
+                          f"{batch_size:,} x {timesteps} steps) but this machine has "
+                          f"{gigabytes(have)} {source}; lower gradients.hidden or "
+                          "jena.batch_size")
+
+
 def _study(cfg: GradientsParams, prepared: Path, windows: Path, out: StudyOutputs, *,
            seed: int, batch_size: int, clip_norm: float | None,
            capped: dict[str, int]) -> dict:
@@ -259,6 +282,7 @@ def _study(cfg: GradientsParams, prepared: Path, windows: Path, out: StudyOutput
                           f"and the window length minus one ({spec.timesteps} time steps = "
                           "jena.lookback / jena.step); lower it or lengthen the window")
     check_explode_window(cfg, spec.timesteps)
+    check_study_memory(cfg, batch_size, spec.timesteps, features.shape[1])
     train = JenaWindows(features, spec, "train")
     val = JenaWindows(features, spec, "val")
     # A fixed set of validation batches, spread over the split.
