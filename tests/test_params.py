@@ -472,3 +472,13 @@ def test_show_writes_yaml_and_stops_early():
     loop: list = []
     loop.append(loop)
     assert show(loop, limit=5) == "[[[[[..."
+
+
+@pytest.mark.hostile
+def test_a_models_value_in_a_message_is_cut_not_printed_whole(tmp_path):
+    """The models schema's messages show at most 60 characters of a value, as the other
+    sections' do: a 10,000-character arch is cut, not printed whole."""
+    with pytest.raises(ConfigError) as caught:
+        load_with(tmp_path, set_key("models.gru.arch", "x" * 10_000))
+    message = str(caught.value)
+    assert "unknown architecture 'xxx" in message and len(message) < 400

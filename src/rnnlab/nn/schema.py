@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rnnlab.core.config import ConfigError, at_least, check_type
+from rnnlab.core.config import ConfigError, at_least, check_type, show
 
 # Variant names become file names, DVC stage names and shell arguments: keep them plain.
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -75,31 +75,34 @@ class ModelSpec:
         """Before the fields are read: the arch is known and every key is one it uses."""
         arch = data.get("arch")
         if not isinstance(arch, str) or arch not in ARCHITECTURES:
-            raise ConfigError(f"{where}.arch: unknown architecture {arch!r}; known: "
+            raise ConfigError(f"{where}.arch: unknown architecture {show(arch)}; known: "
                               f"{', '.join(sorted(ARCHITECTURES))}")
         reads = fields_read(arch)
         unused = [k for k in data if k not in reads]
         if unused:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unused))} for arch "
-                              f"{arch!r}; it reads {', '.join(reads)}")
+            shown = ", ".join(show(k) for k in unused[:5]) + (
+                f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+            raise ConfigError(f"{where}: unknown key(s) {shown} for arch "
+                              f"{show(arch)}; it reads {', '.join(reads)}")
 
     def validate(self, where: str) -> None:
         datasets = ARCHITECTURES[self.arch].datasets
         if self.dataset not in datasets:
-            raise ConfigError(f"{where}.dataset: {self.dataset!r}; arch {self.arch!r} trains "
+            raise ConfigError(f"{where}.dataset: {show(self.dataset)}; arch {show(self.arch)} "
+                              "trains "
                               f"on {' or '.join(datasets)}")
         if self.activations is not None and len(self.activations) != len(self.units):
             raise ConfigError(f"{where}.activations: {len(self.activations)} given for "
                               f"{len(self.units)} layers (units)")
         bad = [a for a in (self.activations or ()) if a not in ("tanh", "relu")]
         if bad:
-            raise ConfigError(f"{where}.activations: {bad[0]!r}; choose tanh or relu")
+            raise ConfigError(f"{where}.activations: {show(bad[0])}; choose tanh or relu")
         for name in ("dropout", "recurrent_dropout"):
             p = getattr(self, name)
             if not 0.0 <= p < 1.0:
                 raise ConfigError(f"{where}.{name}: {p} is not in [0, 1)")
         if self.cell not in ("rnn", "gru", "lstm"):
-            raise ConfigError(f"{where}.cell: {self.cell!r}; choose rnn, gru or lstm")
+            raise ConfigError(f"{where}.cell: {show(self.cell)}; choose rnn, gru or lstm")
         for name in ("epochs", "conv_filters", "conv_kernel", "pool_size", "embedding_dim",
                      "ngram_max"):
             at_least(where, name, getattr(self, name), 1)
@@ -118,7 +121,7 @@ def load_models(data: Any, where: str) -> dict[str, ModelSpec]:
     models = check_type(data, dict[str, ModelSpec], where)
     for name in models:
         if not NAME.match(name):
-            raise ConfigError(f"{where}: {name!r}: a variant name is a lowercase "
+            raise ConfigError(f"{where}: {show(name)}: a variant name is a lowercase "
                               "identifier (a-z, 0-9, _; starting with a letter)")
     return models
 
@@ -128,5 +131,5 @@ def variant_spec(models: Mapping[str, ModelSpec], name: str) -> ModelSpec:
     try:
         return models[name]
     except KeyError:
-        raise ConfigError(f"params.yaml: models: no variant {name!r}; known: "
+        raise ConfigError(f"params.yaml: models: no variant {show(name)}; known: "
                           f"{', '.join(models)}") from None
