@@ -6,7 +6,7 @@ builder per architecture named here (a test keeps the two in step).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,11 +119,16 @@ class ModelSpec:
 def load_models(data: Any, where: str) -> dict[str, ModelSpec]:
     """``models:`` of params.yaml (``where`` names it) as variant name -> ModelSpec."""
     models = check_type(data, dict[str, ModelSpec], where)
-    for name in models:
+    check_variant_names(models, where)
+    return models
+
+
+def check_variant_names(names: Iterable[str], where: str) -> None:
+    """Variant names become file, stage and run names and shell arguments: plain ones only."""
+    for name in names:
         if not NAME.match(name):
             raise ConfigError(f"{where}: {show(name)}: a variant name is a lowercase "
                               "identifier (a-z, 0-9, _; starting with a letter)")
-    return models
 
 
 def variant_spec(models: Mapping[str, ModelSpec], name: str) -> ModelSpec:

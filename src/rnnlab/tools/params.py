@@ -14,12 +14,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rnnlab.core.config import ConfigError, from_mapping, read_yaml_mapping
+from rnnlab.core.config import from_mapping, read_yaml_mapping
 from rnnlab.data.download import SourceParams
 from rnnlab.data.imdb import ImdbParams
 from rnnlab.data.jena import JenaParams
 from rnnlab.lecture.gradient_study import ExplodeParams, GradientsParams
-from rnnlab.nn.schema import ARCHITECTURES, NAME, ModelSpec, fields_read, variant_spec
+from rnnlab.nn.schema import (
+    ARCHITECTURES,
+    ModelSpec,
+    check_variant_names,
+    fields_read,
+    variant_spec,
+)
 from rnnlab.training.params import INITS, TrainParams
 from rnnlab.training.seeds import RunParams
 
@@ -50,10 +56,7 @@ class Params:
     seeds: tuple[int, ...] | None = None   # train each variant once per seed; null/[] = seed
 
     def validate(self, where: str) -> None:
-        for name in self.models:
-            if not NAME.match(name):
-                raise ConfigError(f"{where}: models.{name!r}: a variant name is a lowercase "
-                                  "identifier (a-z, 0-9, _; starting with a letter)")
+        check_variant_names(self.models, f"{where}: models")
         self.run.validate(where)
 
     @property

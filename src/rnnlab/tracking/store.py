@@ -16,6 +16,7 @@ or whose driver is missing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -354,16 +355,22 @@ def provenance(root: Path) -> dict[str, str]:
     (``lock_sha256``, 16 hex digits; ``none`` without one) and the packages this process
     really has installed (``env_sha256`` over every distribution's name and version, so two
     runs with the same value ran the same packages, lock or not)."""
-    from importlib import metadata
-
     lock = Path(root) / LOCK_FILE
     lock_digest = (hashlib.sha256(lock.read_bytes()).hexdigest()[:16] if lock.is_file()
                    else "none")
+    return {"git_commit": git_commit(root), "lock_sha256": lock_digest,
+            "env_sha256": _environment_digest()}
+
+
+@functools.cache
+def _environment_digest() -> str:
+    """The installed packages do not change while a stage runs: read them once per
+    process, not once per seed's run."""
+    from importlib import metadata
+
     installed = sorted({f"{d.metadata['Name']}=={d.version}".lower()
                         for d in metadata.distributions() if d.metadata["Name"]})
-    env_digest = hashlib.sha256("\n".join(installed).encode()).hexdigest()[:16]
-    return {"git_commit": git_commit(root), "lock_sha256": lock_digest,
-            "env_sha256": env_digest}
+    return hashlib.sha256("\n".join(installed).encode()).hexdigest()[:16]
 
 
 class Run:
