@@ -221,7 +221,9 @@ def test_recurrent_layer_reading_token_ids_equals_the_embedding_route(
         assert ("EmbeddingBackward0" in ours_nodes) == (not fused), ours_nodes
         assert "IndexSelectBackward0" not in reference_nodes
         for mine, theirs in zip(ours, reference):
-            torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+            # float32 sums in another order: equal within 1e-5 of each tensor's scale
+            torch.testing.assert_close(mine, theirs, rtol=1e-5,
+                                       atol=1e-5 * float(theirs.abs().max()))
 
     # Evaluation ignores input dropout, so the table route serves it; training with an
     # input mask, or a table with more rows than the batch has tokens, takes the embedding.
@@ -229,7 +231,8 @@ def test_recurrent_layer_reading_token_ids_equals_the_embedding_route(
     (ours, nodes), (reference, _) = _both_routes(layer, ids, table, training=False)
     assert ("IndexSelectBackward0" in nodes) == fused
     for mine, theirs in zip(ours, reference):
-        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(mine, theirs, rtol=1e-5,
+                                   atol=1e-5 * float(theirs.abs().max()))
     assert "IndexSelectBackward0" not in _both_routes(layer, ids, table, training=True)[0][1]
     set_input_dropout(layer, 0.0)
     assert "IndexSelectBackward0" not in _both_routes(layer, ids[:2, :3], table, True)[0][1]

@@ -37,12 +37,17 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from rnnlab.core.errors import RnnlabError
+
 log = logging.getLogger(__name__)
 
 _CSRC = Path(__file__).with_name("csrc")
 _SOURCE = _CSRC / "recurrent.cpp"
-_HEADERS = [_CSRC / "recurrent_kernels.h"]
-_CFLAGS = ["-O3", "-fno-trapping-math", "-fopenmp", "-march=native"]
+_HEADERS = [_CSRC / "lane_kernels.h"]
+# x86-64: a baseline build; recurrent.cpp compiles its kernels for AVX-512, AVX2 and the
+# baseline itself and picks one at run time. Elsewhere (ARM...): the build machine's own.
+_CFLAGS = ["-O3", "-fno-trapping-math", "-fopenmp", "-Wno-psabi"] + \
+    ([] if platform.machine() in ("x86_64", "AMD64") else ["-march=native"])
 _LDFLAGS = ["-fopenmp"]   # torch ships libgomp.so.1 with that soname: one OpenMP runtime
 
 _lock = threading.Lock()
@@ -172,55 +177,119 @@ def _require():
     return ext
 
 
+# ---------------------------------------------------------------- instruction sets
+_isa: Optional[str] = None
+
+
+def supported_isas() -> list[str]:
+    """The instruction sets whose kernels this CPU runs, best first (``avx512``, ``avx2``,
+    ``portable``)."""
+    return list(_require().supported_isas())
+
+
+def isa() -> str:
+    """The instruction set the kernels run with: ``RNNLAB_CPU_ISA`` when set, else the
+    CPU's best."""
+    global _isa
+    if _isa is None:
+        wanted = os.environ.get("RNNLAB_CPU_ISA", "").strip()
+        if wanted:
+            set_isa(wanted)
+        else:
+            _isa = supported_isas()[0]
+    return _isa  # type: ignore[return-value]
+
+
+def set_isa(name: str) -> None:
+    """Runs the kernels with another instruction set (tests and benchmarks compare them)."""
+    global _isa
+    try:
+        _require().isa_code(name)
+    except RuntimeError as exc:
+        raise RnnlabError(f"RNNLAB_CPU_ISA={name!r}: {str(exc).splitlines()[0]}") from None
+    _isa = name
+
+
+def _isa_code() -> int:
+    return int(_require().isa_code(isa()))
+
+
+# ---------------------------------------------------------------- feature-major autograd
+# gi (G*H, T, Bp), out (H, T, Bp) or (H, Bp), mask (H, Bp); Bp a multiple of BATCH_MULTIPLE.
+BATCH_MULTIPLE = 16
+
+
+def padded(batch: int) -> int:
+    """The batch size the kernels run: ``batch`` rounded up to a multiple of 16."""
+    return -(-batch // BATCH_MULTIPLE) * BATCH_MULTIPLE
+
+
+def _last(out: Tensor, return_sequences: bool) -> Tensor:
+    return out if return_sequences else out[:, -1].contiguous()
+
+
 class _GRU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gi, w_hh, b_hh, mask_h, relu, return_sequences):
-        out, gates = _require().gru_forward(gi, w_hh, b_hh, mask_h, bool(relu))
-        ctx.save_for_backward(w_hh, mask_h, out, gates)
+    def forward(ctx, gi, w_hh, b_hh, mask, relu, return_sequences):
+        ctx.isa = _isa_code()
+        out, gates = _require().gru_forward(gi, w_hh, b_hh, mask, bool(relu), True,
+                                            bool(return_sequences), ctx.isa)
+        ctx.save_for_backward(w_hh, mask, out, gates)
         ctx.relu, ctx.return_sequences = bool(relu), bool(return_sequences)
-        return out if return_sequences else out[-1].clone()
+        return _last(out, return_sequences)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        w_hh, mask_h, out, gates = ctx.saved_tensors
-        dgi, dw, db = _require().gru_backward(grad_out, w_hh, mask_h, out, gates, ctx.relu,
-                                              ctx.return_sequences)
+        w_hh, mask, out, gates = ctx.saved_tensors
+        dgi, dw, db = _require().gru_backward(grad_out, w_hh, mask, out, gates, ctx.relu,
+                                              ctx.return_sequences, ctx.isa)
         return dgi, dw, db, None, None, None
 
 
 class _LSTM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gi, w_hh, b_hh, mask_h, return_sequences):
-        out, gates, cs = _require().lstm_forward(gi, w_hh, b_hh, mask_h)
-        ctx.save_for_backward(w_hh, mask_h, out, gates, cs)
+    def forward(ctx, gi, w_hh, b_hh, mask, return_sequences):
+        ctx.isa = _isa_code()
+        out, gates, cells = _require().lstm_forward(gi, w_hh, b_hh, mask, True,
+                                                    bool(return_sequences), ctx.isa)
+        ctx.save_for_backward(w_hh, mask, out, gates, cells)
         ctx.return_sequences = bool(return_sequences)
-        return out if return_sequences else out[-1].clone()
+        return _last(out, return_sequences)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        w_hh, mask_h, out, gates, cs = ctx.saved_tensors
-        dgi, dw, db = _require().lstm_backward(grad_out, w_hh, mask_h, out, gates, cs,
-                                               ctx.return_sequences)
+        w_hh, mask, out, gates, cells = ctx.saved_tensors
+        dgi, dw, db = _require().lstm_backward(grad_out, w_hh, mask, out, gates, cells,
+                                               ctx.return_sequences, ctx.isa)
         return dgi, dw, db, None, None
 
 
 class _RNN(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gi, w_hh, b_hh, mask_h, relu, return_sequences):
-        (out,) = _require().rnn_forward(gi, w_hh, b_hh, mask_h, bool(relu))
-        ctx.save_for_backward(w_hh, mask_h, out)
+    def forward(ctx, gi, w_hh, b_hh, mask, relu, return_sequences):
+        ctx.isa = _isa_code()
+        (out,) = _require().rnn_forward(gi, w_hh, b_hh, mask, bool(relu), True,
+                                        bool(return_sequences), ctx.isa)
+        ctx.save_for_backward(w_hh, mask, out)
         ctx.relu, ctx.return_sequences = bool(relu), bool(return_sequences)
-        return out if return_sequences else out[-1].clone()
+        return _last(out, return_sequences)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        w_hh, mask_h, out = ctx.saved_tensors
-        dgi, dw, db = _require().rnn_backward(grad_out, w_hh, mask_h, out, ctx.relu,
-                                              ctx.return_sequences)
+        w_hh, mask, out = ctx.saved_tensors
+        dgi, dw, db = _require().rnn_backward(grad_out, w_hh, mask, out, ctx.relu,
+                                              ctx.return_sequences, ctx.isa)
         return dgi, dw, db, None, None, None
+
+
+def input_grads(grad: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The input projection's weight and bias gradients, grad (G, T, Bp) and x (I, T, Bp)
+    -> (G, I), (G,): summed in a fixed order for any thread count."""
+    dw, db = _require().input_grads(grad, x, _isa_code())
+    return dw, db
 
 
 def _wants_grad(*tensors: Tensor) -> bool:
@@ -229,28 +298,53 @@ def _wants_grad(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def recurrence(cell: str, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask: Optional[Tensor],
+               relu: bool, return_sequences: bool) -> Tensor:
+    """The time loop of one layer in the kernels' own layout: gi (G*H, T, Bp) ->
+    out (H, T, Bp) when ``return_sequences``, else the last h (H, Bp); mask (H, Bp)."""
+    calls[cell] += 1
+    if not _wants_grad(gi, w_hh, b_hh):
+        ext, code, seq = _require(), _isa_code(), bool(return_sequences)
+        if cell == "gru":
+            return ext.gru_forward(gi, w_hh, b_hh, mask, bool(relu), False, seq, code)[0]
+        if cell == "lstm":
+            return ext.lstm_forward(gi, w_hh, b_hh, mask, False, seq, code)[0]
+        return ext.rnn_forward(gi, w_hh, b_hh, mask, bool(relu), False, seq, code)[0]
+    if cell == "gru":
+        return _GRU.apply(gi, w_hh, b_hh, mask, relu, return_sequences)
+    if cell == "lstm":
+        return _LSTM.apply(gi, w_hh, b_hh, mask, return_sequences)
+    return _RNN.apply(gi, w_hh, b_hh, mask, relu, return_sequences)
+
+
+# ---------------------------------------------------------------- time-major entry points
+def _time_major(cell: str, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask_h: Optional[Tensor],
+                relu: bool, return_sequences: bool) -> Tensor:
+    steps, batch, _ = gi.shape
+    pad = padded(batch) - batch
+    g = torch.nn.functional.pad(gi.permute(2, 0, 1), (0, pad)).contiguous()
+    mask = None if mask_h is None else \
+        torch.nn.functional.pad(mask_h.t(), (0, pad)).contiguous()
+    out = recurrence(cell, g, w_hh, b_hh, mask, relu, return_sequences)
+    if return_sequences:
+        return out.permute(1, 2, 0)[:, :batch]                        # (T, B, H)
+    return out.t()[:batch]                                            # (B, H)
+
+
 def gru_recurrence(gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask_h: Optional[Tensor],
                    relu: bool, return_sequences: bool) -> Tensor:
-    """GRU (r, z, n; reset after). gi (T, B, 3H), w_hh (3H, H), b_hh (3H,), mask_h (B, H)."""
-    calls["gru"] += 1
-    if not _wants_grad(gi, w_hh, b_hh):
-        return _require().gru_infer(gi, w_hh, b_hh, mask_h, bool(relu), bool(return_sequences))
-    return _GRU.apply(gi, w_hh, b_hh, mask_h, relu, return_sequences)
+    """GRU (r, z, n; reset after). gi (T, B, 3H), w_hh (3H, H), b_hh (3H,), mask_h (B, H)
+    -> h_T (B, H) or every h (T, B, H)."""
+    return _time_major("gru", gi, w_hh, b_hh, mask_h, relu, return_sequences)
 
 
 def lstm_recurrence(gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask_h: Optional[Tensor],
                     return_sequences: bool) -> Tensor:
     """LSTM (i, f, g, o), zero initial h and c. gi (T, B, 4H), w_hh (4H, H), b_hh (4H,)."""
-    calls["lstm"] += 1
-    if not _wants_grad(gi, w_hh, b_hh):
-        return _require().lstm_infer(gi, w_hh, b_hh, mask_h, bool(return_sequences))
-    return _LSTM.apply(gi, w_hh, b_hh, mask_h, return_sequences)
+    return _time_major("lstm", gi, w_hh, b_hh, mask_h, False, return_sequences)
 
 
 def rnn_recurrence(gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask_h: Optional[Tensor],
                    relu: bool, return_sequences: bool) -> Tensor:
     """Elman RNN h' = act(gi + W_hh h + b_hh). gi (T, B, H), w_hh (H, H), b_hh (H,)."""
-    calls["rnn"] += 1
-    if not _wants_grad(gi, w_hh, b_hh):
-        return _require().rnn_infer(gi, w_hh, b_hh, mask_h, bool(relu), bool(return_sequences))
-    return _RNN.apply(gi, w_hh, b_hh, mask_h, relu, return_sequences)
+    return _time_major("rnn", gi, w_hh, b_hh, mask_h, relu, return_sequences)

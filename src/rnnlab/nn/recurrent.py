@@ -253,6 +253,47 @@ def project(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return _Projection.apply(x, w, b)
 
 
+class _FeatureProjection(torch.autograd.Function):
+    """``w @ x + b[:, None]`` for x (I, N) in the C++ recurrences' feature-major layout:
+    the input projection of every time step and sequence as one product, and its weight
+    gradient as one product after the backward sweep, summed in float64 as in
+    ``_Projection``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        ctx.save_for_backward(x, w)
+        return torch.addmm(b[:, None], w, x.reshape(x.size(0), -1)).view(-1, *x.shape[1:])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, w = ctx.saved_tensors
+        g2 = grad.reshape(grad.size(0), -1)
+        grad_x = (w.t() @ g2).view(x.shape) if ctx.needs_input_grad[0] else None
+        grad_w = grad_b = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            if x.dim() == 3:     # (I, T, Bp): the C++ sums, per block of lanes, in order
+                from rnnlab.nn import fused
+                grad_w, grad_b = fused.input_grads(grad, x)
+            else:
+                grad_w = (g2.double() @ x.double().t()).to(w.dtype)
+                grad_b = g2.double().sum(1).to(w.dtype)
+        return grad_x, grad_w, grad_b
+
+
+def project_features(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """(I, ...) -> (G*H, ...): ``project`` in the feature-major layout; x (I, T, Bp) for
+    the C++ recurrences, or (I, N)."""
+    if not torch.is_grad_enabled() or not (x.requires_grad or w.requires_grad
+                                           or b.requires_grad):
+        return torch.addmm(b[:, None], w, x.reshape(x.size(0), -1)).view(-1, *x.shape[1:])
+    return _FeatureProjection.apply(x, w, b)
+
+
+def _padded(batch: int) -> int:
+    from rnnlab.nn import fused
+    return fused.padded(batch)
+
+
 def _use_fused(x: Tensor) -> bool:
     """The C++ recurrences serve CPU tensors of float32/float64 when they could be built."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
@@ -326,9 +367,18 @@ class RecurrentLayer(nn.Module):
         path = self.path(x, mask_h is not None)
         if path == "torch":
             return self._torch_loop(x, relu)
+        if path == "cpp":
+            # Feature-major (I, T, B): a view of a previous cpp layer's output, so stacked
+            # layers hand states on without copies; the batch padded to the kernels' lanes.
+            batch, steps = x.shape[:2]
+            pad = _padded(batch) - batch
+            xf = torch.nn.functional.pad(x.permute(2, 1, 0), (0, pad)) if pad \
+                else x.permute(2, 1, 0)
+            gi = project_features(xf.contiguous(), self.weight_ih_l0, self.bias_ih_l0)
+            return self._recur_cpp(gi, mask_h, relu, batch)
         # Input projections of all steps in one matmul, time-major for the loop.
         gi = project(x.transpose(0, 1), self.weight_ih_l0, self.bias_ih_l0)    # (T, B, G*H)
-        return self._recur(gi, mask_h, relu, path == "cpp")
+        return self._recur(gi, mask_h, relu)
 
     def path(self, x: Tensor, state_mask: bool) -> str:
         """Which code runs the time loop over ``x`` (the table in the module docstring):
@@ -361,28 +411,32 @@ class RecurrentLayer(nn.Module):
             return self(torch.nn.functional.embedding(ids, table))
         mask_h = self.sample_masks(batch, table.device, table.dtype)[1] if self.training \
             else None
-        projected = project(table, self.weight_ih_l0, self.bias_ih_l0)          # (V, G*H)
-        gi = projected.index_select(0, ids.t().reshape(-1)).view(steps, batch, -1)
-        return self._recur(gi, mask_h, self.activation == "relu", True)
+        projected = project_features(table.t(), self.weight_ih_l0, self.bias_ih_l0)  # (G*H, V)
+        pad = _padded(batch) - batch
+        order = torch.nn.functional.pad(ids.t(), (0, pad)).reshape(-1)  # time-major, padded
+        gi = projected.index_select(1, order).view(-1, steps, batch + pad)
+        return self._recur_cpp(gi, mask_h, self.activation == "relu", batch)
 
-    def _recur(self, gi: Tensor, mask_h: Tensor | None, relu: bool, native: bool) -> Tensor:
-        """The time loop over input projections ``gi`` (T, B, G*H)."""
+    def _recur_cpp(self, gi: Tensor, mask_h: Tensor | None, relu: bool, batch: int) -> Tensor:
+        """The C++ time loop over gi (G*H, T, Bp) -> (B, T, H) or (B, H) views."""
+        from rnnlab.nn import fused
+        mask = None
+        if mask_h is not None:
+            mask = torch.nn.functional.pad(mask_h.to(gi.dtype).t(),
+                                           (0, gi.size(2) - batch)).contiguous()
+        out = fused.recurrence(self.cell, gi, self.weight_hh_l0, self.bias_hh_l0, mask, relu,
+                               self.return_sequences)
+        if self.return_sequences:
+            return out.permute(2, 1, 0)[:batch]                              # (B, T, H)
+        return out.t()[:batch]                                               # (B, H)
+
+    def _recur(self, gi: Tensor, mask_h: Tensor | None, relu: bool) -> Tensor:
+        """The Python GRU loop over input projections ``gi`` (T, B, G*H)."""
         if mask_h is not None:
             mask_h = mask_h.to(gi.dtype).contiguous()
-        if native:
-            from rnnlab.nn import fused
-            if self.cell == "gru":
-                out = fused.gru_recurrence(gi, self.weight_hh_l0, self.bias_hh_l0, mask_h,
-                                           relu, self.return_sequences)
-            elif self.cell == "lstm":
-                out = fused.lstm_recurrence(gi, self.weight_hh_l0, self.bias_hh_l0, mask_h,
-                                            self.return_sequences)
-            else:
-                out = fused.rnn_recurrence(gi, self.weight_hh_l0, self.bias_hh_l0, mask_h,
-                                           relu, self.return_sequences)
-        else:                         # the GRU loop ("loop", "graph"): path() saw to that
-            out = _GRURecurrence.apply(gi, self.weight_hh_l0, self.bias_hh_l0, mask_h, relu,
-                                       self.return_sequences)
+        # the GRU loop ("loop", "graph"): path() saw to that
+        out = _GRURecurrence.apply(gi, self.weight_hh_l0, self.bias_hh_l0, mask_h, relu,
+                                   self.return_sequences)
         return out.transpose(0, 1) if self.return_sequences else out         # (B, T, H) | (B, H)
 
     def _torch_loop(self, x: Tensor, relu: bool) -> Tensor:

@@ -1,46 +1,117 @@
 // Fused CPU recurrences (GRU, LSTM, Elman RNN): forward and backward each run the whole
 // time loop here, so there is no framework dispatch per time step.
 //
-// Batch rows are independent in a recurrence, so the batch is cut ONCE into a fixed
-// number of blocks (a function of B only, never of the thread count) and at::parallel_for
-// hands blocks to threads; every block runs the whole time loop for its rows. No barrier
-// per step, and because a block's arithmetic does not depend on which thread runs it, the
-// results are bit-identical for any torch.get_num_threads(). dW_hh and db_hh are summed
-// per block inside the loop and the block partials are added in block order afterwards.
+// The batch lies across the SIMD lanes (lane_kernels.h): a block is one vector's worth of
+// sequences (16 with AVX-512, 8 with AVX2, 4 portable), and at::parallel_for hands blocks
+// to threads; every block runs the whole time loop for its sequences. No barrier per
+// step, and because a block's arithmetic does not depend on which thread runs it, the
+// results are bit-identical for any torch.get_num_threads(). dW_hh and db_hh are summed per
+// block and the block partials are added in block order afterwards.
+//
+// The instruction set is chosen at run time (the CPU's best, or set_isa): the kernels are
+// compiled three times below, each under its own target, so one build serves any x86-64.
 //
 // Gate layouts are PyTorch's: GRU (r, z, n) "reset after", LSTM (i, f, g, o).
-// Inputs: gi (T, B, G*H) time-major input projections including bias_ih, w_hh (G*H, H),
-// b_hh (G*H,), mask_h (B, H) or None (recurrent dropout mask, applied to h before W_hh).
+// Tensors are feature-major: gi (G*H, T, Bp) input projections including bias_ih, out
+// (H, T, Bp), w_hh (G*H, H), b_hh (G*H,), mask (H, Bp) or None (the recurrent dropout mask,
+// applied to h before W_hh). Bp, the padded batch, is a multiple of 16.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
-
-#include "recurrent_kernels.h"
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 #if defined(__SSE__) || defined(__x86_64__)
 #include <xmmintrin.h>
 #define RNNLAB_HAS_MXCSR 1
 #endif
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define RNNLAB_X86 1
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,bmi2")
+namespace rnnlab {
+namespace avx512 {
+constexpr int kLanes = 16, kRegs = 32;
+#include "lane_kernels.h"
+}  // namespace avx512
+}  // namespace rnnlab
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,bmi2")
+namespace rnnlab {
+namespace avx2 {
+constexpr int kLanes = 8, kRegs = 16;
+#include "lane_kernels.h"
+}  // namespace avx2
+}  // namespace rnnlab
+#pragma GCC pop_options
+#endif
+namespace rnnlab {
+namespace portable {
+constexpr int kLanes = 4, kRegs = 16;
+#include "lane_kernels.h"
+}  // namespace portable
+}  // namespace rnnlab
+
 namespace {
 
-constexpr int64_t kMaxBlocks = 32;
+// ---------------------------------------------------------------- instruction sets
+enum Isa : int64_t { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+const char* const kIsaNames[] = {"portable", "avx2", "avx512"};
+constexpr int64_t kIsaLanes[] = {4, 8, 16};
+constexpr int64_t kBatchMultiple = 16;   // every ISA's lane count divides it
 
-// ---------------------------------------------------------------- blocking
-struct Blocks {
-  int64_t n, batch;
-  int64_t begin(int64_t i) const { return batch * i / n; }
-  int64_t end(int64_t i) const { return batch * (i + 1) / n; }
-};
+int64_t best_isa() {
+#ifdef RNNLAB_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+    return kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
+#endif
+  return kPortable;
+}
 
-inline Blocks make_blocks(int64_t batch) { return {std::max<int64_t>(1, std::min(batch, kMaxBlocks)), batch}; }
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> names;
+  for (int64_t i = best_isa(); i >= 0; --i) names.push_back(kIsaNames[i]);
+  return names;
+}
 
+int64_t isa_code(const std::string& name) {
+  for (int64_t i = 0; i <= best_isa(); ++i)
+    if (name == kIsaNames[i]) return i;
+  std::string known;
+  for (const auto& n : supported_isas()) known += (known.empty() ? "" : ", ") + n;
+  TORCH_CHECK(false, "instruction set '", name, "' is not one this CPU runs: choose ", known);
+  return kPortable;
+}
+
+// The ISA a forward runs with is passed back to its backward (the saved gates are laid
+// out for its lanes).
+#ifdef RNNLAB_X86
+#define RNNLAB_WITH_ISA(ISA, BODY)                                     \
+  switch (ISA) {                                                       \
+    case kAvx512: { using namespace rnnlab::avx512; BODY; break; }      \
+    case kAvx2: { using namespace rnnlab::avx2; BODY; break; }          \
+    default: { using namespace rnnlab::portable; BODY; break; }        \
+  }
+#else
+#define RNNLAB_WITH_ISA(ISA, BODY) \
+  { using namespace rnnlab::portable; BODY; }
+#endif
+
+// ---------------------------------------------------------------- blocks and threads
 // Blocks are handed out dynamically (an atomic counter), so when another process holds a
 // core the thread sharing it simply takes fewer blocks instead of stalling the others.
 // Which thread runs a block never changes its arithmetic, so results stay bit-identical.
@@ -50,9 +121,9 @@ inline Blocks make_blocks(int64_t batch) { return {std::max<int64_t>(1, std::min
 // threads would otherwise crawl through denormals (vanishing gradients reach them: a GRU
 // epoch measured 3x slower without this).
 template <typename F>
-inline void for_blocks(const Blocks& blocks, const F& f) {
+inline void for_blocks(int64_t nblk, const F& f) {
   std::atomic<int64_t> next{0};
-  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks.n));
+  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nblk));
 #ifdef RNNLAB_HAS_MXCSR
   const unsigned int caller_csr = _mm_getcsr();
 #endif
@@ -61,8 +132,7 @@ inline void for_blocks(const Blocks& blocks, const F& f) {
     const unsigned int own_csr = _mm_getcsr();
     _mm_setcsr(caller_csr);
 #endif
-    for (int64_t i = next.fetch_add(1); i < blocks.n; i = next.fetch_add(1))
-      f(i, blocks.begin(i), blocks.end(i));
+    for (int64_t i = next.fetch_add(1); i < nblk; i = next.fetch_add(1)) f(i);
 #ifdef RNNLAB_HAS_MXCSR
     _mm_setcsr(own_csr);
 #endif
@@ -77,24 +147,9 @@ inline void reduce_blocks(const T* part, int64_t nblk, int64_t n, T* out) {
     for (int64_t j = 0; j < n; ++j) out[j] += part[i * n + j];
 }
 
-void check_inputs(const at::Tensor& gi, const at::Tensor& w_hh, const at::Tensor& b_hh,
-                  const std::optional<at::Tensor>& mask_h, int64_t gates) {
-  TORCH_CHECK(gi.device().is_cpu() && w_hh.device().is_cpu() && b_hh.device().is_cpu(),
-              "fused recurrences run on CPU tensors only");
-  TORCH_CHECK(gi.dim() == 3, "gi must be (T, B, G*H)");
-  const int64_t H = w_hh.size(1);
-  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == gates * H, "w_hh must be (", gates, "*H, H)");
-  TORCH_CHECK(gi.size(2) == gates * H, "gi last dim must be ", gates, "*H = ", gates * H);
-  TORCH_CHECK(b_hh.numel() == gates * H, "b_hh must have ", gates, "*H elements");
-  TORCH_CHECK(gi.scalar_type() == w_hh.scalar_type() && gi.scalar_type() == b_hh.scalar_type(),
-              "gi, w_hh and b_hh must share a dtype");
-  TORCH_CHECK(gi.size(0) > 0, "need at least one time step");
-  if (mask_h.has_value() && mask_h->defined()) {
-    TORCH_CHECK(mask_h->dim() == 2 && mask_h->size(0) == gi.size(1) && mask_h->size(1) == H,
-                "mask_h must be (B, H)");
-    TORCH_CHECK(mask_h->scalar_type() == gi.scalar_type(), "mask_h must have gi's dtype");
-    TORCH_CHECK(mask_h->device().is_cpu(), "mask_h must be a CPU tensor");
-  }
+template <typename T>
+const T* opt_ptr(const std::optional<at::Tensor>& m) {
+  return m ? m->data_ptr<T>() : nullptr;
 }
 
 std::optional<at::Tensor> contiguous_mask(const std::optional<at::Tensor>& m) {
@@ -102,222 +157,264 @@ std::optional<at::Tensor> contiguous_mask(const std::optional<at::Tensor>& m) {
   return std::nullopt;
 }
 
-// ================================================================= torch wrappers
-template <typename T>
-const T* opt_ptr(const std::optional<at::Tensor>& m) {
-  return m ? m->data_ptr<T>() : nullptr;
-}
-
-// A forward's inputs, checked and laid out for the kernels: wt = W_hh^T (H, G*H).
+// A forward's inputs, checked: gi (G*H, T, Bp), w_hh (G*H, H), b_hh (G*H), mask (H, Bp).
 struct ForwardInputs {
-  at::Tensor gi, wt, b_hh;
-  std::optional<at::Tensor> mask_h;
-  int64_t T, B, H;
-  ForwardInputs(const at::Tensor& gi_, const at::Tensor& w_hh, const at::Tensor& b_hh_,
-                const std::optional<at::Tensor>& mask_h_, int64_t gates) {
-    check_inputs(gi_, w_hh, b_hh_, mask_h_, gates);
-    gi = gi_.contiguous();
-    wt = w_hh.t().contiguous();
-    b_hh = b_hh_.contiguous();
-    mask_h = contiguous_mask(mask_h_);
-    T = gi.size(0);
-    B = gi.size(1);
+  at::Tensor gi, w, b;
+  std::optional<at::Tensor> mask;
+  int64_t T, B, H, isa, nblk;
+  ForwardInputs(const at::Tensor& gi_, const at::Tensor& w_hh, const at::Tensor& b_hh,
+                const std::optional<at::Tensor>& mask_, int64_t gates, int64_t isa_)
+      : isa(isa_) {
+    TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+    TORCH_CHECK(gi_.device().is_cpu() && w_hh.device().is_cpu() && b_hh.device().is_cpu(),
+                "fused recurrences run on CPU tensors only");
+    TORCH_CHECK(gi_.dim() == 3, "gi must be (G*H, T, Bp)");
     H = w_hh.size(1);
+    TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == gates * H, "w_hh must be (", gates,
+                "*H, H)");
+    TORCH_CHECK(gi_.size(0) == gates * H, "gi's first dim must be ", gates, "*H = ", gates * H);
+    TORCH_CHECK(b_hh.numel() == gates * H, "b_hh must have ", gates, "*H elements");
+    TORCH_CHECK(gi_.scalar_type() == w_hh.scalar_type() &&
+                    gi_.scalar_type() == b_hh.scalar_type(),
+                "gi, w_hh and b_hh must share a dtype");
+    TORCH_CHECK(gi_.size(1) > 0, "need at least one time step");
+    TORCH_CHECK(gi_.size(2) % kBatchMultiple == 0, "the batch (gi's last dim, ", gi_.size(2),
+                ") must be padded to a multiple of ", kBatchMultiple);
+    if (mask_.has_value() && mask_->defined()) {
+      TORCH_CHECK(mask_->dim() == 2 && mask_->size(0) == H && mask_->size(1) == gi_.size(2),
+                  "mask_h must be (H, Bp)");
+      TORCH_CHECK(mask_->scalar_type() == gi_.scalar_type(), "mask_h must have gi's dtype");
+      TORCH_CHECK(mask_->device().is_cpu(), "mask_h must be a CPU tensor");
+    }
+    gi = gi_.contiguous();
+    w = w_hh.contiguous();
+    b = b_hh.contiguous();
+    mask = contiguous_mask(mask_);
+    T = gi.size(1);
+    B = gi.size(2);
+    nblk = B / kIsaLanes[isa];
   }
-  template <typename S> const S* ptr(const at::Tensor& t) const { return t.data_ptr<S>(); }
+  template <typename S> const S* p(const at::Tensor& t) const { return t.data_ptr<S>(); }
+  at::Tensor block_store(int64_t width) const {   // (nblk, T, width, lanes)
+    return at::empty({nblk, T, width, kIsaLanes[isa]}, gi.options());
+  }
 };
 
-std::vector<at::Tensor> gru_forward(const at::Tensor& gi_, const at::Tensor& w_hh_,
-                                    const at::Tensor& b_hh_,
-                                    const std::optional<at::Tensor>& mask_h_, bool relu) {
-  const ForwardInputs in(gi_, w_hh_, b_hh_, mask_h_, 3);
-  auto out = at::empty({in.T, in.B, in.H}, in.gi.options());
-  auto gates = at::empty({in.T, in.B, 4 * in.H}, in.gi.options());
+// Training forwards return every h (H, T, Bp) and the saved gates; inference ones (no
+// saved gates, no (T, .) stores) return every h or only the last (H, Bp).
+std::vector<at::Tensor> gru_forward(const at::Tensor& gi_, const at::Tensor& w_hh,
+                                    const at::Tensor& b_hh,
+                                    const std::optional<at::Tensor>& mask_, bool relu,
+                                    bool train, bool return_sequences, int64_t isa) {
+  const ForwardInputs in(gi_, w_hh, b_hh, mask_, 3, isa);
+  const bool seq = train || return_sequences;
+  auto out = at::empty(seq ? at::IntArrayRef{in.H, in.T, in.B} : at::IntArrayRef{in.H, in.B},
+                       in.gi.options());
+  auto gates = train ? in.block_store(4 * in.H) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(in.gi.scalar_type(), "gru_forward", [&] {
-    for_blocks(make_blocks(in.B), [&](int64_t, int64_t r0, int64_t r1) {
-      rnnlab::gru_forward_block<scalar_t>(
-          r0, r1, in.T, in.B, in.H, in.ptr<scalar_t>(in.gi), in.ptr<scalar_t>(in.wt),
-          in.ptr<scalar_t>(in.b_hh), opt_ptr<scalar_t>(in.mask_h), relu,
-          out.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>());
-    });
+    RNNLAB_WITH_ISA(isa, for_blocks(in.nblk, [&](int64_t i) {
+      gru_forward_block<scalar_t>(
+          i * kLanes, in.T, in.B, in.H, in.p<scalar_t>(in.gi), in.p<scalar_t>(in.w),
+          in.p<scalar_t>(in.b), opt_ptr<scalar_t>(in.mask), relu,
+          seq ? out.data_ptr<scalar_t>() : nullptr,
+          train ? gates.data_ptr<scalar_t>() + i * in.T * 4 * in.H * kLanes : nullptr,
+          seq ? nullptr : out.data_ptr<scalar_t>());
+    }))
   });
-  return {out, gates};
+  return train ? std::vector<at::Tensor>{out, gates} : std::vector<at::Tensor>{out};
 }
 
-// Allocates dgi and the per-block partials, runs `block` on every block, reduces.
-template <typename F>
-std::vector<at::Tensor> backward_driver(const at::Tensor& out, int64_t G, const F& block) {
-  const int64_t T = out.size(0), B = out.size(1), H = out.size(2);
-  auto dgi = at::empty({T, B, G}, out.options());
-  const Blocks blocks = make_blocks(B);
-  auto dw_part = at::zeros({blocks.n, G, H}, out.options());
-  auto db_part = at::zeros({blocks.n, G}, out.options());
-  auto dw = at::empty({G, H}, out.options());
-  auto db = at::empty({G}, out.options());
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "recurrence_backward", [&] {
-    scalar_t* pdwp = dw_part.data_ptr<scalar_t>();
-    scalar_t* pdbp = db_part.data_ptr<scalar_t>();
-    scalar_t* pdgi = dgi.data_ptr<scalar_t>();
-    for_blocks(blocks, [&](int64_t blk, int64_t r0, int64_t r1) {
-      block(scalar_t(0), r0, r1, pdgi, pdwp + blk * G * H, pdbp + blk * G);
-    });
-    reduce_blocks(pdwp, blocks.n, G * H, dw.data_ptr<scalar_t>());
-    reduce_blocks(pdbp, blocks.n, G, db.data_ptr<scalar_t>());
-  });
-  return {dgi, dw, db};
-}
-
-std::vector<at::Tensor> gru_backward(const at::Tensor& grad_, const at::Tensor& w_hh_,
-                                     const std::optional<at::Tensor>& mask_h_,
-                                     const at::Tensor& out, const at::Tensor& gates,
-                                     bool relu, bool return_sequences) {
-  auto grad = grad_.contiguous();
-  auto w = w_hh_.contiguous();  // (3H, H)
-  auto mask_h = contiguous_mask(mask_h_);
-  const int64_t T = out.size(0), B = out.size(1), H = out.size(2);
-  return backward_driver(out, 3 * H, [&](auto zero, int64_t r0, int64_t r1, auto* dgi,
-                                         auto* dwp, auto* dbp) {
-    using scalar_t = decltype(zero);
-    rnnlab::gru_backward_block<scalar_t>(
-        r0, r1, T, B, H, grad.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
-        opt_ptr<scalar_t>(mask_h), out.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), relu,
-        return_sequences, dgi, dwp, dbp);
-  });
-}
-
-std::vector<at::Tensor> lstm_forward(const at::Tensor& gi_, const at::Tensor& w_hh_,
-                                     const at::Tensor& b_hh_,
-                                     const std::optional<at::Tensor>& mask_h_) {
-  const ForwardInputs in(gi_, w_hh_, b_hh_, mask_h_, 4);
-  auto out = at::empty({in.T, in.B, in.H}, in.gi.options());
-  auto gates = at::empty({in.T, in.B, 4 * in.H}, in.gi.options());
-  auto cs = at::empty({in.T, in.B, 2 * in.H}, in.gi.options());  // [c, tanh(c)]
+std::vector<at::Tensor> lstm_forward(const at::Tensor& gi_, const at::Tensor& w_hh,
+                                     const at::Tensor& b_hh,
+                                     const std::optional<at::Tensor>& mask_, bool train,
+                                     bool return_sequences, int64_t isa) {
+  const ForwardInputs in(gi_, w_hh, b_hh, mask_, 4, isa);
+  const bool seq = train || return_sequences;
+  auto out = at::empty(seq ? at::IntArrayRef{in.H, in.T, in.B} : at::IntArrayRef{in.H, in.B},
+                       in.gi.options());
+  auto gates = train ? in.block_store(4 * in.H) : at::Tensor();
+  auto cells = train ? in.block_store(2 * in.H) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(in.gi.scalar_type(), "lstm_forward", [&] {
-    for_blocks(make_blocks(in.B), [&](int64_t, int64_t r0, int64_t r1) {
-      rnnlab::lstm_forward_block<scalar_t>(
-          r0, r1, in.T, in.B, in.H, in.ptr<scalar_t>(in.gi), in.ptr<scalar_t>(in.wt),
-          in.ptr<scalar_t>(in.b_hh), opt_ptr<scalar_t>(in.mask_h), out.data_ptr<scalar_t>(),
-          gates.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>());
-    });
+    RNNLAB_WITH_ISA(isa, for_blocks(in.nblk, [&](int64_t i) {
+      lstm_forward_block<scalar_t>(
+          i * kLanes, in.T, in.B, in.H, in.p<scalar_t>(in.gi), in.p<scalar_t>(in.w),
+          in.p<scalar_t>(in.b), opt_ptr<scalar_t>(in.mask),
+          seq ? out.data_ptr<scalar_t>() : nullptr,
+          train ? gates.data_ptr<scalar_t>() + i * in.T * 4 * in.H * kLanes : nullptr,
+          train ? cells.data_ptr<scalar_t>() + i * in.T * 2 * in.H * kLanes : nullptr,
+          seq ? nullptr : out.data_ptr<scalar_t>());
+    }))
   });
-  return {out, gates, cs};
+  return train ? std::vector<at::Tensor>{out, gates, cells} : std::vector<at::Tensor>{out};
 }
 
-std::vector<at::Tensor> lstm_backward(const at::Tensor& grad_, const at::Tensor& w_hh_,
-                                      const std::optional<at::Tensor>& mask_h_,
-                                      const at::Tensor& out, const at::Tensor& gates,
-                                      const at::Tensor& cs, bool return_sequences) {
-  auto grad = grad_.contiguous();
-  auto w = w_hh_.contiguous();  // (4H, H)
-  auto mask_h = contiguous_mask(mask_h_);
-  const int64_t T = out.size(0), B = out.size(1), H = out.size(2);
-  return backward_driver(out, 4 * H, [&](auto zero, int64_t r0, int64_t r1, auto* dgi,
-                                         auto* dwp, auto* dbp) {
-    using scalar_t = decltype(zero);
-    rnnlab::lstm_backward_block<scalar_t>(
-        r0, r1, T, B, H, grad.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
-        opt_ptr<scalar_t>(mask_h), out.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
-        cs.data_ptr<scalar_t>(), return_sequences, dgi, dwp, dbp);
-  });
-}
-
-std::vector<at::Tensor> rnn_forward(const at::Tensor& gi_, const at::Tensor& w_hh_,
-                                    const at::Tensor& b_hh_,
-                                    const std::optional<at::Tensor>& mask_h_, bool relu) {
-  const ForwardInputs in(gi_, w_hh_, b_hh_, mask_h_, 1);
-  auto out = at::empty({in.T, in.B, in.H}, in.gi.options());
+std::vector<at::Tensor> rnn_forward(const at::Tensor& gi_, const at::Tensor& w_hh,
+                                    const at::Tensor& b_hh,
+                                    const std::optional<at::Tensor>& mask_, bool relu,
+                                    bool train, bool return_sequences, int64_t isa) {
+  const ForwardInputs in(gi_, w_hh, b_hh, mask_, 1, isa);
+  const bool seq = train || return_sequences;
+  auto out = at::empty(seq ? at::IntArrayRef{in.H, in.T, in.B} : at::IntArrayRef{in.H, in.B},
+                       in.gi.options());
   AT_DISPATCH_FLOATING_TYPES(in.gi.scalar_type(), "rnn_forward", [&] {
-    for_blocks(make_blocks(in.B), [&](int64_t, int64_t r0, int64_t r1) {
-      rnnlab::rnn_forward_block<scalar_t>(
-          r0, r1, in.T, in.B, in.H, in.ptr<scalar_t>(in.gi), in.ptr<scalar_t>(in.wt),
-          in.ptr<scalar_t>(in.b_hh), opt_ptr<scalar_t>(in.mask_h), relu,
-          out.data_ptr<scalar_t>());
-    });
+    RNNLAB_WITH_ISA(isa, for_blocks(in.nblk, [&](int64_t i) {
+      rnn_forward_block<scalar_t>(
+          i * kLanes, in.T, in.B, in.H, in.p<scalar_t>(in.gi), in.p<scalar_t>(in.w),
+          in.p<scalar_t>(in.b), opt_ptr<scalar_t>(in.mask), relu,
+          seq ? out.data_ptr<scalar_t>() : nullptr, seq ? nullptr : out.data_ptr<scalar_t>());
+    }))
   });
   return {out};
 }
 
-std::vector<at::Tensor> rnn_backward(const at::Tensor& grad_, const at::Tensor& w_hh_,
-                                     const std::optional<at::Tensor>& mask_h_,
-                                     const at::Tensor& out, bool relu, bool return_sequences) {
-  auto grad = grad_.contiguous();
-  auto w = w_hh_.contiguous();  // (H, H)
-  auto mask_h = contiguous_mask(mask_h_);
-  const int64_t T = out.size(0), B = out.size(1), H = out.size(2);
-  return backward_driver(out, H, [&](auto zero, int64_t r0, int64_t r1, auto* dgi,
-                                     auto* dwp, auto* dbp) {
-    using scalar_t = decltype(zero);
-    rnnlab::rnn_backward_block<scalar_t>(
-        r0, r1, T, B, H, grad.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
-        opt_ptr<scalar_t>(mask_h), out.data_ptr<scalar_t>(), relu, return_sequences, dgi, dwp,
-        dbp);
-  });
-}
-
-// ================================================================= inference
-// No gradient wanted (evaluation): the same recurrences without the (T, B, .) stores the
-// backward pass needs. Returns h_T (B, H), or every h (T, B, H) when return_sequences.
-template <typename F>
-at::Tensor infer_driver(const at::Tensor& gi, int64_t H, bool return_sequences, const F& block) {
-  const int64_t T = gi.size(0), B = gi.size(1);
-  auto out = return_sequences ? at::empty({T, B, H}, gi.options()) : at::Tensor();
-  auto last = return_sequences ? at::Tensor() : at::empty({B, H}, gi.options());
-  AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "recurrence_infer", [&] {
-    scalar_t* pout = return_sequences ? out.data_ptr<scalar_t>() : nullptr;
-    scalar_t* plast = return_sequences ? nullptr : last.data_ptr<scalar_t>();
-    for_blocks(make_blocks(B), [&](int64_t, int64_t r0, int64_t r1) {
-      block(scalar_t(0), r0, r1, pout, plast);
+// ---------------------------------------------------------------- backward
+// Allocates dgi (G, T, Bp) and the per-block partials, runs `block` on every block, and
+// adds the partials in block order. grad: (H, T, Bp) when return_sequences, else (H, Bp).
+struct BackwardInputs {
+  at::Tensor grad, wt, out;
+  std::optional<at::Tensor> mask;
+  int64_t T, B, H, G, isa, nblk;
+  BackwardInputs(const at::Tensor& grad_, const at::Tensor& w_hh,
+                 const std::optional<at::Tensor>& mask_, const at::Tensor& out_,
+                 bool return_sequences, int64_t isa_)
+      : isa(isa_) {
+    TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+    out = out_.contiguous();
+    T = out.size(1);
+    B = out.size(2);
+    H = out.size(0);
+    G = w_hh.size(0);
+    grad = grad_.contiguous();
+    TORCH_CHECK(return_sequences ? grad.sizes() == out.sizes()
+                                 : (grad.dim() == 2 && grad.size(0) == H && grad.size(1) == B),
+                "grad must be (H, T, Bp) or (H, Bp)");
+    wt = w_hh.t().contiguous();   // (H, G)
+    mask = contiguous_mask(mask_);
+    nblk = B / kIsaLanes[isa];
+  }
+  template <typename F>
+  std::vector<at::Tensor> run(const F& block) const {
+    auto dgi = at::empty({G, T, B}, out.options());
+    auto dw_part = at::empty({nblk, G, H}, out.options());
+    auto db_part = at::empty({nblk, G}, out.options());
+    auto dw = at::empty({G, H}, out.options());
+    auto db = at::empty({G}, out.options());
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "recurrence_backward", [&] {
+      scalar_t* pdw = dw_part.data_ptr<scalar_t>();
+      scalar_t* pdb = db_part.data_ptr<scalar_t>();
+      scalar_t* pdgi = dgi.data_ptr<scalar_t>();
+      for_blocks(nblk, [&](int64_t i) {
+        block(scalar_t(0), i, pdgi, pdw + i * G * H, pdb + i * G);
+      });
+      reduce_blocks(pdw, nblk, G * H, dw.data_ptr<scalar_t>());
+      reduce_blocks(pdb, nblk, G, db.data_ptr<scalar_t>());
     });
-  });
-  return return_sequences ? out : last;
+    return {dgi, dw, db};
+  }
+  template <typename S> const S* p(const at::Tensor& t) const { return t.data_ptr<S>(); }
+};
+
+void check_store(const at::Tensor& s, const BackwardInputs& in, int64_t width) {
+  TORCH_CHECK(s.dim() == 4 && s.size(0) == in.nblk && s.size(1) == in.T &&
+                  s.size(2) == width * in.H && s.size(3) == kIsaLanes[in.isa],
+              "saved gates do not match this backward's shapes or instruction set");
 }
 
-at::Tensor gru_infer(const at::Tensor& gi_, const at::Tensor& w_hh_, const at::Tensor& b_hh_,
-                     const std::optional<at::Tensor>& mask_h_, bool relu, bool return_sequences) {
-  const ForwardInputs in(gi_, w_hh_, b_hh_, mask_h_, 3);
-  return infer_driver(in.gi, in.H, return_sequences, [&](auto zero, int64_t r0, int64_t r1,
-                                                         auto* out, auto* last) {
+std::vector<at::Tensor> gru_backward(const at::Tensor& grad, const at::Tensor& w_hh,
+                                     const std::optional<at::Tensor>& mask,
+                                     const at::Tensor& out, const at::Tensor& gates_,
+                                     bool relu, bool return_sequences, int64_t isa) {
+  const BackwardInputs in(grad, w_hh, mask, out, return_sequences, isa);
+  auto gates = gates_.contiguous();
+  check_store(gates, in, 4);
+  return in.run([&](auto zero, int64_t i, auto* dgi, auto* dw, auto* db) {
     using scalar_t = decltype(zero);
-    rnnlab::gru_forward_block<scalar_t>(
-        r0, r1, in.T, in.B, in.H, in.ptr<scalar_t>(in.gi), in.ptr<scalar_t>(in.wt),
-        in.ptr<scalar_t>(in.b_hh), opt_ptr<scalar_t>(in.mask_h), relu, out, nullptr, last);
+    RNNLAB_WITH_ISA(isa, gru_backward_block<scalar_t>(
+        i * kLanes, in.T, in.B, in.H, in.p<scalar_t>(in.grad), return_sequences,
+        in.p<scalar_t>(in.wt), opt_ptr<scalar_t>(in.mask), in.p<scalar_t>(in.out),
+        gates.data_ptr<scalar_t>() + i * in.T * 4 * in.H * kLanes, relu, dgi, dw, db))
   });
 }
 
-at::Tensor lstm_infer(const at::Tensor& gi_, const at::Tensor& w_hh_, const at::Tensor& b_hh_,
-                      const std::optional<at::Tensor>& mask_h_, bool return_sequences) {
-  const ForwardInputs in(gi_, w_hh_, b_hh_, mask_h_, 4);
-  return infer_driver(in.gi, in.H, return_sequences, [&](auto zero, int64_t r0, int64_t r1,
-                                                         auto* out, auto* last) {
+std::vector<at::Tensor> lstm_backward(const at::Tensor& grad, const at::Tensor& w_hh,
+                                      const std::optional<at::Tensor>& mask,
+                                      const at::Tensor& out, const at::Tensor& gates_,
+                                      const at::Tensor& cells_, bool return_sequences,
+                                      int64_t isa) {
+  const BackwardInputs in(grad, w_hh, mask, out, return_sequences, isa);
+  auto gates = gates_.contiguous();
+  auto cells = cells_.contiguous();
+  check_store(gates, in, 4);
+  check_store(cells, in, 2);
+  return in.run([&](auto zero, int64_t i, auto* dgi, auto* dw, auto* db) {
     using scalar_t = decltype(zero);
-    rnnlab::lstm_forward_block<scalar_t>(
-        r0, r1, in.T, in.B, in.H, in.ptr<scalar_t>(in.gi), in.ptr<scalar_t>(in.wt),
-        in.ptr<scalar_t>(in.b_hh), opt_ptr<scalar_t>(in.mask_h), out, nullptr, nullptr, last);
+    RNNLAB_WITH_ISA(isa, lstm_backward_block<scalar_t>(
+        i * kLanes, in.T, in.B, in.H, in.p<scalar_t>(in.grad), return_sequences,
+        in.p<scalar_t>(in.wt), opt_ptr<scalar_t>(in.mask), in.p<scalar_t>(in.out),
+        gates.data_ptr<scalar_t>() + i * in.T * 4 * in.H * kLanes,
+        cells.data_ptr<scalar_t>() + i * in.T * 2 * in.H * kLanes, dgi, dw, db))
   });
 }
 
-at::Tensor rnn_infer(const at::Tensor& gi_, const at::Tensor& w_hh_, const at::Tensor& b_hh_,
-                     const std::optional<at::Tensor>& mask_h_, bool relu, bool return_sequences) {
-  const ForwardInputs in(gi_, w_hh_, b_hh_, mask_h_, 1);
-  return infer_driver(in.gi, in.H, return_sequences, [&](auto zero, int64_t r0, int64_t r1,
-                                                         auto* out, auto* last) {
+std::vector<at::Tensor> rnn_backward(const at::Tensor& grad, const at::Tensor& w_hh,
+                                     const std::optional<at::Tensor>& mask,
+                                     const at::Tensor& out, bool relu, bool return_sequences,
+                                     int64_t isa) {
+  const BackwardInputs in(grad, w_hh, mask, out, return_sequences, isa);
+  return in.run([&](auto zero, int64_t i, auto* dgi, auto* dw, auto* db) {
     using scalar_t = decltype(zero);
-    rnnlab::rnn_forward_block<scalar_t>(
-        r0, r1, in.T, in.B, in.H, in.ptr<scalar_t>(in.gi), in.ptr<scalar_t>(in.wt),
-        in.ptr<scalar_t>(in.b_hh), opt_ptr<scalar_t>(in.mask_h), relu, out, last);
+    RNNLAB_WITH_ISA(isa, rnn_backward_block<scalar_t>(
+        i * kLanes, in.T, in.B, in.H, in.p<scalar_t>(in.grad), return_sequences,
+        in.p<scalar_t>(in.wt), opt_ptr<scalar_t>(in.mask), in.p<scalar_t>(in.out), relu, dgi,
+        dw, db))
   });
+}
+
+// The input projection's weight and bias gradients: dgi (G, T, Bp), x (I, T, Bp) ->
+// (dw_ih (G, I), db_ih (G)), summed per block of lanes and the blocks added in order, so
+// the result does not depend on the thread count (a GEMM library splits so long a sum
+// between threads differently for each count).
+std::vector<at::Tensor> input_grads(const at::Tensor& dgi_, const at::Tensor& x_, int64_t isa) {
+  TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+  TORCH_CHECK(dgi_.dim() == 3 && x_.dim() == 3 && dgi_.size(1) == x_.size(1) &&
+                  dgi_.size(2) == x_.size(2) && dgi_.size(2) % kBatchMultiple == 0,
+              "input_grads wants dgi (G, T, Bp) and x (I, T, Bp), Bp a multiple of ",
+              kBatchMultiple);
+  TORCH_CHECK(dgi_.scalar_type() == x_.scalar_type(), "dgi and x must share a dtype");
+  auto dgi = dgi_.contiguous();
+  auto x = x_.contiguous();
+  const int64_t G = dgi.size(0), I = x.size(0), T = x.size(1), B = x.size(2);
+  const int64_t nblk = B / kIsaLanes[isa];
+  auto dw_part = at::empty({nblk, G, I}, x.options());
+  auto db_part = at::empty({nblk, G}, x.options());
+  auto dw = at::empty({G, I}, x.options());
+  auto db = at::empty({G}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "input_grads", [&] {
+    scalar_t* pdw = dw_part.data_ptr<scalar_t>();
+    scalar_t* pdb = db_part.data_ptr<scalar_t>();
+    RNNLAB_WITH_ISA(isa, for_blocks(nblk, [&](int64_t i) {
+      input_grad_block<scalar_t>(i * kLanes, T, B, G, I, dgi.data_ptr<scalar_t>(),
+                                 x.data_ptr<scalar_t>(), pdw + i * G * I, pdb + i * G);
+    }))
+    reduce_blocks(pdw, nblk, G * I, dw.data_ptr<scalar_t>());
+    reduce_blocks(pdb, nblk, G, db.data_ptr<scalar_t>());
+  });
+  return {dw, db};
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("gru_forward", &gru_forward, "GRU recurrence forward -> (out (T,B,H), gates (T,B,4H))");
-  m.def("gru_backward", &gru_backward, "GRU recurrence backward -> (dgi, dw_hh, db_hh)");
-  m.def("lstm_forward", &lstm_forward, "LSTM recurrence forward -> (out, gates, [c, tanh c])");
-  m.def("lstm_backward", &lstm_backward, "LSTM recurrence backward -> (dgi, dw_hh, db_hh)");
-  m.def("rnn_forward", &rnn_forward, "Elman RNN recurrence forward -> (out,)");
-  m.def("rnn_backward", &rnn_backward, "Elman RNN recurrence backward -> (dgi, dw_hh, db_hh)");
-  m.def("gru_infer", &gru_infer, "GRU recurrence without gradients -> h_T (B,H) or (T,B,H)");
-  m.def("lstm_infer", &lstm_infer, "LSTM recurrence without gradients -> h_T or all h");
-  m.def("rnn_infer", &rnn_infer, "Elman RNN recurrence without gradients -> h_T or all h");
+  m.def("gru_forward", &gru_forward,
+        "GRU forward (gi, w_hh, b_hh, mask, relu, train, return_sequences, isa) -> "
+        "[out (H,T,Bp) or (H,Bp), gates when training]");
+  m.def("gru_backward", &gru_backward, "GRU backward -> (dgi (3H,T,Bp), dw_hh, db_hh)");
+  m.def("lstm_forward", &lstm_forward, "LSTM forward -> [out, gates, cells when training]");
+  m.def("lstm_backward", &lstm_backward, "LSTM backward -> (dgi, dw_hh, db_hh)");
+  m.def("rnn_forward", &rnn_forward, "Elman RNN forward -> [out]");
+  m.def("rnn_backward", &rnn_backward, "Elman RNN backward -> (dgi, dw_hh, db_hh)");
+  m.def("input_grads", &input_grads, "input projection gradients -> (dw_ih (G,I), db_ih (G))");
+  m.def("supported_isas", &supported_isas, "instruction sets this CPU runs, best first");
+  m.def("isa_code", &isa_code, "the code of an instruction set's name (an error if unknown)");
+  m.attr("batch_multiple") = kBatchMultiple;
 }

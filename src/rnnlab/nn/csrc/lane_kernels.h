@@ -1,0 +1,570 @@
+// The recurrences with the batch across the SIMD lanes. recurrent.cpp includes this file
+// once per instruction set, inside a namespace that defines kLanes (sequences per vector)
+// and kRegs (vector registers), under a `#pragma GCC target` for that set; so it has no
+// includes of its own and every function here is compiled for that set.
+//
+// Layouts ("feature-major": features, then time, then the batch, so a vector of kLanes
+// consecutive floats holds one feature of kLanes sequences):
+//   gi, dgi (G, T, Bp); out, grad (H, T, Bp), or grad (H, Bp) for the last step only;
+//   mask (H, Bp) or nullptr; w = W_hh (G, H) and wt = W_hh^T (H, G), row-major;
+//   a block's saved gates (T, 4H, kLanes) and LSTM's cells (T, 2H, kLanes), contiguous.
+// Bp is a multiple of kLanes; block b0 runs sequences b0 .. b0 + kLanes - 1.
+//
+// The products of a time step multiply the weights, one scalar at a time broadcast from
+// L1, by the state vectors: out[j] += W[j][k] * h[k] for J rows j at once (J * gates
+// accumulators stay in registers over k). Every lane is one sequence, so nothing is ever
+// summed across lanes in the loop, and the gate maths, the dropout mask and the state
+// update run on the accumulators before anything is stored. The weight gradient is one
+// product per block after every kChunk steps of the backward sweep, accumulated per lane
+// and summed across lanes once at the end.
+
+template <typename T>
+struct LaneType {
+  typedef T v __attribute__((vector_size(kLanes * sizeof(T))));
+};
+template <typename T>
+using V = typename LaneType<T>::v;
+typedef int32_t VInt __attribute__((vector_size(kLanes * 4)));
+
+// Zeroed, vector-aligned scratch. (Not std::vector<V<T>>: a template argument drops the
+// vector type's alignment attribute, and the aligned loads and stores then fault.)
+template <typename T>
+struct LaneBuf {
+  V<T>* p;
+  explicit LaneBuf(int64_t n) {
+    const size_t bytes = ((n > 0 ? n : 1) * sizeof(V<T>) + 63) / 64 * 64;
+    p = static_cast<V<T>*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+    std::memset(static_cast<void*>(p), 0, bytes);
+  }
+  ~LaneBuf() { std::free(p); }
+  LaneBuf(const LaneBuf&) = delete;
+  LaneBuf& operator=(const LaneBuf&) = delete;
+  V<T>* data() const { return p; }
+  V<T>& operator[](int64_t i) const { return p[i]; }
+};
+
+template <typename T>
+inline V<T> ld(const T* p) {
+  V<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+inline void st(T* p, V<T> v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+template <typename T>
+inline V<T> splat(T a) {
+  V<T> v = {};
+  return v + a;   // exact for every a but -0.0, which becomes +0.0 (only used for constants)
+}
+template <typename T>
+inline T lane_sum(V<T> v) {   // a fixed order: lanes 0, 1, 2, ...
+  T s = v[0];
+  for (int i = 1; i < kLanes; ++i) s += v[i];
+  return s;
+}
+
+// ---------------------------------------------------------------- activations
+// float: the branch-free Cephes-style exp of the scalar kernels, lane by lane in vector
+// registers (max relative error ~2 ulp); double (gradcheck): libm, lane by lane.
+inline V<float> vexp(V<float> x) {
+  const V<float> lo = splat(-87.3f), hi = splat(88.3f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  V<float> fx = x * 1.44269504088896341f + 12582912.f;   // round to nearest integer
+  fx -= 12582912.f;
+  V<float> r = x - fx * 0.693359375f;
+  r = r - fx * -2.12194440e-4f;
+  V<float> y = splat(1.9875691500e-4f);
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const VInt bits = (__builtin_convertvector(fx, VInt) + 127) << 23;
+  V<float> scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return y * scale;
+}
+inline V<double> vexp(V<double> x) {
+  for (int i = 0; i < kLanes; ++i) x[i] = std::exp(x[i]);
+  return x;
+}
+template <typename T>
+inline V<T> vsigmoid(V<T> x) {
+  return T(1) / (T(1) + vexp(-x));
+}
+inline V<float> vtanh(V<float> x) { return 2.0f / (1.0f + vexp(-2.0f * x)) - 1.0f; }
+inline V<double> vtanh(V<double> x) {
+  for (int i = 0; i < kLanes; ++i) x[i] = std::tanh(x[i]);
+  return x;
+}
+template <typename T>
+inline V<T> vrelu(V<T> x) {
+  const V<T> zero = {};
+  return x > zero ? x : zero;
+}
+template <typename T>
+inline V<T> vact(V<T> x, bool relu) {
+  return relu ? vrelu<T>(x) : vtanh(x);
+}
+
+// ---------------------------------------------------------------- products
+// acc[g][j] = bias + sum_k W[(g * R + j0 + j) * ldw + k] * x[k] for the J rows j0.. of each
+// of the NG gate blocks (rows R apart): the J * NG accumulators stay in registers.
+template <typename T, int NG, int J>
+inline void gate_tile(const T* __restrict__ w, int64_t ldw, int64_t R, int64_t j0, int64_t K,
+                      const V<T>* __restrict__ x, const T* __restrict__ bias, V<T> (&acc)[NG][J]) {
+  for (int g = 0; g < NG; ++g)
+    for (int j = 0; j < J; ++j) acc[g][j] = bias ? splat(bias[g * R + j0 + j]) : V<T>{};
+  for (int64_t k = 0; k < K; ++k) {
+    const V<T> xk = x[k];
+    for (int g = 0; g < NG; ++g)
+      for (int j = 0; j < J; ++j) acc[g][j] += w[(g * R + j0 + j) * ldw + k] * xk;
+  }
+}
+
+// out[j] = sum_k M[j * ldm + k] * x[k] for j < N (the backward's W_hh^T products).
+template <typename T, int J>
+inline void rows_tile(const T* __restrict__ m, int64_t ldm, int64_t j0, int64_t K,
+                      const V<T>* __restrict__ x, V<T>* __restrict__ out) {
+  V<T> acc[J] = {};
+  for (int64_t k = 0; k < K; ++k) {
+    const V<T> xk = x[k];
+    for (int j = 0; j < J; ++j) acc[j] += m[(j0 + j) * ldm + k] * xk;
+  }
+  for (int j = 0; j < J; ++j) out[j0 + j] = acc[j];
+}
+template <typename T, int J>
+inline void rows_product(const T* m, int64_t ldm, int64_t N, int64_t K, const V<T>* x,
+                         V<T>* out) {
+  int64_t j = 0;
+  for (; j + J <= N; j += J) rows_tile<T, J>(m, ldm, j, K, x, out);
+  for (; j < N; ++j) rows_tile<T, 1>(m, ldm, j, K, x, out);
+}
+
+// The weight gradient of a chunk of steps, per lane: dwl[g * H + k] += dg[c][g] * x[c][k],
+// dbl[g] += dg[c][g], summed over the chunk's steps c in order (a 4 x 4 register tile).
+template <typename T, int GT, int KT>
+inline void grad_tile(const V<T>* __restrict__ dg, const V<T>* __restrict__ x, int n,
+                      int64_t G, int64_t H, int64_t g0, int64_t k0, V<T>* __restrict__ dwl) {
+  V<T> acc[GT][KT];
+  for (int a = 0; a < GT; ++a)
+    for (int b = 0; b < KT; ++b) acc[a][b] = dwl[(g0 + a) * H + k0 + b];
+  for (int c = 0; c < n; ++c) {
+    V<T> xs[KT];
+    for (int b = 0; b < KT; ++b) xs[b] = x[c * H + k0 + b];
+    for (int a = 0; a < GT; ++a) {
+      const V<T> d = dg[c * G + g0 + a];
+      for (int b = 0; b < KT; ++b) acc[a][b] += d * xs[b];
+    }
+  }
+  for (int a = 0; a < GT; ++a)
+    for (int b = 0; b < KT; ++b) dwl[(g0 + a) * H + k0 + b] = acc[a][b];
+}
+template <typename T>
+inline void grad_chunk(const V<T>* dg, const V<T>* x, int n, int64_t G, int64_t H,
+                       V<T>* dwl, V<T>* dbl) {
+  for (int64_t g = 0; g < G; ++g) {
+    V<T> s = dbl[g];
+    for (int c = 0; c < n; ++c) s += dg[c * G + g];
+    dbl[g] = s;
+  }
+  int64_t g = 0;
+  for (; g + 4 <= G; g += 4) {
+    int64_t k = 0;
+    for (; k + 4 <= H; k += 4) grad_tile<T, 4, 4>(dg, x, n, G, H, g, k, dwl);
+    for (; k < H; ++k) grad_tile<T, 4, 1>(dg, x, n, G, H, g, k, dwl);
+  }
+  for (; g < G; ++g)
+    for (int64_t k = 0; k < H; ++k) grad_tile<T, 1, 1>(dg, x, n, G, H, g, k, dwl);
+}
+
+constexpr int kChunk = 16;
+
+// A block's backward scratch: dh (and LSTM's dc), the chunk's hidden-side gate gradients
+// and inputs of W_hh, and the per-lane weight-gradient accumulators.
+template <typename T>
+struct BackwardScratch {
+  int64_t G, H;
+  LaneBuf<T> dh, dc, dhin, dg, x, dwl, dbl;
+  int n = 0;   // steps in the chunk
+  BackwardScratch(int64_t G_, int64_t H_)
+      : G(G_), H(H_), dh(H_), dc(H_), dhin(H_), dg(kChunk * G_), x(kChunk * H_),
+        dwl(G_ * H_), dbl(G_) {}
+  V<T>* dg_row() { return dg.data() + n * G; }
+  V<T>* x_row() { return x.data() + n * H; }
+  void next(bool last) {   // the step's rows are written: flush when the chunk is full
+    if (++n == kChunk || last) {
+      grad_chunk<T>(dg.data(), x.data(), n, G, H, dwl.data(), dbl.data());
+      n = 0;
+    }
+  }
+  void finish(T* dw, T* db) const {   // lane sums into this block's partials
+    for (int64_t i = 0; i < G * H; ++i) dw[i] = lane_sum<T>(dwl[i]);
+    for (int64_t i = 0; i < G; ++i) db[i] = lane_sum<T>(dbl[i]);
+  }
+};
+
+template <typename T>
+inline void load_mask(const T* mask, int64_t b0, int64_t Bp, int64_t H, V<T>* m) {
+  for (int64_t k = 0; k < H; ++k) m[k] = mask ? ld(mask + k * Bp + b0) : splat(T(1));
+}
+
+// The output gradient of step t joins dh.
+template <typename T>
+inline void add_grad(const T* grad, bool seq, int64_t t, int64_t steps, int64_t Bp,
+                     int64_t b0, int64_t H, V<T>* dh) {
+  const int64_t sF = steps * Bp;
+  if (seq) {
+    for (int64_t j = 0; j < H; ++j) dh[j] += ld(grad + j * sF + t * Bp + b0);
+  } else if (t == steps - 1) {
+    for (int64_t j = 0; j < H; ++j) dh[j] = ld(grad + j * Bp + b0);
+  }
+}
+
+// ================================================================= GRU
+// gates per step: [r, z, n, W_hn h + b_hn] (4H lanes). Training: out and gates are
+// written. Inference: gates == nullptr; out when the sequence is wanted, else last (H, Bp).
+template <typename T, int HC>
+void gru_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi, const T* w,
+                 const T* bhh, const T* mask, bool relu, T* out, T* gates, T* last) {
+  const int64_t H = HC > 0 ? HC : H_, sF = steps * Bp;
+  constexpr int J = 4;   // 12 accumulators
+  LaneBuf<T> hbuf(3 * H), m(H);
+  V<T>* h = hbuf.data();
+  V<T>* hn = h + H;
+  V<T>* xin = hn + H;
+  load_mask(mask, b0, Bp, H, m.data());
+  for (int64_t t = 0; t < steps; ++t) {
+    for (int64_t k = 0; k < H; ++k) xin[k] = t ? h[k] * m[k] : V<T>{};
+    const T* g = gi + t * Bp + b0;
+    T* sv = gates ? gates + t * 4 * H * kLanes : nullptr;
+    auto cell = [&](auto tile_j, int64_t j0) {
+      constexpr int JJ = decltype(tile_j)::value;
+      V<T> acc[3][JJ];
+      gate_tile<T, 3, JJ>(w, H, H, j0, H, xin, bhh, acc);
+      for (int i = 0; i < JJ; ++i) {
+        const int64_t j = j0 + i;
+        const V<T> r = vsigmoid<T>(ld(g + j * sF) + acc[0][i]);
+        const V<T> z = vsigmoid<T>(ld(g + (H + j) * sF) + acc[1][i]);
+        const V<T> n = vact<T>(ld(g + (2 * H + j) * sF) + r * acc[2][i], relu);
+        const V<T> hp = t ? h[j] : V<T>{};
+        const V<T> hj = n + z * (hp - n);
+        hn[j] = hj;
+        if (sv) {
+          st(sv + j * kLanes, r);
+          st(sv + (H + j) * kLanes, z);
+          st(sv + (2 * H + j) * kLanes, n);
+          st(sv + (3 * H + j) * kLanes, acc[2][i]);
+        }
+        if (out) st(out + j * sF + t * Bp + b0, hj);
+      }
+    };
+    int64_t j = 0;
+    for (; j + J <= H; j += J) cell(std::integral_constant<int, J>{}, j);
+    for (; j < H; ++j) cell(std::integral_constant<int, 1>{}, j);
+    std::swap(h, hn);
+  }
+  if (last)
+    for (int64_t j = 0; j < H; ++j) st(last + j * Bp + b0, h[j]);
+}
+
+// dgi (3H, T, Bp); dw (3H, H), db (3H) of this block.
+template <typename T, int HC>
+void gru_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* grad, bool seq,
+                  const T* wt, const T* mask, const T* out, const T* gates, bool relu,
+                  T* dgi, T* dw, T* db) {
+  const int64_t H = HC > 0 ? HC : H_, G = 3 * H, sF = steps * Bp;
+  BackwardScratch<T> s(G, H);
+  LaneBuf<T> m(H);
+  load_mask(mask, b0, Bp, H, m.data());
+  V<T>* dh = s.dh.data();
+  const V<T> one = splat(T(1));
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    add_grad(grad, seq, t, steps, Bp, b0, H, dh);
+    const T* sv = gates + t * 4 * H * kLanes;
+    T* d = dgi + t * Bp + b0;
+    V<T>* dg = s.dg_row();
+    V<T>* x = s.x_row();
+    for (int64_t j = 0; j < H; ++j) {
+      const V<T> r = ld(sv + j * kLanes), z = ld(sv + (H + j) * kLanes);
+      const V<T> n = ld(sv + (2 * H + j) * kLanes), hn = ld(sv + (3 * H + j) * kLanes);
+      const V<T> hp = t ? ld(out + j * sF + (t - 1) * Bp + b0) : V<T>{};
+      const V<T> dn = dh[j] * (one - z);
+      const V<T> dpre = relu ? (n > V<T>{} ? dn : V<T>{}) : dn * (one - n * n);
+      const V<T> dr = dpre * hn * r * (one - r);
+      const V<T> dz = dh[j] * (hp - n) * z * (one - z);
+      st(d + j * sF, dr);
+      st(d + (H + j) * sF, dz);
+      st(d + (2 * H + j) * sF, dpre);
+      dg[j] = dr;
+      dg[H + j] = dz;
+      dg[2 * H + j] = dpre * r;
+      x[j] = hp * m[j];
+      dh[j] *= z;
+    }
+    rows_product<T, 8>(wt, G, H, G, dg, s.dhin.data());
+    for (int64_t k = 0; k < H; ++k) dh[k] += s.dhin[k] * m[k];
+    s.next(t == 0);
+  }
+  s.finish(dw, db);
+}
+
+// ================================================================= LSTM
+// gates per step: [i, f, g, o] activated (4H lanes); cells: [c, tanh c] (2H lanes).
+template <typename T, int HC>
+void lstm_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi, const T* w,
+                  const T* bhh, const T* mask, T* out, T* gates, T* cells, T* last) {
+  const int64_t H = HC > 0 ? HC : H_, sF = steps * Bp;
+  constexpr int J = kRegs >= 32 ? 4 : 2;   // 16 or 8 accumulators
+  LaneBuf<T> hbuf(3 * H), c(H), m(H);
+  V<T>* h = hbuf.data();
+  V<T>* hn = h + H;
+  V<T>* xin = hn + H;
+  load_mask(mask, b0, Bp, H, m.data());
+  for (int64_t t = 0; t < steps; ++t) {
+    for (int64_t k = 0; k < H; ++k) xin[k] = t ? h[k] * m[k] : V<T>{};
+    const T* g = gi + t * Bp + b0;
+    T* sv = gates ? gates + t * 4 * H * kLanes : nullptr;
+    T* cs = cells ? cells + t * 2 * H * kLanes : nullptr;
+    auto cell = [&](auto tile_j, int64_t j0) {
+      constexpr int JJ = decltype(tile_j)::value;
+      V<T> acc[4][JJ];
+      gate_tile<T, 4, JJ>(w, H, H, j0, H, xin, bhh, acc);
+      for (int q = 0; q < JJ; ++q) {
+        const int64_t j = j0 + q;
+        const V<T> i = vsigmoid<T>(ld(g + j * sF) + acc[0][q]);
+        const V<T> f = vsigmoid<T>(ld(g + (H + j) * sF) + acc[1][q]);
+        const V<T> gg = vtanh(ld(g + (2 * H + j) * sF) + acc[2][q]);
+        const V<T> o = vsigmoid<T>(ld(g + (3 * H + j) * sF) + acc[3][q]);
+        const V<T> cj = f * (t ? c[j] : V<T>{}) + i * gg;
+        const V<T> tc = vtanh(cj);
+        const V<T> hj = o * tc;
+        c[j] = cj;
+        hn[j] = hj;
+        if (sv) {
+          st(sv + j * kLanes, i);
+          st(sv + (H + j) * kLanes, f);
+          st(sv + (2 * H + j) * kLanes, gg);
+          st(sv + (3 * H + j) * kLanes, o);
+          st(cs + j * kLanes, cj);
+          st(cs + (H + j) * kLanes, tc);
+        }
+        if (out) st(out + j * sF + t * Bp + b0, hj);
+      }
+    };
+    int64_t j = 0;
+    for (; j + J <= H; j += J) cell(std::integral_constant<int, J>{}, j);
+    for (; j < H; ++j) cell(std::integral_constant<int, 1>{}, j);
+    std::swap(h, hn);
+  }
+  if (last)
+    for (int64_t j = 0; j < H; ++j) st(last + j * Bp + b0, h[j]);
+}
+
+template <typename T, int HC>
+void lstm_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* grad, bool seq,
+                   const T* wt, const T* mask, const T* out, const T* gates, const T* cells,
+                   T* dgi, T* dw, T* db) {
+  const int64_t H = HC > 0 ? HC : H_, G = 4 * H, sF = steps * Bp;
+  BackwardScratch<T> s(G, H);
+  LaneBuf<T> m(H);
+  load_mask(mask, b0, Bp, H, m.data());
+  V<T>* dh = s.dh.data();
+  V<T>* dc = s.dc.data();
+  const V<T> one = splat(T(1));
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    add_grad(grad, seq, t, steps, Bp, b0, H, dh);
+    const T* sv = gates + t * 4 * H * kLanes;
+    const T* cs = cells + t * 2 * H * kLanes;
+    T* d = dgi + t * Bp + b0;
+    V<T>* dg = s.dg_row();
+    V<T>* x = s.x_row();
+    for (int64_t j = 0; j < H; ++j) {
+      const V<T> i = ld(sv + j * kLanes), f = ld(sv + (H + j) * kLanes);
+      const V<T> gg = ld(sv + (2 * H + j) * kLanes), o = ld(sv + (3 * H + j) * kLanes);
+      const V<T> tc = ld(cs + (H + j) * kLanes);
+      const V<T> cp = t ? ld(cs - 2 * H * kLanes + j * kLanes) : V<T>{};
+      const V<T> hp = t ? ld(out + j * sF + (t - 1) * Bp + b0) : V<T>{};
+      const V<T> dcc = dc[j] + dh[j] * o * (one - tc * tc);
+      const V<T> di = dcc * gg * i * (one - i);
+      const V<T> df = dcc * cp * f * (one - f);
+      const V<T> dgg = dcc * i * (one - gg * gg);
+      const V<T> dout = dh[j] * tc * o * (one - o);
+      dc[j] = dcc * f;
+      st(d + j * sF, di);
+      st(d + (H + j) * sF, df);
+      st(d + (2 * H + j) * sF, dgg);
+      st(d + (3 * H + j) * sF, dout);
+      dg[j] = di;
+      dg[H + j] = df;
+      dg[2 * H + j] = dgg;
+      dg[3 * H + j] = dout;
+      x[j] = hp * m[j];
+    }
+    rows_product<T, 8>(wt, G, H, G, dg, s.dhin.data());
+    for (int64_t k = 0; k < H; ++k) dh[k] = s.dhin[k] * m[k];
+    s.next(t == 0);
+  }
+  s.finish(dw, db);
+}
+
+// ================================================================= Elman RNN
+template <typename T, int HC>
+void rnn_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi, const T* w,
+                 const T* bhh, const T* mask, bool relu, T* out, T* last) {
+  const int64_t H = HC > 0 ? HC : H_, sF = steps * Bp;
+  constexpr int J = 8;
+  LaneBuf<T> hbuf(3 * H), m(H);
+  V<T>* h = hbuf.data();
+  V<T>* hn = h + H;
+  V<T>* xin = hn + H;
+  load_mask(mask, b0, Bp, H, m.data());
+  for (int64_t t = 0; t < steps; ++t) {
+    for (int64_t k = 0; k < H; ++k) xin[k] = t ? h[k] * m[k] : V<T>{};
+    const T* g = gi + t * Bp + b0;
+    auto cell = [&](auto tile_j, int64_t j0) {
+      constexpr int JJ = decltype(tile_j)::value;
+      V<T> acc[1][JJ];
+      gate_tile<T, 1, JJ>(w, H, H, j0, H, xin, bhh, acc);
+      for (int q = 0; q < JJ; ++q) {
+        const int64_t j = j0 + q;
+        const V<T> hj = vact<T>(ld(g + j * sF) + acc[0][q], relu);
+        hn[j] = hj;
+        if (out) st(out + j * sF + t * Bp + b0, hj);
+      }
+    };
+    int64_t j = 0;
+    for (; j + J <= H; j += J) cell(std::integral_constant<int, J>{}, j);
+    for (; j < H; ++j) cell(std::integral_constant<int, 1>{}, j);
+    std::swap(h, hn);
+  }
+  if (last)
+    for (int64_t j = 0; j < H; ++j) st(last + j * Bp + b0, h[j]);
+}
+
+template <typename T, int HC>
+void rnn_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* grad, bool seq,
+                  const T* wt, const T* mask, const T* out, bool relu, T* dgi, T* dw, T* db) {
+  const int64_t H = HC > 0 ? HC : H_, sF = steps * Bp;
+  BackwardScratch<T> s(H, H);
+  LaneBuf<T> m(H);
+  load_mask(mask, b0, Bp, H, m.data());
+  V<T>* dh = s.dh.data();
+  const V<T> one = splat(T(1));
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    add_grad(grad, seq, t, steps, Bp, b0, H, dh);
+    T* d = dgi + t * Bp + b0;
+    V<T>* dg = s.dg_row();
+    V<T>* x = s.x_row();
+    for (int64_t j = 0; j < H; ++j) {
+      const V<T> h = ld(out + j * sF + t * Bp + b0);
+      const V<T> hp = t ? ld(out + j * sF + (t - 1) * Bp + b0) : V<T>{};
+      const V<T> dpre = relu ? (h > V<T>{} ? dh[j] : V<T>{}) : dh[j] * (one - h * h);
+      st(d + j * sF, dpre);
+      dg[j] = dpre;
+      x[j] = hp * m[j];
+    }
+    rows_product<T, 8>(wt, H, H, H, dg, s.dhin.data());
+    for (int64_t k = 0; k < H; ++k) dh[k] = s.dhin[k] * m[k];
+    s.next(t == 0);
+  }
+  s.finish(dw, db);
+}
+
+// ================================================================= input weights
+// The input projection's gradients of one block, after the backward sweep: dw (G, I) and
+// db (G) = sums over every step and the block's lanes of dgi (G, T, Bp) x (I, T, Bp)^T.
+// Each element sums its steps in order per lane, then the lanes in order.
+template <typename T, int GT, int IT>
+inline void input_tile(const T* dgi, const T* x, int64_t steps, int64_t Bp, int64_t b0,
+                       int64_t I, int64_t g0, int64_t i0, T* dw) {
+  const int64_t sF = steps * Bp;
+  V<T> acc[GT][IT] = {};
+  for (int64_t t = 0; t < steps; ++t) {
+    V<T> xs[IT];
+    for (int b = 0; b < IT; ++b) xs[b] = ld(x + (i0 + b) * sF + t * Bp + b0);
+    for (int a = 0; a < GT; ++a) {
+      const V<T> d = ld(dgi + (g0 + a) * sF + t * Bp + b0);
+      for (int b = 0; b < IT; ++b) acc[a][b] += d * xs[b];
+    }
+  }
+  for (int a = 0; a < GT; ++a)
+    for (int b = 0; b < IT; ++b) dw[(g0 + a) * I + i0 + b] = lane_sum<T>(acc[a][b]);
+}
+
+template <typename T>
+void input_grad_block(int64_t b0, int64_t steps, int64_t Bp, int64_t G, int64_t I,
+                      const T* dgi, const T* x, T* dw, T* db) {
+  constexpr int GT = kRegs >= 32 ? 4 : 2;
+  const int64_t sF = steps * Bp;
+  int64_t g = 0;
+  for (; g + GT <= G; g += GT) {
+    int64_t i = 0;
+    for (; i + 4 <= I; i += 4) input_tile<T, GT, 4>(dgi, x, steps, Bp, b0, I, g, i, dw);
+    for (; i < I; ++i) input_tile<T, GT, 1>(dgi, x, steps, Bp, b0, I, g, i, dw);
+  }
+  for (; g < G; ++g)
+    for (int64_t i = 0; i < I; ++i) input_tile<T, 1, 1>(dgi, x, steps, Bp, b0, I, g, i, dw);
+  for (int64_t j = 0; j < G; ++j) {
+    V<T> s = {};
+    for (int64_t t = 0; t < steps; ++t) s += ld(dgi + j * sF + t * Bp + b0);
+    db[j] = lane_sum<T>(s);
+  }
+}
+
+// ================================================================= dispatch on H
+// The lecture's hidden sizes get a compile-time H (fixed trip counts, unrolled tiles).
+#define RNNLAB_LANES_H(H, CALL)                      \
+  switch (H) {                                       \
+    case 16: { constexpr int HC = 16; CALL; break; } \
+    case 32: { constexpr int HC = 32; CALL; break; } \
+    case 64: { constexpr int HC = 64; CALL; break; } \
+    default: { constexpr int HC = 0; CALL; break; }  \
+  }
+
+template <typename T>
+void gru_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* gi,
+                       const T* w, const T* bhh, const T* mask, bool relu, T* out, T* gates,
+                       T* last) {
+  RNNLAB_LANES_H(H, (gru_forward<T, HC>(b0, steps, Bp, H, gi, w, bhh, mask, relu, out,
+                                        gates, last)))
+}
+template <typename T>
+void gru_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* grad,
+                        bool seq, const T* wt, const T* mask, const T* out, const T* gates,
+                        bool relu, T* dgi, T* dw, T* db) {
+  RNNLAB_LANES_H(H, (gru_backward<T, HC>(b0, steps, Bp, H, grad, seq, wt, mask, out, gates,
+                                         relu, dgi, dw, db)))
+}
+template <typename T>
+void lstm_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* gi,
+                        const T* w, const T* bhh, const T* mask, T* out, T* gates, T* cells,
+                        T* last) {
+  RNNLAB_LANES_H(H, (lstm_forward<T, HC>(b0, steps, Bp, H, gi, w, bhh, mask, out, gates,
+                                         cells, last)))
+}
+template <typename T>
+void lstm_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* grad,
+                         bool seq, const T* wt, const T* mask, const T* out, const T* gates,
+                         const T* cells, T* dgi, T* dw, T* db) {
+  RNNLAB_LANES_H(H, (lstm_backward<T, HC>(b0, steps, Bp, H, grad, seq, wt, mask, out, gates,
+                                          cells, dgi, dw, db)))
+}
+template <typename T>
+void rnn_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* gi,
+                       const T* w, const T* bhh, const T* mask, bool relu, T* out, T* last) {
+  RNNLAB_LANES_H(H, (rnn_forward<T, HC>(b0, steps, Bp, H, gi, w, bhh, mask, relu, out, last)))
+}
+template <typename T>
+void rnn_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* grad,
+                        bool seq, const T* wt, const T* mask, const T* out, bool relu, T* dgi,
+                        T* dw, T* db) {
+  RNNLAB_LANES_H(H, (rnn_backward<T, HC>(b0, steps, Bp, H, grad, seq, wt, mask, out, relu,
+                                         dgi, dw, db)))
+}
+#undef RNNLAB_LANES_H
