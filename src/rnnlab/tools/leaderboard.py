@@ -3,13 +3,20 @@
     python -m rnnlab.tools.leaderboard [--split test] [--width 100] [-A | -n N]   (./dev.sh leaderboard)
 
 One row per experiment (the workspace, the baseline commit and the experiments DVC shows
-for it, as ``dvc exp show`` lists them): first the params that differ between the rows,
-then, per data set, each variant's headline figure: Jena's MAE (normalized units, lower
-is better, ``naive`` included), IMDB's accuracy (higher is better); validation by default,
-test with ``--split test``. ``*`` marks the best row of each column, and a last line names
-the best variant (``naive`` aside) and experiment. Tables wider than ``--width`` (default: the terminal's,
-100 when unknown) continue below with the experiment column repeated. The figures come
-from DVC (``dvc exp show``'s data, read through its Python API), not from MLflow.
+for it, as ``dvc exp show`` lists them): first the params that differ between the
+experiments (the workspace's and the experiments' own params, what a sweep changed; those
+that differ only from the baseline commit, say data URLs pointed at local copies, come in
+a short list below the table), then, per data set, each variant's headline figure: Jena's
+MAE (normalized units, lower is better, ``naive`` included), IMDB's accuracy (higher is
+better); validation by default, test with ``--split test``. ``*`` marks the best figure of
+a column (none where every figure ties), and a last line names the best variant (``naive``
+aside) and experiment. ``^`` marks a figure its row did not compute: its stage's record in
+that row's ``dvc.lock`` is from other params or other input data (an experiment that
+reran one stage keeps the baseline's figures for the others); such figures are never
+marked best. Tables wider than ``--width`` (default: the terminal's, 100 when unknown)
+continue below with the experiment column repeated. The figures come from DVC
+(``dvc exp show``'s data and each row's ``dvc.lock``, read through its Python API), not
+from MLflow.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import json
 import math
 import shutil
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +40,8 @@ HEADLINE = {"jena": ("mae", "MAE (normalized units)", True),
 TITLES = {"jena": "Jena", "imdb": "IMDB"}
 PARAMS_FILE = "params.yaml"
 MISSING = "–"
+INHERITED = "^"       # after a figure its row's stage did not compute at the row's params
+BEST = "*"
 
 
 @dataclass
@@ -41,6 +51,9 @@ class Row:
     params: dict[str, Any]
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     state: str = ""                  # "" when it ran; else queued, running, failed...
+    kind: str = "experiment"         # "workspace", "baseline" (a commit) or "experiment"
+    rev: str = ""                    # the git commit ("workspace" for the workspace)
+    inherited: set[str] = field(default_factory=set)   # metrics files not computed here
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -53,12 +66,13 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _row(name: str, data: Mapping[str, Any] | None, state: str = "") -> Row:
+def _row(name: str, data: Mapping[str, Any] | None, state: str = "",
+         kind: str = "experiment", rev: str = "") -> Row:
     data = data or {}
     params = ((data.get("params") or {}).get(PARAMS_FILE) or {}).get("data") or {}
     metrics = {Path(path).stem: (content or {}).get("data") or {}
                for path, content in (data.get("metrics") or {}).items()}
-    return Row(name, flatten(params), metrics, state)
+    return Row(name, flatten(params), metrics, state, kind, rev)
 
 
 def rows_from_exp_show(shown: Sequence[Mapping[str, Any]]) -> list[Row]:
@@ -68,7 +82,8 @@ def rows_from_exp_show(shown: Sequence[Mapping[str, Any]]) -> list[Row]:
     for baseline in shown:
         rev = baseline.get("rev") or "?"
         name = baseline.get("name") or (rev if rev == "workspace" else rev[:7])
-        rows.append(_row(name, baseline.get("data")))
+        rows.append(_row(name, baseline.get("data"),
+                         kind="workspace" if rev == "workspace" else "baseline", rev=rev))
         for exp in baseline.get("experiments") or []:
             revs = exp.get("revs") or [{}]
             first = revs[0]
@@ -77,18 +92,90 @@ def rows_from_exp_show(shown: Sequence[Mapping[str, Any]]) -> list[Row]:
             if first.get("error") and not state:
                 state = "failed"
             rows.append(_row(exp.get("name") or first.get("name") or (first.get("rev") or "?")[:7],
-                             first.get("data"), state))
+                             first.get("data"), state, rev=first.get("rev") or ""))
     return rows
+
+
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _params_match(recorded: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
+    """Whether a stage's params as ``dvc.lock`` records them (``{key: value}``, a value
+    possibly a whole section) are ``params`` (flattened) now."""
+    for key, value in recorded.items():
+        if isinstance(value, Mapping):
+            ours = {k: v for k, v in params.items() if k.startswith(f"{key}.")}
+            if not _same(flatten(value, f"{key}."), ours):
+                return False
+        elif key not in params or not _same(value, params[key]):
+            return False
+    return True
+
+
+def not_computed_here(lock: Mapping[str, Any], params: Mapping[str, Any]) -> set[str]:
+    """The metrics files (by stem: ``gru``, ``naive``) whose figures a row's ``dvc.lock``
+    says were not computed at its ``params``: their stage's recorded params differ from
+    them, or an input it read is not what the stage that makes that input recorded (a
+    stage upstream reran, for other params), or such an upstream stage is itself stale.
+
+    This is how ``dvc exp run -S jena.lookback=720 train@gru`` looks: DVC reruns
+    ``windows_jena`` and ``train@gru``, and the commit keeps every other stage's record,
+    with the baseline's params and the baseline's windows. (The code the stages read is
+    not compared: an experiment runs the code of its commit.)"""
+    stages: Mapping[str, Any] = lock.get("stages") or {}
+    made_by: dict[str, tuple[str, str | None]] = {}          # out path -> (stage, md5)
+    for name, stage in stages.items():
+        for out in stage.get("outs") or []:
+            made_by[out["path"]] = (name, out.get("md5"))
+
+    stale: dict[str, bool] = {}
+
+    def is_stale(name: str) -> bool:
+        if name in stale:
+            return stale[name]
+        stale[name] = False                                   # no cycles in a DVC graph
+        stage = stages[name]
+        recorded = (stage.get("params") or {}).get(PARAMS_FILE) or {}
+        verdict = not _params_match(recorded, params)
+        for dep in stage.get("deps") or []:
+            if verdict:
+                break
+            path = dep["path"]
+            for out, (maker, md5) in made_by.items():
+                if maker == name or not (path == out or path.startswith(f"{out}/")):
+                    continue
+                if (path == out and md5 != dep.get("md5")) or is_stale(maker):
+                    verdict = True
+                    break
+        stale[name] = verdict
+        return verdict
+
+    return {Path(out["path"]).stem for name, stage in stages.items() if is_stale(name)
+            for out in stage.get("outs") or [] if out["path"].startswith("metrics/")}
 
 
 def read_experiments(root: Path, *, num: int = 1, all_commits: bool = False) -> list[Row]:
     """What ``dvc exp show`` shows, through DVC's Python API (no subprocess)."""
+    import yaml
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
         states = repo.experiments.show(num=num, all_commits=all_commits)
         shown = json.loads(json.dumps([s.dumpd() for s in states], default=str))
-    return rows_from_exp_show(shown)
+        rows = rows_from_exp_show(shown)
+        for row in rows:
+            if not row.params or not row.metrics:
+                continue
+            try:
+                if row.rev == "workspace":
+                    text = (root / "dvc.lock").read_text()
+                else:
+                    text = repo.scm.get_fs(row.rev).read_text("dvc.lock")
+            except (OSError, ValueError):
+                continue                            # no dvc.lock: nothing to tell
+            row.inherited = not_computed_here(yaml.safe_load(text) or {}, row.params)
+    return rows
 
 
 def changed_params(rows: Sequence[Row]) -> list[str]:
@@ -97,6 +184,20 @@ def changed_params(rows: Sequence[Row]) -> list[str]:
     keys = sorted({k for r in with_params for k in r.params})
     return [k for k in keys if len({json.dumps(r.params.get(k), sort_keys=True)
                                     for r in with_params}) > 1]
+
+
+def swept_params(rows: Sequence[Row]) -> tuple[list[str], list[str]]:
+    """(the changed params that differ between the experiments and the workspace, the
+    changed params that are the same in all of them and differ only from a baseline
+    commit). With fewer than two such rows, or when none differs between them, every
+    changed param is in the first list."""
+    keys = changed_params(rows)
+    ours = [r for r in rows if r.params and r.kind != "baseline"]
+    among = [k for k in keys if len({json.dumps(r.params.get(k), sort_keys=True)
+                                     for r in ours}) > 1]
+    if not among:
+        return keys, []
+    return among, [k for k in keys if k not in among]
 
 
 def variants(rows: Sequence[Row], dataset: str) -> list[str]:
@@ -119,7 +220,11 @@ def _number(value: Any) -> float | None:
 
 def headline_table(rows: Sequence[Row], dataset: str, split: str
                    ) -> tuple[list[str], list[list[str]], str] | None:
-    """(variant columns, cells per row, the best line) of ``dataset``; None without figures."""
+    """(variant columns, cells per row, the best line) of ``dataset``; None without figures.
+
+    The figures compare as shown (3 decimals). A figure a row did not compute
+    (``Row.inherited``) gets ``^`` and is never the best; ``*`` goes on the best of the
+    others in a column, and on none when they all tie (or only one is there)."""
     stem, label, lower = HEADLINE[dataset]
     key = f"{split}_{stem}"
     names = variants(rows, dataset)
@@ -127,17 +232,41 @@ def headline_table(rows: Sequence[Row], dataset: str, split: str
     shown = [j for j in range(len(names)) if any(vals[j] is not None for vals in values)]
     if not shown:
         return None
+    own = [[vals[j] is not None and names[j] not in row.inherited for j in range(len(names))]
+           for row, vals in zip(rows, values)]
     best_of: dict[int, float] = {}
+    marked: set[int] = set()
     for j in shown:
-        column = [v for vals in values if (v := vals[j]) is not None]
-        best_of[j] = min(column) if lower else max(column)
-    cells = [[MISSING if vals[j] is None else
-              f"{vals[j]:.3f}" + ("*" if vals[j] == best_of[j] else " ") for j in shown]
-             for vals in values]
-    models = [j for j in shown if names[j] != "naive"] or shown     # the baseline is no model
+        column = {round(v, 3) for vals, mine in zip(values, own) if mine[j]
+                  and (v := vals[j]) is not None}
+        if column:
+            best_of[j] = min(column) if lower else max(column)
+        if len(column) > 1:
+            marked.add(j)
+
+    def cell(vals: list[float | None], mine: list[bool], j: int) -> str:
+        value = vals[j]
+        if value is None:
+            return MISSING
+        if not mine[j]:
+            return f"{value:.3f}{INHERITED}"
+        return f"{value:.3f}" + (BEST if j in marked and round(value, 3) == best_of[j] else " ")
+
+    cells = [[cell(vals, mine, j) for j in shown] for vals, mine in zip(values, own)]
+    ranked = [j for j in shown if j in best_of]
+    if not ranked:
+        return [names[j] for j in shown], cells, "best model: none computed at its row's params"
+    models = [j for j in ranked if names[j] != "naive"] or ranked   # the baseline is no model
     j = (min if lower else max)(models, key=lambda j: best_of[j])
-    i = next(i for i, vals in enumerate(values) if vals[j] == best_of[j])
-    best = f"best model: {names[j]}, {split} {stem} {best_of[j]:.3f}, in {rows[i].name}"
+    where = [r for r, vals, mine in zip(rows, values, own)
+             if mine[j] and round(vals[j], 3) == best_of[j]]        # type: ignore[arg-type]
+    where.sort(key=lambda r: r.kind == "workspace")                 # an experiment's name first
+    best = f"best model: {names[j]}, {split} {stem} {best_of[j]:.3f}, in "
+    if j not in marked and len(where) > 1:
+        best += "every row that computed it"
+    else:
+        best += ", ".join(r.name for r in where[:3]) + (f" and {len(where) - 3} more"
+                                                      if len(where) > 3 else "")
     return [names[j] for j in shown], cells, best
 
 
@@ -202,19 +331,50 @@ def _param_text(value: Any) -> str:
     return str(value)
 
 
+def _shorten(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, its middle cut (a URL keeps its file name)."""
+    if len(text) <= width:
+        return text
+    keep = max(width - 1, 2)
+    return text[:keep // 2] + "…" + text[len(text) - (keep - keep // 2):]
+
+
+def baseline_only_lines(rows: Sequence[Row], keys: Sequence[str], width: int) -> list[str]:
+    """``keys`` (the same in the workspace and every experiment) as one line each: the
+    value they share, then each baseline's own."""
+    ours = next(r for r in rows if r.params and r.kind != "baseline")
+    bases = [r for r in rows if r.params and r.kind == "baseline"]
+    title = ", ".join(r.name for r in bases)
+    lines = [f"the same in the workspace and every experiment, other in {title}:"]
+    key_width = max(len(k) for k in keys)
+    for key in keys:
+        mine = _param_text(ours.params.get(key))
+        theirs = "; ".join(f"{r.name}: {_param_text(r.params.get(key))}" for r in bases
+                           if not _same(r.params.get(key), ours.params.get(key)))
+        room = max(width - key_width - 8, 30)       # for both values
+        theirs = _shorten(theirs, max(room - len(mine), room // 2))
+        mine = _shorten(mine, room - len(theirs))
+        lines.append(f"  {key.ljust(key_width)}  {mine}  ({theirs})")
+    return lines
+
+
 def leaderboard(rows: Sequence[Row], *, split: str = "val", width: int = 100) -> str:
-    """The whole text: changed params, then each data set's headline figures."""
+    """The whole text: the swept params, the params that differ only from a baseline,
+    then each data set's headline figures."""
     names = [r.name + (f" ({r.state})" if r.state else "") for r in rows]
     lines: list[str] = []
-    keys = changed_params(rows)
+    keys, baseline_only = swept_params(rows)
     if keys:
-        lines.append("params that differ between the rows:")
+        lines.append("params that differ between the experiments:")
         headers = [k.removeprefix("models.") for k in keys]
         cells = [[_param_text(r.params.get(k)) if r.params else MISSING for k in keys]
                  for r in rows]
         lines += render(headers, names, cells, width)
     else:
         lines.append("no param differs between the rows")
+    if baseline_only:
+        lines += baseline_only_lines(rows, baseline_only, width)
+    inherited = False
     for dataset in HEADLINE:
         table = headline_table(rows, dataset, split)
         if table is None:
@@ -222,9 +382,16 @@ def leaderboard(rows: Sequence[Row], *, split: str = "val", width: int = 100) ->
         headers, cells, best = table
         stem, label, lower = HEADLINE[dataset]
         lines += ["", f"{TITLES[dataset]}: {split} {label}, {'lower' if lower else 'higher'} "
-                      "is better; * the best row of each column"]
+                      f"is better; {BEST} the best in its column (none where all tie)"]
         lines += render([h.removeprefix(f"{dataset}_") for h in headers], names, cells, width)
         lines.append(best)
+        inherited |= any(c.endswith(INHERITED) for row in cells for c in row)
+    if inherited:
+        lines += [""] + textwrap.wrap(
+            f"{INHERITED} not computed at its row's params: the variant's stage did not run "
+            "for that row (its record in the row's dvc.lock has other params or other input "
+            "data, as when an experiment reruns one stage); the figure is the one the row "
+            "started from", width=width)
     return "\n".join(lines)
 
 
