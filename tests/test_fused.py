@@ -21,6 +21,19 @@ pytestmark = pytest.mark.skipif(not fused.available(),
 
 B, T, I, H = 5, 7, 3, 6  # noqa: E741  (batch, time, input, hidden)
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}
+# Every instruction set this CPU runs (AVX-512, AVX2, portable on this project's machine):
+# the tests that take the ``isa`` fixture run once with each, the slower ones forced.
+ISAS = fused.supported_isas() if fused.available() else ["unavailable"]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    before = fused.isa()
+    fused.set_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        fused.set_isa(before)
 
 
 def _fused_layer(cell, rnn, x, mask_h=None, return_sequences=True):
@@ -42,7 +55,7 @@ def _grads(module, x):
 @pytest.mark.parametrize("cell,nonlinearity", [("gru", None), ("lstm", None),
                                                ("rnn", "tanh"), ("rnn", "relu")])
 @pytest.mark.parametrize("return_sequences", [True, False])
-def test_matches_torch_modules(cell, nonlinearity, return_sequences):
+def test_matches_torch_modules(cell, nonlinearity, return_sequences, isa):
     torch.manual_seed(0)
     kwargs = {"nonlinearity": nonlinearity} if nonlinearity else {}
     ref = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}[cell](I, H, batch_first=True, **kwargs)
@@ -65,7 +78,7 @@ def test_matches_torch_modules(cell, nonlinearity, return_sequences):
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("return_sequences", [True, False])
-def test_gru_matches_dropout_gru_reference(activation, return_sequences):
+def test_gru_matches_dropout_gru_reference(activation, return_sequences, isa):
     torch.manual_seed(1)
     ref = DropoutGRU(I, H, dropout=0.3, recurrent_dropout=0.4, activation=activation,
                      return_sequences=return_sequences)
@@ -130,7 +143,7 @@ def _call(cell, gi, w, b, m, relu, return_sequences):
                                        ("rnn", False), ("rnn", True)])
 @pytest.mark.parametrize("return_sequences", [True, False])
 @pytest.mark.parametrize("mask", [True, False])
-def test_gradcheck_float64(cell, relu, return_sequences, mask):
+def test_gradcheck_float64(cell, relu, return_sequences, mask, isa):
     gi, w, b, m = _inputs(cell, torch.float64, mask)
     if relu:   # keep pre-activations away from relu's kink, where finite differences fail
         gi = gi + torch.where(gi > 0, 0.3, -0.3).to(gi)
@@ -140,7 +153,7 @@ def test_gradcheck_float64(cell, relu, return_sequences, mask):
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
-def test_deterministic_and_thread_count_independent(cell):
+def test_deterministic_and_thread_count_independent(cell, isa):
     gi, w, b, m = _inputs(cell, torch.float32, seed=4)
     gi = torch.randn(30, 67, GATES[cell] * 4)          # odd batch: uneven blocks
     m = torch.bernoulli(torch.full((67, 4), 0.7)) / 0.7
@@ -162,7 +175,7 @@ def test_deterministic_and_thread_count_independent(cell):
 @pytest.mark.parametrize("cell,relu", [("gru", False), ("gru", True), ("lstm", False),
                                        ("rnn", False), ("rnn", True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_inference_kernels_equal_the_training_forward(cell, relu, dtype):
+def test_inference_kernels_equal_the_training_forward(cell, relu, dtype, isa):
     """Without gradients the kernels keep no per-step states; the outputs stay bit-identical,
     for h_T and for the whole sequence, with and without a mask, for any thread count."""
     gi = torch.randn(37, 67, GATES[cell] * 16, dtype=dtype)     # odd batch: uneven blocks
@@ -301,3 +314,69 @@ def test_a_copy_of_the_package_elsewhere_reuses_the_build(tmp_path):
     where, ok = done.stdout.split()
     assert where.startswith(str(copy)) and ok == "True"
     assert built.stat().st_mtime_ns == stamp, "the copy recompiled the extension"
+
+
+def _scale_close(mine, theirs, what):
+    """Equal within 1e-5 of the reference tensor's scale (its largest magnitude)."""
+    scale = float(theirs.abs().max())
+    err = float((mine - theirs).abs().max())
+    assert err <= 1e-5 * max(scale, 1e-12), f"{what}: {err:.3g} off at scale {scale:.3g}"
+
+
+@pytest.mark.parametrize("cell,relu", [("gru", False), ("gru", True), ("lstm", False),
+                                       ("rnn", False), ("rnn", True)])
+@pytest.mark.parametrize("hidden", [32, 6])
+def test_every_instruction_set_gives_the_same_results(cell, relu, hidden):
+    """Outputs and every gradient of each instruction set's kernels against the best one's,
+    within 1e-5 of each tensor's scale: a compile-time H (32) and a runtime one (6), a
+    batch that fills no lane block (37), masks, both output forms; and the kernel that ran
+    was the one asked for."""
+    g = torch.Generator().manual_seed(11)
+    k = GATES[cell]
+    gi = torch.randn(23, 37, k * hidden, generator=g)
+    w = torch.randn(k * hidden, hidden, generator=g) / hidden ** 0.5
+    b = torch.randn(k * hidden, generator=g) * 0.1
+    m = torch.bernoulli(torch.full((37, hidden), 0.7), generator=g) / 0.7
+    before = fused.isa()
+    try:
+        for mask in (None, m):
+            for return_sequences in (True, False):
+                results = {}
+                for name in fused.supported_isas():
+                    fused.set_isa(name)
+                    args = [t.clone().requires_grad_() for t in (gi, w, b)]
+                    out = _call(cell, *args, mask, relu, return_sequences)
+                    assert fused.last_isa() == name
+                    grads = torch.autograd.grad(out.sin().sum(), args)
+                    assert fused.last_isa() == name
+                    results[name] = [out.detach(), *grads]
+                best = results[fused.supported_isas()[0]]
+                for name, tensors in results.items():
+                    for what, a, ref in zip(("out", "d gi", "d w_hh", "d b_hh"), tensors, best):
+                        _scale_close(a, ref, f"{name} {cell} mask={mask is not None} "
+                                             f"seq={return_sequences} {what}")
+    finally:
+        fused.set_isa(before)
+
+
+def test_an_instruction_set_this_cpu_lacks_is_one_clear_error():
+    with pytest.raises(Exception) as info:
+        fused.set_isa("avx1024")
+    message = str(info.value)
+    assert "RNNLAB_CPU_ISA='avx1024'" in message
+    for name in fused.supported_isas():
+        assert name in message
+    assert "\n" not in message
+
+
+def test_the_environment_chooses_the_instruction_set():
+    import os
+    import subprocess
+    import sys
+    code = ("import torch; from rnnlab.nn import fused; "
+            "fused.gru_recurrence(torch.randn(3, 2, 6), torch.randn(6, 2), torch.randn(6), "
+            "None, False, True); print(fused.isa(), fused.last_isa())")
+    for name in fused.supported_isas():
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=dict(os.environ, RNNLAB_CPU_ISA=name), check=True)
+        assert done.stdout.split() == [name, name]

@@ -214,6 +214,12 @@ def _isa_code() -> int:
     return int(_require().isa_code(isa()))
 
 
+def last_isa() -> str:
+    """The instruction set the last kernel call ran with ('' before any)."""
+    code = int(_require().last_isa())
+    return supported_isas()[::-1][code] if code >= 0 else ""
+
+
 # ---------------------------------------------------------------- feature-major autograd
 # gi (G*H, T, Bp), out (H, T, Bp) or (H, Bp), mask (H, Bp); Bp a multiple of BATCH_MULTIPLE.
 BATCH_MULTIPLE = 16

@@ -93,11 +93,39 @@ inline V<double> vexp(V<double> x) {
   for (int i = 0; i < kLanes; ++i) x[i] = std::exp(x[i]);
   return x;
 }
+// 1 / d: the reciprocal estimate and one Newton step (within ~1 ulp) where the instruction
+// set has one; a vector division costs several times more and the gates need three a step.
+inline V<float> vrecip(V<float> d) {
+#if defined(RNNLAB_LANES_AVX512)
+  static_assert(sizeof(V<float>) == sizeof(__m512), "one zmm register");
+  __m512 r0 = _mm512_rcp14_ps(reinterpret_cast<__m512&>(d));
+  V<float> r = reinterpret_cast<V<float>&>(r0);
+#elif defined(RNNLAB_LANES_AVX2)
+  static_assert(sizeof(V<float>) == sizeof(__m256), "one ymm register");
+  __m256 r0 = _mm256_rcp_ps(reinterpret_cast<__m256&>(d));
+  V<float> r = reinterpret_cast<V<float>&>(r0);
+#elif defined(__SSE__)
+  static_assert(sizeof(V<float>) == sizeof(__m128), "one xmm register");
+  __m128 r0 = _mm_rcp_ps(reinterpret_cast<__m128&>(d));
+  V<float> r = reinterpret_cast<V<float>&>(r0);
+#else
+  return 1.0f / d;
+#endif
+#if defined(RNNLAB_LANES_AVX512) || defined(RNNLAB_LANES_AVX2) || defined(__SSE__)
+  r = r * (2.0f - d * r);
+#if !defined(RNNLAB_LANES_AVX512)
+  r = r * (2.0f - d * r);   // rcp_ps is a 12-bit estimate: a second step
+#endif
+  return r;
+#endif
+}
+inline V<double> vrecip(V<double> d) { return 1.0 / d; }
+
 template <typename T>
 inline V<T> vsigmoid(V<T> x) {
-  return T(1) / (T(1) + vexp(-x));
+  return vrecip(T(1) + vexp(-x));
 }
-inline V<float> vtanh(V<float> x) { return 2.0f / (1.0f + vexp(-2.0f * x)) - 1.0f; }
+inline V<float> vtanh(V<float> x) { return 2.0f * vrecip(1.0f + vexp(-2.0f * x)) - 1.0f; }
 inline V<double> vtanh(V<double> x) {
   for (int i = 0; i < kLanes; ++i) x[i] = std::tanh(x[i]);
   return x;
@@ -113,37 +141,55 @@ inline V<T> vact(V<T> x, bool relu) {
 }
 
 // ---------------------------------------------------------------- products
-// acc[g][j] = bias + sum_k W[(g * R + j0 + j) * ldw + k] * x[k] for the J rows j0.. of each
-// of the NG gate blocks (rows R apart): the J * NG accumulators stay in registers.
-template <typename T, int NG, int J>
-inline void gate_tile(const T* __restrict__ w, int64_t ldw, int64_t R, int64_t j0, int64_t K,
-                      const V<T>* __restrict__ x, const T* __restrict__ bias, V<T> (&acc)[NG][J]) {
-  for (int g = 0; g < NG; ++g)
-    for (int j = 0; j < J; ++j) acc[g][j] = bias ? splat(bias[g * R + j0 + j]) : V<T>{};
-  for (int64_t k = 0; k < K; ++k) {
-    const V<T> xk = x[k];
-    for (int g = 0; g < NG; ++g)
-      for (int j = 0; j < J; ++j) acc[g][j] += w[(g * R + j0 + j) * ldw + k] * xk;
+// The weights are packed once per call so that the scalars a tile broadcasts at one k sit
+// next to each other: one base register and immediate offsets, where the row-major matrix
+// needed a register per row (and GCC spilled them). Tiles of J rows start at every multiple
+// of J, then single rows; a tile starting at row j0 finds its block at j0 * NG * K.
+//   pack_rows: M (NG gate blocks of R rows, K columns; row g * R + j) -> [tile][k][g][j].
+template <typename T>
+inline void pack_rows(const T* m, int64_t NG, int64_t R, int64_t K, int J, T* out) {
+  for (int64_t j0 = 0; j0 < R;) {
+    const int64_t jt = j0 + J <= R ? J : 1;
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t g = 0; g < NG; ++g)
+        for (int64_t j = 0; j < jt; ++j) *out++ = m[(g * R + j0 + j) * K + k];
+    j0 += jt;
   }
 }
 
-// out[j] = sum_k M[j * ldm + k] * x[k] for j < N (the backward's W_hh^T products).
-template <typename T, int J>
-inline void rows_tile(const T* __restrict__ m, int64_t ldm, int64_t j0, int64_t K,
-                      const V<T>* __restrict__ x, V<T>* __restrict__ out) {
-  V<T> acc[J] = {};
+// acc[g][j] = bias + sum_k M[g * R + j0 + j][k] * x[k], from the packed tile wp (K x NG x J):
+// the J * NG accumulators stay in registers over k.
+template <typename T, int NG, int J>
+inline void gate_tile(const T* __restrict__ wp, int64_t R, int64_t j0, int64_t K,
+                      const V<T>* __restrict__ x, const T* __restrict__ bias, V<T> (&acc)[NG][J]) {
+  for (int g = 0; g < NG; ++g)
+    for (int j = 0; j < J; ++j) acc[g][j] = bias ? splat(bias[g * R + j0 + j]) : V<T>{};
+#pragma GCC unroll 4
   for (int64_t k = 0; k < K; ++k) {
     const V<T> xk = x[k];
-    for (int j = 0; j < J; ++j) acc[j] += m[(j0 + j) * ldm + k] * xk;
+    const T* __restrict__ wk = wp + k * NG * J;
+    for (int g = 0; g < NG; ++g)
+      for (int j = 0; j < J; ++j) acc[g][j] += wk[g * J + j] * xk;
   }
-  for (int j = 0; j < J; ++j) out[j0 + j] = acc[j];
+}
+
+// out[j] = sum_k M[j][k] * x[k] for the N rows of M (packed by pack_rows with NG = 1).
+template <typename T, int J>
+inline void rows_tile(const T* __restrict__ mp, int64_t K, const V<T>* __restrict__ x,
+                      V<T>* __restrict__ out) {
+  V<T> acc[J] = {};
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < K; ++k) {
+    const V<T> xk = x[k];
+    for (int j = 0; j < J; ++j) acc[j] += mp[k * J + j] * xk;
+  }
+  for (int j = 0; j < J; ++j) out[j] = acc[j];
 }
 template <typename T, int J>
-inline void rows_product(const T* m, int64_t ldm, int64_t N, int64_t K, const V<T>* x,
-                         V<T>* out) {
+inline void rows_product(const T* mp, int64_t N, int64_t K, const V<T>* x, V<T>* out) {
   int64_t j = 0;
-  for (; j + J <= N; j += J) rows_tile<T, J>(m, ldm, j, K, x, out);
-  for (; j < N; ++j) rows_tile<T, 1>(m, ldm, j, K, x, out);
+  for (; j + J <= N; j += J) rows_tile<T, J>(mp + j * K, K, x, out + j);
+  for (; j < N; ++j) rows_tile<T, 1>(mp + j * K, K, x, out + j);
 }
 
 // The weight gradient of a chunk of steps, per lane: dwl[g * H + k] += dg[c][g] * x[c][k],
@@ -209,9 +255,30 @@ struct BackwardScratch {
   }
 };
 
+// The next step's rows of a (F, T, Bp) tensor for this block: F lines T*Bp apart, too many
+// streams for the hardware prefetcher to follow, so they are asked for a step ahead.
+template <typename T>
+inline void prefetch_step(const T* row0, int64_t rows, int64_t sF, bool write) {
+  for (int64_t f = 0; f < rows; ++f) {
+    if (write) __builtin_prefetch(row0 + f * sF, 1, 3);
+    else __builtin_prefetch(row0 + f * sF, 0, 3);
+  }
+}
+
 template <typename T>
 inline void load_mask(const T* mask, int64_t b0, int64_t Bp, int64_t H, V<T>* m) {
   for (int64_t k = 0; k < H; ++k) m[k] = mask ? ld(mask + k * Bp + b0) : splat(T(1));
+}
+
+// The backward's rows of step t - 1: the output gradient, the state before it (t - 2) and
+// dgi, which is written.
+template <typename T>
+inline void prefetch_back(int64_t t, int64_t Bp, int64_t b0, int64_t sF, int64_t G,
+                          int64_t H, bool seq, const T* grad, const T* out, T* d) {
+  if (t < 1) return;
+  if (seq) prefetch_step(grad + (t - 1) * Bp + b0, H, sF, false);
+  if (t >= 2) prefetch_step(out + (t - 2) * Bp + b0, H, sF, false);
+  prefetch_step(d - Bp, G, sF, true);
 }
 
 // The output gradient of step t joins dh.
@@ -235,6 +302,8 @@ void gru_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi,
   const int64_t H = HC > 0 ? HC : H_, sF = steps * Bp;
   constexpr int J = 4;   // 12 accumulators
   LaneBuf<T> hbuf(3 * H), m(H);
+  std::vector<T> wp(3 * H * H);
+  pack_rows(w, 3, H, H, J, wp.data());
   V<T>* h = hbuf.data();
   V<T>* hn = h + H;
   V<T>* xin = hn + H;
@@ -243,10 +312,14 @@ void gru_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi,
     for (int64_t k = 0; k < H; ++k) xin[k] = t ? h[k] * m[k] : V<T>{};
     const T* g = gi + t * Bp + b0;
     T* sv = gates ? gates + t * 4 * H * kLanes : nullptr;
+    if (t + 1 < steps) {
+      prefetch_step(g + Bp, 3 * H, sF, false);
+      if (out) prefetch_step(out + (t + 1) * Bp + b0, H, sF, true);
+    }
     auto cell = [&](auto tile_j, int64_t j0) {
       constexpr int JJ = decltype(tile_j)::value;
       V<T> acc[3][JJ];
-      gate_tile<T, 3, JJ>(w, H, H, j0, H, xin, bhh, acc);
+      gate_tile<T, 3, JJ>(wp.data() + j0 * 3 * H, H, j0, H, xin, bhh, acc);
       for (int i = 0; i < JJ; ++i) {
         const int64_t j = j0 + i;
         const V<T> r = vsigmoid<T>(ld(g + j * sF) + acc[0][i]);
@@ -281,6 +354,8 @@ void gru_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gr
   const int64_t H = HC > 0 ? HC : H_, G = 3 * H, sF = steps * Bp;
   BackwardScratch<T> s(G, H);
   LaneBuf<T> m(H);
+  std::vector<T> wtp(H * G);
+  pack_rows(wt, 1, H, G, 8, wtp.data());
   load_mask(mask, b0, Bp, H, m.data());
   V<T>* dh = s.dh.data();
   const V<T> one = splat(T(1));
@@ -288,6 +363,7 @@ void gru_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gr
     add_grad(grad, seq, t, steps, Bp, b0, H, dh);
     const T* sv = gates + t * 4 * H * kLanes;
     T* d = dgi + t * Bp + b0;
+    prefetch_back(t, Bp, b0, sF, G, H, seq, grad, out, d);
     V<T>* dg = s.dg_row();
     V<T>* x = s.x_row();
     for (int64_t j = 0; j < H; ++j) {
@@ -307,7 +383,7 @@ void gru_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gr
       x[j] = hp * m[j];
       dh[j] *= z;
     }
-    rows_product<T, 8>(wt, G, H, G, dg, s.dhin.data());
+    rows_product<T, 8>(wtp.data(), H, G, dg, s.dhin.data());
     for (int64_t k = 0; k < H; ++k) dh[k] += s.dhin[k] * m[k];
     s.next(t == 0);
   }
@@ -322,6 +398,8 @@ void lstm_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi
   const int64_t H = HC > 0 ? HC : H_, sF = steps * Bp;
   constexpr int J = kRegs >= 32 ? 4 : 2;   // 16 or 8 accumulators
   LaneBuf<T> hbuf(3 * H), c(H), m(H);
+  std::vector<T> wp(4 * H * H);
+  pack_rows(w, 4, H, H, J, wp.data());
   V<T>* h = hbuf.data();
   V<T>* hn = h + H;
   V<T>* xin = hn + H;
@@ -331,10 +409,14 @@ void lstm_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi
     const T* g = gi + t * Bp + b0;
     T* sv = gates ? gates + t * 4 * H * kLanes : nullptr;
     T* cs = cells ? cells + t * 2 * H * kLanes : nullptr;
+    if (t + 1 < steps) {
+      prefetch_step(g + Bp, 4 * H, sF, false);
+      if (out) prefetch_step(out + (t + 1) * Bp + b0, H, sF, true);
+    }
     auto cell = [&](auto tile_j, int64_t j0) {
       constexpr int JJ = decltype(tile_j)::value;
       V<T> acc[4][JJ];
-      gate_tile<T, 4, JJ>(w, H, H, j0, H, xin, bhh, acc);
+      gate_tile<T, 4, JJ>(wp.data() + j0 * 4 * H, H, j0, H, xin, bhh, acc);
       for (int q = 0; q < JJ; ++q) {
         const int64_t j = j0 + q;
         const V<T> i = vsigmoid<T>(ld(g + j * sF) + acc[0][q]);
@@ -373,6 +455,8 @@ void lstm_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* g
   const int64_t H = HC > 0 ? HC : H_, G = 4 * H, sF = steps * Bp;
   BackwardScratch<T> s(G, H);
   LaneBuf<T> m(H);
+  std::vector<T> wtp(H * G);
+  pack_rows(wt, 1, H, G, 8, wtp.data());
   load_mask(mask, b0, Bp, H, m.data());
   V<T>* dh = s.dh.data();
   V<T>* dc = s.dc.data();
@@ -382,6 +466,7 @@ void lstm_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* g
     const T* sv = gates + t * 4 * H * kLanes;
     const T* cs = cells + t * 2 * H * kLanes;
     T* d = dgi + t * Bp + b0;
+    prefetch_back(t, Bp, b0, sF, G, H, seq, grad, out, d);
     V<T>* dg = s.dg_row();
     V<T>* x = s.x_row();
     for (int64_t j = 0; j < H; ++j) {
@@ -406,7 +491,7 @@ void lstm_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* g
       dg[3 * H + j] = dout;
       x[j] = hp * m[j];
     }
-    rows_product<T, 8>(wt, G, H, G, dg, s.dhin.data());
+    rows_product<T, 8>(wtp.data(), H, G, dg, s.dhin.data());
     for (int64_t k = 0; k < H; ++k) dh[k] = s.dhin[k] * m[k];
     s.next(t == 0);
   }
@@ -420,6 +505,8 @@ void rnn_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi,
   const int64_t H = HC > 0 ? HC : H_, sF = steps * Bp;
   constexpr int J = 8;
   LaneBuf<T> hbuf(3 * H), m(H);
+  std::vector<T> wp(H * H);
+  pack_rows(w, 1, H, H, J, wp.data());
   V<T>* h = hbuf.data();
   V<T>* hn = h + H;
   V<T>* xin = hn + H;
@@ -427,10 +514,14 @@ void rnn_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi,
   for (int64_t t = 0; t < steps; ++t) {
     for (int64_t k = 0; k < H; ++k) xin[k] = t ? h[k] * m[k] : V<T>{};
     const T* g = gi + t * Bp + b0;
+    if (t + 1 < steps) {
+      prefetch_step(g + Bp, H, sF, false);
+      if (out) prefetch_step(out + (t + 1) * Bp + b0, H, sF, true);
+    }
     auto cell = [&](auto tile_j, int64_t j0) {
       constexpr int JJ = decltype(tile_j)::value;
       V<T> acc[1][JJ];
-      gate_tile<T, 1, JJ>(w, H, H, j0, H, xin, bhh, acc);
+      gate_tile<T, 1, JJ>(wp.data() + j0 * H, H, j0, H, xin, bhh, acc);
       for (int q = 0; q < JJ; ++q) {
         const int64_t j = j0 + q;
         const V<T> hj = vact<T>(ld(g + j * sF) + acc[0][q], relu);
@@ -453,12 +544,15 @@ void rnn_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gr
   const int64_t H = HC > 0 ? HC : H_, sF = steps * Bp;
   BackwardScratch<T> s(H, H);
   LaneBuf<T> m(H);
+  std::vector<T> wtp(H * H);
+  pack_rows(wt, 1, H, H, 8, wtp.data());
   load_mask(mask, b0, Bp, H, m.data());
   V<T>* dh = s.dh.data();
   const V<T> one = splat(T(1));
   for (int64_t t = steps - 1; t >= 0; --t) {
     add_grad(grad, seq, t, steps, Bp, b0, H, dh);
     T* d = dgi + t * Bp + b0;
+    prefetch_back(t, Bp, b0, sF, H, H, seq, grad, out, d);
     V<T>* dg = s.dg_row();
     V<T>* x = s.x_row();
     for (int64_t j = 0; j < H; ++j) {
@@ -469,7 +563,7 @@ void rnn_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gr
       dg[j] = dpre;
       x[j] = hp * m[j];
     }
-    rows_product<T, 8>(wt, H, H, H, dg, s.dhin.data());
+    rows_product<T, 8>(wtp.data(), H, H, dg, s.dhin.data());
     for (int64_t k = 0; k < H; ++k) dh[k] = s.dhin[k] * m[k];
     s.next(t == 0);
   }
@@ -477,44 +571,65 @@ void rnn_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gr
 }
 
 // ================================================================= input weights
-// The input projection's gradients of one block, after the backward sweep: dw (G, I) and
-// db (G) = sums over every step and the block's lanes of dgi (G, T, Bp) x (I, T, Bp)^T.
-// Each element sums its steps in order per lane, then the lanes in order.
+// The input projection's gradients, after the backward sweep: dw (G, I) and db (G) = the
+// sums over every step and sequence of dgi (G, N) x (I, N)^T, N = T * Bp, both row-major:
+// each row is one contiguous stream. Rows g0 .. g1 of dw, kSpan vectors of N at a time:
+// the span's x (I x kSpan vectors, L1) serves every row; the per-lane sums wait in acc.
+// Each element is summed by one thread, vector by vector in order, then lane by lane, so
+// the result does not depend on how rows are shared between threads.
+constexpr int64_t kSpan = 32;
+
 template <typename T, int GT, int IT>
-inline void input_tile(const T* dgi, const T* x, int64_t steps, int64_t Bp, int64_t b0,
-                       int64_t I, int64_t g0, int64_t i0, T* dw) {
-  const int64_t sF = steps * Bp;
-  V<T> acc[GT][IT] = {};
-  for (int64_t t = 0; t < steps; ++t) {
-    V<T> xs[IT];
-    for (int b = 0; b < IT; ++b) xs[b] = ld(x + (i0 + b) * sF + t * Bp + b0);
-    for (int a = 0; a < GT; ++a) {
-      const V<T> d = ld(dgi + (g0 + a) * sF + t * Bp + b0);
-      for (int b = 0; b < IT; ++b) acc[a][b] += d * xs[b];
+inline void input_tile(const T* __restrict__ dgi, int64_t N, const V<T>* __restrict__ xs,
+                       int64_t n, int64_t I, int64_t i0, V<T>* __restrict__ acc) {
+  V<T> a[GT][IT];
+  for (int r = 0; r < GT; ++r)
+    for (int c = 0; c < IT; ++c) a[r][c] = acc[r * I + i0 + c];
+  for (int64_t v = 0; v < n; ++v) {
+    V<T> d[GT];
+    for (int r = 0; r < GT; ++r) d[r] = ld(dgi + r * N + v * kLanes);
+    for (int c = 0; c < IT; ++c) {
+      const V<T> xv = xs[(i0 + c) * kSpan + v];
+      for (int r = 0; r < GT; ++r) a[r][c] += d[r] * xv;
     }
   }
-  for (int a = 0; a < GT; ++a)
-    for (int b = 0; b < IT; ++b) dw[(g0 + a) * I + i0 + b] = lane_sum<T>(acc[a][b]);
+  for (int r = 0; r < GT; ++r)
+    for (int c = 0; c < IT; ++c) acc[r * I + i0 + c] = a[r][c];
+}
+
+template <typename T, int GT>
+inline void input_rows(const T* dgi, int64_t N, const V<T>* xs, int64_t n, int64_t I,
+                       V<T>* acc, V<T>* accb) {
+  constexpr int IT = kRegs >= 32 ? 8 : 4;
+  int64_t i = 0;
+  for (; i + IT <= I; i += IT) input_tile<T, GT, IT>(dgi, N, xs, n, I, i, acc);
+  for (; i < I; ++i) input_tile<T, GT, 1>(dgi, N, xs, n, I, i, acc);
+  for (int r = 0; r < GT; ++r) {
+    V<T> sb = accb[r];
+    for (int64_t v = 0; v < n; ++v) sb += ld(dgi + r * N + v * kLanes);
+    accb[r] = sb;
+  }
 }
 
 template <typename T>
-void input_grad_block(int64_t b0, int64_t steps, int64_t Bp, int64_t G, int64_t I,
-                      const T* dgi, const T* x, T* dw, T* db) {
-  constexpr int GT = kRegs >= 32 ? 4 : 2;
-  const int64_t sF = steps * Bp;
-  int64_t g = 0;
-  for (; g + GT <= G; g += GT) {
-    int64_t i = 0;
-    for (; i + 4 <= I; i += 4) input_tile<T, GT, 4>(dgi, x, steps, Bp, b0, I, g, i, dw);
-    for (; i < I; ++i) input_tile<T, GT, 1>(dgi, x, steps, Bp, b0, I, g, i, dw);
+void input_grad_rows(int64_t g0, int64_t g1, int64_t N, int64_t I, const T* dgi, const T* x,
+                     T* dw, T* db) {
+  constexpr int GT = 2;
+  const int64_t rows = g1 - g0;
+  LaneBuf<T> acc(rows * I), accb(rows), xs(I * kSpan);
+  for (int64_t v0 = 0; v0 < N / kLanes; v0 += kSpan) {
+    const int64_t n = std::min<int64_t>(kSpan, N / kLanes - v0);
+    for (int64_t c = 0; c < I; ++c)
+      for (int64_t v = 0; v < n; ++v) xs[c * kSpan + v] = ld(x + c * N + (v0 + v) * kLanes);
+    const T* d0 = dgi + g0 * N + v0 * kLanes;
+    int64_t g = 0;
+    for (; g + GT <= rows; g += GT)
+      input_rows<T, GT>(d0 + g * N, N, xs.data(), n, I, acc.data() + g * I, accb.data() + g);
+    for (; g < rows; ++g)
+      input_rows<T, 1>(d0 + g * N, N, xs.data(), n, I, acc.data() + g * I, accb.data() + g);
   }
-  for (; g < G; ++g)
-    for (int64_t i = 0; i < I; ++i) input_tile<T, 1, 1>(dgi, x, steps, Bp, b0, I, g, i, dw);
-  for (int64_t j = 0; j < G; ++j) {
-    V<T> s = {};
-    for (int64_t t = 0; t < steps; ++t) s += ld(dgi + j * sF + t * Bp + b0);
-    db[j] = lane_sum<T>(s);
-  }
+  for (int64_t i = 0; i < rows * I; ++i) dw[g0 * I + i] = lane_sum<T>(acc[i]);
+  for (int64_t j = 0; j < rows; ++j) db[g0 + j] = lane_sum<T>(accb[j]);
 }
 
 // ================================================================= dispatch on H

@@ -31,6 +31,7 @@
 #include <utility>
 #include <vector>
 #if defined(__SSE__) || defined(__x86_64__)
+#include <immintrin.h>
 #include <xmmintrin.h>
 #define RNNLAB_HAS_MXCSR 1
 #endif
@@ -42,7 +43,9 @@
 namespace rnnlab {
 namespace avx512 {
 constexpr int kLanes = 16, kRegs = 32;
+#define RNNLAB_LANES_AVX512 1
 #include "lane_kernels.h"
+#undef RNNLAB_LANES_AVX512
 }  // namespace avx512
 }  // namespace rnnlab
 #pragma GCC pop_options
@@ -51,7 +54,9 @@ constexpr int kLanes = 16, kRegs = 32;
 namespace rnnlab {
 namespace avx2 {
 constexpr int kLanes = 8, kRegs = 16;
+#define RNNLAB_LANES_AVX2 1
 #include "lane_kernels.h"
+#undef RNNLAB_LANES_AVX2
 }  // namespace avx2
 }  // namespace rnnlab
 #pragma GCC pop_options
@@ -96,6 +101,10 @@ int64_t isa_code(const std::string& name) {
   TORCH_CHECK(false, "instruction set '", name, "' is not one this CPU runs: choose ", known);
   return kPortable;
 }
+
+// The last instruction set a kernel ran with (tests check that a forced one really ran).
+std::atomic<int64_t> g_last_isa{-1};
+int64_t last_isa() { return g_last_isa.load(); }
 
 // The ISA a forward runs with is passed back to its backward (the saved gates are laid
 // out for its lanes).
@@ -166,6 +175,7 @@ struct ForwardInputs {
                 const std::optional<at::Tensor>& mask_, int64_t gates, int64_t isa_)
       : isa(isa_) {
     TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+    g_last_isa = isa;
     TORCH_CHECK(gi_.device().is_cpu() && w_hh.device().is_cpu() && b_hh.device().is_cpu(),
                 "fused recurrences run on CPU tensors only");
     TORCH_CHECK(gi_.dim() == 3, "gi must be (G*H, T, Bp)");
@@ -279,6 +289,7 @@ struct BackwardInputs {
                  bool return_sequences, int64_t isa_)
       : isa(isa_) {
     TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+    g_last_isa = isa;
     out = out_.contiguous();
     T = out.size(1);
     B = out.size(2);
@@ -371,11 +382,12 @@ std::vector<at::Tensor> rnn_backward(const at::Tensor& grad, const at::Tensor& w
 }
 
 // The input projection's weight and bias gradients: dgi (G, T, Bp), x (I, T, Bp) ->
-// (dw_ih (G, I), db_ih (G)), summed per block of lanes and the blocks added in order, so
-// the result does not depend on the thread count (a GEMM library splits so long a sum
-// between threads differently for each count).
+// (dw_ih (G, I), db_ih (G)). Each element is summed by one thread in a fixed order, so the
+// result does not depend on the thread count (a GEMM library splits so long a sum between
+// threads differently for each count).
 std::vector<at::Tensor> input_grads(const at::Tensor& dgi_, const at::Tensor& x_, int64_t isa) {
   TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+  g_last_isa = isa;
   TORCH_CHECK(dgi_.dim() == 3 && x_.dim() == 3 && dgi_.size(1) == x_.size(1) &&
                   dgi_.size(2) == x_.size(2) && dgi_.size(2) % kBatchMultiple == 0,
               "input_grads wants dgi (G, T, Bp) and x (I, T, Bp), Bp a multiple of ",
@@ -383,21 +395,17 @@ std::vector<at::Tensor> input_grads(const at::Tensor& dgi_, const at::Tensor& x_
   TORCH_CHECK(dgi_.scalar_type() == x_.scalar_type(), "dgi and x must share a dtype");
   auto dgi = dgi_.contiguous();
   auto x = x_.contiguous();
-  const int64_t G = dgi.size(0), I = x.size(0), T = x.size(1), B = x.size(2);
-  const int64_t nblk = B / kIsaLanes[isa];
-  auto dw_part = at::empty({nblk, G, I}, x.options());
-  auto db_part = at::empty({nblk, G}, x.options());
+  const int64_t G = dgi.size(0), I = x.size(0), N = x.size(1) * x.size(2);
   auto dw = at::empty({G, I}, x.options());
   auto db = at::empty({G}, x.options());
+  constexpr int64_t kRows = 8;   // rows per task
+  const int64_t tasks = (G + kRows - 1) / kRows;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "input_grads", [&] {
-    scalar_t* pdw = dw_part.data_ptr<scalar_t>();
-    scalar_t* pdb = db_part.data_ptr<scalar_t>();
-    RNNLAB_WITH_ISA(isa, for_blocks(nblk, [&](int64_t i) {
-      input_grad_block<scalar_t>(i * kLanes, T, B, G, I, dgi.data_ptr<scalar_t>(),
-                                 x.data_ptr<scalar_t>(), pdw + i * G * I, pdb + i * G);
+    RNNLAB_WITH_ISA(isa, for_blocks(tasks, [&](int64_t i) {
+      input_grad_rows<scalar_t>(i * kRows, std::min(G, (i + 1) * kRows), N, I,
+                                dgi.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                dw.data_ptr<scalar_t>(), db.data_ptr<scalar_t>());
     }))
-    reduce_blocks(pdw, nblk, G * I, dw.data_ptr<scalar_t>());
-    reduce_blocks(pdb, nblk, G, db.data_ptr<scalar_t>());
   });
   return {dw, db};
 }
@@ -415,6 +423,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rnn_backward", &rnn_backward, "Elman RNN backward -> (dgi, dw_hh, db_hh)");
   m.def("input_grads", &input_grads, "input projection gradients -> (dw_ih (G,I), db_ih (G))");
   m.def("supported_isas", &supported_isas, "instruction sets this CPU runs, best first");
+  m.def("last_isa", &last_isa, "the code of the instruction set the last kernel ran with");
   m.def("isa_code", &isa_code, "the code of an instruction set's name (an error if unknown)");
   m.attr("batch_multiple") = kBatchMultiple;
 }
