@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -75,11 +76,18 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def mlflow_ui(tiny_pipeline):
     """`python -m rnnlab.tracking.ui` (what `./dev.sh ui` runs) over the tiny repro's store."""
+    with ui_over(tiny_pipeline) as url:
+        yield url
+
+
+@contextmanager
+def ui_over(repo: Path):
+    """The UI over ``repo``'s store until the block ends; its output in ``../ui.log``."""
     port = free_port()
-    log_path = tiny_pipeline.parent / "ui.log"          # outside the repository
+    log_path = repo.parent / "ui.log"                   # outside the repository
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "rnnlab.tracking.ui", "--port", str(port)],
-                            cwd=tiny_pipeline, env=env_for_tools(), stdout=log,
+                            cwd=repo, env=env_for_tools(), stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -158,6 +166,71 @@ def test_the_printed_links_open_on_the_runs_list(browser, mlflow_ui, tiny_pipeli
     menu = set(text.splitlines())
     assert "Model registry" in menu, text[:2000]                     # the model-training view
     assert not {"Prompts", "AI Gateway"} & menu, text[:2000]         # not GenAI's sidebar
+
+
+def test_a_sweep_opens_as_one_runs_list_and_one_comparison(pipeline_copy):
+    """Two real experiments that each retrain `gru_dropout` with other units: `runs --links`
+    prints one block for that sweep, whose runs link opens the runs list on just its points,
+    sorted on val_mae, with val_mae, test_mae and the swept param as columns (a view saved in
+    the store as the UI's Share button saves one), whose charts link opens that list's charts
+    of val_mae only, and whose compare link compares them."""
+    from mlflow.tracking import MlflowClient
+
+    repo = pipeline_copy
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "tiny results")
+    for name, units in (("u8", "[8]"), ("u16", "[16]")):
+        sh(repo, "dvc", "exp", "run", "-n", name, "-S", f"models.gru_dropout.units={units}",
+           "train@gru_dropout")
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    exp = client.get_experiment_by_name("rnnlab-jena")
+    points = {r.data.tags["dvc_exp_name"]: r for r in client.search_runs(
+        [exp.experiment_id], "tags.variant = 'gru_dropout'") if r.data.tags["dvc_exp_name"]
+        in ("u8", "u16")}
+    assert set(points) == {"u8", "u16"}
+    ensure_browser()
+    with ui_over(repo) as url:
+        listing = sh(repo, sys.executable, "-m", "rnnlab.tracking.runs", "--links", url).stdout
+        block = listing.split("\nsweeps: ", 1)[1].splitlines()
+        head = [ln for ln in block if ln.startswith("gru_dropout @ ")]
+        assert len(head) == 1 and "2 points: u16, u8; they differ in model.units" in head[0], listing
+        at = block.index(head[0])
+        compare = block[at + 1].split("compare: ", 1)[1]
+        runs = block[at + 2].split("runs:", 1)[1].strip()
+        charts = block[at + 3].split("charts:", 1)[1].strip()
+        assert charts == runs + "&compareRunsMode=CHART"
+        assert json.loads(compare.split("runs=", 1)[1].split("&", 1)[0]) == \
+            [points["u16"].info.run_id, points["u8"].info.run_id]
+        again = sh(repo, sys.executable, "-m", "rnnlab.tracking.runs", "--links", url).stdout
+        assert again == listing                 # the same view, the same tag: nothing added
+        driver = new_driver()
+        try:
+            driver.get(runs)
+            columns = {"val_mae", "test_mae", "model.units", "gru_dropout (u8)"}
+            text = wait_for_text(driver, lambda t: "2 matching runs" in t
+                                 and columns <= set(t.splitlines()))   # the grid drawn
+            for close in driver.find_elements("css selector", "button[aria-label='Close']")[:1]:
+                close.click()                   # the MLflow Assistant's side panel
+            time.sleep(1)
+            driver.save_screenshot(str(ARTIFACTS / "mlflow_sweep_runs.png"))
+            driver.get(compare)
+            compared = wait_for_text(driver, lambda t: "Comparing 2 Runs" in t)
+            driver.save_screenshot(str(ARTIFACTS / "mlflow_sweep_compare.png"))
+            driver.get(charts)
+            drawn = wait_for_text(driver, lambda t: {"epoch/val_mae", "Step"}
+                                  <= set(t.splitlines()))                # a chart drawn
+            driver.save_screenshot(str(ARTIFACTS / "mlflow_sweep_charts.png"))
+        finally:
+            driver.quit()
+    lines = text.splitlines()
+    assert {"val_mae", "test_mae", "model.units", "Sort: val_mae"} <= set(lines), text[:2000]
+    assert not {"Source", "Dataset"} & set(lines), text[:2000]   # ("Models" is in the sidebar)
+    best, other = sorted(points.values(), key=lambda r: r.data.metrics["val_mae"])
+    assert lines.index(best.info.run_name) < lines.index(other.info.run_name), text[:2000]
+    assert "gru_dropout (u8)" in compared and "gru_dropout (u16)" in compared
+    # the charts: the headline figure's only (the search box holds val_mae), both runs
+    assert "val_mae" in drawn.splitlines() and "epoch/train_loss" not in drawn, drawn[:3000]
+    assert "gru_dropout (u8)" in drawn and "gru_dropout (u16)" in drawn
 
 
 def test_mlflow_ui_lists_and_compares_every_variant(browser, mlflow_ui, tiny_pipeline):

@@ -5,20 +5,37 @@
 One line per ``dvc_exp_name`` tag (``workspace`` for plain ``dvc repro``) and MLflow
 experiment, with the number of runs, how many finished, and the variants; then the total.
 The UI shows the same runs with the search ``tags.dvc_exp_name = '<name>'``;
-``--links`` adds, under each line, the UI's comparison of its latest run of each variant.
+``--links`` adds, under each line, the UI's comparison of its latest run of each variant,
+and then one block per sweep: a variant run in several DVC experiments of one commit (a
+sweep's points; the workspace's own run when it was made at that commit), with the
+comparison of its latest run in each of them, a link to the runs list showing just those
+runs, sorted on the headline figure (Jena's ``val_mae``, IMDB's ``val_accuracy``) with it,
+the test figure and the params that differ between the points as columns, and one to the
+same list's charts, filtered on the headline figure (its curve per epoch, its final value
+per run). That list is a view saved in the store the way the UI's *Share* button saves one
+(an experiment tag ``mlflow.sharedViewState.<key>``): ``--links`` writes those tags.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import defaultdict
+from typing import Any
 
 from rnnlab.core.errors import redact
 from rnnlab.core.process import configure_process
 from rnnlab.tracking.paths import repo_root
 from rnnlab.tracking.store import EXPERIMENTS, TrackingError, store_errors, store_lock, tracking_uri
-from rnnlab.tracking.ui import compare_url
+from rnnlab.tracking.ui import (
+    HEADLINE,
+    SHARED_VIEW_TAG,
+    compare_url,
+    runs_view,
+    shared_view_url,
+    view_key,
+)
 
 
 def summarize(uri: str) -> list[tuple[str, str, int, int, list[str], list[str], str]]:
@@ -48,6 +65,59 @@ def summarize(uri: str) -> list[tuple[str, str, int, int, list[str], list[str], 
     return rows
 
 
+def sweeps(uri: str) -> list[dict]:
+    """Per MLflow experiment, variant and commit (the ``git_commit`` tag) run in at least two
+    DVC experiments: the points (DVC experiment names, ``workspace`` first), the latest run
+    id in each, the params whose values differ between those runs, and the runs-list view
+    that shows them. ``gradients`` is no model and has no headline figure: left out."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    out = []
+    for name in EXPERIMENTS:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            continue
+        groups: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
+        for run in client.search_runs([exp.experiment_id], max_results=50_000,
+                                      order_by=["attributes.start_time DESC"]):
+            tags = run.data.tags
+            variant = tags.get("variant", run.info.run_name)
+            if variant == "gradients" or "git_commit" not in tags:
+                continue
+            groups[variant, tags["git_commit"]].setdefault(tags.get("dvc_exp_name", "?"), run)
+        headline, lower, second = HEADLINE[name]
+        for (variant, commit), latest in sorted(groups.items()):
+            if len(latest) < 2:
+                continue
+            points = sorted(latest, key=lambda n: (n != "workspace", n))
+            runs = [latest[p] for p in points]
+            keys = sorted({k for r in runs for k in r.data.params})
+            differ = [k for k in keys if k not in ("threads", "threads_source")   # speed only
+                      and len({r.data.params.get(k) for r in runs}) > 1]
+            view = runs_view(search=f"tags.variant = '{variant}' and "
+                                    f"tags.git_commit = '{commit}'",
+                             metrics=[headline, second], params=differ, order_by=headline,
+                             ascending=lower)
+            out.append({"experiment": name, "experiment_id": exp.experiment_id,
+                        "variant": variant, "commit": commit, "points": points,
+                        "run_ids": [r.info.run_id for r in runs],
+                        "params": differ, "view": view})
+    return out
+
+
+def save_views(uri: str, found: list[dict]) -> None:
+    """Each sweep's runs-list view as the experiment tag the UI reads it from (the same
+    view, the same tag: rerunning ``--links`` adds nothing)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    for sweep in found:
+        client.set_experiment_tag(sweep["experiment_id"],
+                                  SHARED_VIEW_TAG + view_key(sweep["view"]),
+                                  json.dumps(sweep["view"]))
+
+
 def main(argv: list[str] | None = None) -> None:
     configure_process()
     parser = argparse.ArgumentParser(prog="python -m rnnlab.tracking.runs",
@@ -60,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with store_errors(uri), store_lock(uri):
             rows = summarize(uri)
+            found = sweeps(uri) if args.links else []
+            save_views(uri, found)
     except TrackingError as e:
         sys.exit(f"error: {e}")
     print(f"store: {redact(uri)}")
@@ -69,6 +141,19 @@ def main(argv: list[str] | None = None) -> None:
         if args.links:
             print(f"  compare: {compare_url(args.links, run_ids, [exp_id])}")
     print(f"{'total':<24} {'':<17} {sum(r[2] for r in rows):>5} {sum(r[3] for r in rows):>8}")
+    if found:
+        print("\nsweeps: a variant run in several DVC experiments of one commit, its latest "
+              "run in each")
+    for sweep in found:
+        differ = ", ".join(sweep["params"]) or "no param"
+        print(f"{sweep['variant']} @ {sweep['commit'][:7]} ({sweep['experiment']}), "
+              f"{len(sweep['points'])} points: {', '.join(sweep['points'])}; they differ in "
+              f"{differ}")
+        print(f"  compare: {compare_url(args.links, sweep['run_ids'], [sweep['experiment_id']])}")
+        key = view_key(sweep["view"])
+        print(f"  runs:    {shared_view_url(args.links, sweep['experiment_id'], key)}")
+        charts = shared_view_url(args.links, sweep["experiment_id"], key, charts=True)
+        print(f"  charts:  {charts}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,42 @@ def compare_url(base: str, run_ids: list[str], experiments: list[str]) -> str:
             f"&experiments={json.dumps(experiments, separators=(',', ':'))}&{VIEW}")
 
 
+# The headline figures (docs/conventions.md): the column a sweep's runs list sorts on
+# first, and whether lower is better; the second column beside it.
+HEADLINE = {"rnnlab-jena": ("val_mae", True, "test_mae"),
+            "rnnlab-imdb": ("val_accuracy", False, "test_accuracy")}
+SHARED_VIEW_TAG = "mlflow.sharedViewState."   # MLflow's UI: one saved runs-list view per tag
+
+
+def runs_view(*, search: str, metrics: list[str], params: list[str], order_by: str,
+              ascending: bool) -> dict:
+    """A runs-list view as MLflow 3.17's UI saves one (its *Share* button): the search, the
+    sort, the columns shown (``selectedColumns``: here the metrics and params given, none of
+    the default Source, Models and Dataset), and the chart view's search box set to
+    ``order_by``, so that the view's charts (``compareRunsMode=CHART``) show that metric's."""
+    return {"searchFilter": search, "orderByKey": f"metrics.`{order_by}`",
+            "orderByAsc": ascending, "startTime": "ALL", "lifecycleFilter": "Active",
+            "datasetsFilter": [], "modelVersionFilter": "All Runs",
+            "selectedColumns": [f"metrics.`{m}`" for m in metrics]
+                               + [f"params.`{p}`" for p in params],
+            "chartsSearchFilter": order_by}
+
+
+def view_key(view: dict) -> str:
+    """The share key of ``view``: a digest of it, so the same view is the same tag."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def shared_view_url(base: str, experiment: str, key: str, *, charts: bool = False) -> str:
+    """The runs list of experiment id ``experiment`` opened on the view saved under
+    ``key`` (the experiment's tag ``mlflow.sharedViewState.<key>``), model-training view;
+    ``charts``: its chart view (a chart per metric, every run of the list on each)."""
+    mode = "&compareRunsMode=CHART" if charts else ""
+    return f"{base}/#/experiments/{experiment}/runs?viewStateShareKey={key}&{VIEW}{mode}"
+
+
 def ui_command(root: Path, port: int, host: str = "127.0.0.1") -> list[str]:
     root = Path(root).resolve()
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(root),
