@@ -382,7 +382,7 @@ def leaderboard(rows: Sequence[Row], *, split: str = "val", width: int = 100) ->
         headers, cells, best = table
         stem, label, lower = HEADLINE[dataset]
         lines += ["", f"{TITLES[dataset]}: {split} {label}, {'lower' if lower else 'higher'} "
-                      f"is better; {BEST} the best in its column (none where all tie)"]
+                      f"is better; {BEST} the best of its column"]
         lines += render([h.removeprefix(f"{dataset}_") for h in headers], names, cells, width)
         lines.append(best)
         inherited |= any(c.endswith(INHERITED) for row in cells for c in row)
