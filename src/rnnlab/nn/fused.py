@@ -234,68 +234,100 @@ def _last(out: Tensor, return_sequences: bool) -> Tensor:
     return out if return_sequences else out[:, -1].contiguous()
 
 
-class _GRU(torch.autograd.Function):
+def _train_forward(cell: str, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask: Optional[Tensor],
+                   relu: bool, seq: bool, code: int) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Every h (H, T, Bp) and what the backward needs (the block-major saved gates)."""
+    ext = _require()
+    if cell == "gru":
+        out, gates = ext.gru_forward(gi, w_hh, b_hh, mask, relu, True, seq, code)
+        return out, (gates,)
+    if cell == "lstm":
+        out, gates, cells = ext.lstm_forward(gi, w_hh, b_hh, mask, True, seq, code)
+        return out, (gates, cells)
+    (out,) = ext.rnn_forward(gi, w_hh, b_hh, mask, relu, True, seq, code)
+    return out, ()
+
+
+def _infer(cell: str, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask: Optional[Tensor],
+           relu: bool, seq: bool, code: int) -> Tensor:
+    ext = _require()
+    if cell == "gru":
+        return ext.gru_forward(gi, w_hh, b_hh, mask, relu, False, seq, code)[0]
+    if cell == "lstm":
+        return ext.lstm_forward(gi, w_hh, b_hh, mask, False, seq, code)[0]
+    return ext.rnn_forward(gi, w_hh, b_hh, mask, relu, False, seq, code)[0]
+
+
+def _train_backward(ctx, grad: Tensor, w_hh: Tensor, mask: Optional[Tensor], out: Tensor,
+                    store: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """dgi block-major (blocks, T, G*H, lanes), dw_hh, db_hh."""
+    ext, seq, code = _require(), ctx.return_sequences, ctx.isa
+    if ctx.cell == "gru":
+        return ext.gru_backward(grad, w_hh, mask, out, *store, ctx.relu, seq, code)
+    if ctx.cell == "lstm":
+        return ext.lstm_backward(grad, w_hh, mask, out, *store, seq, code)
+    return ext.rnn_backward(grad, w_hh, mask, out, ctx.relu, seq, code)
+
+
+def _features(dgi: Tensor) -> Tensor:
+    """A block-major (blocks, T, G, lanes) gradient in the feature-major (G, T, Bp) layout."""
+    blocks, steps, gates, lanes = dgi.shape
+    return dgi.permute(2, 1, 0, 3).reshape(gates, steps, blocks * lanes)
+
+
+def _note(ctx, cell: str, relu: bool, return_sequences: bool) -> None:
+    ctx.isa, ctx.cell = _isa_code(), cell
+    ctx.relu, ctx.return_sequences = bool(relu), bool(return_sequences)
+
+
+def _project(x: Tensor, w_ih: Tensor, b_ih: Tensor) -> Tensor:
+    """gi (G*H, T, Bp) = w_ih @ x + b_ih for x (I, T, Bp): every step in one product."""
+    return torch.addmm(b_ih[:, None], w_ih, x.reshape(x.size(0), -1)).view(
+        -1, x.size(1), x.size(2))
+
+
+class _Recurrence(torch.autograd.Function):
+    """The time loop over given input projections gi (G*H, T, Bp)."""
+
     @staticmethod
-    def forward(ctx, gi, w_hh, b_hh, mask, relu, return_sequences):
-        ctx.isa = _isa_code()
-        out, gates = _require().gru_forward(gi, w_hh, b_hh, mask, bool(relu), True,
-                                            bool(return_sequences), ctx.isa)
-        ctx.save_for_backward(w_hh, mask, out, gates)
-        ctx.relu, ctx.return_sequences = bool(relu), bool(return_sequences)
+    def forward(ctx, gi, w_hh, b_hh, mask, cell, relu, return_sequences):
+        _note(ctx, cell, relu, return_sequences)
+        out, store = _train_forward(cell, gi, w_hh, b_hh, mask, ctx.relu, ctx.return_sequences,
+                                    ctx.isa)
+        ctx.save_for_backward(w_hh, mask, out, *store)
         return _last(out, return_sequences)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        w_hh, mask, out, gates = ctx.saved_tensors
-        dgi, dw, db = _require().gru_backward(grad_out, w_hh, mask, out, gates, ctx.relu,
-                                              ctx.return_sequences, ctx.isa)
-        return dgi, dw, db, None, None, None
+        w_hh, mask, out, *store = ctx.saved_tensors
+        dgi, dw, db = _train_backward(ctx, grad_out, w_hh, mask, out, tuple(store))
+        return _features(dgi), dw, db, None, None, None, None
 
 
-class _LSTM(torch.autograd.Function):
+class _Layer(torch.autograd.Function):
+    """A whole layer from its input x (I, T, Bp): the input projection of every step as one
+    product, the time loop, and in the backward the input side's gradients from the loop's
+    block-major dgi in C++ (dx step by step; dW_ih and db_ih as one product per 16 steps,
+    summed in a fixed order for any thread count)."""
+
     @staticmethod
-    def forward(ctx, gi, w_hh, b_hh, mask, return_sequences):
-        ctx.isa = _isa_code()
-        out, gates, cells = _require().lstm_forward(gi, w_hh, b_hh, mask, True,
-                                                    bool(return_sequences), ctx.isa)
-        ctx.save_for_backward(w_hh, mask, out, gates, cells)
-        ctx.return_sequences = bool(return_sequences)
+    def forward(ctx, x, w_ih, b_ih, w_hh, b_hh, mask, cell, relu, return_sequences):
+        _note(ctx, cell, relu, return_sequences)
+        out, store = _train_forward(cell, _project(x, w_ih, b_ih), w_hh, b_hh, mask, ctx.relu,
+                                    ctx.return_sequences, ctx.isa)
+        ctx.save_for_backward(x, w_ih, w_hh, mask, out, *store)
         return _last(out, return_sequences)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        w_hh, mask, out, gates, cells = ctx.saved_tensors
-        dgi, dw, db = _require().lstm_backward(grad_out, w_hh, mask, out, gates, cells,
-                                               ctx.return_sequences, ctx.isa)
-        return dgi, dw, db, None, None
-
-
-class _RNN(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, gi, w_hh, b_hh, mask, relu, return_sequences):
-        ctx.isa = _isa_code()
-        (out,) = _require().rnn_forward(gi, w_hh, b_hh, mask, bool(relu), True,
-                                        bool(return_sequences), ctx.isa)
-        ctx.save_for_backward(w_hh, mask, out)
-        ctx.relu, ctx.return_sequences = bool(relu), bool(return_sequences)
-        return _last(out, return_sequences)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        w_hh, mask, out = ctx.saved_tensors
-        dgi, dw, db = _require().rnn_backward(grad_out, w_hh, mask, out, ctx.relu,
-                                              ctx.return_sequences, ctx.isa)
-        return dgi, dw, db, None, None, None
-
-
-def input_grads(grad: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """The input projection's weight and bias gradients, grad (G, T, Bp) and x (I, T, Bp)
-    -> (G, I), (G,): summed in a fixed order for any thread count."""
-    dw, db = _require().input_grads(grad, x, _isa_code())
-    return dw, db
+        x, w_ih, w_hh, mask, out, *store = ctx.saved_tensors
+        dgi, dw_hh, db_hh = _train_backward(ctx, grad_out, w_hh, mask, out, tuple(store))
+        dx, dw_ih, db_ih = _require().input_backward(dgi, x, w_ih, ctx.needs_input_grad[0],
+                                                     ctx.isa)
+        return (dx if ctx.needs_input_grad[0] else None, dw_ih, db_ih, dw_hh, db_hh,
+                None, None, None, None)
 
 
 def _wants_grad(*tensors: Tensor) -> bool:
@@ -310,17 +342,19 @@ def recurrence(cell: str, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask: Optional
     out (H, T, Bp) when ``return_sequences``, else the last h (H, Bp); mask (H, Bp)."""
     calls[cell] += 1
     if not _wants_grad(gi, w_hh, b_hh):
-        ext, code, seq = _require(), _isa_code(), bool(return_sequences)
-        if cell == "gru":
-            return ext.gru_forward(gi, w_hh, b_hh, mask, bool(relu), False, seq, code)[0]
-        if cell == "lstm":
-            return ext.lstm_forward(gi, w_hh, b_hh, mask, False, seq, code)[0]
-        return ext.rnn_forward(gi, w_hh, b_hh, mask, bool(relu), False, seq, code)[0]
-    if cell == "gru":
-        return _GRU.apply(gi, w_hh, b_hh, mask, relu, return_sequences)
-    if cell == "lstm":
-        return _LSTM.apply(gi, w_hh, b_hh, mask, return_sequences)
-    return _RNN.apply(gi, w_hh, b_hh, mask, relu, return_sequences)
+        return _infer(cell, gi, w_hh, b_hh, mask, bool(relu), bool(return_sequences),
+                      _isa_code())
+    return _Recurrence.apply(gi, w_hh, b_hh, mask, cell, relu, return_sequences)
+
+
+def layer(cell: str, x: Tensor, w_ih: Tensor, b_ih: Tensor, w_hh: Tensor, b_hh: Tensor,
+          mask: Optional[Tensor], relu: bool, return_sequences: bool) -> Tensor:
+    """One layer from its input x (I, T, Bp): ``recurrence`` of ``w_ih @ x + b_ih``."""
+    calls[cell] += 1
+    if not _wants_grad(x, w_ih, b_ih, w_hh, b_hh):
+        return _infer(cell, _project(x, w_ih, b_ih), w_hh, b_hh, mask, bool(relu),
+                      bool(return_sequences), _isa_code())
+    return _Layer.apply(x, w_ih, b_ih, w_hh, b_hh, mask, cell, relu, return_sequences)
 
 
 # ---------------------------------------------------------------- time-major entry points
@@ -331,10 +365,10 @@ def _time_major(cell: str, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask_h: Optio
     g = torch.nn.functional.pad(gi.permute(2, 0, 1), (0, pad)).contiguous()
     mask = None if mask_h is None else \
         torch.nn.functional.pad(mask_h.t(), (0, pad)).contiguous()
-    out = recurrence(cell, g, w_hh, b_hh, mask, relu, return_sequences)
+    out = recurrence(cell, g, w_hh, b_hh, mask, relu, return_sequences)[..., :batch]
     if return_sequences:
-        return out.permute(1, 2, 0)[:, :batch]                        # (T, B, H)
-    return out.t()[:batch]                                            # (B, H)
+        return out.permute(1, 2, 0)                                   # (T, B, H)
+    return out.t()                                                    # (B, H)
 
 
 def gru_recurrence(gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask_h: Optional[Tensor],

@@ -254,38 +254,30 @@ def project(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
 
 
 class _FeatureProjection(torch.autograd.Function):
-    """``w @ x + b[:, None]`` for x (I, N) in the C++ recurrences' feature-major layout:
-    the input projection of every time step and sequence as one product, and its weight
-    gradient as one product after the backward sweep, summed in float64 as in
+    """``w @ x + b[:, None]`` for x (I, N) in the C++ recurrences' feature-major layout (an
+    embedding table's transpose), its weight gradient summed in float64 as in
     ``_Projection``."""
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
         ctx.save_for_backward(x, w)
-        return torch.addmm(b[:, None], w, x.reshape(x.size(0), -1)).view(-1, *x.shape[1:])
+        return torch.addmm(b[:, None], w, x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, w = ctx.saved_tensors
-        g2 = grad.reshape(grad.size(0), -1)
-        grad_x = (w.t() @ g2).view(x.shape) if ctx.needs_input_grad[0] else None
-        grad_w = grad_b = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            if x.dim() == 3:     # (I, T, Bp): the C++ sums, per block of lanes, in order
-                from rnnlab.nn import fused
-                grad_w, grad_b = fused.input_grads(grad, x)
-            else:
-                grad_w = (g2.double() @ x.double().t()).to(w.dtype)
-                grad_b = g2.double().sum(1).to(w.dtype)
+        grad_x = w.t() @ grad if ctx.needs_input_grad[0] else None
+        grad_w = (grad.double() @ x.double().t()).to(w.dtype) \
+            if ctx.needs_input_grad[1] else None
+        grad_b = grad.double().sum(1).to(w.dtype) if ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b
 
 
 def project_features(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
-    """(I, ...) -> (G*H, ...): ``project`` in the feature-major layout; x (I, T, Bp) for
-    the C++ recurrences, or (I, N)."""
+    """(I, N) -> (G*H, N): ``project`` in the feature-major layout."""
     if not torch.is_grad_enabled() or not (x.requires_grad or w.requires_grad
                                            or b.requires_grad):
-        return torch.addmm(b[:, None], w, x.reshape(x.size(0), -1)).view(-1, *x.shape[1:])
+        return torch.addmm(b[:, None], w, x)
     return _FeatureProjection.apply(x, w, b)
 
 
@@ -361,21 +353,24 @@ class RecurrentLayer(nn.Module):
         elif masks is None:
             masks = self.sample_masks(batch, x.device, x.dtype)
         mask_x, mask_h = masks
-        if mask_x is not None:
-            x = x * mask_x[:, None, :]                            # same mask at every step
         relu = self.activation == "relu"
         path = self.path(x, mask_h is not None)
-        if path == "torch":
-            return self._torch_loop(x, relu)
         if path == "cpp":
             # Feature-major (I, T, B): a view of a previous cpp layer's output, so stacked
-            # layers hand states on without copies; the batch padded to the kernels' lanes.
+            # layers hand states (and, backwards, their gradients) on without transposing
+            # copies; the input mask applied in that layout, the batch padded to the lanes.
             batch, steps = x.shape[:2]
             pad = _padded(batch) - batch
-            xf = torch.nn.functional.pad(x.permute(2, 1, 0), (0, pad)) if pad \
-                else x.permute(2, 1, 0)
-            gi = project_features(xf.contiguous(), self.weight_ih_l0, self.bias_ih_l0)
-            return self._recur_cpp(gi, mask_h, relu, batch)
+            xf = x.permute(2, 1, 0)
+            if mask_x is not None:
+                xf = xf * mask_x.t()[:, None, :]                  # same mask at every step
+            if pad:
+                xf = torch.nn.functional.pad(xf, (0, pad))
+            return self._recur_cpp(None, mask_h, relu, batch, xf.contiguous())
+        if mask_x is not None:
+            x = x * mask_x[:, None, :]                            # same mask at every step
+        if path == "torch":
+            return self._torch_loop(x, relu)
         # Input projections of all steps in one matmul, time-major for the loop.
         gi = project(x.transpose(0, 1), self.weight_ih_l0, self.bias_ih_l0)    # (T, B, G*H)
         return self._recur(gi, mask_h, relu)
@@ -417,18 +412,30 @@ class RecurrentLayer(nn.Module):
         gi = projected.index_select(1, order).view(-1, steps, batch + pad)
         return self._recur_cpp(gi, mask_h, self.activation == "relu", batch)
 
-    def _recur_cpp(self, gi: Tensor, mask_h: Tensor | None, relu: bool, batch: int) -> Tensor:
-        """The C++ time loop over gi (G*H, T, Bp) -> (B, T, H) or (B, H) views."""
+    def _recur_cpp(self, gi: Tensor | None, mask_h: Tensor | None, relu: bool, batch: int,
+                   x: Tensor | None = None) -> Tensor:
+        """The C++ time loop over gi (G*H, T, Bp), or over the layer's input x (I, T, Bp)
+        (the input side's gradients then in C++ too) -> (B, T, H) or (B, H) views."""
         from rnnlab.nn import fused
+        src = x if gi is None else gi
         mask = None
         if mask_h is not None:
-            mask = torch.nn.functional.pad(mask_h.to(gi.dtype).t(),
-                                           (0, gi.size(2) - batch)).contiguous()
-        out = fused.recurrence(self.cell, gi, self.weight_hh_l0, self.bias_hh_l0, mask, relu,
-                               self.return_sequences)
+            mask = torch.nn.functional.pad(mask_h.to(src.dtype).t(),
+                                           (0, src.size(2) - batch)).contiguous()
+        if gi is None:
+            out = fused.layer(self.cell, src, self.weight_ih_l0, self.bias_ih_l0,
+                              self.weight_hh_l0, self.bias_hh_l0, mask, relu,
+                              self.return_sequences)
+        else:
+            out = fused.recurrence(self.cell, gi, self.weight_hh_l0, self.bias_hh_l0, mask,
+                                   relu, self.return_sequences)
+        # Cut the padding in the kernels' layout: the cut's backward builds a zero-padded
+        # gradient in that layout, so the backward kernel reads it without a transposing copy.
+        if out.size(-1) != batch:
+            out = out[..., :batch]
         if self.return_sequences:
-            return out.permute(2, 1, 0)[:batch]                              # (B, T, H)
-        return out.t()[:batch]                                               # (B, H)
+            return out.permute(2, 1, 0)                                      # (B, T, H)
+        return out.t()                                                       # (B, H)
 
     def _recur(self, gi: Tensor, mask_h: Tensor | None, relu: bool) -> Tensor:
         """The Python GRU loop over input projections ``gi`` (T, B, G*H)."""

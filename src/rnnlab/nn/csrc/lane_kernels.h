@@ -5,7 +5,9 @@
 //
 // Layouts ("feature-major": features, then time, then the batch, so a vector of kLanes
 // consecutive floats holds one feature of kLanes sequences):
-//   gi, dgi (G, T, Bp); out, grad (H, T, Bp), or grad (H, Bp) for the last step only;
+//   gi (G, T, Bp); out, grad (H, T, Bp), or grad (H, Bp) for the last step only;
+//   dgi block-major (blocks, T, G, kLanes): each block writes one contiguous stream (the
+//   strided (G, T, Bp) stores cost half the backward's time);
 //   mask (H, Bp) or nullptr; w = W_hh (G, H) and wt = W_hh^T (H, G), row-major;
 //   a block's saved gates (T, 4H, kLanes) and LSTM's cells (T, 2H, kLanes), contiguous.
 // Bp is a multiple of kLanes; block b0 runs sequences b0 .. b0 + kLanes - 1.
@@ -270,15 +272,14 @@ inline void load_mask(const T* mask, int64_t b0, int64_t Bp, int64_t H, V<T>* m)
   for (int64_t k = 0; k < H; ++k) m[k] = mask ? ld(mask + k * Bp + b0) : splat(T(1));
 }
 
-// The backward's rows of step t - 1: the output gradient, the state before it (t - 2) and
-// dgi, which is written.
+// The backward's rows of step t - 1 in (F, T, Bp) tensors: the output gradient and the
+// state before it (t - 2).
 template <typename T>
-inline void prefetch_back(int64_t t, int64_t Bp, int64_t b0, int64_t sF, int64_t G,
-                          int64_t H, bool seq, const T* grad, const T* out, T* d) {
+inline void prefetch_back(int64_t t, int64_t Bp, int64_t b0, int64_t sF, int64_t H, bool seq,
+                          const T* grad, const T* out) {
   if (t < 1) return;
   if (seq) prefetch_step(grad + (t - 1) * Bp + b0, H, sF, false);
   if (t >= 2) prefetch_step(out + (t - 2) * Bp + b0, H, sF, false);
-  prefetch_step(d - Bp, G, sF, true);
 }
 
 // The output gradient of step t joins dh.
@@ -362,8 +363,8 @@ void gru_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gr
   for (int64_t t = steps - 1; t >= 0; --t) {
     add_grad(grad, seq, t, steps, Bp, b0, H, dh);
     const T* sv = gates + t * 4 * H * kLanes;
-    T* d = dgi + t * Bp + b0;
-    prefetch_back(t, Bp, b0, sF, G, H, seq, grad, out, d);
+    T* d = dgi + t * G * kLanes;   // this block's rows of step t, contiguous
+    prefetch_back(t, Bp, b0, sF, H, seq, grad, out);
     V<T>* dg = s.dg_row();
     V<T>* x = s.x_row();
     for (int64_t j = 0; j < H; ++j) {
@@ -374,9 +375,9 @@ void gru_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gr
       const V<T> dpre = relu ? (n > V<T>{} ? dn : V<T>{}) : dn * (one - n * n);
       const V<T> dr = dpre * hn * r * (one - r);
       const V<T> dz = dh[j] * (hp - n) * z * (one - z);
-      st(d + j * sF, dr);
-      st(d + (H + j) * sF, dz);
-      st(d + (2 * H + j) * sF, dpre);
+      st(d + j * kLanes, dr);
+      st(d + (H + j) * kLanes, dz);
+      st(d + (2 * H + j) * kLanes, dpre);
       dg[j] = dr;
       dg[H + j] = dz;
       dg[2 * H + j] = dpre * r;
@@ -465,8 +466,8 @@ void lstm_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* g
     add_grad(grad, seq, t, steps, Bp, b0, H, dh);
     const T* sv = gates + t * 4 * H * kLanes;
     const T* cs = cells + t * 2 * H * kLanes;
-    T* d = dgi + t * Bp + b0;
-    prefetch_back(t, Bp, b0, sF, G, H, seq, grad, out, d);
+    T* d = dgi + t * G * kLanes;   // this block's rows of step t, contiguous
+    prefetch_back(t, Bp, b0, sF, H, seq, grad, out);
     V<T>* dg = s.dg_row();
     V<T>* x = s.x_row();
     for (int64_t j = 0; j < H; ++j) {
@@ -481,10 +482,10 @@ void lstm_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* g
       const V<T> dgg = dcc * i * (one - gg * gg);
       const V<T> dout = dh[j] * tc * o * (one - o);
       dc[j] = dcc * f;
-      st(d + j * sF, di);
-      st(d + (H + j) * sF, df);
-      st(d + (2 * H + j) * sF, dgg);
-      st(d + (3 * H + j) * sF, dout);
+      st(d + j * kLanes, di);
+      st(d + (H + j) * kLanes, df);
+      st(d + (2 * H + j) * kLanes, dgg);
+      st(d + (3 * H + j) * kLanes, dout);
       dg[j] = di;
       dg[H + j] = df;
       dg[2 * H + j] = dgg;
@@ -551,15 +552,15 @@ void rnn_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gr
   const V<T> one = splat(T(1));
   for (int64_t t = steps - 1; t >= 0; --t) {
     add_grad(grad, seq, t, steps, Bp, b0, H, dh);
-    T* d = dgi + t * Bp + b0;
-    prefetch_back(t, Bp, b0, sF, H, H, seq, grad, out, d);
+    T* d = dgi + t * H * kLanes;   // this block's rows of step t, contiguous
+    prefetch_back(t, Bp, b0, sF, H, seq, grad, out);
     V<T>* dg = s.dg_row();
     V<T>* x = s.x_row();
     for (int64_t j = 0; j < H; ++j) {
       const V<T> h = ld(out + j * sF + t * Bp + b0);
       const V<T> hp = t ? ld(out + j * sF + (t - 1) * Bp + b0) : V<T>{};
       const V<T> dpre = relu ? (h > V<T>{} ? dh[j] : V<T>{}) : dh[j] * (one - h * h);
-      st(d + j * sF, dpre);
+      st(d + j * kLanes, dpre);
       dg[j] = dpre;
       x[j] = hp * m[j];
     }
@@ -570,66 +571,31 @@ void rnn_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gr
   s.finish(dw, db);
 }
 
-// ================================================================= input weights
-// The input projection's gradients, after the backward sweep: dw (G, I) and db (G) = the
-// sums over every step and sequence of dgi (G, N) x (I, N)^T, N = T * Bp, both row-major:
-// each row is one contiguous stream. Rows g0 .. g1 of dw, kSpan vectors of N at a time:
-// the span's x (I x kSpan vectors, L1) serves every row; the per-lane sums wait in acc.
-// Each element is summed by one thread, vector by vector in order, then lane by lane, so
-// the result does not depend on how rows are shared between threads.
-constexpr int64_t kSpan = 32;
-
-template <typename T, int GT, int IT>
-inline void input_tile(const T* __restrict__ dgi, int64_t N, const V<T>* __restrict__ xs,
-                       int64_t n, int64_t I, int64_t i0, V<T>* __restrict__ acc) {
-  V<T> a[GT][IT];
-  for (int r = 0; r < GT; ++r)
-    for (int c = 0; c < IT; ++c) a[r][c] = acc[r * I + i0 + c];
-  for (int64_t v = 0; v < n; ++v) {
-    V<T> d[GT];
-    for (int r = 0; r < GT; ++r) d[r] = ld(dgi + r * N + v * kLanes);
-    for (int c = 0; c < IT; ++c) {
-      const V<T> xv = xs[(i0 + c) * kSpan + v];
-      for (int r = 0; r < GT; ++r) a[r][c] += d[r] * xv;
+// ================================================================= input side, backward
+// One block's share of the input projection's backward, from its dgi (T, G, kLanes) and
+// x (I, T, Bp): dw_ih (G, I) and db_ih (G) as one product per kChunk steps (per lane, then
+// the lanes summed once), and, when wanted, dx (I, T, Bp) = W_ih^T dgi, step by step.
+// wihp: W_ih^T (I x G) packed by pack_rows in tiles of 8.
+template <typename T>
+void input_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t G, int64_t I,
+                          const T* dgi, const T* x, const T* wihp, T* dx, T* dw, T* db) {
+  const int64_t sF = steps * Bp;
+  LaneBuf<T> dwl(G * I), dbl(G), xs(kChunk * I), dxs(I);
+  for (int64_t t0 = 0; t0 < steps; t0 += kChunk) {
+    const int64_t n = std::min<int64_t>(kChunk, steps - t0);
+    for (int64_t c = 0; c < n; ++c)
+      for (int64_t i = 0; i < I; ++i) xs[c * I + i] = ld(x + i * sF + (t0 + c) * Bp + b0);
+    const V<T>* dg = reinterpret_cast<const V<T>*>(dgi + t0 * G * kLanes);
+    grad_chunk<T>(dg, xs.data(), static_cast<int>(n), G, I, dwl.data(), dbl.data());
+    if (dx) {
+      for (int64_t c = 0; c < n; ++c) {
+        rows_product<T, 8>(wihp, I, G, dg + c * G, dxs.data());
+        for (int64_t i = 0; i < I; ++i) st(dx + i * sF + (t0 + c) * Bp + b0, dxs[i]);
+      }
     }
   }
-  for (int r = 0; r < GT; ++r)
-    for (int c = 0; c < IT; ++c) acc[r * I + i0 + c] = a[r][c];
-}
-
-template <typename T, int GT>
-inline void input_rows(const T* dgi, int64_t N, const V<T>* xs, int64_t n, int64_t I,
-                       V<T>* acc, V<T>* accb) {
-  constexpr int IT = kRegs >= 32 ? 8 : 4;
-  int64_t i = 0;
-  for (; i + IT <= I; i += IT) input_tile<T, GT, IT>(dgi, N, xs, n, I, i, acc);
-  for (; i < I; ++i) input_tile<T, GT, 1>(dgi, N, xs, n, I, i, acc);
-  for (int r = 0; r < GT; ++r) {
-    V<T> sb = accb[r];
-    for (int64_t v = 0; v < n; ++v) sb += ld(dgi + r * N + v * kLanes);
-    accb[r] = sb;
-  }
-}
-
-template <typename T>
-void input_grad_rows(int64_t g0, int64_t g1, int64_t N, int64_t I, const T* dgi, const T* x,
-                     T* dw, T* db) {
-  constexpr int GT = 2;
-  const int64_t rows = g1 - g0;
-  LaneBuf<T> acc(rows * I), accb(rows), xs(I * kSpan);
-  for (int64_t v0 = 0; v0 < N / kLanes; v0 += kSpan) {
-    const int64_t n = std::min<int64_t>(kSpan, N / kLanes - v0);
-    for (int64_t c = 0; c < I; ++c)
-      for (int64_t v = 0; v < n; ++v) xs[c * kSpan + v] = ld(x + c * N + (v0 + v) * kLanes);
-    const T* d0 = dgi + g0 * N + v0 * kLanes;
-    int64_t g = 0;
-    for (; g + GT <= rows; g += GT)
-      input_rows<T, GT>(d0 + g * N, N, xs.data(), n, I, acc.data() + g * I, accb.data() + g);
-    for (; g < rows; ++g)
-      input_rows<T, 1>(d0 + g * N, N, xs.data(), n, I, acc.data() + g * I, accb.data() + g);
-  }
-  for (int64_t i = 0; i < rows * I; ++i) dw[g0 * I + i] = lane_sum<T>(acc[i]);
-  for (int64_t j = 0; j < rows; ++j) db[g0 + j] = lane_sum<T>(accb[j]);
+  for (int64_t i = 0; i < G * I; ++i) dw[i] = lane_sum<T>(dwl[i]);
+  for (int64_t j = 0; j < G; ++j) db[j] = lane_sum<T>(dbl[j]);
 }
 
 // ================================================================= dispatch on H

@@ -278,7 +278,7 @@ std::vector<at::Tensor> rnn_forward(const at::Tensor& gi_, const at::Tensor& w_h
 }
 
 // ---------------------------------------------------------------- backward
-// Allocates dgi (G, T, Bp) and the per-block partials, runs `block` on every block, and
+// Allocates dgi (blocks, T, G, lanes) and the per-block partials, runs `block` on every block, and
 // adds the partials in block order. grad: (H, T, Bp) when return_sequences, else (H, Bp).
 struct BackwardInputs {
   at::Tensor grad, wt, out;
@@ -305,7 +305,7 @@ struct BackwardInputs {
   }
   template <typename F>
   std::vector<at::Tensor> run(const F& block) const {
-    auto dgi = at::empty({G, T, B}, out.options());
+    auto dgi = at::empty({nblk, T, G, kIsaLanes[isa]}, out.options());   // block-major
     auto dw_part = at::empty({nblk, G, H}, out.options());
     auto db_part = at::empty({nblk, G}, out.options());
     auto dw = at::empty({G, H}, out.options());
@@ -315,7 +315,7 @@ struct BackwardInputs {
       scalar_t* pdb = db_part.data_ptr<scalar_t>();
       scalar_t* pdgi = dgi.data_ptr<scalar_t>();
       for_blocks(nblk, [&](int64_t i) {
-        block(scalar_t(0), i, pdgi, pdw + i * G * H, pdb + i * G);
+        block(scalar_t(0), i, pdgi + i * T * G * kIsaLanes[isa], pdw + i * G * H, pdb + i * G);
       });
       reduce_blocks(pdw, nblk, G * H, dw.data_ptr<scalar_t>());
       reduce_blocks(pdb, nblk, G, db.data_ptr<scalar_t>());
@@ -381,33 +381,50 @@ std::vector<at::Tensor> rnn_backward(const at::Tensor& grad, const at::Tensor& w
   });
 }
 
-// The input projection's weight and bias gradients: dgi (G, T, Bp), x (I, T, Bp) ->
-// (dw_ih (G, I), db_ih (G)). Each element is summed by one thread in a fixed order, so the
-// result does not depend on the thread count (a GEMM library splits so long a sum between
-// threads differently for each count).
-std::vector<at::Tensor> input_grads(const at::Tensor& dgi_, const at::Tensor& x_, int64_t isa) {
+// The input projection's backward from the block-major dgi (blocks, T, G, lanes) of a
+// recurrence backward and the layer's input x (I, T, Bp): dx (I, T, Bp) when wanted, and
+// dw_ih (G, I), db_ih (G) summed per block and the blocks added in order, so the result
+// does not depend on the thread count (a GEMM library splits so long a sum between threads
+// differently for each count).
+std::vector<at::Tensor> input_backward(const at::Tensor& dgi_, const at::Tensor& x_,
+                                       const at::Tensor& w_ih, bool need_dx, int64_t isa) {
   TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
   g_last_isa = isa;
-  TORCH_CHECK(dgi_.dim() == 3 && x_.dim() == 3 && dgi_.size(1) == x_.size(1) &&
-                  dgi_.size(2) == x_.size(2) && dgi_.size(2) % kBatchMultiple == 0,
-              "input_grads wants dgi (G, T, Bp) and x (I, T, Bp), Bp a multiple of ",
-              kBatchMultiple);
-  TORCH_CHECK(dgi_.scalar_type() == x_.scalar_type(), "dgi and x must share a dtype");
+  const int64_t L = kIsaLanes[isa];
+  TORCH_CHECK(x_.dim() == 3 && x_.size(2) % kBatchMultiple == 0, "x must be (I, T, Bp)");
+  const int64_t I = x_.size(0), T = x_.size(1), B = x_.size(2), nblk = B / L;
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(1) == I, "w_ih must be (G, I)");
+  const int64_t G = w_ih.size(0);
+  TORCH_CHECK(dgi_.dim() == 4 && dgi_.size(0) == nblk && dgi_.size(1) == T &&
+                  dgi_.size(2) == G && dgi_.size(3) == L,
+              "dgi must be a backward's block-major (blocks, T, G, lanes) for this ISA");
+  TORCH_CHECK(dgi_.scalar_type() == x_.scalar_type() && w_ih.scalar_type() == x_.scalar_type(),
+              "dgi, x and w_ih must share a dtype");
   auto dgi = dgi_.contiguous();
   auto x = x_.contiguous();
-  const int64_t G = dgi.size(0), I = x.size(0), N = x.size(1) * x.size(2);
+  auto wiht = w_ih.t().contiguous();   // (I, G)
+  auto dx = need_dx ? at::empty({I, T, B}, x.options()) : at::Tensor();
+  auto dw_part = at::empty({nblk, G, I}, x.options());
+  auto db_part = at::empty({nblk, G}, x.options());
   auto dw = at::empty({G, I}, x.options());
   auto db = at::empty({G}, x.options());
-  constexpr int64_t kRows = 8;   // rows per task
-  const int64_t tasks = (G + kRows - 1) / kRows;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "input_grads", [&] {
-    RNNLAB_WITH_ISA(isa, for_blocks(tasks, [&](int64_t i) {
-      input_grad_rows<scalar_t>(i * kRows, std::min(G, (i + 1) * kRows), N, I,
-                                dgi.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
-                                dw.data_ptr<scalar_t>(), db.data_ptr<scalar_t>());
-    }))
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "input_backward", [&] {
+    std::vector<scalar_t> packed(I * G);
+    scalar_t* pdw = dw_part.data_ptr<scalar_t>();
+    scalar_t* pdb = db_part.data_ptr<scalar_t>();
+    RNNLAB_WITH_ISA(isa, ([&] {
+      pack_rows(wiht.data_ptr<scalar_t>(), 1, I, G, 8, packed.data());
+      for_blocks(nblk, [&](int64_t i) {
+        input_backward_block<scalar_t>(
+            i * kLanes, T, B, G, I, dgi.data_ptr<scalar_t>() + i * T * G * kLanes,
+            x.data_ptr<scalar_t>(), packed.data(),
+            need_dx ? dx.data_ptr<scalar_t>() : nullptr, pdw + i * G * I, pdb + i * G);
+      });
+    })())
+    reduce_blocks(pdw, nblk, G * I, dw.data_ptr<scalar_t>());
+    reduce_blocks(pdb, nblk, G, db.data_ptr<scalar_t>());
   });
-  return {dw, db};
+  return {dx, dw, db};
 }
 
 }  // namespace
@@ -421,7 +438,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_backward", &lstm_backward, "LSTM backward -> (dgi, dw_hh, db_hh)");
   m.def("rnn_forward", &rnn_forward, "Elman RNN forward -> [out]");
   m.def("rnn_backward", &rnn_backward, "Elman RNN backward -> (dgi, dw_hh, db_hh)");
-  m.def("input_grads", &input_grads, "input projection gradients -> (dw_ih (G,I), db_ih (G))");
+  m.def("input_backward", &input_backward,
+        "input projection backward (dgi blocks, x, w_ih, need_dx, isa) -> (dx, dw_ih, db_ih)");
   m.def("supported_isas", &supported_isas, "instruction sets this CPU runs, best first");
   m.def("last_isa", &last_isa, "the code of the instruction set the last kernel ran with");
   m.def("isa_code", &isa_code, "the code of an instruction set's name (an error if unknown)");
