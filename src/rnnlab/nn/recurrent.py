@@ -418,6 +418,7 @@ class RecurrentLayer(nn.Module):
         (the input side's gradients then in C++ too) -> (B, T, H) or (B, H) views."""
         from rnnlab.nn import fused
         src = x if gi is None else gi
+        assert src is not None, "give gi or x"
         mask = None
         if mask_h is not None:
             mask = torch.nn.functional.pad(mask_h.to(src.dtype).t(),
