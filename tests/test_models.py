@@ -217,9 +217,9 @@ def test_recurrent_layer_reading_token_ids_equals_the_embedding_route(
     for training, token_ids in ((True, ids), (False, ids), (True, strided)):
         (ours, ours_nodes), (reference, reference_nodes) = _both_routes(
             layer, token_ids, table, training)
-        assert ("IndexSelectBackward0" in ours_nodes) == fused, ours_nodes
+        assert ("_TableRecurrenceBackward" in ours_nodes) == fused, ours_nodes
         assert ("EmbeddingBackward0" in ours_nodes) == (not fused), ours_nodes
-        assert "IndexSelectBackward0" not in reference_nodes
+        assert "_TableRecurrenceBackward" not in reference_nodes
         for mine, theirs in zip(ours, reference):
             # float32 sums in another order: equal within 1e-5 of each tensor's scale
             torch.testing.assert_close(mine, theirs, rtol=1e-5,
@@ -229,13 +229,13 @@ def test_recurrent_layer_reading_token_ids_equals_the_embedding_route(
     # input mask, or a table with more rows than the batch has tokens, takes the embedding.
     set_input_dropout(layer, 0.2)
     (ours, nodes), (reference, _) = _both_routes(layer, ids, table, training=False)
-    assert ("IndexSelectBackward0" in nodes) == fused
+    assert ("_TableRecurrenceBackward" in nodes) == fused
     for mine, theirs in zip(ours, reference):
         torch.testing.assert_close(mine, theirs, rtol=1e-5,
                                    atol=1e-5 * float(theirs.abs().max()))
-    assert "IndexSelectBackward0" not in _both_routes(layer, ids, table, training=True)[0][1]
+    assert "_TableRecurrenceBackward" not in _both_routes(layer, ids, table, training=True)[0][1]
     set_input_dropout(layer, 0.0)
-    assert "IndexSelectBackward0" not in _both_routes(layer, ids[:2, :3], table, True)[0][1]
+    assert "_TableRecurrenceBackward" not in _both_routes(layer, ids[:2, :3], table, True)[0][1]
 
 
 @pytest.mark.parametrize("name", sorted(k for k, v in IMDB_TORCH_VARIANTS.items()
@@ -273,10 +273,10 @@ def test_imdb_model_reading_token_ids_equals_embedding_then_body(name):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
     assert isinstance(model.body, Embedded)
     assert [k for k in model.state_dict()] == [k for k in plain.state_dict()]
-    assert "IndexSelectBackward0" in _grad_fns(model(ids))
+    assert "_TableRecurrenceBackward" in _grad_fns(model(ids))
     embedding.padding_idx = 0          # an option the table route does not reproduce
     nodes = _grad_fns(model(ids))
-    assert "IndexSelectBackward0" not in nodes and "EmbeddingBackward0" in nodes
+    assert "_TableRecurrenceBackward" not in nodes and "EmbeddingBackward0" in nodes
 
 
 def test_imdb_lecture_architectures():

@@ -1,26 +1,44 @@
 """Fused CPU recurrences: GRU, LSTM and Elman RNN with the whole time loop in C++.
 
-``gru_recurrence``, ``lstm_recurrence`` and ``rnn_recurrence`` take the time-major input
-projections ``gi`` (T, B, G*H) (bias_ih included, e.g. ``F.linear(x.transpose(0, 1), w_ih,
-b_ih)``), the recurrent weights ``w_hh`` (G*H, H) and ``b_hh`` (G*H,), and an optional
-recurrent-dropout mask ``mask_h`` (B, H) applied to the state before ``w_hh`` at every step
-(Keras' recurrent_dropout); they return h_T (B, H) or all states (T, B, H). Gradients flow
-to gi, w_hh and b_hh. ``gru_recurrence`` has exactly the semantics of
+The kernels (src/rnnlab/nn/csrc/lane_kernels.h) put the batch across the SIMD lanes: one
+vector holds one feature of 16 sequences (AVX-512; 8 with AVX2, 4 portable), so a time
+step's products broadcast each weight once to a whole vector of sequences, the gate maths
+and the state update run on the accumulators in registers, and nothing is summed across
+lanes inside the loop. Their tensors are feature-major: a layer's input x (I, T, Bp),
+input projections gi (G*H, T, Bp), states (H, T, Bp), the batch padded to Bp, a multiple
+of 16 (``padded``). ``layer`` runs a whole layer from x (the input projection of every
+step as one product before the loop; in the backward, the input side's gradients from the
+loop's block-major dgi, in C++, in a fixed order); ``recurrence`` runs the loop over given
+gi (IMDB's projected embedding table). ``RecurrentLayer`` (rnnlab.nn.recurrent) calls them.
+
+``gru_recurrence``, ``lstm_recurrence`` and ``rnn_recurrence`` are the same loops with
+time-major tensors: gi (T, B, G*H) (bias_ih included, e.g. ``F.linear(x.transpose(0, 1),
+w_ih, b_ih)``), ``w_hh`` (G*H, H), ``b_hh`` (G*H,), and an optional recurrent-dropout mask
+``mask_h`` (B, H) applied to the state before ``w_hh`` at every step (Keras'
+recurrent_dropout); they return h_T (B, H) or all states (T, B, H), and gradients flow to
+gi, w_hh and b_hh. ``gru_recurrence`` has exactly the semantics of
 ``rnnlab.nn.recurrent._GRURecurrence.apply``. When autograd needs no backward (``no_grad``,
 or no input requires grad: evaluation), inference kernels run the same arithmetic without
-keeping each step's states and gates (bit-identical outputs, a few MB less per batch).
+keeping each step's states and gates (bit-identical outputs).
 
-The extension (src/rnnlab/nn/csrc/recurrent.cpp and recurrent_kernels.h) is compiled by
-``torch.utils.cpp_extension.load`` at first use into
-``$XDG_CACHE_HOME/rnnlab/torch_extensions/<key>`` (default ``~/.cache``), from a copy of
-the sources kept there (so every clone of the repository shares one build), where the key
-hashes the source, the compiler flags, torch's version and location (its headers are named
-by path in the compile command) and the CPU's instruction-set flags
-(the build uses ``-march=native``, so a cache shared between machines never serves code
-for another CPU). An ``fcntl`` lock serializes builds across processes. If the build or
+The instruction set is chosen at run time: the CPU's best of ``avx512``, ``avx2`` and
+``portable``, or the one ``RNNLAB_CPU_ISA`` names (``set_isa`` in code; tests and benches
+force the slower ones). Each block of sequences runs its whole time loop on one thread, so
+results are bit-identical for any thread count (not across instruction sets: they agree
+within 1e-5 of each tensor's scale, tests/test_fused.py).
+
+The extension is compiled by ``torch.utils.cpp_extension.load`` at first use (or at
+``./dev.sh install``) into ``$XDG_CACHE_HOME/rnnlab/torch_extensions/<key>`` (default
+``~/.cache``), from a copy of the sources kept there (so every clone of the repository
+shares one build), where the key hashes the sources, the compiler flags, torch's version
+and location (its headers are named by path in the compile command) and the CPU's
+instruction-set flags. On x86-64 the build targets the baseline and compiles the kernels
+three times under their own targets, so a build serves any x86-64 CPU; elsewhere it uses
+``-march=native``. An ``fcntl`` lock serializes builds across processes. If the build or
 the import fails, ``available()`` is False, one warning says why, and callers keep their
 current code path.
 """
+
 
 from __future__ import annotations
 
@@ -58,7 +76,7 @@ calls = {"gru": 0, "lstm": 0, "rnn": 0}
 
 
 def _cpu_flags() -> str:
-    """The CPU's instruction-set flags (part of the cache key because of -march=native)."""
+    """The CPU's instruction-set flags (part of the cache key: -march=native off x86-64)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
@@ -303,6 +321,46 @@ class _Recurrence(torch.autograd.Function):
         w_hh, mask, out, *store = ctx.saved_tensors
         dgi, dw, db = _train_backward(ctx, grad_out, w_hh, mask, out, tuple(store))
         return _features(dgi), dw, db, None, None, None, None
+
+
+class _TableRecurrence(torch.autograd.Function):
+    """The time loop over the columns of a projected embedding table P (G*H, V) gathered in
+    token order: gi[:, t, b] = P[:, order[t * Bp + b]]. The backward adds each token's dgi
+    into its column of dP in C++, straight from the loop's block-major dgi, in a fixed
+    order."""
+
+    @staticmethod
+    def forward(ctx, table, order, steps, w_hh, b_hh, mask, cell, relu, return_sequences):
+        _note(ctx, cell, relu, return_sequences)
+        gi = table.index_select(1, order).view(table.size(0), steps, -1)
+        out, store = _train_forward(cell, gi, w_hh, b_hh, mask, ctx.relu, ctx.return_sequences,
+                                    ctx.isa)
+        ctx.save_for_backward(order, w_hh, mask, out, *store)
+        ctx.rows = table.size(1)
+        return _last(out, return_sequences)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        order, w_hh, mask, out, *store = ctx.saved_tensors
+        dgi, dw, db = _train_backward(ctx, grad_out, w_hh, mask, out, tuple(store))
+        dtable = _require().table_grad(dgi, order, ctx.rows, ctx.isa).t()
+        return dtable, None, None, dw, db, None, None, None, None
+
+
+def table_recurrence(cell: str, table: Tensor, order: Tensor, steps: int, w_hh: Tensor,
+                     b_hh: Tensor, mask: Optional[Tensor], relu: bool,
+                     return_sequences: bool) -> Tensor:
+    """``recurrence`` over gi = table[:, order] viewed (G*H, steps, Bp): a projected
+    embedding table (G*H, V) read in token order (T * Bp ids, time-major)."""
+    if not _wants_grad(table, w_hh, b_hh):
+        calls[cell] += 1
+        gi = table.index_select(1, order).view(table.size(0), steps, -1)
+        return _infer(cell, gi, w_hh, b_hh, mask, bool(relu), bool(return_sequences),
+                      _isa_code())
+    calls[cell] += 1
+    return _TableRecurrence.apply(table, order, steps, w_hh, b_hh, mask, cell, relu,
+                                  return_sequences)
 
 
 class _Layer(torch.autograd.Function):

@@ -366,7 +366,7 @@ class RecurrentLayer(nn.Module):
                 xf = xf * mask_x.t()[:, None, :]                  # same mask at every step
             if pad:
                 xf = torch.nn.functional.pad(xf, (0, pad))
-            return self._recur_cpp(None, mask_h, relu, batch, xf.contiguous())
+            return self._recur_cpp(xf.contiguous(), mask_h, relu, batch)
         if mask_x is not None:
             x = x * mask_x[:, None, :]                            # same mask at every step
         if path == "torch":
@@ -409,27 +409,28 @@ class RecurrentLayer(nn.Module):
         projected = project_features(table.t(), self.weight_ih_l0, self.bias_ih_l0)  # (G*H, V)
         pad = _padded(batch) - batch
         order = torch.nn.functional.pad(ids.t(), (0, pad)).reshape(-1)  # time-major, padded
-        gi = projected.index_select(1, order).view(-1, steps, batch + pad)
-        return self._recur_cpp(gi, mask_h, self.activation == "relu", batch)
+        return self._recur_cpp(None, mask_h, self.activation == "relu", batch,
+                               table=(projected, order, steps))
 
-    def _recur_cpp(self, gi: Tensor | None, mask_h: Tensor | None, relu: bool, batch: int,
-                   x: Tensor | None = None) -> Tensor:
-        """The C++ time loop over gi (G*H, T, Bp), or over the layer's input x (I, T, Bp)
-        (the input side's gradients then in C++ too) -> (B, T, H) or (B, H) views."""
+    def _recur_cpp(self, x: Tensor | None, mask_h: Tensor | None, relu: bool, batch: int,
+                   table: tuple[Tensor, Tensor, int] | None = None) -> Tensor:
+        """The C++ time loop over the layer's input x (I, T, Bp) (the input side's gradients
+        in C++ too), or over a projected embedding table's columns (``table``: the table
+        (G*H, V), the token order, the steps) -> (B, T, H) or (B, H) views."""
         from rnnlab.nn import fused
-        src = x if gi is None else gi
-        assert src is not None, "give gi or x"
         mask = None
         if mask_h is not None:
-            mask = torch.nn.functional.pad(mask_h.to(src.dtype).t(),
-                                           (0, src.size(2) - batch)).contiguous()
-        if gi is None:
-            out = fused.layer(self.cell, src, self.weight_ih_l0, self.bias_ih_l0,
+            padded = x.size(2) if x is not None else _padded(batch)
+            mask = torch.nn.functional.pad(mask_h.to(self.weight_hh_l0.dtype).t(),
+                                           (0, padded - batch)).contiguous()
+        if x is not None:
+            out = fused.layer(self.cell, x, self.weight_ih_l0, self.bias_ih_l0,
                               self.weight_hh_l0, self.bias_hh_l0, mask, relu,
                               self.return_sequences)
         else:
-            out = fused.recurrence(self.cell, gi, self.weight_hh_l0, self.bias_hh_l0, mask,
-                                   relu, self.return_sequences)
+            assert table is not None, "give x or table"
+            out = fused.table_recurrence(self.cell, *table, self.weight_hh_l0,
+                                         self.bias_hh_l0, mask, relu, self.return_sequences)
         # Cut the padding in the kernels' layout: the cut's backward builds a zero-padded
         # gradient in that layout, so the backward kernel reads it without a transposing copy.
         if out.size(-1) != batch:

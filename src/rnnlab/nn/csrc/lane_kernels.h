@@ -598,6 +598,32 @@ void input_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t G, int6
   for (int64_t j = 0; j < G; ++j) db[j] = lane_sum<T>(dbl[j]);
 }
 
+// ================================================================= embedding tables
+// The gradient of a projected embedding table read in token order (gi[:, t, b] =
+// P[:, ids[t * Bp + b]]), columns g0 .. g0 + gn of dPt (V, G), from the block-major dgi
+// (blocks, T, G, kLanes): each token's kLanes gradients of those columns are gathered from
+// its lane into one vector and added to its row. The tokens add in one order (block, step,
+// lane), whichever thread owns the columns.
+template <typename T>
+void table_grad_cols(int64_t g0, int64_t gn, int64_t nblk, int64_t steps, int64_t G,
+                     int64_t Bp, const T* dgi, const int64_t* ids, T* dpt) {
+  for (int64_t blk = 0; blk < nblk; ++blk)
+    for (int64_t t = 0; t < steps; ++t) {
+      const T* tile = dgi + (blk * steps + t) * G * kLanes + g0 * kLanes;
+      const int64_t* tok = ids + t * Bp + blk * kLanes;
+      for (int64_t l = 0; l < kLanes; ++l) {
+        T* dst = dpt + tok[l] * G + g0;
+        if (gn == kLanes) {
+          V<T> col;
+          for (int k = 0; k < kLanes; ++k) col[k] = tile[k * kLanes + l];
+          st(dst, ld(dst) + col);
+        } else {
+          for (int64_t k = 0; k < gn; ++k) dst[k] += tile[k * kLanes + l];
+        }
+      }
+    }
+}
+
 // ================================================================= dispatch on H
 // The lecture's hidden sizes get a compile-time H (fixed trip counts, unrolled tiles).
 #define RNNLAB_LANES_H(H, CALL)                      \

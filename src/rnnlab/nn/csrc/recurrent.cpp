@@ -427,6 +427,38 @@ std::vector<at::Tensor> input_backward(const at::Tensor& dgi_, const at::Tensor&
   return {dx, dw, db};
 }
 
+// The gradient of a projected embedding table P (G, V) whose columns a forward gathered
+// as gi[:, t, b] = P[:, order[t * Bp + b]], from the block-major dgi (blocks, T, G, lanes)
+// of the instruction set `isa`: returned as dPt (V, G) (its transpose is dP). Threads split
+// the columns (a fixed split) and each column adds its tokens in one order, so the result
+// does not depend on the thread count.
+at::Tensor table_grad(const at::Tensor& dgi_, const at::Tensor& order_, int64_t V,
+                      int64_t isa) {
+  TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+  g_last_isa = isa;
+  TORCH_CHECK(dgi_.dim() == 4 && dgi_.size(3) == kIsaLanes[isa],
+              "dgi must be block-major (blocks, T, G, lanes) for this instruction set");
+  auto dgi = dgi_.contiguous();
+  auto order = order_.to(at::kLong).contiguous();
+  const int64_t nblk = dgi.size(0), T = dgi.size(1), G = dgi.size(2), L = dgi.size(3);
+  const int64_t Bp = nblk * L;
+  TORCH_CHECK(order.numel() == T * Bp, "order must hold T * Bp token ids");
+  const int64_t* ids = order.data_ptr<int64_t>();
+  for (int64_t n = 0; n < T * Bp; ++n)
+    TORCH_CHECK(ids[n] >= 0 && ids[n] < V, "token id ", ids[n], " outside the table's ", V,
+                " rows");
+  auto dpt = at::zeros({V, G}, dgi.options());
+  const int64_t tasks = (G + L - 1) / L;
+  AT_DISPATCH_FLOATING_TYPES(dgi.scalar_type(), "table_grad", [&] {
+    RNNLAB_WITH_ISA(isa, for_blocks(tasks, [&](int64_t task) {
+      const int64_t g0 = task * kLanes;
+      table_grad_cols<scalar_t>(g0, std::min<int64_t>(kLanes, G - g0), nblk, T, G, Bp,
+                                dgi.data_ptr<scalar_t>(), ids, dpt.data_ptr<scalar_t>());
+    }))
+  });
+  return dpt;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -440,6 +472,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rnn_backward", &rnn_backward, "Elman RNN backward -> (dgi, dw_hh, db_hh)");
   m.def("input_backward", &input_backward,
         "input projection backward (dgi blocks, x, w_ih, need_dx, isa) -> (dx, dw_ih, db_ih)");
+  m.def("table_grad", &table_grad, "gradient of a gathered projected table -> dP^T (V, G)");
   m.def("supported_isas", &supported_isas, "instruction sets this CPU runs, best first");
   m.def("last_isa", &last_isa, "the code of the instruction set the last kernel ran with");
   m.def("isa_code", &isa_code, "the code of an instruction set's name (an error if unknown)");
