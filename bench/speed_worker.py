@@ -44,11 +44,11 @@ class TorchSide:
         self.torch = torch
         torch.set_flush_denormal(True)        # as the training engine does
         try:    # and freed buffers kept for the next step, as its fit does (where it can)
-            from rnnlab.training.process import buffers_kept
+            from rnnlab.training.process import keep_freed_buffers
         except ImportError:                    # an older checkout (bench_ab's baseline)
             pass
         else:
-            buffers_kept().__enter__()
+            keep_freed_buffers()
         params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
         self.spec = lambda name: from_mapping(ModelSpec, params["models"][name], where=name)
         self.build_model = build_model

@@ -9,7 +9,7 @@ import pytest
 
 PROBE = """
 import resource, torch
-from rnnlab.training.process import buffers_kept
+from rnnlab.training.process import keep_freed_buffers
 
 def steps():    # a training step's pattern: large tensors of a few sizes, freed each time
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -22,17 +22,17 @@ def steps():    # a training step's pattern: large tensors of a few sizes, freed
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 print(steps())
-with buffers_kept():
-    steps()
-    print(steps())
+assert keep_freed_buffers()
+steps()
+print(steps())
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_buffers_kept_stops_the_page_faults_of_fresh_large_buffers():
+def test_keeping_freed_buffers_stops_the_page_faults_of_fresh_large_buffers():
     """With glibc's defaults every 12-16 MB tensor is a fresh mmap whose pages fault on
-    first touch (a GRU step lost half its time to that); inside ``buffers_kept`` the freed
-    blocks serve the next steps."""
+    first touch (a GRU step lost half its time to that); after ``keep_freed_buffers`` the
+    freed blocks serve the next steps."""
     done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
                           check=True)
     default, kept = (int(line) for line in done.stdout.split())

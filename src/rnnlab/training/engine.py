@@ -28,7 +28,7 @@ from tqdm import tqdm
 from rnnlab.core.atomic import atomic_output
 from rnnlab.core.errors import RnnlabError
 from rnnlab.training.checkpoints import check_checkpoint_path
-from rnnlab.training.process import buffers_kept, denormals_flushed
+from rnnlab.training.process import denormals_flushed, keep_freed_buffers
 from rnnlab.training.results import FitResult
 from rnnlab.training.seeds import seed_everything
 from rnnlab.training.threads import FixedThreads, ThreadTuner
@@ -198,8 +198,10 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
     # Vanishing gradients reach denormal floats, which make CPU matmuls ~30x slower
     # (measured on the GRU's backward); flushing them to zero changes nothing visible. The
     # thread controller's count, like the flag, lasts only as long as this fit. Freed
-    # buffers are kept for the next step instead of faulting in fresh pages each time.
-    with denormals_flushed(True), buffers_kept():
+    # buffers are kept for the next step instead of faulting in fresh pages each time
+    # (for the rest of the process: glibc has no way back to its own defaults).
+    keep_freed_buffers()
+    with denormals_flushed(True):
         return _fit(model, task, config, device, checkpoint=checkpoint,
                     fingerprint=fingerprint, on_epoch=on_epoch, progress=progress, desc=desc,
                     threads=threads, epochs_after=epochs_after)

@@ -12,7 +12,6 @@ import torch
 
 # glibc's mallopt parameters and defaults (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_DEFAULT_THRESHOLD = 128 * 1024
 _KEPT_MMAP_THRESHOLD = 32 * 1024 * 1024       # glibc's largest on 64-bit
 _KEPT_TRIM_THRESHOLD = 1024 * 1024 * 1024
 
@@ -47,27 +46,25 @@ def _mallopt():
         return None
 
 
-@contextmanager
-def buffers_kept() -> Iterator[None]:
-    """Within the block, freed buffers up to 32 MB stay in the process for the next
-    allocation instead of going back to the system.
+def keep_freed_buffers() -> bool:
+    """From now on, for the rest of the process, freed buffers up to 32 MB stay in the
+    process for the next allocation instead of going back to the system. Returns whether
+    it could (glibc); elsewhere it does nothing.
 
     A training step allocates its large tensors afresh (a Jena GRU step: about 45 MB of
     input projections, saved gates and their gradients), and glibc serves blocks over its
-    threshold with a fresh ``mmap`` whose every page faults on first touch: measured on
-    this project's 2-core machine, a GRU(32) step at batch 128 took 34.3 ms on one thread
-    with glibc's defaults and 16.9 ms with the buffers kept (bench/bench_speed.py has the
-    comparison). On exit the thresholds go back to glibc's defaults (128 KiB; glibc's own
-    dynamic threshold starts over from there). Elsewhere than glibc this does nothing.
+    mmap threshold with a fresh ``mmap`` whose every page faults on first touch. glibc
+    raises that threshold by itself after such a block is freed, but not far enough for a
+    step's mix of sizes: measured on this project's 2-core machine, a GRU(32) step at batch
+    128 took 34.3 ms on one thread with glibc's defaults and 16.9 ms with this. It is
+    process-wide and for good: once a program sets the thresholds, glibc never adjusts them
+    again, so there is no default to go back to (setting them back to 128 KiB, tried first,
+    made every later step fault its pages in: 2x slower than glibc's defaults). ``fit``
+    calls it; a stage's process has nothing else to run afterwards.
     """
     mallopt = _mallopt()
     if mallopt is None:
-        yield
-        return
+        return False
     mallopt(_M_MMAP_THRESHOLD, _KEPT_MMAP_THRESHOLD)
     mallopt(_M_TRIM_THRESHOLD, _KEPT_TRIM_THRESHOLD)
-    try:
-        yield
-    finally:
-        mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD)
-        mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
+    return True
