@@ -29,12 +29,14 @@ import torch
 from rnnlab.tools.params import load_params
 from rnnlab.training.tasks import build_task
 from rnnlab.nn.models import build_model
-from rnnlab.training.engine import TrainConfig, fit, seed_everything
+from rnnlab.training.engine import TrainConfig, fit
+from rnnlab.training.seeds import seed_everything
 from rnnlab.nn import fused
 root, variant = Path(sys.argv[1]), sys.argv[2]
 params = load_params(root / "params.yaml")
 spec = params.variant(variant)
-data = build_task(params, spec, root / "data/prepared/jena", root / "data/prepared/jena_windows")
+data = build_task(spec, params.jena, params.train, root / "data/prepared/jena",
+                  root / "data/prepared/jena_windows")
 seed_everything(params.seed)
 model = build_model(spec, n_features=data.task.n_inputs, timesteps=data.task.timesteps,
                     init=params.train.init)
