@@ -24,6 +24,7 @@ import yaml
 
 from rnnlab.core.config import from_mapping
 from rnnlab.nn.models import ModelSpec, build_model
+from rnnlab.training.process import keep_freed_buffers
 from rnnlab.training.threads import FixedThreads, ThreadTuner, available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--load", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     torch.set_flush_denormal(True)
+    keep_freed_buffers()                  # as the training engine's fit does
     cores = available_cores()
     print(f"{args.variant}, {args.steps} training steps each, {cores} cores; ms per step "
           "(first 5 steps left out)")
@@ -63,8 +65,12 @@ def main() -> None:
         busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
                 for _ in range(load)]
         try:
-            for label, control in (("1", FixedThreads(1)), (str(cores), FixedThreads(cores)),
-                                   ("auto", ThreadTuner(cores))):
+            # Each control made just before its run: making one sets the thread count, so
+            # building all three first ran every row at the last one's count.
+            for label, make in (("1", lambda: FixedThreads(1)),
+                                (str(cores), lambda: FixedThreads(cores)),
+                                ("auto", lambda: ThreadTuner(cores))):
+                control = make()
                 times = run(args.variant, control, args.steps)[5:]
                 used = Counter(getattr(control, "used", []))
                 print(f"| {load} | {label} | {statistics.mean(times) * 1e3:.1f} | "
