@@ -211,7 +211,15 @@ class ConvFront(nn.Module):
             nn.Conv1d(filters, filters, kernel), nn.ReLU())
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x.transpose(1, 2)).transpose(1, 2)   # Conv1d wants (B, C, T)
+        conv1, relu1, pool, conv2, relu2 = self.net
+        h = relu1(conv1(x.transpose(1, 2)))                  # Conv1d wants (B, C, T)
+        # MaxPool1d (floor mode, stride = size) as a max over a reshape: PyTorch's CPU
+        # max_pool1d takes its 2-D path with indices, which was a sixth of conv_gru's step.
+        assert isinstance(pool, nn.MaxPool1d)
+        size = int(pool.kernel_size) if isinstance(pool.kernel_size, int) else pool.kernel_size[0]
+        n = h.size(-1) // size
+        h = h[..., :n * size].reshape(*h.shape[:-1], n, size).max(-1).values
+        return relu2(conv2(h)).transpose(1, 2)
 
 
 @register("conv_gru")
