@@ -323,20 +323,24 @@ class _Recurrence(torch.autograd.Function):
         return _features(dgi), dw, db, None, None, None, None
 
 
+def _gathered(table: Tensor, order: Tensor, steps: int) -> Tensor:
+    """gi (G*H, steps, Bp): the rows of a projected table (V, G*H) in token order."""
+    return table.t().contiguous().index_select(1, order).view(table.size(1), steps, -1)
+
+
 class _TableRecurrence(torch.autograd.Function):
-    """The time loop over the columns of a projected embedding table P (G*H, V) gathered in
-    token order: gi[:, t, b] = P[:, order[t * Bp + b]]. The backward adds each token's dgi
-    into its column of dP in C++, straight from the loop's block-major dgi, in a fixed
+    """The time loop over the rows of a projected embedding table P (V, G*H) gathered in
+    token order: gi[:, t, b] = P[order[t * Bp + b]]. The backward adds each token's dgi
+    into its row of dP in C++, straight from the loop's block-major dgi, in a fixed
     order."""
 
     @staticmethod
     def forward(ctx, table, order, steps, w_hh, b_hh, mask, cell, relu, return_sequences):
         _note(ctx, cell, relu, return_sequences)
-        gi = table.index_select(1, order).view(table.size(0), steps, -1)
-        out, store = _train_forward(cell, gi, w_hh, b_hh, mask, ctx.relu, ctx.return_sequences,
-                                    ctx.isa)
+        out, store = _train_forward(cell, _gathered(table, order, steps), w_hh, b_hh, mask,
+                                    ctx.relu, ctx.return_sequences, ctx.isa)
         ctx.save_for_backward(order, w_hh, mask, out, *store)
-        ctx.rows = table.size(1)
+        ctx.rows = table.size(0)
         return _last(out, return_sequences)
 
     @staticmethod
@@ -344,21 +348,19 @@ class _TableRecurrence(torch.autograd.Function):
     def backward(ctx, grad_out):
         order, w_hh, mask, out, *store = ctx.saved_tensors
         dgi, dw, db = _train_backward(ctx, grad_out, w_hh, mask, out, tuple(store))
-        dtable = _require().table_grad(dgi, order, ctx.rows, ctx.isa).t()
+        dtable = _require().table_grad(dgi, order, ctx.rows, ctx.isa)
         return dtable, None, None, dw, db, None, None, None, None
 
 
 def table_recurrence(cell: str, table: Tensor, order: Tensor, steps: int, w_hh: Tensor,
                      b_hh: Tensor, mask: Optional[Tensor], relu: bool,
                      return_sequences: bool) -> Tensor:
-    """``recurrence`` over gi = table[:, order] viewed (G*H, steps, Bp): a projected
-    embedding table (G*H, V) read in token order (T * Bp ids, time-major)."""
-    if not _wants_grad(table, w_hh, b_hh):
-        calls[cell] += 1
-        gi = table.index_select(1, order).view(table.size(0), steps, -1)
-        return _infer(cell, gi, w_hh, b_hh, mask, bool(relu), bool(return_sequences),
-                      _isa_code())
+    """``recurrence`` over a projected embedding table (V, G*H) read in token order
+    (``order``: T * Bp ids, time-major)."""
     calls[cell] += 1
+    if not _wants_grad(table, w_hh, b_hh):
+        return _infer(cell, _gathered(table, order, steps), w_hh, b_hh, mask, bool(relu),
+                      bool(return_sequences), _isa_code())
     return _TableRecurrence.apply(table, order, steps, w_hh, b_hh, mask, cell, relu,
                                   return_sequences)
 

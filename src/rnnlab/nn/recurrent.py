@@ -253,34 +253,6 @@ def project(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return _Projection.apply(x, w, b)
 
 
-class _FeatureProjection(torch.autograd.Function):
-    """``w @ x + b[:, None]`` for x (I, N) in the C++ recurrences' feature-major layout (an
-    embedding table's transpose), its weight gradient summed in float64 as in
-    ``_Projection``."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
-        ctx.save_for_backward(x, w)
-        return torch.addmm(b[:, None], w, x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        x, w = ctx.saved_tensors
-        grad_x = w.t() @ grad if ctx.needs_input_grad[0] else None
-        grad_w = (grad.double() @ x.double().t()).to(w.dtype) \
-            if ctx.needs_input_grad[1] else None
-        grad_b = grad.double().sum(1).to(w.dtype) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b
-
-
-def project_features(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
-    """(I, N) -> (G*H, N): ``project`` in the feature-major layout."""
-    if not torch.is_grad_enabled() or not (x.requires_grad or w.requires_grad
-                                           or b.requires_grad):
-        return torch.addmm(b[:, None], w, x)
-    return _FeatureProjection.apply(x, w, b)
-
-
 def _padded(batch: int) -> int:
     from rnnlab.nn import fused
     return fused.padded(batch)
@@ -406,7 +378,7 @@ class RecurrentLayer(nn.Module):
             return self(torch.nn.functional.embedding(ids, table))
         mask_h = self.sample_masks(batch, table.device, table.dtype)[1] if self.training \
             else None
-        projected = project_features(table.t(), self.weight_ih_l0, self.bias_ih_l0)  # (G*H, V)
+        projected = project(table, self.weight_ih_l0, self.bias_ih_l0)          # (V, G*H)
         pad = _padded(batch) - batch
         order = torch.nn.functional.pad(ids.t(), (0, pad)).reshape(-1)  # time-major, padded
         return self._recur_cpp(None, mask_h, self.activation == "relu", batch,
@@ -415,8 +387,8 @@ class RecurrentLayer(nn.Module):
     def _recur_cpp(self, x: Tensor | None, mask_h: Tensor | None, relu: bool, batch: int,
                    table: tuple[Tensor, Tensor, int] | None = None) -> Tensor:
         """The C++ time loop over the layer's input x (I, T, Bp) (the input side's gradients
-        in C++ too), or over a projected embedding table's columns (``table``: the table
-        (G*H, V), the token order, the steps) -> (B, T, H) or (B, H) views."""
+        in C++ too), or over a projected embedding table's rows (``table``: the table
+        (V, G*H), the token order, the steps) -> (B, T, H) or (B, H) views."""
         from rnnlab.nn import fused
         mask = None
         if mask_h is not None:

@@ -599,8 +599,8 @@ void input_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t G, int6
 }
 
 // ================================================================= embedding tables
-// The gradient of a projected embedding table read in token order (gi[:, t, b] =
-// P[:, ids[t * Bp + b]]), columns g0 .. g0 + gn of dPt (V, G), from the block-major dgi
+// The gradient of a projected embedding table P (V, G) read in token order (gi[:, t, b] =
+// P[ids[t * Bp + b]]), columns g0 .. g0 + gn of dP (V, G), from the block-major dgi
 // (blocks, T, G, kLanes): each token's kLanes gradients of those columns are gathered from
 // its lane into one vector and added to its row. The tokens add in one order (block, step,
 // lane), whichever thread owns the columns.

@@ -427,11 +427,10 @@ std::vector<at::Tensor> input_backward(const at::Tensor& dgi_, const at::Tensor&
   return {dx, dw, db};
 }
 
-// The gradient of a projected embedding table P (G, V) whose columns a forward gathered
-// as gi[:, t, b] = P[:, order[t * Bp + b]], from the block-major dgi (blocks, T, G, lanes)
-// of the instruction set `isa`: returned as dPt (V, G) (its transpose is dP). Threads split
-// the columns (a fixed split) and each column adds its tokens in one order, so the result
-// does not depend on the thread count.
+// The gradient dP (V, G) of a projected embedding table P (V, G) whose rows a forward
+// gathered as gi[:, t, b] = P[order[t * Bp + b]], from the block-major dgi (blocks, T, G,
+// lanes) of the instruction set `isa`. Threads split the columns (a fixed split) and each
+// column adds its tokens in one order, so the result does not depend on the thread count.
 at::Tensor table_grad(const at::Tensor& dgi_, const at::Tensor& order_, int64_t V,
                       int64_t isa) {
   TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
@@ -472,7 +471,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rnn_backward", &rnn_backward, "Elman RNN backward -> (dgi, dw_hh, db_hh)");
   m.def("input_backward", &input_backward,
         "input projection backward (dgi blocks, x, w_ih, need_dx, isa) -> (dx, dw_ih, db_ih)");
-  m.def("table_grad", &table_grad, "gradient of a gathered projected table -> dP^T (V, G)");
+  m.def("table_grad", &table_grad, "gradient of a gathered projected table -> dP (V, G)");
   m.def("supported_isas", &supported_isas, "instruction sets this CPU runs, best first");
   m.def("last_isa", &last_isa, "the code of the instruction set the last kernel ran with");
   m.def("isa_code", &isa_code, "the code of an instruction set's name (an error if unknown)");
