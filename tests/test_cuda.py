@@ -1,7 +1,10 @@
-"""The CUDA path: cuDNN for layers without a state mask, CUDA-graphed loops for the GRU's
-recurrent dropout. These need a CUDA device; the CPU-only CI has none, so they run on a lent
-GPU machine (``pytest --noconftest tests/test_cuda.py``, which ``bench/bench_gpu.py`` also
-runs first); the last result is in docs/benchmarks.md."""
+"""The CUDA path: cuDNN for layers without a state mask, the persistent Triton kernels for
+recurrent dropout (and, with RNNLAB_CUDA_LOOP=cudnn, the CUDA-graphed GRU loops). These
+need a CUDA device; the CPU-only CI has none, so they run on a lent GPU machine
+(``pytest --noconftest tests/test_cuda.py tests/test_persistent.py``, which
+``bench/bench_gpu.py`` also runs first); the last result is in docs/benchmarks.md. The
+persistent kernels' arithmetic is checked without a GPU too, in Triton's interpreter
+(tests/test_persistent.py)."""
 
 import numpy as np
 import pytest
@@ -137,9 +140,11 @@ def _fit(task, arch="gru", **kw):
              "recurrent_dropout": 0.5}),
     ("conv_gru", {"dropout": 0.1, "recurrent_dropout": 0.5}),
 ])
-def test_training_with_recurrent_dropout_on_cuda(graphs, task, arch, kw):
-    """Same seed, same metrics (to float32 rounding: cuDNN's convolutions may sum in another
-    order), with graphs and without; one capture per signature."""
+def test_training_with_recurrent_dropout_on_cuda(graphs, task, arch, kw, monkeypatch):
+    """The CUDA-graphed loop (``RNNLAB_CUDA_LOOP=cudnn``): same seed, same metrics (to
+    float32 rounding: cuDNN's convolutions may sum in another order), with graphs and
+    without; one capture per signature."""
+    monkeypatch.setenv("RNNLAB_CUDA_LOOP", "cudnn")
     graphs(True)
     for fn in (recurrent._gru_forward_graphed, recurrent._gru_backward_graphed):
         fn.graphs.clear()
@@ -162,6 +167,25 @@ def test_training_with_recurrent_dropout_on_cuda(graphs, task, arch, kw):
                 if key[-2] is not None]          # (..., mask_h, relu): a state mask
     assert len(training) == layers
     assert len(recurrent._gru_backward_graphed.graphs) == layers
+    assert a.history[-1]["train_loss"] < a.history[0]["train_loss"] * 1.5
+
+
+@pytest.mark.parametrize("arch,kw", [
+    ("gru", {"dropout": 0.2, "recurrent_dropout": 0.2}),
+    ("gru", {"units": (32, 64), "activations": ("tanh", "relu"), "dropout": 0.1,
+             "recurrent_dropout": 0.5}),
+    ("conv_gru", {"dropout": 0.1, "recurrent_dropout": 0.5}),
+])
+def test_persistent_training_is_deterministic(task, arch, kw):
+    """The default CUDA path for recurrent dropout (the persistent Triton kernels): the same
+    seed gives the same metrics, bit for bit, and the kernels really ran."""
+    from rnnlab.nn import persistent
+    before = persistent.calls["gru"]
+    a, b = _fit(task, arch, **kw), _fit(task, arch, **kw)
+    assert persistent.calls["gru"] > before
+    for mine, ref in zip(b.history, a.history):
+        assert (mine["train_loss"], mine["val_loss"]) == (ref["train_loss"], ref["val_loss"])
+    assert a.val == b.val
     assert a.history[-1]["train_loss"] < a.history[0]["train_loss"] * 1.5
 
 

@@ -21,11 +21,19 @@ cpu      gru (any options)            not built              ``loop``: the Pytho
                                                              backward written by hand
 cpu      lstm, rnn; no rec. dropout   not built              ``torch``: PyTorch's own loop
 cpu      lstm, rnn; rec. dropout      not built              an error naming the build failure
-cuda     gru: rec. dropout or relu    (CPU only)             ``graph``: the Python loop as
-                                                             one CUDA graph per shape
+cuda     rec. dropout or relu         (CPU only)             ``persistent``:
+                                                             ``rnnlab.nn.persistent``, one
+                                                             Triton launch for all steps
 cuda     any other                    (CPU only)             ``torch``: cuDNN
 =======  ===========================  =====================  ==============================
 
+On CUDA, ``RNNLAB_CUDA_LOOP`` (``cuda_loop``) changes the last two rows: ``persistent``
+runs every layer on the Triton kernels; ``cudnn`` is the path before them (cuDNN, and for
+a GRU's recurrent dropout or relu the Python loop below captured as one CUDA graph per
+shape; an LSTM or RNN with recurrent dropout is then an error). Without Triton, ``auto``
+takes that path too, after one warning. With ``TRITON_INTERPRET=1`` and
+``RNNLAB_CUDA_LOOP=persistent``, CPU tensors take the persistent path in Triton's
+interpreter: that is how the CPU-only CI tests it (tests/test_persistent.py).
 ``native=False`` on a layer forces the paths of the "not built" rows (benchmarks and tests).
 The C++ recurrences are compiled once per machine at install (``./dev.sh``) or at first
 use; when they cannot be built, one warning says why and the "not built" rows apply; with
@@ -253,6 +261,40 @@ def project(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return _Projection.apply(x, w, b)
 
 
+CUDA_LOOPS = ("auto", "persistent", "cudnn")
+
+
+def cuda_loop() -> str:
+    """``RNNLAB_CUDA_LOOP``, read at every call: which code runs a layer's loop on CUDA.
+    ``auto`` (the default): the persistent Triton kernels where cuDNN cannot run the layer
+    (a recurrent-dropout mask, a relu GRU or RNN), cuDNN elsewhere; ``persistent``: the
+    Triton kernels for every layer; ``cudnn``: cuDNN, and the CUDA-graphed Python loop for
+    what cuDNN cannot run (the path before the persistent kernels)."""
+    value = os.environ.get("RNNLAB_CUDA_LOOP", "auto").strip().lower() or "auto"
+    if value not in CUDA_LOOPS:
+        raise RnnlabError(f"RNNLAB_CUDA_LOOP={value!r}: choose one of {', '.join(CUDA_LOOPS)}")
+    return value
+
+
+def _interpreting() -> bool:
+    """Triton's interpreter is on (tests): ``RNNLAB_CUDA_LOOP=persistent`` then runs the
+    persistent kernels on CPU tensors too."""
+    from rnnlab.nn import persistent
+    return persistent.interpreting()
+
+
+_warned_no_triton = False
+
+
+def _warn_no_triton(reason: str | None) -> None:
+    global _warned_no_triton
+    if not _warned_no_triton:
+        _warned_no_triton = True
+        warnings.warn(f"the persistent CUDA recurrences cannot run ({reason}); recurrent "
+                      f"dropout and relu GRUs take the slower CUDA-graphed loop",
+                      RuntimeWarning, stacklevel=3)
+
+
 def _padded(batch: int) -> int:
     from rnnlab.nn import fused
     return fused.padded(batch)
@@ -297,7 +339,7 @@ class RecurrentLayer(nn.Module):
         self.dropout, self.recurrent_dropout = dropout, recurrent_dropout
         self.activation = activation
         self.return_sequences = return_sequences
-        self.native = native          # False: never the C++ recurrences (benchmarks, tests)
+        self.native = native          # False: never the C++ CPU recurrences (benchmarks, tests)
         gates = GATES[cell] * hidden_size
         self.weight_ih_l0 = nn.Parameter(torch.empty(gates, input_size))
         self.weight_hh_l0 = nn.Parameter(torch.empty(gates, hidden_size))
@@ -345,16 +387,37 @@ class RecurrentLayer(nn.Module):
             return self._torch_loop(x, relu)
         # Input projections of all steps in one matmul, time-major for the loop.
         gi = project(x.transpose(0, 1), self.weight_ih_l0, self.bias_ih_l0)    # (T, B, G*H)
+        if path == "persistent":
+            from rnnlab.nn import persistent
+            out = persistent.recurrence(self.cell, gi, self.weight_hh_l0, self.bias_hh_l0,
+                                        mask_h, relu, self.return_sequences)
+            return out.transpose(0, 1) if self.return_sequences else out
         return self._recur(gi, mask_h, relu)
 
     def path(self, x: Tensor, state_mask: bool) -> str:
         """Which code runs the time loop over ``x`` (the table in the module docstring):
-        ``cpp``, ``loop``, ``graph`` or ``torch``."""
+        ``cpp``, ``persistent``, ``loop``, ``graph`` or ``torch``."""
+        choice = cuda_loop()
+        if x.is_cuda or (choice == "persistent" and _interpreting()):
+            cudnn_cannot = state_mask or self.activation == "relu"
+            if choice == "persistent" or (choice == "auto" and cudnn_cannot):
+                from rnnlab.nn import persistent
+                if persistent.available() and x.dtype in (torch.float32, torch.float64):
+                    return "persistent"
+                if choice == "persistent":
+                    raise RnnlabError(f"RNNLAB_CUDA_LOOP=persistent: the Triton recurrences "
+                                      f"cannot run ({persistent.unavailable_reason()}); "
+                                      f"install triton or unset RNNLAB_CUDA_LOOP")
+                _warn_no_triton(persistent.unavailable_reason())
         if self.native and _use_fused(x):
             return "cpp"
         gru_only = self.cell == "gru" and (state_mask or self.activation == "relu")
         if x.device.type == "cpu" and self.cell == "gru" or gru_only:
             return "graph" if x.is_cuda else "loop"
+        if state_mask and x.is_cuda:
+            raise RnnlabError(f"a {self.cell} layer with recurrent_dropout on CUDA needs the "
+                              f"persistent Triton recurrences (rnnlab.nn.persistent): install "
+                              f"triton and leave RNNLAB_CUDA_LOOP at auto or persistent")
         if state_mask:
             raise RnnlabError(f"a {self.cell} layer with recurrent_dropout needs the C++ "
                               f"recurrences of rnnlab.nn.fused on the CPU ({_fused_reason()})")
@@ -374,7 +437,7 @@ class RecurrentLayer(nn.Module):
         """
         batch, steps = ids.shape
         if (self.training and self.dropout > 0) or table.size(0) > batch * steps \
-                or not (self.native and _use_fused(table)):
+                or self.path(table, False) != "cpp":
             return self(torch.nn.functional.embedding(ids, table))
         mask_h = self.sample_masks(batch, table.device, table.dtype)[1] if self.training \
             else None

@@ -1,0 +1,227 @@
+"""Persistent recurrences for CUDA, in Triton: one launch per layer for all time steps.
+
+On a GPU a recurrent layer of 32 units does almost no arithmetic per time step (a GRU step
+at batch 128 is 0.8 MFLOP); what costs is launching and waiting for a kernel per step.
+Here one program owns ``BLOCK_B`` rows of the batch and every hidden unit: it loads the
+recurrent weights once into registers, then runs the whole time loop itself, reading each
+step's input projection and writing each step's state. Rows of a batch are independent, so
+no program ever waits for another and no grid-wide barrier is needed.
+
+Forward (``_gru_fwd``, ``_lstm_fwd``, ``_rnn_fwd``): the input projection of every step
+comes in as one product made before the loop (``gi``, time-major (T, B, G*H), bias_ih
+included); per step, the state (masked by the recurrent-dropout mask, one per sequence,
+as Keras' recurrent_dropout) times each gate's (H, H) block of ``w_hh`` by ``tl.dot`` in
+exact float32 (``input_precision="ieee"``: no TF32), then the gate maths and the state
+update on the same registers. In training it also keeps what the backward needs: every
+state (T, B, H) and the gates (GRU: r, z, n and W_hn h + b_hn; LSTM: i, f, g, o and c).
+
+Backward (``_gru_bwd``, ...): the reverse sweep, one program per slice of rows again,
+carrying dh (and the LSTM's dc) in registers; it writes the gradient of each step's gate
+pre-activations. The weight gradients are then one product each after the sweep (dW_hh
+= dgh^T (h_prev * mask) over all T*B rows; dW_ih and dx by the input projection's own
+backward), so the loop itself never reduces across programs.
+
+Cells and options, as ``rnnlab.nn.fused`` (the CPU reference these are tested against,
+tests/test_persistent.py): GRU reset-after (tanh or relu), LSTM (i, f, g, o; zero initial
+state), Elman RNN (tanh or relu); a recurrent mask or none; the last state or all states.
+Reversed input and the backward direction of a bidirectional layer are the model's flip
+of the sequence (rnnlab.nn.models.Recurrent).
+
+Triton's interpreter (``TRITON_INTERPRET=1``, set before this module's kernels are first
+built, i.e. before the first call) runs the same kernels on CPU tensors with NumPy, so the
+CPU-only CI checks their arithmetic; on a GPU they compile for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+GATES = {"gru": 3, "lstm": 4, "rnn": 1}
+SAVED = {"gru": 4, "lstm": 5, "rnn": 0}    # per-step gate tensors the backward reads, in H
+BLOCK_B = 16                               # rows per program: tl.dot's smallest tile
+calls = {"gru": 0, "lstm": 0, "rnn": 0}    # launches by cell: a test checks a path really ran
+
+
+def available() -> bool:
+    """Triton is importable and can run here: on a CUDA tensor, or in its interpreter."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available() or interpreting()
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def unavailable_reason() -> Optional[str]:
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        return f"Triton is not installed ({e})"
+    if not (torch.cuda.is_available() or interpreting()):
+        return "no CUDA device (and TRITON_INTERPRET is not set)"
+    return None
+
+
+@functools.cache
+def _kernels() -> dict:
+    """The jitted kernels, imported on first use (so TRITON_INTERPRET is read then)."""
+    from rnnlab.nn.persistent_kernels import KERNELS
+    return KERNELS
+
+
+def _block_h(hidden: int) -> int:
+    """The hidden size padded to a power of two of at least 16 (tl.dot's smallest tile)."""
+    return max(16, 1 << (hidden - 1).bit_length())
+
+
+def _launch_args(hidden: int) -> dict:
+    bh = _block_h(hidden)
+    # One warp holds a 16 x 32 tile in a register per element per thread; bigger tiles
+    # spread over more warps.
+    return {"H": hidden, "BH": bh, "BB": BLOCK_B, "num_warps": 4 if bh <= 64 else 8}
+
+
+def forward(cell: str, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask: Optional[Tensor],
+            relu: bool, save: bool, return_sequences: bool) -> tuple[Tensor, Optional[Tensor]]:
+    """The forward sweep over gi (T, B, G*H): states (T, B, H) (only h_T (1, B, H) when
+    neither the sequence nor the backward needs them) and the saved gates (or None)."""
+    steps, batch, _ = gi.shape
+    hidden = w_hh.size(1)
+    keep_all = save or return_sequences
+    hs = gi.new_empty(steps if keep_all else 1, batch, hidden)
+    saved = gi.new_empty(steps, batch, SAVED[cell] * hidden) if save and SAVED[cell] else hs
+    grid = (triton_cdiv(batch, BLOCK_B),)
+    _kernels()[cell][0][grid](gi, w_hh, b_hh, mask if mask is not None else hs, hs, saved,
+                              batch, steps, RELU=relu, HAS_MASK=mask is not None, SAVE=save,
+                              SEQ=return_sequences, **_launch_args(hidden))
+    calls[cell] += 1
+    return hs, (saved if save and SAVED[cell] else None)
+
+
+def backward(cell: str, grad: Tensor, w_hh: Tensor, mask: Optional[Tensor], hs: Tensor,
+             saved: Optional[Tensor], relu: bool, return_sequences: bool
+             ) -> tuple[Tensor, Tensor, Tensor]:
+    """The reverse sweep; returns dgi (T, B, G*H), dW_hh (G*H, H), db_hh (G*H,)."""
+    steps, batch, hidden = hs.shape
+    gates = GATES[cell]
+    dg = hs.new_empty(steps, batch, gates * hidden)
+    dhn = hs.new_empty(steps, batch, hidden) if cell == "gru" else dg
+    grid = (triton_cdiv(batch, BLOCK_B),)
+    _kernels()[cell][1][grid](grad.contiguous(), w_hh, mask if mask is not None else hs, hs,
+                              saved if saved is not None else hs, dg, dhn, batch, steps,
+                              RELU=relu, HAS_MASK=mask is not None, SEQ=return_sequences,
+                              **_launch_args(hidden))
+    # dgh: the gradient at W_hh h + b_hh; for the GRU's n gate that is r * dn, not dn.
+    dgh = torch.cat([dg[..., : 2 * hidden], dhn], 2) if cell == "gru" else dg
+    h_in = torch.cat([hs.new_zeros(1, batch, hidden), hs[:-1]], 0)
+    if mask is not None:
+        h_in = h_in * mask
+    flat = dgh.reshape(steps * batch, gates * hidden)
+    return dg, flat.t() @ h_in.reshape(steps * batch, hidden), flat.sum(0)
+
+
+def compile_report(capability: int = 90, hidden: int = 32, steps: int = 240) -> list[dict]:
+    """Compiles every kernel ahead of time for a CUDA ``capability`` (90: Hopper, 80:
+    Ampere) without a GPU, as Triton would at the first call on one, and reads ptxas'
+    resource report: one dict per kernel and mask option with ``registers``, ``spills``
+    (bytes spilled to local memory: 0 means the weights and states stay on chip) and
+    ``shared`` (bytes). Needs Triton's bundled ptxas; no CUDA device or driver. Runs in a
+    child process without ``TRITON_INTERPRET`` (in the interpreter there is nothing to
+    compile)."""
+    import json
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import json; from rnnlab.nn.persistent import _compile_here; "
+            f"print(json.dumps(_compile_here({capability}, {hidden}, {steps})))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _compile_here(capability: int, hidden: int, steps: int) -> list[dict]:
+    import re
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from rnnlab.nn.persistent_kernels import KERNELS
+    arch = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    args = _launch_args(hidden)
+    report = []
+    for pair in KERNELS.values():
+        for kernel in pair:
+            for masked in (False, True):
+                consts = {"T": steps, "H": hidden, "BH": args["BH"], "BB": args["BB"],
+                          "RELU": False, "HAS_MASK": masked, "SEQ": True}
+                if "SAVE" in kernel.arg_names:
+                    consts["SAVE"] = True
+                signature = {name: "*fp32" if name.endswith("_ptr") else
+                             "i32" if name == "B" else "constexpr" for name in kernel.arg_names}
+                compiled = triton.compile(
+                    ASTSource(fn=kernel, signature=signature, constexprs=consts),
+                    target=GPUTarget("cuda", capability, 32),
+                    options={"num_warps": args["num_warps"]})
+                with tempfile.TemporaryDirectory() as tmp:
+                    ptx = Path(tmp) / "kernel.ptx"
+                    ptx.write_text(compiled.asm["ptx"])
+                    info = subprocess.run([str(ptxas), f"-arch={arch}", "-v", str(ptx),
+                                           "-o", str(Path(tmp) / "kernel.cubin")],
+                                          capture_output=True, text=True, check=True).stderr
+                registers = re.search(r"Used (\d+) registers", info)
+                spills = re.findall(r"(\d+) bytes spill (?:stores|loads)", info)
+                report.append({"kernel": kernel.__name__, "masked": masked,
+                               "registers": int(registers.group(1)) if registers else None,
+                               "spills": sum(int(n) for n in spills),
+                               "shared": int(compiled.metadata.shared)})
+    return report
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class Recurrence(torch.autograd.Function):
+    """The persistent time loop over input projections gi (T, B, G*H) -> (T, B, H) with
+    ``return_sequences``, else h_T (B, H); gradients to gi, w_hh and b_hh."""
+
+    @staticmethod
+    def forward(ctx, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask: Optional[Tensor],
+                cell: str, relu: bool, return_sequences: bool) -> Tensor:
+        save = any(ctx.needs_input_grad[:3])
+        gi, w_hh, b_hh = gi.contiguous(), w_hh.contiguous(), b_hh.contiguous()
+        mask = mask.contiguous() if mask is not None else None
+        hs, saved = forward(cell, gi, w_hh, b_hh, mask, relu, save, return_sequences)
+        if save:
+            ctx.save_for_backward(w_hh, mask, hs, saved)
+        ctx.cell, ctx.relu, ctx.return_sequences = cell, relu, return_sequences
+        return hs if return_sequences else hs[-1]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        w_hh, mask, hs, saved = ctx.saved_tensors
+        dgi, dw, db = backward(ctx.cell, grad, w_hh, mask, hs, saved, ctx.relu,
+                               ctx.return_sequences)
+        return dgi, dw, db, None, None, None, None
+
+
+def recurrence(cell: str, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask: Optional[Tensor],
+               relu: bool = False, return_sequences: bool = False) -> Tensor:
+    """``Recurrence.apply``: the same contract as ``rnnlab.nn.fused``'s time-major
+    ``gru_recurrence``/``lstm_recurrence``/``rnn_recurrence``."""
+    if cell not in GATES:
+        raise ValueError(f"cell {cell!r}: choose one of {', '.join(GATES)}")
+    return Recurrence.apply(gi, w_hh, b_hh, mask, cell, relu, return_sequences)

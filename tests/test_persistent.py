@@ -1,0 +1,205 @@
+"""The persistent recurrences (rnnlab.nn.persistent) against the CPU's C++ kernels.
+
+On a GPU these run the compiled Triton kernels on CUDA tensors; without one (CI), the same
+kernels run in Triton's interpreter on CPU tensors, so their arithmetic is checked on
+every run. The reference is rnnlab.nn.fused, itself tested against nn.GRU/nn.LSTM/nn.RNN
+(tests/test_fused.py): outputs and every gradient within 1e-5 of each tensor's scale.
+"""
+
+import copy
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Before the kernels are first built (rnnlab.nn.persistent imports them on first use).
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from rnnlab.core.errors import RnnlabError  # noqa: E402
+from rnnlab.nn import fused, persistent  # noqa: E402
+from rnnlab.nn.models import ModelSpec, build_model  # noqa: E402
+from rnnlab.nn.recurrent import RecurrentLayer  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def exact_float32():
+    """No TF32 in the reference's products on a GPU."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    scale = want.abs().max().item() or 1.0
+    err = (got.cpu() - want.cpu()).abs().max().item() / scale
+    assert err <= TOL, f"{what}: {err:.2e} of the scale apart"
+
+
+def _inputs(cell, steps, batch, hidden, masked, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    gates = persistent.GATES[cell]
+    gi = torch.randn(steps, batch, gates * hidden, generator=g, dtype=dtype)
+    w = torch.randn(gates * hidden, hidden, generator=g, dtype=dtype) / hidden ** 0.5
+    b = torch.randn(gates * hidden, generator=g, dtype=dtype) * 0.1
+    mask = (torch.rand(batch, hidden, generator=g) > 0.4).to(dtype) / 0.6 if masked else None
+    return gi, w, b, mask
+
+
+def _reference(cell, gi, w, b, mask, relu, seq):
+    if cell == "lstm":
+        return fused.lstm_recurrence(gi, w, b, mask, seq)
+    return getattr(fused, f"{cell}_recurrence")(gi, w, b, mask, relu, seq)
+
+
+def _run(fn, tensors, mask, grad_seed=1):
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(*leaves, mask)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed),
+                         dtype=out.dtype).to(out.device)
+    (out * weight).sum().backward()
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+CASES = [(cell, relu) for cell in ("gru", "lstm", "rnn")
+         for relu in ((False, True) if cell != "lstm" else (False,))]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("cell,relu", CASES)
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("seq", [False, True], ids=["last", "seq"])
+def test_equals_the_cpu_kernels(cell, relu, masked, seq):
+    """Outputs and the gradients of gi, w_hh and b_hh, on a batch that leaves a partly
+    filled block of rows and a hidden size that is not a power of two."""
+    before = persistent.calls[cell]
+    gi, w, b, mask = _inputs(cell, steps=9, batch=21, hidden=12, masked=masked)
+    want = _run(lambda *a: _reference(cell, *a, relu, seq), (gi, w, b), mask)
+    dev = lambda t: None if t is None else t.to(DEVICE)
+    got = _run(lambda *a: persistent.recurrence(cell, *a, relu, seq),
+               [dev(t) for t in (gi, w, b)], dev(mask))
+    for name, g, ref in zip(("output", "d gi", "d w_hh", "d b_hh"), got, want):
+        _close(g, ref, name)
+    assert persistent.calls[cell] == before + 1     # the kernels ran, not another path
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+def test_the_lecture_sizes(cell):
+    """32 units (every lecture layer) and a batch of two full blocks."""
+    gi, w, b, mask = _inputs(cell, steps=12, batch=32, hidden=32, masked=True, seed=3)
+    want = _run(lambda *a: _reference(cell, *a, False, True), (gi, w, b), mask)
+    got = _run(lambda *a: persistent.recurrence(cell, *a, False, True),
+               [t.to(DEVICE) for t in (gi, w, b)], mask.to(DEVICE))
+    for name, g, ref in zip(("output", "d gi", "d w_hh", "d b_hh"), got, want):
+        _close(g, ref, f"{cell} {name}")
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+@pytest.mark.parametrize("seq", [False, True], ids=["last", "seq"])
+def test_gradcheck_float64(cell, seq):
+    gi, w, b, mask = _inputs(cell, steps=3, batch=18, hidden=3, masked=True,
+                             dtype=torch.float64)
+    leaves = [t.to(DEVICE).requires_grad_() for t in (gi, w, b)]
+    mask = mask.to(DEVICE)
+    assert torch.autograd.gradcheck(
+        lambda g, w_, b_: persistent.recurrence(cell, g, w_, b_, mask, False, seq),
+        leaves, fast_mode=True)
+
+
+@pytest.mark.fast
+def test_deterministic_and_eval_equals_training_without_masks():
+    gi, w, b, _ = _inputs("gru", steps=6, batch=17, hidden=8, masked=False)
+    gi, w, b = (t.to(DEVICE) for t in (gi, w, b))
+    first = _run(lambda *a: persistent.recurrence("gru", *a), (gi, w, b), None)
+    second = _run(lambda *a: persistent.recurrence("gru", *a), (gi, w, b), None)
+    for one, two in zip(first, second):
+        assert torch.equal(one, two)
+    with torch.no_grad():     # the inference sweep keeps no states: the same h_T
+        assert torch.equal(persistent.recurrence("gru", gi, w, b, None), first[0])
+
+
+@pytest.fixture
+def loop(monkeypatch):
+    """``RNNLAB_CUDA_LOOP`` for one test."""
+    return lambda value: monkeypatch.setenv("RNNLAB_CUDA_LOOP", value)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("cell,activation", [("gru", "tanh"), ("gru", "relu"),
+                                             ("lstm", "tanh"), ("rnn", "tanh")])
+def test_a_layer_with_both_dropouts_takes_the_persistent_path(loop, cell, activation):
+    """The same layer and masks: persistent and C++ give the same outputs and gradients."""
+    torch.manual_seed(0)
+    layer = RecurrentLayer(cell, 5, 12, dropout=0.2, recurrent_dropout=0.4,
+                           activation=activation, return_sequences=True)
+    x = torch.randn(19, 9, 5)
+    masks = layer.sample_masks(19)
+    results = {}
+    for name, device in (("persistent", DEVICE), ("auto", torch.device("cpu"))):
+        loop(name)
+        copy_ = copy.deepcopy(layer).to(device)
+        xx = x.to(device).requires_grad_()
+        assert copy_.path(xx, True) == ("persistent" if name == "persistent" else "cpp")
+        out = copy_(xx, tuple(m.to(device) for m in masks))
+        out.square().sum().backward()
+        results[name] = [out, xx.grad] + [p.grad for p in copy_.parameters()]
+    for got, want in zip(results["persistent"], results["auto"]):
+        _close(got.detach(), want.detach(), f"{cell} layer")
+
+
+@pytest.mark.parametrize("variant", [
+    ModelSpec(dataset="jena", arch="gru", epochs=1, units=(16, 16), dropout=0.1,
+              recurrent_dropout=0.5),
+    ModelSpec(dataset="jena", arch="gru", epochs=1, units=(16,), bidirectional=True),
+    ModelSpec(dataset="jena", arch="conv_gru", epochs=1, units=(16,), conv_filters=8,
+              conv_kernel=3, pool_size=2, dropout=0.1, recurrent_dropout=0.5),
+], ids=["stacked_dropout", "bidirectional", "conv_gru"])
+def test_a_lecture_model_trains_the_same(loop, variant):
+    """One training step's loss and gradients of whole models (stacked with dropout,
+    bidirectional, conv front), the same masks on both paths. (On a GPU the masks would
+    come from CUDA's generator, so there the models run without dropout.)"""
+    torch.manual_seed(1)
+    model = build_model(variant, n_features=4, timesteps=16)
+    if DEVICE.type == "cuda":
+        for layer in model.modules():
+            if isinstance(layer, RecurrentLayer):
+                layer.dropout = layer.recurrent_dropout = 0.0
+    x, y = torch.randn(20, 16, 4), torch.randn(20)
+    grads = {}
+    for name, device in (("persistent", DEVICE), ("auto", torch.device("cpu"))):
+        loop(name)
+        copy_ = copy.deepcopy(model).to(device).train()
+        before = sum(persistent.calls.values())
+        torch.manual_seed(7)
+        loss = torch.nn.functional.l1_loss(copy_(x.to(device)).squeeze(-1), y.to(device))
+        loss.backward()
+        ran = sum(persistent.calls.values()) - before
+        assert (ran > 0) == (name == "persistent")
+        grads[name] = [loss.detach()] + [p.grad for p in copy_.parameters()]
+    for got, want in zip(grads["persistent"], grads["auto"]):
+        _close(got, want, "model")
+
+
+def test_an_unknown_loop_is_an_error(loop):
+    loop("fastest")
+    layer = RecurrentLayer("gru", 3, 4)
+    with pytest.raises(RnnlabError, match="RNNLAB_CUDA_LOOP='fastest': choose one of auto"):
+        layer(torch.randn(2, 5, 3))
+
+
+@pytest.mark.parametrize("capability", [90, 80], ids=["hopper", "ampere"])
+def test_the_kernels_compile_for_the_gpu_with_everything_on_chip(capability):
+    """Without a GPU: Triton compiles every kernel for the card as it would at the first
+    call there, and ptxas reports no spill to local memory at the lecture's 32 units (the
+    weights and the state tile stay in registers and shared memory for all 240 steps)."""
+    report = persistent.compile_report(capability, hidden=32, steps=240)
+    assert len(report) == 12                 # 3 cells x forward/backward x mask or not
+    for row in report:
+        assert row["registers"] is not None and row["registers"] <= 255, row
+        assert row["spills"] == 0, row
+        assert 0 < row["shared"] <= 99 * 1024, row
