@@ -155,21 +155,26 @@ def test_a_layer_with_both_dropouts_takes_the_persistent_path(loop, cell, activa
 @pytest.mark.parametrize("variant", [
     ModelSpec(dataset="jena", arch="gru", epochs=1, units=(16, 16), dropout=0.1,
               recurrent_dropout=0.5),
-    ModelSpec(dataset="jena", arch="gru", epochs=1, units=(16,), bidirectional=True),
+    ModelSpec(dataset="jena", arch="gru", epochs=1, units=(16, 8), bidirectional=True,
+              dropout=0.2, recurrent_dropout=0.3),
+    ModelSpec(dataset="imdb", arch="embed_rnn", epochs=1, cell="lstm", units=(8,),
+              embedding_dim=6, bidirectional=True),
     ModelSpec(dataset="jena", arch="conv_gru", epochs=1, units=(16,), conv_filters=8,
               conv_kernel=3, pool_size=2, dropout=0.1, recurrent_dropout=0.5),
-], ids=["stacked_dropout", "bidirectional", "conv_gru"])
+], ids=["stacked_dropout", "bidirectional", "imdb_bilstm", "conv_gru"])
 def test_a_lecture_model_trains_the_same(loop, variant):
     """One training step's loss and gradients of whole models (stacked with dropout,
     bidirectional, conv front), the same masks on both paths. (On a GPU the masks would
     come from CUDA's generator, so there the models run without dropout.)"""
     torch.manual_seed(1)
-    model = build_model(variant, n_features=4, timesteps=16)
+    model = build_model(variant, n_features=4 if variant.dataset == "jena" else 30,
+                        timesteps=16)
     if DEVICE.type == "cuda":
         for layer in model.modules():
             if isinstance(layer, RecurrentLayer):
                 layer.dropout = layer.recurrent_dropout = 0.0
-    x, y = torch.randn(20, 16, 4), torch.randn(20)
+    x = torch.randn(20, 16, 4) if variant.dataset == "jena" else torch.randint(0, 30, (20, 16))
+    y = torch.randn(20) if variant.dataset == "jena" else (x[:, 0] > 15).float()
     grads = {}
     for name, device in (("persistent", DEVICE), ("auto", torch.device("cpu"))):
         loop(name)
@@ -203,3 +208,24 @@ def test_the_kernels_compile_for_the_gpu_with_everything_on_chip(capability):
         assert row["registers"] is not None and row["registers"] <= 255, row
         assert row["spills"] == 0, row
         assert 0 < row["shared"] <= 99 * 1024, row
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("seq", [False, True], ids=["last", "seq"])
+def test_both_directions_run_in_one_launch(loop, seq):
+    """A bidirectional layer's directions as one launch (a grid axis), equal to two
+    separate single-direction runs with the same masks."""
+    from rnnlab.nn.models import Recurrent
+    loop("persistent")
+    torch.manual_seed(2)
+    layer = Recurrent("gru", 5, 12, dropout=0.2, recurrent_dropout=0.3, activation="tanh",
+                      bidirectional=True, return_sequences=seq).to(DEVICE)
+    x = torch.randn(18, 7, 5, device=DEVICE)
+    before = persistent.calls["gru"]
+    torch.manual_seed(3)
+    joint = layer(x)
+    assert persistent.calls["gru"] == before + 1
+    torch.manual_seed(3)                 # the same masks, drawn in the same order
+    separate = layer._join(layer.forward_rnn(x), layer.backward_rnn(x.flip(1)))
+    assert persistent.calls["gru"] == before + 3
+    _close(joint.detach(), separate.detach(), "bidirectional")

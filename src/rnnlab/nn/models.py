@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnlab.core.errors import RnnlabError
-from rnnlab.nn.recurrent import RecurrentLayer
+from rnnlab.nn.recurrent import RecurrentLayer, both_directions
 from rnnlab.nn.schema import ARCHITECTURES, ModelSpec
 
 __all__ = ["INITS", "REGISTRY", "ModelSpec", "build_model", "count_parameters", "initialize",
@@ -135,12 +135,19 @@ class Recurrent(nn.Module):
         self.backward_rnn = make() if bidirectional else None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.backward_rnn is not None:
+            both = both_directions(self.forward_rnn, self.backward_rnn, x)   # one launch
+            if both is not None:
+                return self._join(*both)
         return self._join(self.forward_rnn(x),
                           None if self.backward_rnn is None else self.backward_rnn(x.flip(1)))
 
     def forward_ids(self, ids: Tensor, table: Tensor) -> Tensor:
         """``self(embedding(ids))``, each direction projecting the table once
-        (``RecurrentLayer.forward_ids``)."""
+        (``RecurrentLayer.forward_ids``; off the C++ path, the embedding route, where a
+        bidirectional layer's directions share one launch)."""
+        if self.forward_rnn.path(table, False) != "cpp":
+            return self(torch.nn.functional.embedding(ids, table))
         return self._join(self.forward_rnn.forward_ids(ids, table),
                           None if self.backward_rnn is None
                           else self.backward_rnn.forward_ids(ids.flip(1), table))

@@ -91,14 +91,16 @@ def _launch_args(hidden: int) -> dict:
 
 def forward(cell: str, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask: Optional[Tensor],
             relu: bool, save: bool, return_sequences: bool) -> tuple[Tensor, Optional[Tensor]]:
-    """The forward sweep over gi (T, B, G*H): states (T, B, H) (only h_T (1, B, H) when
-    neither the sequence nor the backward needs them) and the saved gates (or None)."""
-    steps, batch, _ = gi.shape
-    hidden = w_hh.size(1)
+    """The forward sweep over gi (D, T, B, G*H) for D directions in one launch: states
+    (D, T, B, H) (only h_T, (D, 1, B, H), when neither the sequence nor the backward needs
+    them) and the saved gates (or None). w_hh (D, G*H, H), b_hh (D, G*H), mask (D, B, H)."""
+    directions, steps, batch, _ = gi.shape
+    hidden = w_hh.size(-1)
     keep_all = save or return_sequences
-    hs = gi.new_empty(steps if keep_all else 1, batch, hidden)
-    saved = gi.new_empty(steps, batch, SAVED[cell] * hidden) if save and SAVED[cell] else hs
-    grid = (triton_cdiv(batch, BLOCK_B),)
+    hs = gi.new_empty(directions, steps if keep_all else 1, batch, hidden)
+    saved = gi.new_empty(directions, steps, batch, SAVED[cell] * hidden) \
+        if save and SAVED[cell] else hs
+    grid = (triton_cdiv(batch, BLOCK_B), directions)
     _kernels()[cell][0][grid](gi, w_hh, b_hh, mask if mask is not None else hs, hs, saved,
                               batch, steps, RELU=relu, HAS_MASK=mask is not None, SAVE=save,
                               SEQ=return_sequences, **_launch_args(hidden))
@@ -109,23 +111,26 @@ def forward(cell: str, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask: Optional[Te
 def backward(cell: str, grad: Tensor, w_hh: Tensor, mask: Optional[Tensor], hs: Tensor,
              saved: Optional[Tensor], relu: bool, return_sequences: bool
              ) -> tuple[Tensor, Tensor, Tensor]:
-    """The reverse sweep; returns dgi (T, B, G*H), dW_hh (G*H, H), db_hh (G*H,)."""
-    steps, batch, hidden = hs.shape
+    """The reverse sweep of every direction in one launch; returns dgi (D, T, B, G*H),
+    dW_hh (D, G*H, H) and db_hh (D, G*H), the weight gradients as one product each over
+    all T*B rows after the sweep."""
+    directions, steps, batch, hidden = hs.shape
     gates = GATES[cell]
-    dg = hs.new_empty(steps, batch, gates * hidden)
-    dhn = hs.new_empty(steps, batch, hidden) if cell == "gru" else dg
-    grid = (triton_cdiv(batch, BLOCK_B),)
+    dg = hs.new_empty(directions, steps, batch, gates * hidden)
+    dhn = hs.new_empty(directions, steps, batch, hidden) if cell == "gru" else dg
+    grid = (triton_cdiv(batch, BLOCK_B), directions)
     _kernels()[cell][1][grid](grad.contiguous(), w_hh, mask if mask is not None else hs, hs,
                               saved if saved is not None else hs, dg, dhn, batch, steps,
                               RELU=relu, HAS_MASK=mask is not None, SEQ=return_sequences,
                               **_launch_args(hidden))
     # dgh: the gradient at W_hh h + b_hh; for the GRU's n gate that is r * dn, not dn.
-    dgh = torch.cat([dg[..., : 2 * hidden], dhn], 2) if cell == "gru" else dg
-    h_in = torch.cat([hs.new_zeros(1, batch, hidden), hs[:-1]], 0)
+    dgh = torch.cat([dg[..., : 2 * hidden], dhn], -1) if cell == "gru" else dg
+    h_in = torch.cat([hs.new_zeros(directions, 1, batch, hidden), hs[:, :-1]], 1)
     if mask is not None:
-        h_in = h_in * mask
-    flat = dgh.reshape(steps * batch, gates * hidden)
-    return dg, flat.t() @ h_in.reshape(steps * batch, hidden), flat.sum(0)
+        h_in = h_in * mask[:, None]
+    flat = dgh.reshape(directions, steps * batch, gates * hidden)
+    return dg, flat.transpose(1, 2) @ h_in.reshape(directions, steps * batch, hidden), \
+        flat.sum(1)
 
 
 def compile_report(capability: int = 90, hidden: int = 32, steps: int = 240) -> list[dict]:
@@ -195,8 +200,9 @@ def triton_cdiv(a: int, b: int) -> int:
 
 
 class Recurrence(torch.autograd.Function):
-    """The persistent time loop over input projections gi (T, B, G*H) -> (T, B, H) with
-    ``return_sequences``, else h_T (B, H); gradients to gi, w_hh and b_hh."""
+    """The persistent time loop over input projections gi (D, T, B, G*H) of D directions
+    -> (D, T, B, H) with ``return_sequences``, else h_T (D, B, H); gradients to gi, w_hh
+    (D, G*H, H) and b_hh (D, G*H)."""
 
     @staticmethod
     def forward(ctx, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask: Optional[Tensor],
@@ -208,7 +214,7 @@ class Recurrence(torch.autograd.Function):
         if save:
             ctx.save_for_backward(w_hh, mask, hs, saved)
         ctx.cell, ctx.relu, ctx.return_sequences = cell, relu, return_sequences
-        return hs if return_sequences else hs[-1]
+        return hs if return_sequences else hs[:, -1]
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -220,8 +226,21 @@ class Recurrence(torch.autograd.Function):
 
 def recurrence(cell: str, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask: Optional[Tensor],
                relu: bool = False, return_sequences: bool = False) -> Tensor:
-    """``Recurrence.apply``: the same contract as ``rnnlab.nn.fused``'s time-major
-    ``gru_recurrence``/``lstm_recurrence``/``rnn_recurrence``."""
+    """One direction: the same contract as ``rnnlab.nn.fused``'s time-major
+    ``gru_recurrence``/``lstm_recurrence``/``rnn_recurrence`` (gi (T, B, G*H), w_hh
+    (G*H, H), b_hh (G*H,), mask (B, H) -> (T, B, H) or (B, H))."""
+    if cell not in GATES:
+        raise ValueError(f"cell {cell!r}: choose one of {', '.join(GATES)}")
+    return Recurrence.apply(gi[None], w_hh[None], b_hh[None],
+                            None if mask is None else mask[None], cell, relu,
+                            return_sequences)[0]
+
+
+def recurrences(cell: str, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask: Optional[Tensor],
+                relu: bool = False, return_sequences: bool = False) -> Tensor:
+    """D directions (or any D independent layers of one shape) in one launch: gi
+    (D, T, B, G*H), w_hh (D, G*H, H), b_hh (D, G*H), mask (D, B, H) -> (D, T, B, H) or
+    (D, B, H). Each direction reads its own gi in its own time order: the caller flips."""
     if cell not in GATES:
         raise ValueError(f"cell {cell!r}: choose one of {', '.join(GATES)}")
     return Recurrence.apply(gi, w_hh, b_hh, mask, cell, relu, return_sequences)

@@ -4,8 +4,10 @@ Imported on first use, so ``TRITON_INTERPRET`` is read then: set, the kernels ru
 Triton's interpreter on CPU tensors (the tests); unset, they compile for the GPU.
 
 Every tensor is time-major and row-major: step t of a (T, B, W) tensor starts at t*B*W.
-A program owns rows ``program_id * BB ...`` of the batch and all H units (padded to BH, a
-power of two, with masked loads), so a (BB, BH) tile holds its state.
+A program owns rows ``program_id(0) * BB ...`` of the batch and all H units (padded to BH,
+a power of two, with masked loads), so a (BB, BH) tile holds its state; ``program_id(1)``
+is the direction: every tensor has a leading direction axis, so both directions of a
+bidirectional layer run in the same launch.
 """
 
 import triton
@@ -98,6 +100,13 @@ def gru_fwd(gi_ptr, w_ptr, b_ptr, mask_ptr, hs_ptr, save_ptr, B, T: tl.constexpr
             H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, RELU: tl.constexpr,
             HAS_MASK: tl.constexpr, SAVE: tl.constexpr, SEQ: tl.constexpr):
     rows, cols, ok = _block(B, H, BH, BB)
+    way = tl.program_id(1)                # the direction: a slab of every tensor
+    gi_ptr += way * T * B * 3 * H
+    w_ptr += way * 3 * H * H
+    b_ptr += way * 3 * H
+    mask_ptr += way * B * H
+    hs_ptr += way * (T if SEQ or SAVE else 1) * B * H
+    save_ptr += way * T * B * 4 * H
     wr, wz, wn = _tile(w_ptr, 0, H, BH, True), _tile(w_ptr, 1, H, BH, True), \
         _tile(w_ptr, 2, H, BH, True)
     br, bz, bn = _bias(b_ptr, 0, H, BH), _bias(b_ptr, 1, H, BH), _bias(b_ptr, 2, H, BH)
@@ -125,6 +134,14 @@ def gru_bwd(gout_ptr, w_ptr, mask_ptr, hs_ptr, save_ptr, dg_ptr, dhn_ptr, B, T: 
             H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, RELU: tl.constexpr,
             HAS_MASK: tl.constexpr, SEQ: tl.constexpr):
     rows, cols, ok = _block(B, H, BH, BB)
+    way = tl.program_id(1)
+    gout_ptr += way * (T if SEQ else 1) * B * H
+    w_ptr += way * 3 * H * H
+    mask_ptr += way * B * H
+    hs_ptr += way * T * B * H
+    save_ptr += way * T * B * 4 * H
+    dg_ptr += way * T * B * 3 * H
+    dhn_ptr += way * T * B * H
     wr, wz, wn = _tile(w_ptr, 0, H, BH, False), _tile(w_ptr, 1, H, BH, False), \
         _tile(w_ptr, 2, H, BH, False)
     m = _state_mask(mask_ptr, rows, cols, ok, H, HAS_MASK)
@@ -158,6 +175,13 @@ def lstm_fwd(gi_ptr, w_ptr, b_ptr, mask_ptr, hs_ptr, save_ptr, B, T: tl.constexp
              H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, RELU: tl.constexpr,
              HAS_MASK: tl.constexpr, SAVE: tl.constexpr, SEQ: tl.constexpr):
     rows, cols, ok = _block(B, H, BH, BB)
+    way = tl.program_id(1)                # the direction: a slab of every tensor
+    gi_ptr += way * T * B * 4 * H
+    w_ptr += way * 4 * H * H
+    b_ptr += way * 4 * H
+    mask_ptr += way * B * H
+    hs_ptr += way * (T if SEQ or SAVE else 1) * B * H
+    save_ptr += way * T * B * 5 * H
     wi, wf = _tile(w_ptr, 0, H, BH, True), _tile(w_ptr, 1, H, BH, True)
     wg, wo = _tile(w_ptr, 2, H, BH, True), _tile(w_ptr, 3, H, BH, True)
     bi, bf = _bias(b_ptr, 0, H, BH), _bias(b_ptr, 1, H, BH)
@@ -189,6 +213,13 @@ def lstm_bwd(gout_ptr, w_ptr, mask_ptr, hs_ptr, save_ptr, dg_ptr, dhn_ptr, B, T:
              H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, RELU: tl.constexpr,
              HAS_MASK: tl.constexpr, SEQ: tl.constexpr):
     rows, cols, ok = _block(B, H, BH, BB)
+    way = tl.program_id(1)
+    gout_ptr += way * (T if SEQ else 1) * B * H
+    w_ptr += way * 4 * H * H
+    mask_ptr += way * B * H
+    hs_ptr += way * T * B * H
+    save_ptr += way * T * B * 5 * H
+    dg_ptr += way * T * B * 4 * H
     wi, wf = _tile(w_ptr, 0, H, BH, False), _tile(w_ptr, 1, H, BH, False)
     wg, wo = _tile(w_ptr, 2, H, BH, False), _tile(w_ptr, 3, H, BH, False)
     m = _state_mask(mask_ptr, rows, cols, ok, H, HAS_MASK)
@@ -228,6 +259,12 @@ def rnn_fwd(gi_ptr, w_ptr, b_ptr, mask_ptr, hs_ptr, save_ptr, B, T: tl.constexpr
             H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, RELU: tl.constexpr,
             HAS_MASK: tl.constexpr, SAVE: tl.constexpr, SEQ: tl.constexpr):
     rows, cols, ok = _block(B, H, BH, BB)
+    way = tl.program_id(1)                # the direction: a slab of every tensor
+    gi_ptr += way * T * B * H
+    w_ptr += way * H * H
+    b_ptr += way * H
+    mask_ptr += way * B * H
+    hs_ptr += way * (T if SEQ or SAVE else 1) * B * H
     w, b = _tile(w_ptr, 0, H, BH, True), _bias(b_ptr, 0, H, BH)
     m = _state_mask(mask_ptr, rows, cols, ok, H, HAS_MASK)
     h = tl.zeros((BB, BH), dtype=w.dtype)
@@ -242,6 +279,12 @@ def rnn_bwd(gout_ptr, w_ptr, mask_ptr, hs_ptr, save_ptr, dg_ptr, dhn_ptr, B, T: 
             H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, RELU: tl.constexpr,
             HAS_MASK: tl.constexpr, SEQ: tl.constexpr):
     rows, cols, ok = _block(B, H, BH, BB)
+    way = tl.program_id(1)
+    gout_ptr += way * (T if SEQ else 1) * B * H
+    w_ptr += way * H * H
+    mask_ptr += way * B * H
+    hs_ptr += way * T * B * H
+    dg_ptr += way * T * B * H
     w = _tile(w_ptr, 0, H, BH, False)
     m = _state_mask(mask_ptr, rows, cols, ok, H, HAS_MASK)
     dh = tl.zeros((BB, BH), dtype=w.dtype)

@@ -359,14 +359,15 @@ class RecurrentLayer(nn.Module):
             return torch.bernoulli(keep) / (1.0 - p)
         return mask(self.input_size, self.dropout), mask(self.hidden_size, self.recurrent_dropout)
 
+    def _masks(self, x: Tensor, masks: tuple[Tensor | None, Tensor | None] | None
+               ) -> tuple[Tensor | None, Tensor | None]:
+        if not self.training:
+            return None, None
+        return masks if masks is not None else self.sample_masks(x.size(0), x.device, x.dtype)
+
     def forward(self, x: Tensor, masks: tuple[Tensor | None, Tensor | None] | None = None
                 ) -> Tensor:
-        batch = x.size(0)
-        if not self.training:
-            masks = (None, None)
-        elif masks is None:
-            masks = self.sample_masks(batch, x.device, x.dtype)
-        mask_x, mask_h = masks
+        mask_x, mask_h = self._masks(x, masks)
         relu = self.activation == "relu"
         path = self.path(x, mask_h is not None)
         if path == "cpp":
@@ -511,6 +512,34 @@ class RecurrentLayer(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.cell}, {self.input_size}, {self.hidden_size}, dropout={self.dropout}, "
                 f"recurrent_dropout={self.recurrent_dropout}, activation={self.activation}")
+
+
+def both_directions(forward: RecurrentLayer, backward: RecurrentLayer, x: Tensor
+                    ) -> tuple[Tensor, Tensor] | None:
+    """A bidirectional layer's two directions (``backward`` reading ``x`` reversed) in one
+    persistent launch, where both take that path; else None. The masks are drawn in the
+    order two separate calls draw them, so the results are the same as theirs."""
+    state_mask = forward.training and forward.recurrent_dropout > 0
+    if forward.path(x, state_mask) != "persistent" or backward.path(x, state_mask) \
+            != "persistent":
+        return None
+    from rnnlab.nn import persistent
+    gis, masks = [], []
+    for layer, seq in ((forward, x), (backward, x.flip(1))):
+        mask_x, mask_h = layer._masks(seq, None)
+        if mask_x is not None:
+            seq = seq * mask_x[:, None, :]
+        gis.append(project(seq.transpose(0, 1), layer.weight_ih_l0, layer.bias_ih_l0))
+        masks.append(mask_h)
+    stacked = lambda name: torch.stack([getattr(forward, name), getattr(backward, name)])
+    out = persistent.recurrences(
+        forward.cell, torch.stack(gis), stacked("weight_hh_l0"), stacked("bias_hh_l0"),
+        None if masks[0] is None else torch.stack([m for m in masks if m is not None]),
+        forward.activation == "relu",
+        forward.return_sequences)
+    if forward.return_sequences:
+        return out[0].transpose(0, 1), out[1].transpose(0, 1)          # (B, T, H) each
+    return out[0], out[1]
 
 
 def prepare_native(model: nn.Module, device: torch.device) -> None:
