@@ -114,16 +114,17 @@ def evaluate(model: nn.Module, task: Task, split: str, device: torch.device,
         n = min(n, batches * task.eval_batch_size)
     # Filled in place: small tensors kept between the batches' large freed buffers would
     # fragment the heap (a validation pass held 1.4 GB of RSS that way).
-    outputs, targets = torch.empty(n), torch.empty(n)
+    # On a GPU the outputs stay there until the last batch: one copy back, not one a batch.
+    outputs, targets = torch.empty(n, device=device), torch.empty(n)
     done = 0
     bar = tqdm(task.eval_batches(split, max_batches), total=batches, disable=not progress,
                desc=f"{desc} {split}".strip(), file=sys.stderr, leave=False, mininterval=1.0)
     for x, y in bar:
-        outputs[done:done + len(y)] = model(x.to(device)).float().cpu()
+        outputs[done:done + len(y)] = model(x.to(device, non_blocking=True)).float()
         targets[done:done + len(y)] = y
         done += len(y)
     bar.close()
-    return task.metrics(outputs[:done], targets[:done])
+    return task.metrics(outputs[:done].cpu(), targets[:done])
 
 
 def _duration(seconds: float) -> str:
@@ -207,6 +208,13 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
                     threads=threads, epochs_after=epochs_after)
 
 
+def _diverged(desc: str, loss: float, epoch: int, step: int, checkpoint: Path | None) -> None:
+    where = f" (last good checkpoint: {checkpoint})" if checkpoint and epoch > 1 else ""
+    raise TrainingDiverged(
+        f"{desc}: the loss became {loss} at epoch {epoch}, step {step}; the gradients "
+        f"exploded. Set train.clip_norm (for example 1.0) or lower the learning rate{where}")
+
+
 def _fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device, *,
          checkpoint: Path | None, fingerprint: str,
          on_epoch: Callable[[int, dict[str, float]], None] | None, progress: bool, desc: str,
@@ -246,28 +254,32 @@ def _fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device
         batches = task.train_batches(epoch, config.steps_per_epoch, config.seed)
         bar = tqdm(batches, total=config.steps_per_epoch, desc=f"{desc} {epoch}/{config.epochs}",
                    disable=not progress, file=sys.stderr, leave=False, mininterval=1.0)
+        # The host does not wait for each step (on a GPU, a sync per step): the losses stay
+        # on the device and are read and checked at the end of the epoch (and every 20 steps
+        # for the bar); a non-finite one stops the run there, naming its step.
+        losses: list[Tensor] = []
         for step, (x, y) in enumerate(bar, start=1):
             step_began = time.perf_counter()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             loss = task.loss(model(x), y)
-            if not torch.isfinite(loss):
-                where = f" (last good checkpoint: {checkpoint})" if checkpoint and epoch > 1 else ""
-                raise TrainingDiverged(
-                    f"{desc}: the loss became {loss.item()} at epoch {epoch}, step {step}; "
-                    f"the gradients exploded. Set train.clip_norm (for example 1.0) or lower "
-                    f"the learning rate{where}")
             loss.backward()
             if config.clip_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             optimizer.step()
-            total += loss.item()
+            losses.append(loss.detach())
             count += 1
             if threads is not None:
                 threads.step(time.perf_counter() - step_began)
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{total / count:.4f}")
+                bar.set_postfix(loss=f"{float(torch.stack(losses).sum()) / count:.4f}")
         bar.close()
+        if losses:
+            read = torch.stack(losses).double().cpu()
+            bad = (~torch.isfinite(read)).nonzero()
+            if len(bad):
+                _diverged(desc, read[bad[0, 0]].item(), epoch, int(bad[0, 0]) + 1, checkpoint)
+            total = float(read.sum())
         val = evaluate(model, task, "val", device, config.max_eval_batches, progress=progress,
                        desc=f"{desc} {epoch}/{config.epochs}")
         row = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val["loss"],
