@@ -35,6 +35,12 @@ def _dact(y, RELU: tl.constexpr):
 
 
 @triton.jit
+def _ld(ptr, mask):
+    """A load that reads 0 outside ``mask`` (padding must stay 0: it meets the products)."""
+    return tl.load(ptr, mask=mask, other=0.0)
+
+
+@triton.jit
 def _block(B, H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr):
     """This program's rows and units, and which of the (BB, BH) tile are real."""
     rows = tl.program_id(0) * BB + tl.arange(0, BB)
@@ -52,7 +58,7 @@ def _at(ptr, t, B, W: tl.constexpr, rows, cols):
 def _state_mask(mask_ptr, rows, cols, ok, H: tl.constexpr, HAS_MASK: tl.constexpr):
     """The recurrent-dropout mask's tile (B, H) (without one, a tile ``_masked`` ignores)."""
     if HAS_MASK:
-        return tl.load(_at(mask_ptr, 0, 0, H, rows, cols), mask=ok, other=0.0)
+        return _ld(_at(mask_ptr, 0, 0, H, rows, cols), ok)
     return ok.to(tl.float32)
 
 
@@ -69,14 +75,14 @@ def _tile(w_ptr, k, H: tl.constexpr, BH: tl.constexpr, TRANSPOSED: tl.constexpr)
     i = tl.arange(0, BH)
     ok = (i[:, None] < H) & (i[None, :] < H)
     if TRANSPOSED:
-        return tl.load(w_ptr + (k * H + i[None, :]) * H + i[:, None], mask=ok, other=0.0)
-    return tl.load(w_ptr + (k * H + i[:, None]) * H + i[None, :], mask=ok, other=0.0)
+        return _ld(w_ptr + (k * H + i[None, :]) * H + i[:, None], ok)
+    return _ld(w_ptr + (k * H + i[:, None]) * H + i[None, :], ok)
 
 
 @triton.jit
 def _bias(b_ptr, k, H: tl.constexpr, BH: tl.constexpr):
     i = tl.arange(0, BH)
-    return tl.load(b_ptr + k * H + i, mask=i < H, other=0.0)[None, :]
+    return _ld(b_ptr + k * H + i, i < H)[None, :]
 
 
 @triton.jit
@@ -112,14 +118,21 @@ def gru_fwd(gi_ptr, w_ptr, b_ptr, mask_ptr, hs_ptr, save_ptr, B, T: tl.constexpr
     br, bz, bn = _bias(b_ptr, 0, H, BH), _bias(b_ptr, 1, H, BH), _bias(b_ptr, 2, H, BH)
     m = _state_mask(mask_ptr, rows, cols, ok, H, HAS_MASK)
     h = tl.zeros((BB, BH), dtype=wr.dtype)
+    g = _at(gi_ptr, 0, B, 3 * H, rows, cols)
+    xr, xz, xn = _ld(g, ok), _ld(g + H, ok), _ld(g + 2 * H, ok)
     for t in range(T):
-        g = _at(gi_ptr, t, B, 3 * H, rows, cols)
+        # The next step's inputs are loaded now, so their latency hides behind this step.
+        g = _at(gi_ptr, t + 1, B, 3 * H, rows, cols)
+        more = ok & (t + 1 < T)
+        nr, nz, nn = _ld(g, more), _ld(g + H, more), \
+            _ld(g + 2 * H, more)
         hin = _masked(h, m, HAS_MASK)
-        r = tl.sigmoid(tl.load(g, mask=ok, other=0.0) + _mm(hin, wr) + br)
-        z = tl.sigmoid(tl.load(g + H, mask=ok, other=0.0) + _mm(hin, wz) + bz)
+        r = tl.sigmoid(xr + _mm(hin, wr) + br)
+        z = tl.sigmoid(xz + _mm(hin, wz) + bz)
         hn = _mm(hin, wn) + bn
-        n = _act(tl.load(g + 2 * H, mask=ok, other=0.0) + r * hn, RELU)
+        n = _act(xn + r * hn, RELU)
         h = n + z * (h - n)
+        xr, xz, xn = nr, nz, nn
         _store_state(hs_ptr, t, B, h, rows, cols, ok, H, SEQ or SAVE, t == T - 1)
         if SAVE:
             s = _at(save_ptr, t, B, 4 * H, rows, cols)
@@ -147,17 +160,22 @@ def gru_bwd(gout_ptr, w_ptr, mask_ptr, hs_ptr, save_ptr, dg_ptr, dhn_ptr, B, T: 
     m = _state_mask(mask_ptr, rows, cols, ok, H, HAS_MASK)
     dh = tl.zeros((BB, BH), dtype=wr.dtype)
     if not SEQ:
-        dh += tl.load(_at(gout_ptr, 0, B, H, rows, cols), mask=ok, other=0.0)
+        dh += _ld(_at(gout_ptr, 0, B, H, rows, cols), ok)
+    s = _at(save_ptr, T - 1, B, 4 * H, rows, cols)
+    r, z = _ld(s, ok), _ld(s + H, ok)
+    n, hn = _ld(s + 2 * H, ok), _ld(s + 3 * H, ok)
+    hp = _ld(_at(hs_ptr, T - 2, B, H, rows, cols), ok & (T > 1))
+    go = _ld(_at(gout_ptr, T - 1, B, H, rows, cols), ok & SEQ)
     for i in range(T):
         t = T - 1 - i
-        if SEQ:
-            dh += tl.load(_at(gout_ptr, t, B, H, rows, cols), mask=ok, other=0.0)
-        s = _at(save_ptr, t, B, 4 * H, rows, cols)
-        r = tl.load(s, mask=ok, other=0.0)
-        z = tl.load(s + H, mask=ok, other=0.0)
-        n = tl.load(s + 2 * H, mask=ok, other=0.0)
-        hn = tl.load(s + 3 * H, mask=ok, other=0.0)
-        hp = tl.load(_at(hs_ptr, t - 1, B, H, rows, cols), mask=ok & (t > 0), other=0.0)
+        # Step t-1's saved tensors are loaded now, so their latency hides behind step t.
+        s = _at(save_ptr, t - 1, B, 4 * H, rows, cols)
+        more = ok & (t > 0)
+        pr, pz = _ld(s, more), _ld(s + H, more)
+        pn, phn = _ld(s + 2 * H, more), _ld(s + 3 * H, more)
+        php = _ld(_at(hs_ptr, t - 2, B, H, rows, cols), ok & (t > 1))
+        pgo = _ld(_at(gout_ptr, t - 1, B, H, rows, cols), more & SEQ)
+        dh += go
         dpre = dh * (1.0 - z) * _dact(n, RELU)
         dr = dpre * hn * r * (1.0 - r)
         dz = dh * (hp - n) * z * (1.0 - z)
@@ -168,6 +186,7 @@ def gru_bwd(gout_ptr, w_ptr, mask_ptr, hs_ptr, save_ptr, dg_ptr, dhn_ptr, B, T: 
         tl.store(d + 2 * H, dpre, mask=ok)
         tl.store(_at(dhn_ptr, t, B, H, rows, cols), dhn, mask=ok)
         dh = dh * z + _masked(_mm(dr, wr) + _mm(dz, wz) + _mm(dhn, wn), m, HAS_MASK)
+        r, z, n, hn, hp, go = pr, pz, pn, phn, php, pgo
 
 
 @triton.jit
@@ -189,13 +208,20 @@ def lstm_fwd(gi_ptr, w_ptr, b_ptr, mask_ptr, hs_ptr, save_ptr, B, T: tl.constexp
     m = _state_mask(mask_ptr, rows, cols, ok, H, HAS_MASK)
     h = tl.zeros((BB, BH), dtype=wi.dtype)
     c = tl.zeros((BB, BH), dtype=wi.dtype)
+    g = _at(gi_ptr, 0, B, 4 * H, rows, cols)
+    xi, xf = _ld(g, ok), _ld(g + H, ok)
+    xg, xo = _ld(g + 2 * H, ok), _ld(g + 3 * H, ok)
     for t in range(T):
-        g = _at(gi_ptr, t, B, 4 * H, rows, cols)
+        g = _at(gi_ptr, t + 1, B, 4 * H, rows, cols)        # the next step's, ahead
+        more = ok & (t + 1 < T)
+        ni, nf = _ld(g, more), _ld(g + H, more)
+        ng, no = _ld(g + 2 * H, more), _ld(g + 3 * H, more)
         hin = _masked(h, m, HAS_MASK)
-        i_ = tl.sigmoid(tl.load(g, mask=ok, other=0.0) + _mm(hin, wi) + bi)
-        f = tl.sigmoid(tl.load(g + H, mask=ok, other=0.0) + _mm(hin, wf) + bf)
-        gg = _tanh(tl.load(g + 2 * H, mask=ok, other=0.0) + _mm(hin, wg) + bg)
-        o = tl.sigmoid(tl.load(g + 3 * H, mask=ok, other=0.0) + _mm(hin, wo) + bo)
+        i_ = tl.sigmoid(xi + _mm(hin, wi) + bi)
+        f = tl.sigmoid(xf + _mm(hin, wf) + bf)
+        gg = _tanh(xg + _mm(hin, wg) + bg)
+        o = tl.sigmoid(xo + _mm(hin, wo) + bo)
+        xi, xf, xg, xo = ni, nf, ng, no
         c = f * c + i_ * gg
         h = o * _tanh(c)
         _store_state(hs_ptr, t, B, h, rows, cols, ok, H, SEQ or SAVE, t == T - 1)
@@ -226,19 +252,21 @@ def lstm_bwd(gout_ptr, w_ptr, mask_ptr, hs_ptr, save_ptr, dg_ptr, dhn_ptr, B, T:
     dc = tl.zeros((BB, BH), dtype=wi.dtype)
     dh = tl.zeros((BB, BH), dtype=wi.dtype)
     if not SEQ:
-        dh += tl.load(_at(gout_ptr, 0, B, H, rows, cols), mask=ok, other=0.0)
+        dh += _ld(_at(gout_ptr, 0, B, H, rows, cols), ok)
+    s = _at(save_ptr, T - 1, B, 5 * H, rows, cols)
+    i_, f, gg = _ld(s, ok), _ld(s + H, ok), _ld(s + 2 * H, ok)
+    o, c = _ld(s + 3 * H, ok), _ld(s + 4 * H, ok)
+    go = _ld(_at(gout_ptr, T - 1, B, H, rows, cols), ok & SEQ)
     for k in range(T):
         t = T - 1 - k
-        if SEQ:
-            dh += tl.load(_at(gout_ptr, t, B, H, rows, cols), mask=ok, other=0.0)
-        s = _at(save_ptr, t, B, 5 * H, rows, cols)
-        i_ = tl.load(s, mask=ok, other=0.0)
-        f = tl.load(s + H, mask=ok, other=0.0)
-        gg = tl.load(s + 2 * H, mask=ok, other=0.0)
-        o = tl.load(s + 3 * H, mask=ok, other=0.0)
-        c = tl.load(s + 4 * H, mask=ok, other=0.0)
-        cp = tl.load(_at(save_ptr, t - 1, B, 5 * H, rows, cols) + 4 * H, mask=ok & (t > 0),
-                     other=0.0)
+        # Step t-1's saved tensors (its c is this step's c_prev) are loaded ahead.
+        s = _at(save_ptr, t - 1, B, 5 * H, rows, cols)
+        more = ok & (t > 0)
+        pi, pf, pg = _ld(s, more), _ld(s + H, more), \
+            _ld(s + 2 * H, more)
+        po, cp = _ld(s + 3 * H, more), _ld(s + 4 * H, more)
+        pgo = _ld(_at(gout_ptr, t - 1, B, H, rows, cols), more & SEQ)
+        dh += go
         tc = _tanh(c)
         do = dh * tc * o * (1.0 - o)
         dc += dh * o * (1.0 - tc * tc)
@@ -252,6 +280,7 @@ def lstm_bwd(gout_ptr, w_ptr, mask_ptr, hs_ptr, save_ptr, dg_ptr, dhn_ptr, B, T:
         tl.store(d + 2 * H, dgg, mask=ok)
         tl.store(d + 3 * H, do, mask=ok)
         dh = _masked(_mm(di, wi) + _mm(df, wf) + _mm(dgg, wg) + _mm(do, wo), m, HAS_MASK)
+        i_, f, gg, o, c, go = pi, pf, pg, po, cp, pgo
 
 
 @triton.jit
@@ -268,9 +297,11 @@ def rnn_fwd(gi_ptr, w_ptr, b_ptr, mask_ptr, hs_ptr, save_ptr, B, T: tl.constexpr
     w, b = _tile(w_ptr, 0, H, BH, True), _bias(b_ptr, 0, H, BH)
     m = _state_mask(mask_ptr, rows, cols, ok, H, HAS_MASK)
     h = tl.zeros((BB, BH), dtype=w.dtype)
+    x = _ld(_at(gi_ptr, 0, B, H, rows, cols), ok)
     for t in range(T):
-        x = tl.load(_at(gi_ptr, t, B, H, rows, cols), mask=ok, other=0.0)
+        nx = _ld(_at(gi_ptr, t + 1, B, H, rows, cols), ok & (t + 1 < T))      # ahead
         h = _act(x + _mm(_masked(h, m, HAS_MASK), w) + b, RELU)
+        x = nx
         _store_state(hs_ptr, t, B, h, rows, cols, ok, H, SEQ or SAVE, t == T - 1)
 
 
@@ -289,15 +320,19 @@ def rnn_bwd(gout_ptr, w_ptr, mask_ptr, hs_ptr, save_ptr, dg_ptr, dhn_ptr, B, T: 
     m = _state_mask(mask_ptr, rows, cols, ok, H, HAS_MASK)
     dh = tl.zeros((BB, BH), dtype=w.dtype)
     if not SEQ:
-        dh += tl.load(_at(gout_ptr, 0, B, H, rows, cols), mask=ok, other=0.0)
+        dh += _ld(_at(gout_ptr, 0, B, H, rows, cols), ok)
+    h = _ld(_at(hs_ptr, T - 1, B, H, rows, cols), ok)
+    go = _ld(_at(gout_ptr, T - 1, B, H, rows, cols), ok & SEQ)
     for k in range(T):
         t = T - 1 - k
-        if SEQ:
-            dh += tl.load(_at(gout_ptr, t, B, H, rows, cols), mask=ok, other=0.0)
-        h = tl.load(_at(hs_ptr, t, B, H, rows, cols), mask=ok, other=0.0)
+        more = ok & (t > 0)                       # step t-1's tensors, ahead
+        ph = _ld(_at(hs_ptr, t - 1, B, H, rows, cols), more)
+        pgo = _ld(_at(gout_ptr, t - 1, B, H, rows, cols), more & SEQ)
+        dh += go
         dpre = dh * _dact(h, RELU)
         tl.store(_at(dg_ptr, t, B, H, rows, cols), dpre, mask=ok)
         dh = _masked(_mm(dpre, w), m, HAS_MASK)
+        h, go = ph, pgo
 
 
 KERNELS = {"gru": (gru_fwd, gru_bwd), "lstm": (lstm_fwd, lstm_bwd), "rnn": (rnn_fwd, rnn_bwd)}
