@@ -244,3 +244,32 @@ def test_imdb_models_on_cuda_equal_their_cpu_twins(kw):
     got = [t.cpu() for t in run(model.to(CUDA), CUDA)]
     for g, r in zip(got, ref):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5 * max(1.0, r.abs().max().item()))
+
+
+@pytest.mark.parametrize("arch,kw", [("gru", {}), ("gru", {"bidirectional": True}),
+                                     ("lstm", {}), ("dense", {})])
+def test_the_graphed_training_step_equals_the_step_as_it_is(task, arch, kw, monkeypatch):
+    """RNNLAB_CUDA_GRAPH_STEP=1 without dropout: the same losses and metrics as without the
+    graph (the same kernels replayed), and a graph was really captured."""
+    from rnnlab.training import engine
+    monkeypatch.setenv("RNNLAB_CUDA_GRAPH_STEP", "0")
+    plain = _fit(task, arch, **kw)
+    monkeypatch.setenv("RNNLAB_CUDA_GRAPH_STEP", "1")
+    before = engine._GraphedStep.captured
+    graphed = _fit(task, arch, **kw)
+    assert engine._GraphedStep.captured == before + 1
+    for mine, ref in zip(graphed.history, plain.history):
+        for key in ("train_loss", "val_loss"):
+            assert mine[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
+    for key in plain.val:
+        assert graphed.val[key] == pytest.approx(plain.val[key], rel=1e-5), key
+
+
+def test_the_graphed_training_step_with_dropout_is_deterministic(task, monkeypatch):
+    """With dropout the graph draws its own masks: the same seed, the same run."""
+    monkeypatch.setenv("RNNLAB_CUDA_GRAPH_STEP", "1")
+    kw = {"dropout": 0.1, "recurrent_dropout": 0.5}
+    a, b = _fit(task, "gru", **kw), _fit(task, "gru", **kw)
+    for mine, ref in zip(b.history, a.history):
+        assert (mine["train_loss"], mine["val_loss"]) == (ref["train_loss"], ref["val_loss"])
+    assert a.history[-1]["train_loss"] < a.history[0]["train_loss"] * 1.5

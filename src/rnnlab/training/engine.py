@@ -12,6 +12,7 @@ import copy
 import hashlib
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -208,6 +209,89 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
                     threads=threads, epochs_after=epochs_after)
 
 
+class _TrainStep:
+    """One training step: forward, loss, backward, clipping, the optimizer's update;
+    returns the loss (a device tensor: nothing here waits for the device)."""
+
+    def __init__(self, model: nn.Module, task: Task, optimizer: torch.optim.Optimizer,
+                 clip_norm: float | None):
+        self.model, self.task, self.optimizer, self.clip_norm = model, task, optimizer, clip_norm
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.task.loss(self.model(x), y)
+        loss.backward()
+        if self.clip_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
+        self.optimizer.step()
+        return loss.detach()
+
+
+def graph_step_enabled(device: torch.device) -> bool:
+    """``RNNLAB_CUDA_GRAPH_STEP=1`` on a CUDA device: ``fit`` replays each training step
+    as one CUDA graph (``_GraphedStep``). Off by default until a GPU has measured it."""
+    return device.type == "cuda" and os.environ.get("RNNLAB_CUDA_GRAPH_STEP", "0") == "1"
+
+
+class _GraphedStep:
+    """The whole training step (``_TrainStep``) captured once as a CUDA graph and replayed
+    with one launch: on a GPU a step of these small layers is a few dozen kernels of a few
+    microseconds each, and launching them costs as much as running them.
+
+    The first ``WARM`` steps run as they are, on a side stream (real steps, in order: the
+    optimizer's state and cuBLAS' workspaces exist after them); the next is captured, then
+    replayed; later batches of that shape are copied into the graph's inputs and replayed.
+    A batch of another shape (an epoch's short last batch) runs as it is. Dropout masks are
+    drawn inside the graph from CUDA's generator, whose state advances at every replay, so
+    a seed still fixes the run (but not the same masks as without the graph). A capture
+    that fails is one warning, and every later step runs as it is.
+    """
+
+    WARM = 3
+    captured = 0          # graphs captured in this process: a test checks one really was
+
+    def __init__(self, step: _TrainStep, device: torch.device):
+        self.step, self.device = step, device
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.shape: tuple | None = None
+        self.warm, self.failed = 0, False
+        self.side = torch.cuda.Stream(device)
+        self.x = self.y = self.loss = torch.empty(0)     # the graph's inputs and output
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        shape = (x.shape, x.dtype, y.shape, y.dtype)
+        if self.graph is not None and shape == self.shape:
+            self.x.copy_(x, non_blocking=True)
+            self.y.copy_(y, non_blocking=True)
+            self.graph.replay()
+            return self.loss.clone()
+        if self.failed or self.graph is not None or (self.shape not in (None, shape)):
+            return self.step(x, y)
+        self.shape = shape
+        if self.warm < self.WARM:
+            self.warm += 1
+            self.side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self.side):
+                loss = self.step(x, y)
+            torch.cuda.current_stream(self.device).wait_stream(self.side)
+            return loss
+        self.x, self.y = x.clone(), y.clone()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.loss = self.step(self.x, self.y)
+        except Exception as e:  # noqa: BLE001 - the step runs as it is from here on
+            self.failed = True
+            warnings.warn(f"capturing the training step as a CUDA graph failed "
+                          f"({type(e).__name__}: {e}); training goes on without it",
+                          RuntimeWarning, stacklevel=2)
+            return self.step(x, y)
+        self.graph = graph
+        _GraphedStep.captured += 1
+        graph.replay()
+        return self.loss.clone()
+
+
 def _diverged(desc: str, loss: float, epoch: int, step: int, checkpoint: Path | None) -> None:
     where = f" (last good checkpoint: {checkpoint})" if checkpoint and epoch > 1 else ""
     raise TrainingDiverged(
@@ -220,8 +304,15 @@ def _fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device
          on_epoch: Callable[[int, dict[str, float]], None] | None, progress: bool, desc: str,
          threads: ThreadTuner | FixedThreads | None, epochs_after: int) -> FitResult:
     model.to(device)
-    rmsprop = {"keras2": torch.optim.RMSprop, "keras3": Keras3RMSprop}[config.rmsprop]
-    optimizer = rmsprop(model.parameters(), lr=config.lr, alpha=config.rho, eps=config.eps)
+    graphed = graph_step_enabled(device)
+    if config.rmsprop == "keras2":
+        # capturable: its step count stays on the device, so a graph can hold the update
+        optimizer: torch.optim.Optimizer = torch.optim.RMSprop(
+            model.parameters(), lr=config.lr, alpha=config.rho, eps=config.eps,
+            capturable=graphed)
+    else:
+        optimizer = Keras3RMSprop(model.parameters(), lr=config.lr, alpha=config.rho,
+                                  eps=config.eps)
     history: list[dict[str, float]] = []
     best_state, best_value, best_epoch, start = None, None, 0, 1
     sign = 1.0 if task.monitor_mode == "min" else -1.0
@@ -245,6 +336,9 @@ def _fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device
         else:
             log.info("%s: ignoring %s: it belongs to other params", desc, checkpoint)
     resumed_from = start - 1
+    train_step = _TrainStep(model, task, optimizer, config.clip_norm)
+    run_step: Callable[[Tensor, Tensor], Tensor] = \
+        _GraphedStep(train_step, device) if graphed else train_step
 
     for epoch in range(start, config.epochs + 1):
         torch.manual_seed(epoch_seed(config.seed, epoch))
@@ -261,13 +355,7 @@ def _fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device
         for step, (x, y) in enumerate(bar, start=1):
             step_began = time.perf_counter()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            loss = task.loss(model(x), y)
-            loss.backward()
-            if config.clip_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-            optimizer.step()
-            losses.append(loss.detach())
+            losses.append(run_step(x, y))
             count += 1
             if threads is not None:
                 threads.step(time.perf_counter() - step_began)
