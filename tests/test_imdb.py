@@ -19,6 +19,7 @@ from rnnlab.data.imdb import (
     PAD,
     REAL_REVIEWS_SHA256,
     build_vocabulary,
+    clean,
     data_source,
     digest_reviews,
     encode,
@@ -163,9 +164,30 @@ def test_prepare_builds_the_vocabulary_on_training_reviews_only(tarball, tmp_pat
     xr, _ = load_imdb(tmp_path / "prep", "train", reverse=True)
     assert not np.array_equal(x, xr)
     assert len(load_texts(tmp_path / "prep")["test"]) == 60
+    # Written piece by piece, the bytes of json.dumps all the same.
+    texts_json = (tmp_path / "prep" / "texts.json").read_text()
+    assert texts_json == json.dumps(load_texts(tmp_path / "prep"))
     # Every vocabulary word occurs in the training part (validation and test excluded).
     train_words = {w for t in load_texts(tmp_path / "prep")["train"] for w in tokenize(t)}
     assert set(vocab) <= train_words
+
+
+def test_reading_tokenized_keeps_one_object_per_word(tarball, tmp_path):
+    """With ``words``, read_reviews gives the reviews cleaned, with tokenize's words, and
+    each word as one str object however often it occurs (the real corpus: 12 million words
+    of about 100,000 distinct ones, 700 MB as a str each)."""
+    path, md5 = tarball
+    raw = tmp_path / "raw"
+    download_imdb(path.as_uri(), raw, md5=md5, progress=False)
+    words: dict[str, str] = {}
+    for split in ("train", "test"):
+        read, tokenized = read_reviews(raw, split), read_reviews(raw, split, words)
+        assert tokenized.texts == [clean(t) for t in read.texts]
+        assert read.tokens is None and tokenized.tokens == [tokenize(t) for t in read.texts]
+        assert np.array_equal(tokenized.labels, read.labels) and tokenized.ids == read.ids
+        every = [w for tokens in tokenized.tokens for w in tokens]
+        assert len({id(w) for w in every}) == len(set(every)) < len(every)
+        assert all(words[w] is w for w in every)
 
 
 def test_reviews_digest_names_the_content_not_the_packing(tarball, tmp_path):

@@ -70,17 +70,25 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Reviews:
-    texts: list[str]
+    texts: list[str]       # as read; clean(review) when read with ``words``
     labels: np.ndarray     # (n,) int8, 1 = positive
     ids: list[str]         # "<split>/<pos|neg>/<id>_<rating>" for traceability
     # Files that are not UTF-8, read with U+FFFD for their bad bytes: "aclImdb/<path>
     # (byte 0xe9 at offset 17)" (module docstring).
     not_utf8: list[str] = field(default_factory=list)
+    tokens: list[list[str]] | None = None    # read with ``words``: each text's words
 
 
-def read_reviews(root: Path, split: str) -> Reviews:
-    """All reviews of ``split`` under ``root`` (the unpacked ``aclImdb`` parent), sorted."""
-    texts, labels, ids, not_utf8 = [], [], [], []
+def read_reviews(root: Path, split: str, words: dict[str, str] | None = None) -> Reviews:
+    """All reviews of ``split`` under ``root`` (the unpacked ``aclImdb`` parent), sorted.
+
+    With ``words``, each review is cleaned and tokenized as it is read: ``texts`` hold
+    ``clean(review)`` and ``tokens`` its words (``tokenize(review)``), each word the one
+    str object ``words`` maps it to (give every call the same dict). A word is then one
+    object however often it occurs: the real corpus' 50,000 reviews are 12 million words
+    of about 100,000 distinct ones, and as a str each they took 700 MB.
+    """
+    texts, tokens, labels, ids, not_utf8 = [], [], [], [], []
     for label_dir, label in LABEL_DIRS.items():
         folder = Path(root) / "aclImdb" / split / label_dir
         if not folder.is_dir():
@@ -88,14 +96,19 @@ def read_reviews(root: Path, split: str) -> Reviews:
         for path in sorted(folder.glob("*.txt")):
             raw = path.read_bytes()
             try:
-                texts.append(raw.decode("utf-8"))
+                text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                texts.append(raw.decode("utf-8", errors="replace"))
+                text = raw.decode("utf-8", errors="replace")
                 not_utf8.append(f"aclImdb/{split}/{label_dir}/{path.name} "
                                 f"(byte 0x{raw[e.start]:02x} at offset {e.start})")
+            if words is not None:
+                text = clean(text)
+                tokens.append([words.setdefault(w, w) for w in TOKEN.findall(text)])
+            texts.append(text)
             labels.append(label)
             ids.append(f"{split}/{label_dir}/{path.stem}")
-    return Reviews(texts, np.asarray(labels, dtype=np.int8), ids, not_utf8)
+    return Reviews(texts, np.asarray(labels, dtype=np.int8), ids, not_utf8,
+                   tokens if words is not None else None)
 
 
 def clean(text: str) -> str:
@@ -217,7 +230,8 @@ def prepare_imdb(raw: Path, out: Path, *, max_features: int, maxlen: int, val_fr
         if value not in ("pre", "post"):
             raise DataFormatError(f"imdb.{name}: {value!r}; choose pre or post")
     began = time.perf_counter()
-    train, test = read_reviews(raw, "train"), read_reviews(raw, "test")
+    words: dict[str, str] = {}
+    train, test = read_reviews(raw, "train", words), read_reviews(raw, "test", words)
     tr, va = split_validation(len(train.texts), val_fraction, seed)
     _check_splits(raw, train, test, tr, va, val_fraction)
     _check_memory(max(len(tr), len(va), len(test.texts)), maxlen)
@@ -228,8 +242,8 @@ def prepare_imdb(raw: Path, out: Path, *, max_features: int, maxlen: int, val_fr
                     "to keep those characters", len(not_utf8), ", ".join(not_utf8[:5]),
                     ", ..." if len(not_utf8) > 5 else "")
     digest, review_counts = reviews_digest(raw)
-    train_tokens = [tokenize(t) for t in train.texts]
-    test_tokens = [tokenize(t) for t in test.texts]
+    train_tokens, test_tokens = train.tokens, test.tokens
+    assert train_tokens is not None and test_tokens is not None
     vocab = build_vocabulary([train_tokens[i] for i in tr], max_features)
     # Stored order (module docstring): rows of the reviews read, classes interleaved.
     rows = {"train": tr[interleave_classes(train.labels[tr], seed)],
@@ -241,18 +255,20 @@ def prepare_imdb(raw: Path, out: Path, *, max_features: int, maxlen: int, val_fr
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for split, (tokens, labels) in splits.items():
-        arrays = {"x": encode(tokens, vocab, maxlen, padding=padding, truncating=truncating),
-                  "x_reversed": encode(tokens, vocab, maxlen, padding=padding,
-                                       truncating=truncating, reverse=True),
-                  "y": labels}
-        for key, array in arrays.items():
+        for key in FILES:        # one array at a time: a split's ids, then its reversed ids
+            array = labels if key == "y" else encode(
+                tokens, vocab, maxlen, padding=padding, truncating=truncating,
+                reverse=key == "x_reversed")
             with atomic_output(out / FILES[key].format(split=split)) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, array)
-    # Cleaned texts for the TF-IDF baseline, in the order of the arrays (one list per split).
-    texts = {s: [clean(source[s][0].texts[i]) for i in r] for s, r in rows.items()}
+            del array
+    # Cleaned texts for the TF-IDF baseline, in the order of the arrays (one list per split);
+    # json.dump writes it piece by piece, where json.dumps built the whole string first.
+    texts = {s: [source[s][0].texts[i] for i in r] for s, r in rows.items()}
     with atomic_output(out / "texts.json") as tmp:
-        tmp.write_text(json.dumps(texts))
+        with open(tmp, "w") as f:
+            json.dump(texts, f)
     lengths = np.array([len(t) for t in train_tokens])
     stats: dict[str, Any] = {
         "vocab_size": len(vocab) + 2, "max_features": max_features, "maxlen": maxlen,
@@ -294,9 +310,14 @@ def digest_reviews(reviews: Iterable[tuple[str, bytes]]) -> tuple[str, dict[str,
     compression, order or timestamps: a re-packed copy of the real corpus has the real
     corpus' digest (``REAL_REVIEWS_SHA256``) although its tarball md5 differs.
     """
+    return _digest_sorted(sorted(reviews))
+
+
+def _digest_sorted(reviews: Iterable[tuple[str, bytes]]) -> tuple[str, dict[str, int]]:
+    """``digest_reviews`` of reviews already in sorted order of their paths."""
     h = hashlib.sha256()
     counts = dict.fromkeys(FOLDERS, 0)
-    for rel, data in sorted(reviews):
+    for rel, data in reviews:
         h.update(f"{rel}\n{len(data)}\n".encode())
         h.update(data)
         counts[rel.rsplit("/", 1)[0]] += 1
@@ -304,10 +325,12 @@ def digest_reviews(reviews: Iterable[tuple[str, bytes]]) -> tuple[str, dict[str,
 
 
 def reviews_digest(raw: Path) -> tuple[str, dict[str, int]]:
-    """``digest_reviews`` of the reviews unpacked under ``raw/aclImdb/{train,test}/{pos,neg}``."""
+    """``digest_reviews`` of the reviews unpacked under ``raw/aclImdb/{train,test}/{pos,neg}``,
+    one file read at a time (the paths sorted first, not the 50,000 files' bytes)."""
     base = Path(raw) / "aclImdb"
-    return digest_reviews((p.relative_to(base).as_posix(), p.read_bytes())
-                          for folder in FOLDERS for p in (base / folder).glob("*.txt"))
+    paths = sorted(p.relative_to(base).as_posix()
+                   for folder in FOLDERS for p in (base / folder).glob("*.txt"))
+    return _digest_sorted((rel, (base / rel).read_bytes()) for rel in paths)
 
 
 def data_source(stats: dict) -> str:
