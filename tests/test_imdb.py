@@ -279,6 +279,32 @@ def test_accuracy_is_the_exact_fraction(tmp_path):
     assert task.metrics(outputs, targets)["accuracy"] == 21_648 / 25_000
 
 
+def test_the_task_holds_the_ids_as_stored_and_batches_them_as_int64(tmp_path):
+    """The (n, maxlen) ids stay the int32 of the files (half of int64's memory); every
+    training and evaluation batch is the int64 the embedding and the multi-hot index take."""
+    import torch
+
+    from rnnlab.data.imdb import FILES
+    from rnnlab.training.tasks import ImdbTask
+    rng = np.random.default_rng(0)
+    stored = {}
+    for split in ("train", "val", "test"):
+        stored[split] = rng.integers(0, 10_002, (10, 7)).astype(np.int32)
+        np.save(tmp_path / FILES["x"].format(split=split), stored[split])
+        np.save(tmp_path / FILES["y"].format(split=split), np.arange(10, dtype=np.int8) % 2)
+    task = ImdbTask(tmp_path, batch_size=4, vocab_size=10_002, eval_batch_size=3)
+    assert all(task.data[split][0].dtype == torch.int32 for split in stored)
+    seen = []
+    for x, _ in task.train_batches(epoch=1, steps=None, seed=1):
+        assert x.dtype == torch.int64 and x.shape[1] == 7
+        seen += [row.tolist() for row in x]
+    assert sorted(seen) == sorted(stored["train"].tolist())       # every review once
+    batches = list(task.eval_batches("test", None))
+    assert [len(y) for _, y in batches] == [3, 3, 3, 1]
+    assert all(x.dtype == torch.int64 for x, _ in batches)
+    assert np.array_equal(torch.cat([x for x, _ in batches]).numpy(), stored["test"])
+
+
 def test_roc_auc_is_scikit_learns():
     """The IMDB stages' AUC (numpy, average ranks) equals scikit-learn's roc_auc_score, ties
     and float32 logits included; NaN with one class."""

@@ -27,7 +27,7 @@ JENA_KEYS = {"batch": "jena.batch_size", "timesteps": "jena.lookback",
 IMDB_LSTM = dict(params=328_545, layers=[(32, 4, 500)], batch=128, timesteps=500, features=1,
                  input_itemsize=8, steps_per_epoch=None, train_examples=20_000, eval_batch=128,
                  eval_examples=25_000,
-                 array_bytes=imdb_array_bytes(reviews=50_000, maxlen=500, largest_split=25_000))
+                 array_bytes=imdb_array_bytes(reviews=50_000, maxlen=500))
 IMDB_KEYS = {"batch": "imdb.batch_size", "timesteps": "imdb.maxlen", "arrays": "imdb.maxlen",
              "steps_per_epoch": "train.imdb_steps_per_epoch", "params": "models.lstm.units",
              "layers": "models.lstm.units", "eval_batch": "train.eval_batch_size"}
@@ -54,10 +54,10 @@ def test_the_lecture_s_runs_fit_a_small_machine():
      "(MemAvailable); lower jena.batch_size, jena.lookback or models.gru.units"),
     ("imdb.maxlen: 1000000000",
      IMDB_LSTM | {"timesteps": 10**9, "layers": [(32, 4, 10**9)],
-                  "array_bytes": imdb_array_bytes(reviews=50_000, maxlen=10**9,
-                                                  largest_split=25_000)}, IMDB_KEYS,
-     "train@gru would need about 715.0 TB, 500.0 TB of it for the prepared arrays, but this "
-     "machine has 21.3 GB available (MemAvailable); lower imdb.maxlen"),
+                  "array_bytes": imdb_array_bytes(reviews=50_000, maxlen=10**9)}, IMDB_KEYS,
+     "train@gru would need about 415.0 TB, 213.0 TB of it for the activations (batch 128 x "
+     "(32 units x 1,000,000,000 steps x 13) float32), but this machine has 21.3 GB available "
+     "(MemAvailable); lower imdb.maxlen, imdb.batch_size or models.lstm.units"),
     ("train.steps_per_epoch: 1000000000", JENA_GRU | {"steps_per_epoch": 10**9}, JENA_KEYS,
      "train@gru would need about 2.0 TB, 2.0 TB of it for the epoch's order (128,000,115,520 "
      "int64 row indices: steps_per_epoch 1,000,000,000 x batch 128, drawn up front), but this "

@@ -52,7 +52,8 @@ __all__ = ["Estimate", "ModelNumbers", "Part", "available_bytes", "check_fits",
            "estimate_bytes", "estimate_training", "imdb_array_bytes", "jena_array_bytes", "model_numbers"]
 
 FLOAT = 4                      # float32: weights, activations, windows
-INDEX = 8                      # int64: row indices, word ids once loaded
+INDEX = 8                      # int64: row indices, a batch's word ids
+WORD_ID = 4                    # int32: IMDB's word ids as stored and held
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}
 
 
@@ -205,10 +206,10 @@ def jena_array_bytes(*, n_rows: int, features: int, windows: int) -> int:
     return n_rows * features * FLOAT + 3 * n_rows * FLOAT + windows * INDEX
 
 
-def imdb_array_bytes(*, reviews: int, maxlen: int, largest_split: int) -> int:
-    """What an ImdbTask holds: every split's (n, maxlen) word ids as int64 and its labels,
-    plus the int32 file of the largest split while it is converted."""
-    return reviews * (maxlen * INDEX + FLOAT) + largest_split * maxlen * 4
+def imdb_array_bytes(*, reviews: int, maxlen: int) -> int:
+    """What an ImdbTask holds: every split's (n, maxlen) word ids as stored (int32) and its
+    labels (float32); each batch's int64 copy is part of the training batch."""
+    return reviews * (maxlen * WORD_ID + FLOAT)
 
 
 class ModelNumbers(TypedDict):
@@ -309,8 +310,7 @@ def estimate_training(variant: str, spec: ModelSpec, data: JenaParams | ImdbPara
         n_inputs, timesteps, itemsize = sequences["vocab_size"], sequences["maxlen"], INDEX
         train_examples = counts["train"]
         eval_examples = max(counts["val"], counts["test"])
-        arrays = imdb_array_bytes(reviews=sum(counts.values()), maxlen=timesteps,
-                                  largest_split=max(counts.values()))
+        arrays = imdb_array_bytes(reviews=sum(counts.values()), maxlen=timesteps)
         steps = train.imdb_steps_per_epoch
         keys = {"batch": "imdb.batch_size", "timesteps": "imdb.maxlen",
                 "arrays": "imdb.maxlen", "steps_per_epoch": "train.imdb_steps_per_epoch"}

@@ -88,11 +88,12 @@ class ImdbTask:
 
     def __init__(self, prepared, *, batch_size: int, vocab_size: int,
                  eval_batch_size: int | None = None, reverse: bool = False):
+        # The ids stay int32, as stored (all three splits: 100 MB at the lecture's sizes, not
+        # 200 MB as int64); each batch becomes the int64 its embedding and multi-hot index.
         self.data = {}
         for split in ("train", "val", "test"):
-            x, y = load_imdb(prepared, split, reverse=reverse)
-            self.data[split] = (torch.from_numpy(x.astype(np.int64)),
-                                torch.from_numpy(y.astype(np.float32)))
+            x, y = load_imdb(prepared, split, reverse=reverse)       # (n, maxlen) int32, (n,)
+            self.data[split] = (torch.from_numpy(x), torch.from_numpy(y.astype(np.float32)))
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.n_inputs, self.timesteps = vocab_size, self.data["train"][0].shape[1]
@@ -101,7 +102,7 @@ class ImdbTask:
         x, y = self.data["train"]
         for rows in shuffled_batches(np.arange(len(y)), epoch, steps, self.batch_size, seed):
             idx = torch.from_numpy(rows)
-            yield x[idx], y[idx]
+            yield x[idx].long(), y[idx]
 
     def eval_batches(self, split: str, max_batches: int | None) -> Iterator[tuple[Tensor, Tensor]]:
         x, y = self.data[split]
@@ -109,7 +110,7 @@ class ImdbTask:
         for i, start in enumerate(range(0, len(y), size)):
             if max_batches is not None and i >= max_batches:
                 return
-            yield x[start:start + size], y[start:start + size]
+            yield x[start:start + size].long(), y[start:start + size]
 
     def eval_size(self, split: str) -> int:
         return len(self.data[split][1])
