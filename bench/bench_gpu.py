@@ -1,25 +1,62 @@
-"""The CUDA path, on a lent GPU machine: its tests, one default epoch of every variant, and
-the GRU's recurrent-dropout loop with CUDA graphs against without.
+"""The CUDA path on a lent GPU machine, as one prepared script that fits in 8 minutes of
+device time (issue 25, item 4). Prepare on a CPU machine, once:
 
-    PYTHONPATH=src python bench/bench_gpu.py --jena DIR [--epochs 2] [--out FILE]
+    bench/gpu_prepare.sh     # -> bench/.cache/gpu (git-ignored): Jena arrays + keras, ~41 MB
 
-``DIR`` holds ``jena`` and ``jena_windows``: a clone's ``data/prepared/`` after
-``dvc repro windows_jena`` (the GPU machine has neither the raw data nor polars, which
-parses it). IMDB inputs are random word ids with the real shapes (20,000 / 5,000 / 25,000
-reviews of 500 ids, vocabulary 10,002): no copy of the reviews travels there, and a step
-costs the same whatever the ids.
+then run on the GPU machine (the device tool: ``carry: ["bench/.cache/gpu"]``,
+``timeout_s: 540``):
 
-1. ``pytest --noconftest tests/test_cuda.py`` (the CUDA tests; skipped on a CPU-only CI).
-2. For every torch variant of params.yaml, with its params as they are: ``fit`` for
-   ``--epochs`` epochs of the default length, each epoch's seconds (training and the
-   validation pass), the final validation + test evaluation, the variant's peak GPU memory
-   (the graphs of the variants before it freed), and the variant's default stage
-   extrapolated from those parts: first epoch + (epochs - 1) x the last measured epoch +
-   the final evaluation, once per seed. ``--no-epochs`` skips this part.
-3. For the variants with recurrent dropout: ms per training step with the CUDA-graphed
-   loops and with the TorchScript loops launched step by step (``_CudaGraphed.enabled``
-   off: what runs without graphs), 20 steps per round after 3 warm-up steps, in rounds of
-   alternating order; the median of each.
+    PYTHONPATH=src python3 bench/bench_gpu.py --budget-s 420 --out "$OUT/gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"
+
+and copy the returned ``gpu.json`` to ``docs/gpu.json``. ``--out`` is rewritten atomically
+after each test run, variant and part, so a run cut short still leaves what it measured.
+Once ``--budget-s`` seconds have passed since the start no new part (a variant of a
+part) starts, and ``skipped`` lists what did not run. The parts, in this order
+(``--parts`` picks some):
+
+1. ``tests``: ``pytest --noconftest tests/test_cuda.py tests/test_persistent.py`` (summary
+   and seconds; a failure is recorded and the run goes on).
+2. ``steps``: per torch variant of params.yaml, ms per training step at batch 128
+   (forward, loss, backward, RMSprop) of our model under ``RNNLAB_CUDA_LOOP`` = cudnn,
+   persistent and auto (set between rounds: it is read at every layer call), and of the
+   lecture's Keras 3 model on the JAX backend (XLA; bench/keras_lecture.py in a
+   bench/speed_worker.py process, ``KERAS_BACKEND=jax``, ``XLA_PYTHON_CLIENT_PREALLOCATE=
+   false``), in ``--rounds`` interleaved rounds whose order rotates; per side the median
+   over rounds of a round's mean step. Ours: ``--round-steps`` steps on the variant's own
+   batches already on the device, one host sync at each end of a round (as ``fit`` runs,
+   which reads the losses once per epoch), after 3 warm-up steps per loop. Keras: timed
+   inside its ``fit()`` from each batch's start to its end callback (as bench_speed.py),
+   on random inputs of the same shapes. Per variant the best of ours over Keras, and which
+   loop was fastest (the data for auto's policy).
+3. ``epochs``: per variant (gru_dropout and gru_stacked first: their val MAE is the
+   accuracy target's), one default epoch with ``RNNLAB_CUDA_LOOP=auto`` through the
+   training engine's ``fit``, after an untimed warm-up on a throwaway model (Triton and
+   cuDNN set-up); the training steps, the validation pass and the final validation + test
+   evaluation are timed apart, and the variant's stage extrapolated from them:
+   warm-up + seeds x (epochs x (steps x step + validation pass) + final evaluation).
+   ``--steps`` and ``--eval-batches`` cap the timed parts of the variants not in
+   ``--full`` (the caps are extrapolated linearly; each row says what was); the halves
+   (Jena, IMDB) are the sums of their stages. Not counted: a stage's process start,
+   imports, tracking and model files (bench_speed.py's ``--stage-seconds``).
+
+Jena inputs are the arrays in ``--jena`` (bench/gpu_prepare.sh: copied from data/prepared
+or made from a generated full-size file; ``jena_data`` says which). IMDB inputs are random
+word ids with the real shapes (20,000 / 5,000 / 25,000 reviews of 500 ids, vocabulary
+10,002): a step costs the same whatever the ids, so IMDB accuracies are meaningless here.
+``--compare FILE`` (default: ``cpu_reference.json`` beside ``--jena``, when there) puts the
+val metrics of another run of this script on the same data beside this run's: the CPU
+path's, made here with ``PYTHONPATH=src python bench/bench_gpu.py --device cpu --parts
+epochs --variants gru_dropout gru_stacked --out bench/.cache/gpu/data/cpu_reference.json``
+(two full epochs and evaluations on 2 cores: several minutes), or compared afterwards.
+
+Dry run of the code paths on a CPU (the persistent loop in Triton's interpreter):
+
+    TRITON_INTERPRET=1 PYTHONPATH=src python bench/bench_gpu.py --device cpu --parts steps \\
+        epochs --variants gru_dropout imdb_lstm --batch-size 16 --rounds 2 --round-steps 2 \\
+        --steps 3 --eval-batches 2 --full --keras-path none \\
+        --keras-python /path/to/python-with-keras-and-jax --out /tmp/gpu.json
+
+(``--keras-path none``: the carried packages are for the GPU image's Python 3.12.)
 """
 
 from __future__ import annotations
@@ -27,12 +64,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -41,27 +81,76 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from bench_speed import Worker  # noqa: E402  (bench/ is this script's folder)
+
 from rnnlab.data.imdb import FILES  # noqa: E402
 from rnnlab.nn import recurrent  # noqa: E402
 from rnnlab.nn.models import build_model  # noqa: E402
+from rnnlab.nn.recurrent import prepare_native  # noqa: E402
 from rnnlab.tools.params import ARCHITECTURES, load_params  # noqa: E402
-from rnnlab.training.engine import TrainConfig, fit, seed_everything  # noqa: E402
+from rnnlab.training.engine import TrainConfig, fit  # noqa: E402
+from rnnlab.training.seeds import seed_everything  # noqa: E402
 from rnnlab.training.tasks import ImdbTask, build_task  # noqa: E402
 
+PREPARED = ROOT / "bench" / ".cache" / "gpu"          # bench/gpu_prepare.sh's default
 IMDB_COUNTS = {"train": 20_000, "val": 5_000, "test": 25_000}
+LOOPS = ("cudnn", "persistent", "auto")               # RNNLAB_CUDA_LOOP values timed
+KERAS = "keras_jax"
+FULL = ("gru_dropout", "gru_stacked")                 # the accuracy target's variants
+WARMUP_STEPS = 3
+START = time.perf_counter()
 
 
-def run_tests() -> dict:
+def elapsed() -> float:
+    return time.perf_counter() - START
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def write_json(path: Path | None, report: dict) -> None:
+    """Atomically: a run killed while writing leaves the previous complete file."""
+    if path is None:
+        return
+    report["elapsed_s"] = round(elapsed(), 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:500]
+
+
+# ---------------------------------------------------------------------------------- tests
+
+def run_tests(tests: list[str], timeout: float) -> dict:
     began = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--noconftest", "-p",
-                           "no:cacheprovider", str(ROOT / "tests/test_cuda.py")],
-                          cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
-    print(proc.stdout, proc.stderr[-2000:], sep="\n", flush=True)
-    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-    return {"returncode": proc.returncode, "summary": summary,
+    cmd = [sys.executable, "-m", "pytest", "-q", "--noconftest", "-p", "no:cacheprovider",
+           "--durations=5", *tests]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]))
+    env.pop("RNNLAB_CUDA_LOOP", None)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        print(out[-4000:], flush=True)
+        return {"command": " ".join(cmd[2:]), "returncode": None,
+                "summary": f"timed out after {timeout:.0f} s",
+                "seconds": round(time.perf_counter() - began, 1)}
+    print(proc.stdout[-6000:], proc.stderr[-2000:], sep="\n", flush=True)
+    lines = proc.stdout.strip().splitlines()
+    return {"command": " ".join(cmd[2:]), "returncode": proc.returncode,
+            "summary": lines[-1] if lines else proc.stderr.strip()[-300:],
             "seconds": round(time.perf_counter() - began, 1)}
 
+
+# ---------------------------------------------------------------------------------- data
 
 def random_imdb(root: Path, maxlen: int, vocab: int) -> Path:
     rng = np.random.default_rng(0)
@@ -74,150 +163,446 @@ def random_imdb(root: Path, maxlen: int, vocab: int) -> Path:
     return root
 
 
-def make_task(params, spec, jena: Path, imdb: Path):
-    if spec.dataset == "jena":
-        data = build_task(params, spec, jena / "jena", jena / "jena_windows")
-        return data.task, data.steps_per_epoch
-    task = ImdbTask(imdb, batch_size=params.imdb.batch_size, reverse=spec.reverse,
-                    eval_batch_size=params.train.eval_batch_size,
-                    vocab_size=params.imdb.max_features + 2)
-    return task, params.train.imdb_steps_per_epoch
+class Data:
+    """The tasks of every variant, built on first use; the Jena arrays are read once per
+    window spec and kept (IMDB's random ids are made once)."""
+
+    def __init__(self, params, jena: Path, imdb: Path) -> None:
+        self.params, self.jena, self.imdb = params, jena, imdb
+        self.source: str | None = None        # canonical, or other (a generated file)
+        self.md5: str | None = None
+
+    def task(self, name: str):
+        """(task, training steps of a default epoch)"""
+        params, spec = self.params, self.params.variant(name)
+        if spec.dataset == "jena":
+            prep = build_task(spec, params.jena, params.train, self.jena / "jena",
+                              self.jena / "jena_windows")
+            self.source, self.md5 = prep.data_source, prep.data_md5
+            return prep.task, prep.steps_per_epoch
+        task = ImdbTask(self.imdb, batch_size=params.imdb.batch_size, reverse=spec.reverse,
+                        eval_batch_size=params.train.eval_batch_size,
+                        vocab_size=params.imdb.max_features + 2)
+        steps = params.train.imdb_steps_per_epoch or math.ceil(
+            task.eval_size("train") / params.imdb.batch_size)
+        return task, steps
 
 
-def clear_graphs() -> None:
-    """Each variant starts without the graphs (and their memory) of the ones before it."""
-    for graphed in (recurrent._gru_forward_graphed, recurrent._gru_backward_graphed):
+def clear_cuda(device: torch.device) -> None:
+    """Each variant starts without the CUDA graphs (and memory) of the ones before it."""
+    for graphed in getattr(recurrent._CudaGraphed, "instances", []):
         graphed.graphs.clear()
-    torch.cuda.empty_cache()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
-def time_variant(params, name: str, jena: Path, imdb: Path, epochs: int, device) -> dict:
-    clear_graphs()
-    spec = params.variant(name)
-    task, steps = make_task(params, spec, jena, imdb)
+def build(params, name: str, task, device: torch.device):
     seed_everything(params.seed)
-    model = build_model(spec, n_features=task.n_inputs, timesteps=task.timesteps,
-                        init=params.train.init)
-    n = min(epochs, spec.epochs)
-    config = TrainConfig(epochs=n, steps_per_epoch=steps, seed=params.seed,
-                         clip_norm=params.train.clip_norm,
-                         max_eval_batches=params.train.max_eval_batches)
-    torch.cuda.reset_peak_memory_stats(device)
-    torch.cuda.synchronize(device)
-    began = time.perf_counter()
-    result = fit(model, task, config, device, progress=False, desc=name)
-    torch.cuda.synchronize(device)
-    total = time.perf_counter() - began
-    seconds = [row["seconds"] for row in result.history]
-    final = total - sum(seconds)
-    stage = (seconds[0] + (spec.epochs - 1) * seconds[-1] + final) * len(params.seed_list)
-    row = {"variant": name, "epochs_timed": n, "epoch_seconds": [round(s, 2) for s in seconds],
-           "final_eval_seconds": round(final, 2), "default_epochs": spec.epochs,
-           "seeds": len(params.seed_list), "stage_seconds_extrapolated": round(stage, 1),
-           "peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
-           "val": {k: round(v, 4) for k, v in result.val.items()}}
-    print(json.dumps(row), flush=True)
-    return row
+    model = build_model(params.variant(name), n_features=task.n_inputs,
+                        timesteps=task.timesteps, init=params.train.init)
+    prepare_native(model, device)
+    return model.to(device)
 
 
-def step_times(params, name: str, jena: Path, device, rounds: int = 3, steps: int = 20) -> dict:
-    """ms per training step, graphs on and off, alternating which goes first."""
-    clear_graphs()
-    spec = params.variant(name)
-    task, _ = make_task(params, spec, jena, Path())
-    seed_everything(params.seed)
-    model = build_model(spec, n_features=task.n_inputs, timesteps=task.timesteps,
-                        init=params.train.init).to(device).train()
+# ---------------------------------------------------------------------------------- steps
+
+class KerasJax:
+    """The lecture's models in a bench/speed_worker.py process on the JAX backend; it is
+    restarted after a failure (a variant it cannot build ends it)."""
+
+    def __init__(self, python: str, keras_path: Path | None) -> None:
+        self.python = python
+        paths = [str(ROOT / "src"), *([str(keras_path.resolve())] if keras_path else []),
+                 *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        # Worker sets the child's PYTHONPATH to str(src): a joined list is one there.
+        self.pythonpath = Path(os.pathsep.join(dict.fromkeys(paths)))
+        self.worker: Worker | None = None
+        self.starts = 0
+
+    def ask(self, variant: str, steps: int) -> list[float]:
+        if self.worker is None:
+            if self.starts >= 3:
+                raise RuntimeError("the Keras worker failed to start 3 times")
+            self.starts += 1
+            os.environ.update(KERAS_BACKEND="jax", XLA_PYTHON_CLIENT_PREALLOCATE="false",
+                              TF_CPP_MIN_LOG_LEVEL="3")
+            self.worker = Worker(self.python, "keras", "--xla", src=self.pythonpath)
+        try:
+            return self.worker.ask(variant, steps, 1)["train"]
+        except (Exception, SystemExit):
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.proc.kill()
+            self.worker.proc.wait()
+            self.worker = None
+
+
+def step_times(params, name: str, data: Data, device: torch.device, keras: KerasJax | None,
+               rounds: int, steps: int) -> dict:
+    """ms per training step of ours under each loop and of Keras + JAX, interleaved."""
+    clear_cuda(device)
+    task, _ = data.task(name)
+    model = build(params, name, task, device).train()
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
     batches = [(x.to(device), y.to(device))
-               for x, y in task.train_batches(1, steps + 3, params.seed)]
+               for x, y in task.train_batches(1, steps + WARMUP_STEPS, params.seed)]
 
-    def train(batch_list):
+    def train(batch_list) -> None:
         for x, y in batch_list:
             opt.zero_grad(set_to_none=True)
             task.loss(model(x), y).backward()
             opt.step()
 
-    saved = recurrent._CudaGraphed.enabled
-    times: dict[str, list[float]] = {"graphs": [], "step_by_step": []}
+    sides = [*LOOPS, *([KERAS] if keras else [])]
+    times: dict[str, list[float]] = {s: [] for s in sides}
+    errors: dict[str, str] = {}
+    saved = os.environ.get("RNNLAB_CUDA_LOOP")
     try:
-        for mode in times:                       # warm-up (and capture) for both
-            recurrent._CudaGraphed.enabled = mode == "graphs"
-            train(batches[:3])
+        for loop in LOOPS:                       # warm-up: Triton compiles, graph captures
+            os.environ["RNNLAB_CUDA_LOOP"] = loop
+            try:
+                train(batches[:WARMUP_STEPS])
+                sync(device)
+            except Exception as e:  # noqa: BLE001 - record it, time the other sides
+                errors[loop] = error_text(e)
         for r in range(rounds):
-            for mode in (list(times) if r % 2 == 0 else list(times)[::-1]):
-                recurrent._CudaGraphed.enabled = mode == "graphs"
-                torch.cuda.synchronize(device)
-                began = time.perf_counter()
-                train(batches[3:])
-                torch.cuda.synchronize(device)
-                times[mode].append((time.perf_counter() - began) / steps * 1e3)
+            k = r % len(sides)
+            for side in sides[k:] + sides[:k]:
+                if side in errors:
+                    continue
+                try:
+                    if side == KERAS:
+                        batch_s = keras.ask(name, steps)
+                        times[side].append(statistics.mean(batch_s) * 1e3)
+                        continue
+                    os.environ["RNNLAB_CUDA_LOOP"] = side
+                    sync(device)
+                    began = time.perf_counter()
+                    train(batches[WARMUP_STEPS:])
+                    sync(device)
+                    times[side].append((time.perf_counter() - began) / steps * 1e3)
+                except (Exception, SystemExit) as e:  # noqa: BLE001
+                    errors[side] = error_text(e)
     finally:
-        recurrent._CudaGraphed.enabled = saved
-    row = {"variant": name, **{f"{m}_ms": round(statistics.median(t), 2) for m, t in times.items()},
-           "rounds": rounds, "steps": steps}
-    row["speedup"] = round(row["step_by_step_ms"] / row["graphs_ms"], 2)
-    print(json.dumps(row), flush=True)
+        if saved is None:
+            os.environ.pop("RNNLAB_CUDA_LOOP", None)
+        else:
+            os.environ["RNNLAB_CUDA_LOOP"] = saved
+    ms = {s: round(statistics.median(t), 3) for s, t in times.items() if t}
+    row: dict = {"variant": name, "ms": ms, "rounds": rounds, "steps": steps}
+    ours = {s: v for s, v in ms.items() if s in LOOPS}
+    if ours:
+        best = min(ours, key=ours.get)
+        row |= {"fastest_loop": best, "best_ours_ms": ours[best]}
+        if KERAS in ms:
+            row["ratio_best_ours_to_keras"] = round(ours[best] / ms[KERAS], 3)
+    if errors:
+        row["errors"] = errors
+    print(f"[steps {elapsed():5.0f} s] {name:18s} ms/step: "
+          + "  ".join(f"{s} {v:.2f}" for s, v in ms.items())
+          + (f"  | fastest {row['fastest_loop']}" if ours else "")
+          + (f", {row['ratio_best_ours_to_keras']:.2f}x Keras" if "ratio_best_ours_to_keras"
+             in row else "") + (f"  errors: {errors}" if errors else ""), flush=True)
     return row
+
+
+# --------------------------------------------------------------------------------- epochs
+
+class TimedTask:
+    """The task, with the wall time of each pass over its batches recorded: a training
+    epoch's steps, a validation or test pass, from the pass's first batch to the end of its
+    last one (after a device sync: the engine does not wait for each step)."""
+
+    def __init__(self, task, device: torch.device) -> None:
+        self._task, self._device = task, device
+        self.passes: list[dict] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._task, name)
+
+    def _timed(self, kind: str, batches):
+        began, n = time.perf_counter(), 0
+        for batch in batches:
+            yield batch
+            n += 1
+        sync(self._device)
+        self.passes.append({"pass": kind, "batches": n, "seconds": time.perf_counter() - began})
+
+    def train_batches(self, epoch: int, steps, seed: int):
+        return self._timed("train", self._task.train_batches(epoch, steps, seed))
+
+    def eval_batches(self, split: str, max_batches):
+        return self._timed(split, self._task.eval_batches(split, max_batches))
+
+
+def time_variant(params, name: str, data: Data, device: torch.device, epochs: int,
+                 steps_cap: int | None, eval_cap: int | None) -> dict:
+    clear_cuda(device)
+    spec = params.variant(name)
+    task, default_steps = data.task(name)
+    eval_size = task.eval_batch_size
+    full_eval = {s: math.ceil(task.eval_size(s) / eval_size) for s in ("val", "test")}
+    if params.train.max_eval_batches is not None:
+        full_eval = {s: min(n, params.train.max_eval_batches) for s, n in full_eval.items()}
+    caps = [c for c in (eval_cap, params.train.max_eval_batches) if c is not None]
+
+    began = time.perf_counter()                  # warm-up on a throwaway model
+    warm = build(params, name, task, device).train()
+    opt = torch.optim.RMSprop(warm.parameters(), lr=1e-3)
+    for x, y in task.train_batches(1, WARMUP_STEPS, params.seed + 1):
+        opt.zero_grad(set_to_none=True)
+        task.loss(warm(x.to(device)), y.to(device)).backward()
+        opt.step()
+    with torch.no_grad():
+        warm.eval()(next(iter(task.eval_batches("val", 1)))[0].to(device))
+    sync(device)
+    warmup = time.perf_counter() - began
+    del warm, opt
+    clear_cuda(device)
+
+    timed = TimedTask(task, device)
+    model = build(params, name, task, device)
+    steps = default_steps if steps_cap is None else min(steps_cap, default_steps)
+    config = TrainConfig(epochs=min(epochs, spec.epochs), steps_per_epoch=steps,
+                         seed=params.seed, clip_norm=params.train.clip_norm,
+                         max_eval_batches=min(caps) if caps else None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result = fit(model, timed, config, device, progress=False, desc=name)
+    passes = timed.passes
+    train = [p for p in passes if p["pass"] == "train"]
+    val = [p for p in passes if p["pass"] == "val"]
+    test = [p for p in passes if p["pass"] == "test"]
+
+    def per(p: dict) -> float:
+        return p["seconds"] / max(p["batches"], 1)
+
+    step_s, val_batch_s = per(train[-1]), per(val[len(train) - 1])
+    epoch_est = default_steps * step_s + full_eval["val"] * val_batch_s
+    final_est = full_eval["val"] * per(val[-1]) + full_eval["test"] * per(test[-1])
+    seeds = len(params.seed_list)
+    stage = warmup + seeds * (spec.epochs * epoch_est + final_est)
+    row: dict = {
+        "variant": name, "dataset": spec.dataset, "loop": os.environ.get("RNNLAB_CUDA_LOOP"),
+        "warmup_seconds": round(warmup, 2),
+        "epochs_timed": len(train), "default_epochs": spec.epochs, "seeds": seeds,
+        "measured": [{k: round(v, 3) if isinstance(v, float) else v for k, v in p.items()}
+                     for p in passes],
+        "default_steps": default_steps, "default_eval_batches": full_eval,
+        "ms_per_step": round(step_s * 1e3, 3),
+        "epoch_seconds_extrapolated": round(epoch_est, 2),
+        "final_eval_seconds_extrapolated": round(final_est, 2),
+        "stage_seconds_extrapolated": round(stage, 1),
+        "capped": {"steps": train[-1]["batches"] < default_steps,
+                   "val": val[-1]["batches"] < full_eval["val"],
+                   "test": test[-1]["batches"] < full_eval["test"]},
+        "train_loss": [round(r["train_loss"], 6) for r in result.history],
+        "val": {k: round(v, 6) for k, v in result.val.items()},
+    }
+    if device.type == "cuda":
+        row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    print(f"[epochs {elapsed():5.0f} s] {name:18s} warm-up {warmup:.1f} s, "
+          f"{row['ms_per_step']:.2f} ms/step, epoch ~{epoch_est:.1f} s, stage "
+          f"~{stage:.0f} s, val {row['val']}", flush=True)
+    del model
+    return row
+
+
+# ----------------------------------------------------------------------------------- main
+
+def versions(keras_path: Path | None) -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available()
+           else None}
+    for name in ("triton", "jax", "jaxlib"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    dists = metadata.distributions(path=[str(keras_path)]) if keras_path else []
+    out |= {d.metadata["Name"]: d.version for d in dists
+            if d.metadata["Name"] in ("keras", "namex", "optree")}
+    return out
+
+
+def compare(report: dict, path: Path) -> dict:
+    """This run's val metrics beside another run's on the same data (the CPU path's)."""
+    other = {r["variant"]: r for r in json.loads(path.read_text()).get("epochs", [])
+             if "val" in r}
+    out = {"file": str(path)}
+    for row in report["epochs"]:
+        if row["variant"] in other and "val" in row and not any(row["capped"].values()):
+            theirs = other[row["variant"]]["val"]
+            out[row["variant"]] = {
+                "val_here": row["val"], "val_there": theirs,
+                "abs_diff": {k: round(abs(v - theirs[k]), 6)
+                             for k, v in row["val"].items() if k in theirs}}
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jena", type=Path, required=True,
+    parser.add_argument("--jena", type=Path, default=PREPARED / "data",
                         help="a folder holding jena/ and jena_windows/ (data/prepared)")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--variants", nargs="*", help="default: every torch variant")
-    parser.add_argument("--no-tests", action="store_true")
-    parser.add_argument("--no-epochs", action="store_true",
-                        help="skip the default epochs: tests and graphs against step by step")
+    parser.add_argument("--keras-path", type=Path, default=PREPARED / "keras",
+                        help="unpacked keras, namex, optree, put on the worker's PYTHONPATH")
+    parser.add_argument("--keras-python", default=sys.executable,
+                        help="the Python of the Keras worker (one with jax)")
+    parser.add_argument("--parts", nargs="+", default=["tests", "steps", "epochs"],
+                        choices=["tests", "steps", "epochs"])
+    parser.add_argument("--tests", nargs="+",
+                        default=["tests/test_cuda.py", "tests/test_persistent.py"])
+    parser.add_argument("--tests-timeout-s", type=float, default=200.0,
+                        help="tests: stop them (recorded as timed out) after this long")
+    parser.add_argument("--variants", nargs="+", help="default: every torch variant")
+    parser.add_argument("--rounds", type=int, default=3, help="steps: interleaved rounds")
+    parser.add_argument("--round-steps", type=int, default=20,
+                        help="steps: training steps per round and side")
+    parser.add_argument("--no-keras", action="store_true", help="steps: ours only")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs: epochs timed")
+    parser.add_argument("--steps", type=int,
+                        help="epochs: cap on the training steps of a timed epoch")
+    parser.add_argument("--eval-batches", type=int, default=200,
+                        help="epochs: cap on validation/test batches per pass")
+    parser.add_argument("--full", nargs="*", default=list(FULL),
+                        help="epochs: variants timed uncapped and first (their val metrics "
+                             "are compared); empty: none")
     parser.add_argument("--eval-batch-size", type=int,
                         help="instead of train.eval_batch_size (validation and test batches)")
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--batch-size", type=int,
+                        help="dry runs only: instead of the training batch of 128 (Keras "
+                             "stays at 128)")
+    parser.add_argument("--budget-s", type=float, default=420.0,
+                        help="start no new test run, variant or part after this many seconds")
+    parser.add_argument("--compare", type=Path,
+                        help="another run's JSON (default: cpu_reference.json beside --jena)")
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run")
+    parser.add_argument("--out", type=Path, help="the JSON report (docs/gpu.json)")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench_gpu: no CUDA device here")
-    device = torch.device("cuda")
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_gpu: no CUDA device here (--device cpu for a dry run)")
     params = load_params(ROOT / "params.yaml")
     if args.eval_batch_size:
         params = dataclasses.replace(params, train=dataclasses.replace(
             params.train, eval_batch_size=args.eval_batch_size))
-    report: dict = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(device),
-                    "cudnn": torch.backends.cudnn.version(),
-                    "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32,
-                             "cudnn": torch.backends.cudnn.allow_tf32},
-                    "eval_batch_size": params.train.eval_batch_size}
-    print(json.dumps(report), flush=True)
-    if not args.no_tests:
-        report["tests"] = run_tests()
+    if args.batch_size:
+        params = dataclasses.replace(
+            params, jena=dataclasses.replace(params.jena, batch_size=args.batch_size),
+            imdb=dataclasses.replace(params.imdb, batch_size=args.batch_size))
+    keras_path = args.keras_path if args.keras_path.is_dir() else None
     names = args.variants or [n for n, m in params.models.items() if ARCHITECTURES[m.arch].torch]
+    full = [n for n in (args.full or []) if n in names]
+    report: dict = {
+        "card": torch.cuda.get_device_name(device) if device.type == "cuda" else
+        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "device": str(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(sys.argv), "budget_s": args.budget_s,
+        "versions": versions(keras_path),
+        "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32,
+                 "cudnn": torch.backends.cudnn.allow_tf32},
+        "eval_batch_size": params.train.eval_batch_size, "batch_size": params.jena.batch_size,
+        "method": {
+            "steps": "ms per training step (batch 128: forward, loss, backward, RMSprop): "
+                     "median over interleaved rounds of a round's mean step; ours one host "
+                     "sync per round, Keras timed per batch inside fit() (speed_worker.py)",
+            "epochs": "one default epoch per variant under RNNLAB_CUDA_LOOP=auto after an "
+                      "untimed warm-up; stage = warm-up + seeds x (epochs x (steps x "
+                      "measured step + validation batches x measured batch) + final val + "
+                      "test): every stage is extrapolated from epochs_timed epochs, and "
+                      "from capped parts where `capped` says so; process start, imports, "
+                      "tracking and model files are not counted",
+        },
+        "skipped": [],
+    }
+    print(json.dumps({k: report[k] for k in ("card", "versions", "tf32")}), flush=True)
+    write_json(args.out, report)
+
+    def over(part: str, what: str) -> bool:
+        if elapsed() <= args.budget_s:
+            return False
+        report["skipped"].append({"part": part, "what": what,
+                                  "reason": f"budget: {elapsed():.0f} s > {args.budget_s:.0f} s"})
+        return True
+
+    if "tests" in args.parts and not over("tests", " ".join(args.tests)):
+        report["tests"] = run_tests(args.tests, timeout=args.tests_timeout_s)
+        print(f"[tests {elapsed():5.0f} s] {report['tests']['summary']} "
+              f"({report['tests']['seconds']} s)", flush=True)
+        write_json(args.out, report)
+
     with tempfile.TemporaryDirectory() as tmp:
-        imdb = random_imdb(Path(tmp) / "imdb", params.imdb.maxlen, params.imdb.max_features + 2)
-        report["variants"] = []
-        for name in ([] if args.no_epochs else names):
+        imdb = Path(tmp) / "imdb"
+        if any(params.variant(n).dataset == "imdb" for n in names) and \
+                {"steps", "epochs"} & set(args.parts):
+            random_imdb(imdb, params.imdb.maxlen, params.imdb.max_features + 2)
+        data = Data(params, args.jena, imdb)
+
+        if "steps" in args.parts:
+            keras = None if args.no_keras else KerasJax(args.keras_python, keras_path)
+            report["steps"], report["fastest_loop"] = [], {}
             try:
-                report["variants"].append(time_variant(params, name, args.jena, imdb,
-                                                       args.epochs, device))
-            except Exception as e:  # noqa: BLE001 - report it and go on with the others
-                print(f"{name}: {type(e).__name__}: {e}", flush=True)
-                report["variants"].append({"variant": name, "error": f"{type(e).__name__}: {e}"})
-    report["graphs_vs_step_by_step"] = []
-    for name in names:
-        spec = params.variant(name)
-        if spec.recurrent_dropout > 0:
-            try:
-                report["graphs_vs_step_by_step"].append(step_times(params, name, args.jena,
-                                                                   device))
-            except Exception as e:  # noqa: BLE001
-                print(f"{name} (graphs): {type(e).__name__}: {e}", flush=True)
-    for half in ("jena", "imdb"):
-        rows = [r for r in report["variants"]
-                if "error" not in r and params.variant(r["variant"]).dataset == half]
-        report[f"{half}_training_stages_seconds"] = round(
-            sum(r["stage_seconds_extrapolated"] for r in rows), 1)
-    print(json.dumps({k: v for k, v in report.items() if k.endswith("_seconds")}), flush=True)
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+                for name in names:
+                    if over("steps", name):
+                        continue
+                    try:
+                        report["steps"].append(step_times(params, name, data, device, keras,
+                                                          args.rounds, args.round_steps))
+                    except Exception as e:  # noqa: BLE001 - report it, go on with the others
+                        print(f"{name} (steps): {error_text(e)}", flush=True)
+                        report["steps"].append({"variant": name, "error": error_text(e)})
+                    report["fastest_loop"] = {r["variant"]: r["fastest_loop"]
+                                              for r in report["steps"] if "fastest_loop" in r}
+                    write_json(args.out, report)
+            finally:
+                if keras is not None:
+                    keras.close()
+            print("[steps] fastest loop per variant: " + ", ".join(
+                f"{v} {loop}" for v, loop in report["fastest_loop"].items()), flush=True)
+
+        if "epochs" in args.parts:
+            os.environ["RNNLAB_CUDA_LOOP"] = "auto"
+            report["epochs"] = []
+            for name in full + [n for n in names if n not in full]:
+                if over("epochs", name):
+                    continue
+                uncapped = name in full
+                try:
+                    report["epochs"].append(time_variant(
+                        params, name, data, device, args.epochs,
+                        None if uncapped else args.steps,
+                        None if uncapped else args.eval_batches))
+                except Exception as e:  # noqa: BLE001
+                    print(f"{name} (epochs): {error_text(e)}", flush=True)
+                    report["epochs"].append({"variant": name, "error": error_text(e)})
+                report["jena_data"] = {"source": data.source, "csv_md5": data.md5}
+                write_json(args.out, report)
+            halves = {}
+            for half in ("jena", "imdb"):
+                want = [n for n in names if params.variant(n).dataset == half]
+                rows = [r for r in report["epochs"] if r["variant"] in want and "error" not in r]
+                halves[half] = {
+                    "training_stages_seconds_extrapolated": round(
+                        sum(r["stage_seconds_extrapolated"] for r in rows), 1),
+                    "stages": {r["variant"]: r["stage_seconds_extrapolated"] for r in rows},
+                    "missing": [n for n in want if n not in {r["variant"] for r in rows}]}
+            report["halves"] = halves
+            report["accuracy"] = {r["variant"]: r["val"] for r in report["epochs"]
+                                  if r["variant"] in full and "val" in r}
+            reference = args.compare or args.jena / "cpu_reference.json"
+            if reference.is_file() and reference.resolve() != (args.out or Path()).resolve():
+                report["compare"] = compare(report, reference)
+            print("[epochs] halves (s): " + json.dumps(
+                {h: v["training_stages_seconds_extrapolated"] for h, v in halves.items()}),
+                flush=True)
+    write_json(args.out, report)
+    print(f"bench_gpu: done in {elapsed():.0f} s"
+          + (f"; skipped {len(report['skipped'])}" if report["skipped"] else ""), flush=True)
 
 
 if __name__ == "__main__":
