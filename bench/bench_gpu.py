@@ -18,7 +18,9 @@ part) starts, and ``skipped`` lists what did not run. The parts, in this order
    and seconds; a failure is recorded and the run goes on).
 2. ``steps``: per torch variant of params.yaml, ms per training step at batch 128
    (forward, loss, backward, RMSprop) of our model under ``RNNLAB_CUDA_LOOP`` = cudnn,
-   persistent and auto (set between rounds: it is read at every layer call), and of the
+   persistent and auto (set between rounds: it is read at every layer call), auto with
+   the whole step replayed as one CUDA graph (``auto+graph``: engine._GraphedStep, what
+   ``RNNLAB_CUDA_GRAPH_STEP=1`` makes ``fit`` use), and of the
    lecture's Keras 3 model on the JAX backend (XLA; bench/keras_lecture.py in a
    bench/speed_worker.py process, ``KERAS_BACKEND=jax``, ``XLA_PYTHON_CLIENT_PREALLOCATE=
    false``), in ``--rounds`` interleaved rounds whose order rotates; per side the median
@@ -88,6 +90,7 @@ from rnnlab.nn import recurrent  # noqa: E402
 from rnnlab.nn.models import build_model  # noqa: E402
 from rnnlab.nn.recurrent import prepare_native  # noqa: E402
 from rnnlab.tools.params import ARCHITECTURES, load_params  # noqa: E402
+from rnnlab.training import engine  # noqa: E402
 from rnnlab.training.engine import TrainConfig, fit  # noqa: E402
 from rnnlab.training.seeds import seed_everything  # noqa: E402
 from rnnlab.training.tasks import ImdbTask, build_task  # noqa: E402
@@ -95,6 +98,7 @@ from rnnlab.training.tasks import ImdbTask, build_task  # noqa: E402
 PREPARED = ROOT / "bench" / ".cache" / "gpu"          # bench/gpu_prepare.sh's default
 IMDB_COUNTS = {"train": 20_000, "val": 5_000, "test": 25_000}
 LOOPS = ("cudnn", "persistent", "auto")               # RNNLAB_CUDA_LOOP values timed
+GRAPH = "auto+graph"     # auto, the whole step one CUDA graph (RNNLAB_CUDA_GRAPH_STEP=1)
 KERAS = "keras_jax"
 FULL = ("gru_dropout", "gru_stacked")                 # the accuracy target's variants
 WARMUP_STEPS = 3
@@ -246,25 +250,30 @@ def step_times(params, name: str, data: Data, device: torch.device, keras: Keras
     clear_cuda(device)
     task, _ = data.task(name)
     model = build(params, name, task, device).train()
-    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
+    # capturable: the same update, its step count on the device, so the GRAPH side can
+    # capture it (engine._GraphedStep, what RNNLAB_CUDA_GRAPH_STEP=1 makes fit use)
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7,
+                              capturable=device.type == "cuda")
+    warmup = max(WARMUP_STEPS, engine._GraphedStep.WARM + 1)
     batches = [(x.to(device), y.to(device))
-               for x, y in task.train_batches(1, steps + WARMUP_STEPS, params.seed)]
+               for x, y in task.train_batches(1, steps + warmup, params.seed)]
+    plain = engine._TrainStep(model, task, opt, None)
+    graphed = engine._GraphedStep(plain, device) if device.type == "cuda" else None
 
-    def train(batch_list) -> None:
+    def train(batch_list, side: str = "") -> None:
+        step = graphed if side == GRAPH and graphed is not None else plain
         for x, y in batch_list:
-            opt.zero_grad(set_to_none=True)
-            task.loss(model(x), y).backward()
-            opt.step()
+            step(x, y)
 
-    sides = [*LOOPS, *([KERAS] if keras else [])]
+    sides = [*LOOPS, *([GRAPH] if graphed is not None else []), *([KERAS] if keras else [])]
     times: dict[str, list[float]] = {s: [] for s in sides}
     errors: dict[str, str] = {}
     saved = os.environ.get("RNNLAB_CUDA_LOOP")
     try:
-        for loop in LOOPS:                       # warm-up: Triton compiles, graph captures
-            os.environ["RNNLAB_CUDA_LOOP"] = loop
+        for loop in [s for s in sides if s != KERAS]:   # warm-up: compiles, captures
+            os.environ["RNNLAB_CUDA_LOOP"] = "auto" if loop == GRAPH else loop
             try:
-                train(batches[:WARMUP_STEPS])
+                train(batches[:warmup], loop)
                 sync(device)
             except Exception as e:  # noqa: BLE001 - record it, time the other sides
                 errors[loop] = error_text(e)
@@ -278,10 +287,10 @@ def step_times(params, name: str, data: Data, device: torch.device, keras: Keras
                         batch_s = keras.ask(name, steps)
                         times[side].append(statistics.mean(batch_s) * 1e3)
                         continue
-                    os.environ["RNNLAB_CUDA_LOOP"] = side
+                    os.environ["RNNLAB_CUDA_LOOP"] = "auto" if side == GRAPH else side
                     sync(device)
                     began = time.perf_counter()
-                    train(batches[WARMUP_STEPS:])
+                    train(batches[warmup:], side)
                     sync(device)
                     times[side].append((time.perf_counter() - began) / steps * 1e3)
                 except (Exception, SystemExit) as e:  # noqa: BLE001
@@ -293,7 +302,7 @@ def step_times(params, name: str, data: Data, device: torch.device, keras: Keras
             os.environ["RNNLAB_CUDA_LOOP"] = saved
     ms = {s: round(statistics.median(t), 3) for s, t in times.items() if t}
     row: dict = {"variant": name, "ms": ms, "rounds": rounds, "steps": steps}
-    ours = {s: v for s, v in ms.items() if s in LOOPS}
+    ours = {s: v for s, v in ms.items() if s in (*LOOPS, GRAPH)}
     if ours:
         best = min(ours, key=ours.get)
         row |= {"fastest_loop": best, "best_ours_ms": ours[best]}
