@@ -194,6 +194,8 @@ def test_persistent_training_is_deterministic(task, arch, kw):
 def test_every_other_jena_architecture_trains_on_cuda(task, arch, kw):
     result = _fit(task, arch, **kw)
     assert np.isfinite(result.val["mae"]) and np.isfinite(result.test["mae"])
+    # fit put the matrix on the GPU once, and the windows were gathered there
+    assert all(w.features.is_cuda for w in task.windows.values())
 
 
 @pytest.mark.parametrize("arch,kw", [

@@ -293,3 +293,28 @@ def test_a_checkpoint_write_that_fails_mid_run_keeps_the_training(task, tmp_path
         f"train: could not write the checkpoint {ckpt} after epoch {e}" for e in (2, 3)]
     assert all(line.endswith("; training goes on without it") for line in logged)
     assert not list(tmp_path.glob(".*.part"))                 # no temp file left
+
+
+def test_a_task_on_its_device_gives_the_same_batches_and_training():
+    """``to_device`` (what ``fit`` does on a GPU): the windows are gathered from the copy on
+    the device, the same batches and the same training as from the host's."""
+    import copy
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(0, 1, (900, 4)).astype(np.float32)
+    spec = make_window_spec(n_rows=900, lookback=60, step=6, delay=6, target_index=1,
+                            splits={"train": (0, 500), "val": (501, 700), "test": (701, None)})
+    host = JenaTask(features, spec, batch_size=16)
+    device = copy.deepcopy(host)
+    device.to_device(torch.device("cpu"))
+    assert device.windows["val"].features is device.windows["train"].features   # one copy
+    for (x1, y1), (x2, y2) in zip(host.train_batches(1, 4, 3), device.train_batches(1, 4, 3)):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert np.array_equal(host.training_rows(), device.training_rows())
+    results = []
+    for task in (host, device):
+        seed_everything(5)
+        model = build_model(ModelSpec(dataset="jena", arch="gru", epochs=1, units=(8,)), 4, 10)
+        results.append(fit(model, task, TrainConfig(epochs=1, steps_per_epoch=4, seed=5),
+                           torch.device("cpu"), progress=False))
+    assert results[0].val == results[1].val

@@ -173,10 +173,11 @@ class JenaWindows:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def to(self, device: torch.device) -> JenaWindows:
-        """The matrix (23.5 MB for the full Jena file) on ``device``: batches are then
-        gathered there, and only their row numbers cross from the host."""
-        self.features = self.features.to(device)
+    def to(self, device: torch.device, features: torch.Tensor | None = None) -> JenaWindows:
+        """The matrix (23.5 MB for the full Jena file) on ``device`` (or ``features``, the
+        same matrix already there: the splits share one copy): batches are then gathered
+        there, and only their row numbers cross from the host."""
+        self.features = features if features is not None else self.features.to(device)
         self._offsets = self._offsets.to(device)
         self._target = self._target.to(device)
         return self

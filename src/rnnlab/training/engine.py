@@ -116,7 +116,7 @@ def evaluate(model: nn.Module, task: Task, split: str, device: torch.device,
     # Filled in place: small tensors kept between the batches' large freed buffers would
     # fragment the heap (a validation pass held 1.4 GB of RSS that way).
     # On a GPU the outputs stay there until the last batch: one copy back, not one a batch.
-    outputs, targets = torch.empty(n, device=device), torch.empty(n)
+    outputs, targets = torch.empty(n, device=device), torch.empty(n, device=device)
     done = 0
     bar = tqdm(task.eval_batches(split, max_batches), total=batches, disable=not progress,
                desc=f"{desc} {split}".strip(), file=sys.stderr, leave=False, mininterval=1.0)
@@ -125,7 +125,7 @@ def evaluate(model: nn.Module, task: Task, split: str, device: torch.device,
         targets[done:done + len(y)] = y
         done += len(y)
     bar.close()
-    return task.metrics(outputs[:done].cpu(), targets[:done])
+    return task.metrics(outputs[:done].cpu(), targets[:done].cpu())
 
 
 def _duration(seconds: float) -> str:
@@ -304,6 +304,8 @@ def _fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device
          on_epoch: Callable[[int, dict[str, float]], None] | None, progress: bool, desc: str,
          threads: ThreadTuner | FixedThreads | None, epochs_after: int) -> FitResult:
     model.to(device)
+    if device.type == "cuda" and hasattr(task, "to_device"):
+        task.to_device(device)     # the data once on the GPU: batches are gathered there
     graphed = graph_step_enabled(device)
     if config.rmsprop == "keras2":
         # capturable: its step count stays on the device, so a graph can hold the update

@@ -55,6 +55,13 @@ class JenaTask:
         self.target_std = target_std
         self.n_inputs, self.timesteps = features.shape[1], spec.timesteps
 
+    def to_device(self, device: torch.device) -> None:
+        """The normalized matrix on ``device`` (one copy for the three splits): ``fit``
+        does this on a GPU, where each batch is then gathered."""
+        features = self.windows["train"].features.to(device)
+        for windows in self.windows.values():
+            windows.to(device, features)
+
     def train_batches(self, epoch: int, steps: int | None, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
         return self.windows["train"].epoch_batches(epoch, steps, self.batch_size, seed)
 
@@ -74,7 +81,7 @@ class JenaTask:
     def training_rows(self) -> np.ndarray:
         """The rows the training windows read, (n, 14): what MLflow records as the input."""
         lo, hi = self.spec.train
-        return self.windows["train"].features[lo - self.spec.lookback:hi].numpy()
+        return self.windows["train"].features[lo - self.spec.lookback:hi].cpu().numpy()
 
 
 class ImdbTask:
@@ -98,10 +105,15 @@ class ImdbTask:
         self.eval_batch_size = eval_batch_size or batch_size
         self.n_inputs, self.timesteps = vocab_size, self.data["train"][0].shape[1]
 
+    def to_device(self, device: torch.device) -> None:
+        """The word ids and labels on ``device`` (100 MB at the lecture's sizes): ``fit``
+        does this on a GPU, where each batch is then indexed."""
+        self.data = {split: (x.to(device), y.to(device)) for split, (x, y) in self.data.items()}
+
     def train_batches(self, epoch: int, steps: int | None, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
         x, y = self.data["train"]
         for rows in shuffled_batches(np.arange(len(y)), epoch, steps, self.batch_size, seed):
-            idx = torch.from_numpy(rows)
+            idx = torch.from_numpy(rows).to(x.device, non_blocking=True)
             yield x[idx].long(), y[idx]
 
     def eval_batches(self, split: str, max_batches: int | None) -> Iterator[tuple[Tensor, Tensor]]:
@@ -126,7 +138,7 @@ class ImdbTask:
                 "auc": roc_auc(targets.numpy() > 0.5, outputs.numpy())}
 
     def training_rows(self) -> np.ndarray:
-        return self.data["train"][0].numpy()
+        return self.data["train"][0].cpu().numpy()
 
 
 class TfidfTask:
