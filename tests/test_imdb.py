@@ -174,7 +174,7 @@ def test_prepare_builds_the_vocabulary_on_training_reviews_only(tarball, tmp_pat
 
 def test_reading_tokenized_keeps_one_object_per_word(tarball, tmp_path):
     """With ``words``, read_reviews gives the reviews cleaned, with tokenize's words, and
-    each word as one str object however often it occurs (the real corpus: 12 million words
+    each word as one str object however often it occurs (the real corpus: 11 million words
     of about 100,000 distinct ones, 700 MB as a str each)."""
     path, md5 = tarball
     raw = tmp_path / "raw"
