@@ -431,3 +431,56 @@ def test_initial_weights_do_not_depend_on_the_thread_count():
         torch.set_num_threads(before)
     for a, b in zip(*drawn):
         assert torch.equal(a, b)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("size", [2, 3, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_fused_relu_maxpool_equals_relu_then_maxpool1d(size, dtype):
+    """conv_gru's ReLU + MaxPool1d in one C++ pass: the same values and gradients as
+    PyTorch's ReLU then MaxPool1d, bit for bit, with ties (zeros after the ReLU, equal
+    positive maxima), NaNs, and a length the pool does not divide."""
+    from rnnlab.nn import fused
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 8 * size - 1, dtype=dtype)
+    x[0, 0, :size] = -1.0                               # a window of zeros after the ReLU
+    x[0, 1, :size] = 2.0                                # equal positive maxima
+    x[1, 2, 1] = float("nan")
+    x[2, 3, 0] = x[2, 3, size - 1] = float("nan")      # two: the last takes the gradient
+    grad = torch.randn(6, 4, 7, dtype=dtype)
+    results = []
+    for pool in (lambda t: torch.nn.functional.max_pool1d(torch.relu(t), size),
+                 lambda t: fused.relu_maxpool(t, size)):
+        leaf = x.clone().requires_grad_()
+        out = pool(leaf)
+        out.backward(grad)
+        results.append((out.detach(), leaf.grad))
+    (want, want_grad), (got, got_grad) = results
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())
+    assert torch.equal(got_grad, want_grad)
+
+
+def test_conv_gru_with_the_fused_front_trains_as_with_pytorch_ops(monkeypatch):
+    """The conv front with the C++ ReLU + pool (the default on the CPU) against the same
+    model with PyTorch's ReLU and max (the front's path where the C++ build is missing):
+    one training step's loss and gradients, bit for bit."""
+    import copy
+
+    import rnnlab.nn.models as models_module
+    spec = ModelSpec(dataset="jena", arch="conv_gru", epochs=1, units=(8,), conv_filters=6,
+                     conv_kernel=3, pool_size=3, dropout=0.1, recurrent_dropout=0.3)
+    torch.manual_seed(0)
+    model = build_model(spec, n_features=5, timesteps=40)
+    x, y = torch.randn(9, 40, 5), torch.randn(9)
+    grads = []
+    for fused_front in (True, False):
+        if not fused_front:
+            monkeypatch.setattr(models_module, "_use_fused", lambda t: False)
+        copy_ = copy.deepcopy(model)
+        torch.manual_seed(1)
+        loss = torch.nn.functional.l1_loss(copy_(x), y)
+        loss.backward()
+        grads.append([loss.detach()] + [p.grad for p in copy_.parameters()])
+    for got, want in zip(*grads):
+        assert torch.equal(got, want)

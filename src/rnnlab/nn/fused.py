@@ -417,6 +417,27 @@ def layer(cell: str, x: Tensor, w_ih: Tensor, b_ih: Tensor, w_hh: Tensor, b_hh: 
     return _Layer.apply(x, w_ih, b_ih, w_hh, b_hh, mask, cell, relu, return_sequences)
 
 
+class _ReluMaxPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, size: int) -> Tensor:
+        out, idx = _require().relu_maxpool_forward(x, size)
+        ctx.save_for_backward(idx)
+        ctx.steps, ctx.size = x.size(-1), size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (idx,) = ctx.saved_tensors
+        return _require().relu_maxpool_backward(grad, idx, ctx.steps, ctx.size), None
+
+
+def relu_maxpool(x: Tensor, size: int) -> Tensor:
+    """``max_pool1d(relu(x), size)`` (stride = size, floor mode) over the last axis in one
+    pass, forward and backward (conv_gru's front): the same values and gradients, bit for
+    bit (tests/test_models.py), where PyTorch's CPU ops took a sixth of the step."""
+    return _ReluMaxPool.apply(x, size)
+
+
 # ---------------------------------------------------------------- time-major entry points
 def _time_major(cell: str, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask_h: Optional[Tensor],
                 relu: bool, return_sequences: bool) -> Tensor:
