@@ -250,10 +250,8 @@ def step_times(params, name: str, data: Data, device: torch.device, keras: Keras
     clear_cuda(device)
     task, _ = data.task(name)
     model = build(params, name, task, device).train()
-    # capturable: the same update, its step count on the device, so the GRAPH side can
-    # capture it (engine._GraphedStep, what RNNLAB_CUDA_GRAPH_STEP=1 makes fit use)
-    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7,
-                              capturable=device.type == "cuda")
+    # fit's own RMSprop (what the GRAPH side captures, as RNNLAB_CUDA_GRAPH_STEP=1 does)
+    opt = engine.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
     warmup = max(WARMUP_STEPS, engine._GraphedStep.WARM + 1)
     batches = [(x.to(device), y.to(device))
                for x, y in task.train_batches(1, steps + warmup, params.seed)]

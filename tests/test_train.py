@@ -318,3 +318,69 @@ def test_a_task_on_its_device_gives_the_same_batches_and_training():
         results.append(fit(model, task, TrainConfig(epochs=1, steps_per_epoch=4, seed=5),
                            torch.device("cpu"), progress=False))
     assert results[0].val == results[1].val
+
+
+@pytest.mark.parametrize("form", ["keras2", "keras3"])
+def test_rmsprop_equals_torch_optim_and_keras3_form(form):
+    """engine.RMSprop: ``keras2`` bit for bit torch.optim.RMSprop (what fit used before),
+    ``keras3`` bit for bit the tf.keras form written out (p -= lr g / sqrt(v + eps)); its
+    state_dict round-trips, and torch.optim's loads into it."""
+    from rnnlab.training.engine import RMSprop
+    torch.manual_seed(0)
+    weights = [torch.randn(6, 5), torch.randn(7)]
+    grads = [[torch.randn_like(w) * s for w in weights] for s in (1.0, 1e-3, 1e-5, 0.0, 2.0)]
+    ours = [torch.nn.Parameter(w.clone()) for w in weights]
+    opt = RMSprop(ours, lr=1e-3, alpha=0.9, eps=1e-7, form=form)
+    if form == "keras2":
+        ref = [torch.nn.Parameter(w.clone()) for w in weights]
+        ref_opt = torch.optim.RMSprop(ref, lr=1e-3, alpha=0.9, eps=1e-7)
+    else:
+        ref, avg = [w.clone() for w in weights], [torch.zeros_like(w) for w in weights]
+    for step in grads:
+        for p, g in zip(ours, step):
+            p.grad = g.clone()
+        opt.step()
+        if form == "keras2":
+            for p, g in zip(ref, step):
+                p.grad = g.clone()
+            ref_opt.step()
+        else:
+            for w, v, g in zip(ref, avg, step):
+                v.mul_(0.9).addcmul_(g, g, value=0.1)
+                w.addcdiv_(g, (v + 1e-7).sqrt(), value=-1e-3)
+    for mine, theirs in zip(ours, ref):
+        assert torch.equal(mine.detach(), theirs.detach())
+    again = RMSprop([torch.nn.Parameter(w.clone()) for w in weights], lr=1e-3, alpha=0.9,
+                    eps=1e-7, form=form)
+    again.load_state_dict(opt.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(again.square_avg, opt.square_avg))
+    if form == "keras2":
+        again.load_state_dict(ref_opt.state_dict())
+        assert all(torch.equal(a, b) for a, b in zip(again.square_avg, opt.square_avg))
+
+
+def test_a_training_stage_never_imports_torch_dynamo():
+    """torch.optim's first use imports torch._dynamo (141 MiB of resident memory); fit's
+    own RMSprop does not, so a training process stays without it."""
+    import subprocess
+    import sys
+    code = """
+import sys
+import numpy as np
+import torch
+from rnnlab.data.windows import make_window_spec
+from rnnlab.nn.models import ModelSpec, build_model
+from rnnlab.training.engine import TrainConfig, fit
+from rnnlab.training.tasks import JenaTask
+features = np.random.default_rng(0).normal(size=(600, 3)).astype(np.float32)
+spec = make_window_spec(n_rows=600, lookback=30, step=3, delay=3, target_index=1,
+                        splits={"train": (0, 300), "val": (301, 450), "test": (451, None)})
+task = JenaTask(features, spec, batch_size=16)
+model = build_model(ModelSpec(dataset="jena", arch="gru", epochs=1, units=(4,)), 3, 10)
+fit(model, task, TrainConfig(epochs=1, steps_per_epoch=3, seed=1), torch.device("cpu"),
+    progress=False)
+print("torch._dynamo" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False"
