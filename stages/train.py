@@ -9,7 +9,6 @@ from rnnlab.data.jena import JenaParams
 from rnnlab.lecture.experiment import Outputs, train_variant
 from rnnlab.nn.schema import load_models, variant_spec
 from rnnlab.training.params import TrainParams
-from rnnlab.training.process import keep_freed_buffers
 from rnnlab.training.seeds import RunParams
 
 from _params import read_params, run_stage
@@ -18,7 +17,6 @@ DATA_PARAMS = {"jena": JenaParams, "imdb": ImdbParams}
 
 
 def main() -> None:
-    keep_freed_buffers()   # before torch starts its threads: they share one malloc arena
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("variant")
     parser.add_argument("--prepared", type=Path, required=True)

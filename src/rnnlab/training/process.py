@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import torch
 
 # glibc's mallopt parameters and defaults (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _KEPT_MMAP_THRESHOLD = 32 * 1024 * 1024       # glibc's largest on 64-bit
 _KEPT_TRIM_THRESHOLD = 1024 * 1024 * 1024
 
@@ -61,18 +61,10 @@ def keep_freed_buffers() -> bool:
     again, so there is no default to go back to (setting them back to 128 KiB, tried first,
     made every later step fault its pages in: 2x slower than glibc's defaults). ``fit``
     calls it; a stage's process has nothing else to run afterwards.
-
-    It also keeps every thread that has not yet allocated on glibc's main arena. Each
-    thread otherwise gets an arena of its own, which keeps its own freed buffers apart, so
-    how much a run held depended on which thread freed what: four runs of the same
-    ``train@imdb_lstm_reversed`` peaked at 873 to 1,038 MiB; with one arena, 791 and 833,
-    at the same 7.0-7.1 s per epoch (``stages/train.py`` calls this first, before torch
-    starts its threads).
     """
     mallopt = _mallopt()
     if mallopt is None:
         return False
     mallopt(_M_MMAP_THRESHOLD, _KEPT_MMAP_THRESHOLD)
     mallopt(_M_TRIM_THRESHOLD, _KEPT_TRIM_THRESHOLD)
-    mallopt(_M_ARENA_MAX, 1)
     return True
