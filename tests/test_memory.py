@@ -45,19 +45,18 @@ def test_the_lecture_s_runs_fit_a_small_machine():
 @pytest.mark.parametrize("case, numbers, keys, message", [
     ("units: [100000]",
      JENA_GRU | {"params": 30_004_900_001, "layers": [(100_000, 3, 240)]}, JENA_KEYS,
-     "train@gru would need about 723.0 GB, 600.1 GB of it for the weights (30,004,900,001 "
+     "train@gru would need about 661.6 GB, 600.1 GB of it for the weights (30,004,900,001 "
      "parameters x 5 float32 copies), but this machine has 21.3 GB available (MemAvailable); "
      "lower models.gru.units"),
     ("jena.batch_size: 10000000", JENA_GRU | {"batch": 10_000_000}, JENA_KEYS,
-     "train@gru would need about 3.3 TB, 3.1 TB of it for the activations (batch 10,000,000 x "
-     "(32 units x 240 steps x 10) float32), but this machine has 21.3 GB available "
+     "train@gru would need about 1.8 TB, 1.5 TB of it for the activations (batch 10,000,000 x "
+     "(32 units x 240 steps x 5) float32), but this machine has 21.3 GB available "
      "(MemAvailable); lower jena.batch_size, jena.lookback or models.gru.units"),
     ("imdb.maxlen: 1000000000",
      IMDB_LSTM | {"timesteps": 10**9, "layers": [(32, 4, 10**9)],
                   "array_bytes": imdb_array_bytes(reviews=50_000, maxlen=10**9)}, IMDB_KEYS,
-     "train@gru would need about 415.0 TB, 213.0 TB of it for the activations (batch 128 x "
-     "(32 units x 1,000,000,000 steps x 13) float32), but this machine has 21.3 GB available "
-     "(MemAvailable); lower imdb.maxlen, imdb.batch_size or models.lstm.units"),
+     "train@gru would need about 300.4 TB, 200.0 TB of it for the prepared arrays, but this "
+     "machine has 21.3 GB available (MemAvailable); lower imdb.maxlen"),
     ("train.steps_per_epoch: 1000000000", JENA_GRU | {"steps_per_epoch": 10**9}, JENA_KEYS,
      "train@gru would need about 2.0 TB, 2.0 TB of it for the epoch's order (128,000,115,520 "
      "int64 row indices: steps_per_epoch 1,000,000,000 x batch 128, drawn up front), but this "
@@ -142,7 +141,7 @@ def test_the_estimate_is_within_a_factor_of_two_of_a_measured_peak(tmp_path):
                               eval_batch=512, eval_examples=max(val, test),
                               array_bytes=jena_array_bytes(n_rows=9000, features=14,
                                                            windows=train + val + test))
-    assert estimate.bytes > 200e6                   # well above the measurement's noise
+    assert estimate.bytes > 100e6                   # well above the measurement's noise
     assert 0.5 < measured["grew"] / estimate.bytes < 2.0, (measured["grew"], estimate.bytes)
 
 

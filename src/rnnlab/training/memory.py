@@ -141,11 +141,12 @@ def estimate_bytes(*, params: int, layers: Sequence[tuple[int, int, int]], batch
       pass.
     - training batch: (B, T, features) of ``input_itemsize`` plus the (B, T) int64 index a
       window batch is gathered with (an IMDB batch is gathered by rows: over by its ids).
-    - activations: per layer ``(3 max(gates, 1) + 1) x width x steps x B`` float32: a
-      recurrent layer keeps its input projection (G x width per step), the gates and
-      states of every step, and its backward pass allocates their gradients (measured
-      9.2-9.8 for a GRU, 12.7 for an LSTM: 3G + 1 = 10 and 13); a dense layer, 4 (its
-      output, the ReLU's, their gradients).
+    - activations: per recurrent layer ``(gates + 2) x width x steps x B`` float32: its
+      gates and states of every step kept for the backward, which allocates the gates'
+      gradients (measured 4.3 for a GRU with the C++ lane kernels, the GRU(64) at batch
+      512 of tests/test_memory.py, 2026-12-06: G + 2 = 5; 9.2-9.8 with the kernels
+      before them, when 3G + 1 was the rule; the LSTM's G + 2 = 6 not remeasured); a dense
+      layer, 4 (its output, the ReLU's, their gradients).
     - evaluation (instead of the training step, never beside it): (E, T, features) plus
       its index, per layer ``(max(gates, 1) + 1) x width x steps x E`` float32 (no
       gradients: measured 3.2 for a GRU, 4.2 for an LSTM), and the outputs and targets of
@@ -165,7 +166,7 @@ def estimate_bytes(*, params: int, layers: Sequence[tuple[int, int, int]], batch
     e = min(eval_batch, eval_examples)
     dtype = {4: "float32", 8: "int64", 2: "float16", 1: "uint8"}.get(input_itemsize,
                                                                      f"{input_itemsize}-byte")
-    width = sum(w * s * (3 * max(g, 1) + 1) for w, g, s in layers)
+    width = sum(w * s * _train_copies(g) for w, g, s in layers)
     eval_width = sum(w * s * (max(g, 1) + 1) for w, g, s in layers)
     units = sum(w for w, _, _ in layers)
     weights = Part(f"the weights ({params:,} parameters x {4 + optimizer_slots} float32 copies)",
@@ -194,9 +195,16 @@ def estimate_bytes(*, params: int, layers: Sequence[tuple[int, int, int]], batch
     return Estimate((weights, arrays, order, *phase), keys)
 
 
+def _train_copies(gates: int) -> int:
+    """Float32 (width x steps x B) copies a layer holds while training: a recurrent layer
+    gates + 2, a dense one (gates 0) 4."""
+    return gates + 2 if gates > 0 else 4
+
+
 def _layers(layers: Sequence[tuple[int, int, int]], *, train: bool) -> str:
-    """``32 units x 240 steps x 10`` per layer, joined by ``+``."""
-    return " + ".join(f"{w:,} units x {s:,} steps x {3 * max(g, 1) + 1 if train else max(g, 1) + 1}"
+    """``32 units x 240 steps x 5`` per layer, joined by ``+``."""
+    return " + ".join(f"{w:,} units x {s:,} steps x "
+                      f"{_train_copies(g) if train else max(g, 1) + 1}"
                       for w, g, s in layers) or "none"
 
 
