@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -111,8 +112,9 @@ def rss(field):
 try:                                   # the peak so far back to what is in use now
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+    cleared = True
 except OSError:
-    pass
+    cleared = False
 base = rss("VmRSS")
 n = 9000
 features = np.random.default_rng(0).normal(size=(n, 14)).astype(np.float32)
@@ -123,7 +125,10 @@ model = build_model(ModelSpec(dataset="jena", arch="gru", epochs=1, units=(64,))
 prepare_native(model, torch.device("cpu"))
 fit(model, task, TrainConfig(epochs=1, steps_per_epoch=2, seed=1), torch.device("cpu"),
     checkpoint=Path(sys.argv[1]), progress=False)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# The high-water mark since clear_refs (getrusage's ru_maxrss also counts what the imports
+# peaked at before ``base``: with TRITON_INTERPRET=1 in pytest's environment that was 350
+# MB of "growth", reproducibly, though this process never imports triton)
+peak = rss("VmHWM") if cleared else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"grew": peak - base, "windows": [spec.count(s) for s in ("train", "val", "test")]}))
 """
 
@@ -131,8 +136,14 @@ print(json.dumps({"grew": peak - base, "windows": [spec.count(s) for s in ("trai
 def test_the_estimate_is_within_a_factor_of_two_of_a_measured_peak(tmp_path):
     """A GRU(64) on batches of 512 windows of 240 x 14, two steps, an evaluation and a
     checkpoint, in a fresh process: its growth (``getrusage`` peak over the RSS before)."""
+    # A fresh process with only the environment it needs: after the Triton interpreter ran
+    # in this worker (tests/test_persistent.py), or with TRITON_INTERPRET=1 in pytest's own
+    # environment, the same fit measured 350-707 MB of growth instead of 135-170 (reproduced;
+    # dropping TRITON_* and PYTEST_* alone did not help; the cause is not found).
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "PYTHONPATH", "XDG_CACHE_HOME", "TMPDIR")
+           if k in os.environ}
     out = subprocess.run([sys.executable, "-c", MEASURE, str(tmp_path / "c.pt")],
-                         capture_output=True, text=True, timeout=300, check=True)
+                         capture_output=True, text=True, timeout=300, check=True, env=env)
     measured = json.loads(out.stdout.splitlines()[-1])
     train, val, test = measured["windows"]
     spec = ModelSpec(dataset="jena", arch="gru", epochs=1, units=(64,))
