@@ -49,11 +49,7 @@ calls = {"gru": 0, "lstm": 0, "rnn": 0}    # launches by cell: a test checks a p
 
 def available() -> bool:
     """Triton is importable and can run here: on a CUDA tensor, or in its interpreter."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available() or interpreting()
+    return unavailable_reason() is None
 
 
 def interpreting() -> bool:
@@ -100,7 +96,7 @@ def forward(cell: str, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask: Optional[Te
     hs = gi.new_empty(directions, steps if keep_all else 1, batch, hidden)
     saved = gi.new_empty(directions, steps, batch, SAVED[cell] * hidden) \
         if save and SAVED[cell] else hs
-    grid = (triton_cdiv(batch, BLOCK_B), directions)
+    grid = (-(-batch // BLOCK_B), directions)
     _kernels()[cell][0][grid](gi, w_hh, b_hh, mask if mask is not None else hs, hs, saved,
                               batch, steps, RELU=relu, HAS_MASK=mask is not None, SAVE=save,
                               SEQ=return_sequences, **_launch_args(hidden))
@@ -118,7 +114,7 @@ def backward(cell: str, grad: Tensor, w_hh: Tensor, mask: Optional[Tensor], hs: 
     gates = GATES[cell]
     dg = hs.new_empty(directions, steps, batch, gates * hidden)
     dhn = hs.new_empty(directions, steps, batch, hidden) if cell == "gru" else dg
-    grid = (triton_cdiv(batch, BLOCK_B), directions)
+    grid = (-(-batch // BLOCK_B), directions)
     _kernels()[cell][1][grid](grad.contiguous(), w_hh, mask if mask is not None else hs, hs,
                               saved if saved is not None else hs, dg, dhn, batch, steps,
                               RELU=relu, HAS_MASK=mask is not None, SEQ=return_sequences,
@@ -193,10 +189,6 @@ def _compile_here(capability: int, hidden: int, steps: int) -> list[dict]:
                                "spills": sum(int(n) for n in spills),
                                "shared": int(compiled.metadata.shared)})
     return report
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 class Recurrence(torch.autograd.Function):

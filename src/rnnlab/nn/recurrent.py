@@ -382,18 +382,21 @@ class RecurrentLayer(nn.Module):
             if pad:
                 xf = torch.nn.functional.pad(xf, (0, pad))
             return self._recur_cpp(xf.contiguous(), mask_h, relu, batch)
-        if mask_x is not None:
-            x = x * mask_x[:, None, :]                            # same mask at every step
         if path == "torch":
-            return self._torch_loop(x, relu)
-        # Input projections of all steps in one matmul, time-major for the loop.
-        gi = project(x.transpose(0, 1), self.weight_ih_l0, self.bias_ih_l0)    # (T, B, G*H)
+            return self._torch_loop(_masked_input(x, mask_x), relu)
+        gi = self._projected(x, mask_x)                                       # (T, B, G*H)
         if path == "persistent":
             from rnnlab.nn import persistent
             out = persistent.recurrence(self.cell, gi, self.weight_hh_l0, self.bias_hh_l0,
                                         mask_h, relu, self.return_sequences)
             return out.transpose(0, 1) if self.return_sequences else out
         return self._recur(gi, mask_h, relu)
+
+    def _projected(self, x: Tensor, mask_x: Tensor | None) -> Tensor:
+        """The input projections of every step of x (B, T, I), the input mask applied, in
+        one product, time-major for the loop: (T, B, G*H)."""
+        return project(_masked_input(x, mask_x).transpose(0, 1), self.weight_ih_l0,
+                       self.bias_ih_l0)
 
     def path(self, x: Tensor, state_mask: bool) -> str:
         """Which code runs the time loop over ``x`` (the table in the module docstring):
@@ -514,6 +517,11 @@ class RecurrentLayer(nn.Module):
                 f"recurrent_dropout={self.recurrent_dropout}, activation={self.activation}")
 
 
+def _masked_input(x: Tensor, mask_x: Tensor | None) -> Tensor:
+    """x (B, T, I) times the input mask (B, I), the same at every step."""
+    return x if mask_x is None else x * mask_x[:, None, :]
+
+
 def both_directions(forward: RecurrentLayer, backward: RecurrentLayer, x: Tensor
                     ) -> tuple[Tensor, Tensor] | None:
     """A bidirectional layer's two directions (``backward`` reading ``x`` reversed) in one
@@ -527,9 +535,7 @@ def both_directions(forward: RecurrentLayer, backward: RecurrentLayer, x: Tensor
     gis, masks = [], []
     for layer, seq in ((forward, x), (backward, x.flip(1))):
         mask_x, mask_h = layer._masks(seq, None)
-        if mask_x is not None:
-            seq = seq * mask_x[:, None, :]
-        gis.append(project(seq.transpose(0, 1), layer.weight_ih_l0, layer.bias_ih_l0))
+        gis.append(layer._projected(seq, mask_x))
         masks.append(mask_h)
     stacked = lambda name: torch.stack([getattr(forward, name), getattr(backward, name)])
     out = persistent.recurrences(
