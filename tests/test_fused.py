@@ -172,6 +172,35 @@ def test_deterministic_and_thread_count_independent(cell, isa):
             assert torch.equal(a, b_)
 
 
+@pytest.mark.parametrize("shape", [(6, 8, 320), (96, 14, 1000), (5, 3, 37), (128, 32, 4099)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_product_is_exact_to_rounding_and_the_same_bits_on_any_thread_count(shape, dtype,
+                                                                              isa):
+    """``fused.product`` (the input projections) against a float64 product, and the same
+    bits on 1, 2 and 3 threads: MKL's sgemm gave a (6 x 8) @ (8 x 320) product 1e-6 apart
+    on one thread and two on an AVX2 machine. Part-filled last vectors (37, 4099 columns)
+    and fewer columns than one task's group (37) included."""
+    m, k, n = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    w, x = torch.randn(m, k, generator=g, dtype=dtype), torch.randn(k, n, generator=g,
+                                                                     dtype=dtype)
+    b = torch.randn(m, generator=g, dtype=dtype)
+    exact = torch.addmm(b[:, None].double(), w.double(), x.double())
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            runs.append(fused.product(w, x, b))
+    finally:
+        torch.set_num_threads(before)
+    assert fused.last_isa() == isa
+    atol = (1e-5 if dtype == torch.float32 else 1e-12) * float(exact.abs().max())
+    torch.testing.assert_close(runs[0].double(), exact, rtol=0, atol=atol)
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+    torch.testing.assert_close(fused.product(w, x) + b[:, None], runs[0], rtol=0, atol=atol)
+
+
 @pytest.mark.parametrize("cell,relu", [("gru", False), ("gru", True), ("lstm", False),
                                        ("rnn", False), ("rnn", True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -298,10 +298,16 @@ def _note(ctx, cell: str, relu: bool, return_sequences: bool) -> None:
     ctx.relu, ctx.return_sequences = bool(relu), bool(return_sequences)
 
 
+def product(w: Tensor, x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """w (M, K) @ x (K, N) + bias (M): the same bits for any thread count (a GEMM library's
+    product is not: MKL's split a (6 x 8) @ (8 x 320) product differently on one thread and
+    two on an AVX2 machine, and the training engine's thread tuner changes the count)."""
+    return _require().product(w, x, bias, _isa_code())
+
+
 def _project(x: Tensor, w_ih: Tensor, b_ih: Tensor) -> Tensor:
     """gi (G*H, T, Bp) = w_ih @ x + b_ih for x (I, T, Bp): every step in one product."""
-    return torch.addmm(b_ih[:, None], w_ih, x.reshape(x.size(0), -1)).view(
-        -1, x.size(1), x.size(2))
+    return product(w_ih, x.reshape(x.size(0), -1), b_ih).view(-1, x.size(1), x.size(2))
 
 
 class _Recurrence(torch.autograd.Function):

@@ -240,24 +240,35 @@ class _Projection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
         ctx.save_for_backward(x, w)
-        return torch.nn.functional.linear(x, w, b).contiguous()
+        return _linear(x, w, b)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, w = ctx.saved_tensors
         g2 = grad.reshape(-1, grad.size(-1))                        # (rows, G*H)
-        grad_x = (grad @ w) if ctx.needs_input_grad[0] else None
+        grad_x = _linear(grad, w.t(), None) if ctx.needs_input_grad[0] else None
         grad_w = (g2.double().t() @ x.reshape(-1, x.size(-1)).double()).to(w.dtype) \
             if ctx.needs_input_grad[1] else None
         grad_b = g2.double().sum(0).to(w.dtype) if ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b
 
 
+def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """``x @ w.T + b`` (..., I) -> (..., O), contiguous. On the CPU with the C++ extension,
+    its product, whose bits do not depend on the thread count (a GEMM library's do)."""
+    if _use_fused(x) and w.dtype == x.dtype:
+        from rnnlab.nn import fused
+        rows = x.reshape(-1, x.size(-1))
+        out = fused.product(w, rows.t(), b).t()
+        return out.contiguous().view(*x.shape[:-1], w.size(0))
+    return torch.nn.functional.linear(x, w, b).contiguous()
+
+
 def project(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
     """The input projection of every time step in one product: (..., I) -> (..., G*H)."""
     if not torch.is_grad_enabled() or not (x.requires_grad or w.requires_grad
                                            or b.requires_grad):
-        return torch.nn.functional.linear(x, w, b).contiguous()
+        return _linear(x, w, b)
     return _Projection.apply(x, w, b)
 
 

@@ -598,6 +598,39 @@ void input_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t G, int6
   for (int64_t j = 0; j < G; ++j) db[j] = lane_sum<T>(dbl[j]);
 }
 
+// ================================================================= plain products
+// out (M, N) = w (M, K) @ x (K, N) (+ bias (M)), columns c0 .. c0 + nvec * kLanes: each
+// column vector's rows summed over k in order, then the bias added, so a column's result
+// depends on nothing but its own inputs (not on the thread that runs it or on where a split
+// falls, as a GEMM library's do). wp: w packed by pack_rows in tiles of 8; xs (K) and os
+// (M) are the caller's scratch. A part-filled last vector is read and written lane by lane.
+template <typename T>
+void product_cols(int64_t c0, int64_t nvec, int64_t M, int64_t K, int64_t N, const T* wp,
+                  const T* x, const T* bias, T* out, V<T>* xs, V<T>* os) {
+  for (int64_t v = 0; v < nvec; ++v) {
+    const int64_t c = c0 + v * kLanes, nc = std::min<int64_t>(kLanes, N - c);
+    if (nc <= 0) return;
+    for (int64_t k = 0; k < K; ++k) {
+      if (nc == kLanes) {
+        xs[k] = ld(x + k * N + c);
+      } else {
+        V<T> part = {};
+        for (int64_t l = 0; l < nc; ++l) part[l] = x[k * N + c + l];
+        xs[k] = part;
+      }
+    }
+    rows_product<T, 8>(wp, M, K, xs, os);
+    for (int64_t m = 0; m < M; ++m) {
+      const V<T> r = bias ? os[m] + bias[m] : os[m];
+      if (nc == kLanes) {
+        st(out + m * N + c, r);
+      } else {
+        for (int64_t l = 0; l < nc; ++l) out[m * N + c + l] = r[l];
+      }
+    }
+  }
+}
+
 // ================================================================= embedding tables
 // The gradient of a projected embedding table P (V, G) read in token order (gi[:, t, b] =
 // P[ids[t * Bp + b]]), columns g0 .. g0 + gn of dP (V, G), from the block-major dgi

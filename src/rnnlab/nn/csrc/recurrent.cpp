@@ -428,6 +428,47 @@ std::vector<at::Tensor> input_backward(const at::Tensor& dgi_, const at::Tensor&
   return {dx, dw, db};
 }
 
+// out (M, N) = w (M, K) @ x (K, N) + bias (M) (bias optional), the same bits for any
+// thread count: the columns go to threads in fixed groups of kLanes-wide vectors and each
+// column is summed in one order (product_cols). MKL's sgemm split a (6 x 8) @ (8 x 320)
+// product differently on one thread and two on an AVX2 machine (results 1e-6 apart), so
+// a model's outputs, and then its training, depended on the thread count.
+at::Tensor product(const at::Tensor& w_, const at::Tensor& x_,
+                   const std::optional<at::Tensor>& bias_, int64_t isa) {
+  TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+  g_last_isa = isa;
+  TORCH_CHECK(w_.dim() == 2 && x_.dim() == 2 && w_.size(1) == x_.size(0),
+              "product: w (M, K) and x (K, N)");
+  TORCH_CHECK(w_.scalar_type() == x_.scalar_type(), "product: w and x must share a dtype");
+  auto w = w_.contiguous();
+  auto x = x_.contiguous();
+  const int64_t M = w.size(0), K = w.size(1), N = x.size(1);
+  at::Tensor bias;
+  if (bias_.has_value() && bias_->defined()) {
+    bias = bias_->contiguous();
+    TORCH_CHECK(bias.numel() == M && bias.scalar_type() == x.scalar_type(),
+                "product: bias must hold M values of x's dtype");
+  }
+  auto out = at::empty({M, N}, x.options());
+  constexpr int64_t kGroup = 16;   // vectors per task
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "product", [&] {
+    std::vector<scalar_t> packed(M * K);
+    RNNLAB_WITH_ISA(isa, ([&] {
+      pack_rows(w.data_ptr<scalar_t>(), 1, M, K, 8, packed.data());
+      const int64_t nvec = (N + kLanes - 1) / kLanes;
+      const int64_t groups = (nvec + kGroup - 1) / kGroup;
+      const scalar_t* pb = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
+      for_blocks(groups, [&](int64_t g) {
+        LaneBuf<scalar_t> xs(K), os(M);
+        product_cols<scalar_t>(g * kGroup * kLanes, kGroup, M, K, N, packed.data(),
+                               x.data_ptr<scalar_t>(), pb, out.data_ptr<scalar_t>(),
+                               xs.data(), os.data());
+      });
+    })())
+  });
+  return out;
+}
+
 // The gradient dP (V, G) of a projected embedding table P (V, G) whose rows a forward
 // gathered as gi[:, t, b] = P[order[t * Bp + b]], from the block-major dgi (blocks, T, G,
 // lanes) of the instruction set `isa`. Threads split the columns (a fixed split) and each
@@ -548,6 +589,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rnn_backward", &rnn_backward, "Elman RNN backward -> (dgi, dw_hh, db_hh)");
   m.def("input_backward", &input_backward,
         "input projection backward (dgi blocks, x, w_ih, need_dx, isa) -> (dx, dw_ih, db_ih)");
+  m.def("product", &product,
+        "w (M, K) @ x (K, N) + bias (M or None), the same bits for any thread count");
   m.def("table_grad", &table_grad, "gradient of a gathered projected table -> dP (V, G)");
   m.def("relu_maxpool_forward", &relu_maxpool_forward,
         "ReLU then MaxPool1d (stride = size) -> [out, index of the gradient's position]");
