@@ -1,3 +1,4 @@
+import gc
 import logging
 import pickle
 import warnings
@@ -10,8 +11,9 @@ from rnnlab.core.errors import RnnlabError
 from rnnlab.data.windows import make_window_spec
 from rnnlab.nn.models import ModelSpec, build_model
 from rnnlab.training.device import resolve_device
-from rnnlab.training.engine import TrainConfig, TrainingDiverged, fit, seed_everything
+from rnnlab.training.engine import TrainConfig, TrainingDiverged, _StepLosses, fit, seed_everything
 from rnnlab.training.tasks import JenaTask
+from rnnlab.training.threads import FixedThreads
 
 N = 1500
 SPLITS = {"train": (0, 800), "val": (801, 1150), "test": (1151, None)}
@@ -152,6 +154,30 @@ def test_nan_loss_stops_with_a_clear_error(task, tmp_path):
         model.out.weight.fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match=r"epoch 1, step 1.*Set train.clip_norm"):
         run(task, model, tmp_path)
+
+
+def test_step_losses_keep_every_value_across_blocks(monkeypatch):
+    monkeypatch.setattr(_StepLosses, "BLOCK", 4)
+    losses, values = _StepLosses(torch.device("cpu")), [0.5 * i for i in range(10)]
+    for v in values:
+        losses.add(torch.tensor(v))
+    assert losses.all().tolist() == values
+
+
+def test_an_epoch_keeps_no_tensor_per_step(task):
+    """The step losses live until the epoch's end; one tensor each (500 small allocations
+    between every step's large ones) split glibc's heap: gru_dropout's stage grew to 4.4 GB
+    of RSS with 139 MB in use."""
+    live = []
+
+    class Counting(FixedThreads):
+        def step(self, seconds):
+            gc.collect()
+            live.append(sum(torch.is_tensor(o) for o in gc.get_objects()))
+
+    config = TrainConfig(epochs=1, steps_per_epoch=40, seed=11)
+    fit(make(), task, config, torch.device("cpu"), progress=False, threads=Counting(1))
+    assert len(live) == 40 and live[-1] <= live[4], live
 
 
 def test_clip_norm_bounds_each_update(task, monkeypatch):

