@@ -471,3 +471,27 @@ def test_every_instruction_set_reads_token_ids_like_the_embedding(cell, isa):
         results.append([out.detach(), *torch.autograd.grad(out.sin().sum(), params)])
     for i, (a, b) in enumerate(zip(*results)):
         _scale_close(a, b, f"{isa} {cell} tensor {i}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_projected_table_gathers_and_takes_its_gradient_by_token_each_instruction_set(
+        dtype, isa):
+    """``table_gather`` (tiles of rows transposed in registers) is a plain copy: the same
+    values as index_select on the transposed table; ``table_grad`` adds each token's gate
+    gradients into its row. Widths that fill no whole vector, and repeated ids, included."""
+    ext, code = fused._require(), fused._isa_code()
+    lanes = {"avx512": 16, "avx2": 8, "portable": 4}[isa]
+    torch.manual_seed(5)
+    for G, V, steps, Bp in [(128, 300, 37, 32), (30, 7, 3, lanes), (4, 9, 2, 2 * lanes)]:
+        table = torch.randn(V, G, dtype=dtype)
+        order = torch.randint(0, V, (steps * Bp,))
+        want = table.t().contiguous().index_select(1, order).view(G, steps, Bp)
+        assert torch.equal(ext.table_gather(table, order, steps, code), want)
+        dgi = torch.randn(Bp // lanes, steps, G, lanes, dtype=dtype)
+        per_token = dgi.permute(2, 1, 0, 3).reshape(G, steps * Bp).t().double()
+        exact = torch.zeros(V, G, dtype=torch.float64).index_add_(0, order, per_token)
+        got = ext.table_grad(dgi, order, V, code).double()
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        assert (got - exact).abs().max() <= tol * exact.abs().max(), (G, V)
+    with pytest.raises(RuntimeError, match="outside the table's 9 rows"):
+        ext.table_gather(torch.zeros(9, 4, dtype=dtype), torch.full((2 * lanes,), 9), 2, code)

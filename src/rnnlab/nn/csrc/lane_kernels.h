@@ -632,29 +632,86 @@ void product_cols(int64_t c0, int64_t nvec, int64_t M, int64_t K, int64_t N, con
 }
 
 // ================================================================= embedding tables
+// An integer vector of T's width, for __builtin_shuffle's lane indices.
+template <typename T>
+struct LaneIndex;
+template <>
+struct LaneIndex<float> {
+  typedef int32_t v __attribute__((vector_size(kLanes * 4)));
+};
+template <>
+struct LaneIndex<double> {
+  typedef int64_t v __attribute__((vector_size(kLanes * 8)));
+};
+
+// A kLanes x kLanes tile held as kLanes vectors, transposed in registers: r[i][j] becomes
+// r[j][i]. Each stage swaps one bit of the row index with the same bit of the lane index
+// (one two-source shuffle per vector), so log2(kLanes) stages in all.
+template <typename T>
+inline void transpose_tile(V<T>* r) {
+  typedef typename LaneIndex<T>::v M;
+  for (int s = kLanes / 2; s >= 1; s /= 2) {
+    M lo, hi;
+    for (int l = 0; l < kLanes; ++l) {
+      lo[l] = (l & s) ? kLanes + l - s : l;
+      hi[l] = (l & s) ? kLanes + l : l + s;
+    }
+    for (int i = 0; i < kLanes; ++i)
+      if (!(i & s)) {
+        const V<T> a = r[i], b = r[i + s];
+        r[i] = __builtin_shuffle(a, b, lo);
+        r[i + s] = __builtin_shuffle(a, b, hi);
+      }
+  }
+}
+
 // The gradient of a projected embedding table P (V, G) read in token order (gi[:, t, b] =
 // P[ids[t * Bp + b]]), columns g0 .. g0 + gn of dP (V, G), from the block-major dgi
-// (blocks, T, G, kLanes): each token's kLanes gradients of those columns are gathered from
-// its lane into one vector and added to its row. The tokens add in one order (block, step,
-// lane), whichever thread owns the columns.
+// (blocks, T, G, kLanes): a step's tile of kLanes columns x kLanes tokens is transposed in
+// registers, and each token's vector is added to its row. The tokens add in one order
+// (block, step, lane), whichever thread owns the columns.
 template <typename T>
 void table_grad_cols(int64_t g0, int64_t gn, int64_t nblk, int64_t steps, int64_t G,
                      int64_t Bp, const T* dgi, const int64_t* ids, T* dpt) {
+  V<T> r[kLanes];
   for (int64_t blk = 0; blk < nblk; ++blk)
     for (int64_t t = 0; t < steps; ++t) {
       const T* tile = dgi + (blk * steps + t) * G * kLanes + g0 * kLanes;
       const int64_t* tok = ids + t * Bp + blk * kLanes;
-      for (int64_t l = 0; l < kLanes; ++l) {
-        T* dst = dpt + tok[l] * G + g0;
-        if (gn == kLanes) {
-          V<T> col;
-          for (int k = 0; k < kLanes; ++k) col[k] = tile[k * kLanes + l];
-          st(dst, ld(dst) + col);
-        } else {
-          for (int64_t k = 0; k < gn; ++k) dst[k] += tile[k * kLanes + l];
+      if (gn == kLanes) {
+        for (int k = 0; k < kLanes; ++k) r[k] = ld(tile + k * kLanes);
+        transpose_tile<T>(r);
+        for (int l = 0; l < kLanes; ++l) {
+          T* dst = dpt + tok[l] * G + g0;
+          st(dst, ld(dst) + r[l]);
         }
+      } else {
+        for (int l = 0; l < kLanes; ++l)
+          for (int64_t k = 0; k < gn; ++k) dpt[tok[l] * G + g0 + k] += tile[k * kLanes + l];
       }
     }
+}
+
+// The forward's side of it: gi (G, T, Bp) with gi[:, t, b] = P[ids[t * Bp + b]] for the
+// steps t0 .. t0 + tn of block blk, kLanes rows of P at a time transposed in registers
+// into kLanes vectors of gi. A plain copy: every value is P's own.
+template <typename T>
+void table_gather_steps(int64_t blk, int64_t t0, int64_t tn, int64_t steps, int64_t G,
+                        int64_t Bp, const T* table, const int64_t* ids, T* gi) {
+  V<T> r[kLanes];
+  const int64_t sF = steps * Bp;
+  for (int64_t t = t0; t < t0 + tn; ++t) {
+    const int64_t* tok = ids + t * Bp + blk * kLanes;
+    T* col = gi + t * Bp + blk * kLanes;
+    int64_t g0 = 0;
+    for (; g0 + kLanes <= G; g0 += kLanes) {
+      for (int l = 0; l < kLanes; ++l) r[l] = ld(table + tok[l] * G + g0);
+      transpose_tile<T>(r);
+      for (int k = 0; k < kLanes; ++k) st(col + (g0 + k) * sF, r[k]);
+    }
+    for (; g0 < G; ++g0)
+      for (int l = 0; l < kLanes; ++l) col[g0 * sF + l] = table[tok[l] * G + g0];
+  }
 }
 
 // ================================================================= dispatch on H

@@ -500,6 +500,40 @@ at::Tensor table_grad(const at::Tensor& dgi_, const at::Tensor& order_, int64_t 
   return dpt;
 }
 
+// gi (G, T, Bp) = the rows of a projected embedding table P (V, G) in token order,
+// gi[:, t, b] = P[order[t * Bp + b]] (order: T * Bp ids, time-major, Bp a multiple of the
+// instruction set's lanes): the same values as P.t().index_select(1, order), without the
+// transposed copy of P or a scalar gather. Threads take blocks of sequences and chunks of
+// steps.
+at::Tensor table_gather(const at::Tensor& table_, const at::Tensor& order_, int64_t steps,
+                        int64_t isa) {
+  TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+  g_last_isa = isa;
+  TORCH_CHECK(table_.dim() == 2, "table must be (V, G)");
+  auto table = table_.contiguous();
+  auto order = order_.to(at::kLong).contiguous();
+  const int64_t V = table.size(0), G = table.size(1), L = kIsaLanes[isa];
+  TORCH_CHECK(steps > 0 && order.numel() % steps == 0 && (order.numel() / steps) % L == 0,
+              "order must hold steps * Bp token ids, Bp a multiple of ", L);
+  const int64_t Bp = order.numel() / steps, nblk = Bp / L;
+  const int64_t* ids = order.data_ptr<int64_t>();
+  for (int64_t n = 0; n < steps * Bp; ++n)
+    TORCH_CHECK(ids[n] >= 0 && ids[n] < V, "token id ", ids[n], " outside the table's ", V,
+                " rows");
+  auto gi = at::empty({G, steps, Bp}, table.options());
+  constexpr int64_t kSteps = 32;   // steps per task
+  const int64_t chunks = (steps + kSteps - 1) / kSteps;
+  AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "table_gather", [&] {
+    RNNLAB_WITH_ISA(isa, for_blocks(nblk * chunks, [&](int64_t task) {
+      const int64_t blk = task / chunks, t0 = (task % chunks) * kSteps;
+      table_gather_steps<scalar_t>(blk, t0, std::min<int64_t>(kSteps, steps - t0), steps, G,
+                                   Bp, table.data_ptr<scalar_t>(), ids,
+                                   gi.data_ptr<scalar_t>());
+    }))
+  });
+  return gi;
+}
+
 // conv_gru's ReLU then MaxPool1d (stride = size, floor mode) over x (rows, T) in one pass:
 // out (rows, n = T / size) = max(0, max of each window), and which position of the window
 // the gradient goes to: the first that holds a positive maximum, or kNoGrad (nothing flows
@@ -592,6 +626,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("product", &product,
         "w (M, K) @ x (K, N) + bias (M or None), the same bits for any thread count");
   m.def("table_grad", &table_grad, "gradient of a gathered projected table -> dP (V, G)");
+  m.def("table_gather", &table_gather, "a projected table's rows in token order -> gi (G, T, Bp)");
   m.def("relu_maxpool_forward", &relu_maxpool_forward,
         "ReLU then MaxPool1d (stride = size) -> [out, index of the gradient's position]");
   m.def("relu_maxpool_backward", &relu_maxpool_backward, "its gradient -> dx (..., T)");
