@@ -331,8 +331,8 @@ class _Recurrence(torch.autograd.Function):
 
 def _gathered(table: Tensor, order: Tensor, steps: int) -> Tensor:
     """gi (G*H, steps, Bp): the rows of a projected table (V, G*H) in token order, gathered
-    in C++ (tiles of rows transposed in registers: a third of ``index_select``'s time on the
-    transposed table, which also needed that transposed copy)."""
+    in C++ by tiles of rows transposed in registers (IMDB's LSTM: 6.3 ms, where
+    ``index_select`` on a transposed copy of the table took 8.4)."""
     return _require().table_gather(table, order, steps, _isa_code())
 
 
