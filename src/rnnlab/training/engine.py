@@ -268,7 +268,7 @@ class _StepLosses:
     BLOCK = 512
 
     def __init__(self, device: torch.device) -> None:
-        self.device, self.n = device, 0
+        self.device, self.n = device, 0     # n: the steps added
         self.blocks: list[Tensor] = []
 
     def add(self, loss: Tensor) -> None:
@@ -412,7 +412,7 @@ def _fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device
         torch.manual_seed(epoch_seed(config.seed, epoch))
         model.train()
         began = time.perf_counter()
-        total, count = 0.0, 0
+        total = 0.0
         batches = task.train_batches(epoch, config.steps_per_epoch, config.seed)
         bar = tqdm(batches, total=config.steps_per_epoch, desc=f"{desc} {epoch}/{config.epochs}",
                    disable=not progress, file=sys.stderr, leave=False, mininterval=1.0)
@@ -424,13 +424,12 @@ def _fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device
             step_began = time.perf_counter()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             losses.add(run_step(x, y))
-            count += 1
             if threads is not None:
                 threads.step(time.perf_counter() - step_began)
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{float(losses.all().sum()) / count:.4f}")
+                bar.set_postfix(loss=f"{float(losses.all().sum()) / losses.n:.4f}")
         bar.close()
-        if count:
+        if losses.n:
             read = losses.all().double().cpu()
             bad = (~torch.isfinite(read)).nonzero()
             if len(bad):
@@ -438,11 +437,11 @@ def _fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device
             total = float(read.sum())
         val = evaluate(model, task, "val", device, config.max_eval_batches, progress=progress,
                        desc=f"{desc} {epoch}/{config.epochs}")
-        row = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val["loss"],
+        row = {"epoch": epoch, "train_loss": total / max(losses.n, 1), "val_loss": val["loss"],
                **{f"val_{k}": v for k, v in val.items() if k != "loss"},
                "seconds": time.perf_counter() - began}
         if threads is not None:
-            row["threads"] = threads.mean_threads(count)
+            row["threads"] = threads.mean_threads(losses.n)
         history.append(row)
         value = val[task.monitor]
         if best_value is None or sign * value < sign * best_value:

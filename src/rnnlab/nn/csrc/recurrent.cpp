@@ -469,6 +469,16 @@ at::Tensor product(const at::Tensor& w_, const at::Tensor& x_,
   return out;
 }
 
+// The token ids of a table route's order (int64, contiguous), each checked to be a row of
+// a table of V rows.
+const int64_t* checked_ids(const at::Tensor& order, int64_t V) {
+  const int64_t* ids = order.data_ptr<int64_t>();
+  for (int64_t n = 0; n < order.numel(); ++n)
+    TORCH_CHECK(ids[n] >= 0 && ids[n] < V, "token id ", ids[n], " outside the table's ", V,
+                " rows");
+  return ids;
+}
+
 // The gradient dP (V, G) of a projected embedding table P (V, G) whose rows a forward
 // gathered as gi[:, t, b] = P[order[t * Bp + b]], from the block-major dgi (blocks, T, G,
 // lanes) of the instruction set `isa`. Threads split the columns (a fixed split) and each
@@ -484,10 +494,7 @@ at::Tensor table_grad(const at::Tensor& dgi_, const at::Tensor& order_, int64_t 
   const int64_t nblk = dgi.size(0), T = dgi.size(1), G = dgi.size(2), L = dgi.size(3);
   const int64_t Bp = nblk * L;
   TORCH_CHECK(order.numel() == T * Bp, "order must hold T * Bp token ids");
-  const int64_t* ids = order.data_ptr<int64_t>();
-  for (int64_t n = 0; n < T * Bp; ++n)
-    TORCH_CHECK(ids[n] >= 0 && ids[n] < V, "token id ", ids[n], " outside the table's ", V,
-                " rows");
+  const int64_t* ids = checked_ids(order, V);
   auto dpt = at::zeros({V, G}, dgi.options());
   const int64_t tasks = (G + L - 1) / L;
   AT_DISPATCH_FLOATING_TYPES(dgi.scalar_type(), "table_grad", [&] {
@@ -516,10 +523,7 @@ at::Tensor table_gather(const at::Tensor& table_, const at::Tensor& order_, int6
   TORCH_CHECK(steps > 0 && order.numel() % steps == 0 && (order.numel() / steps) % L == 0,
               "order must hold steps * Bp token ids, Bp a multiple of ", L);
   const int64_t Bp = order.numel() / steps, nblk = Bp / L;
-  const int64_t* ids = order.data_ptr<int64_t>();
-  for (int64_t n = 0; n < steps * Bp; ++n)
-    TORCH_CHECK(ids[n] >= 0 && ids[n] < V, "token id ", ids[n], " outside the table's ", V,
-                " rows");
+  const int64_t* ids = checked_ids(order, V);
   auto gi = at::empty({G, steps, Bp}, table.options());
   constexpr int64_t kSteps = 32;   // steps per task
   const int64_t chunks = (steps + kSteps - 1) / kSteps;
