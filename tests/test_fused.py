@@ -201,6 +201,37 @@ def test_product_is_exact_to_rounding_and_the_same_bits_on_any_thread_count(shap
     torch.testing.assert_close(fused.product(w, x) + b[:, None], runs[0], rtol=0, atol=atol)
 
 
+@pytest.mark.parametrize("rows,k,m", [(10_000, 32, 128), (2049, 14, 96), (37, 5, 9), (1, 3, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rows_projection_and_its_weight_gradient_the_same_bits_on_any_thread_count(
+        rows, k, m, dtype, isa):
+    """``rows_project`` (x row-major in and out, tiles of rows transposed in registers) gives
+    ``product``'s bits; ``rows_project_grad`` (the projection's weight and bias gradients,
+    rows summed in fixed parts of 1,024) is exact to rounding against float64 and the same
+    bits on 1, 2 and 3 threads. Row counts that fill no whole vector or part included."""
+    g = torch.Generator().manual_seed(rows + k)
+    x, w = torch.randn(rows, k, generator=g, dtype=dtype), torch.randn(m, k, generator=g,
+                                                                        dtype=dtype)
+    b, grad = torch.randn(m, generator=g, dtype=dtype), torch.randn(rows, m, generator=g,
+                                                                     dtype=dtype)
+    assert torch.equal(fused.rows_project(x, w, b), fused.product(w, x.t(), b).t())
+    assert torch.equal(fused.rows_project(grad, w.t()), fused.product(w.t(), grad.t()).t())
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            runs.append(fused.rows_project_grad(grad, x))
+    finally:
+        torch.set_num_threads(before)
+    assert fused.last_isa() == isa
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for got, exact in zip(runs[0], (grad.double().t() @ x.double(), grad.double().sum(0))):
+        torch.testing.assert_close(got.double(), exact, rtol=0,
+                                   atol=tol * float(exact.abs().max()))
+    assert all(torch.equal(a, b) for run in runs[1:] for a, b in zip(runs[0], run))
+
+
 @pytest.mark.parametrize("cell,relu", [("gru", False), ("gru", True), ("lstm", False),
                                        ("rnn", False), ("rnn", True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -305,6 +305,21 @@ def product(w: Tensor, x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     return _require().product(w, x, bias, _isa_code())
 
 
+def rows_project(x: Tensor, w: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """x (R, K) @ w (M, K)^T + bias (M) for a row-major x, row-major out: ``product``'s bits
+    (``product(w, x.t(), bias).t()``) with no transposed copy of x or of the result (tiles
+    of rows transposed in registers)."""
+    return _require().rows_project(x, w, bias, _isa_code())
+
+
+def rows_project_grad(g: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The weight and bias gradients of ``rows_project``: g (R, M)^T @ x (R, K) and g's
+    column sums, in x's dtype, the rows summed in fixed parts in a fixed order (the same bits
+    for any thread count)."""
+    dw, db = _require().rows_project_grad(g, x, _isa_code())
+    return dw, db
+
+
 def _project(x: Tensor, w_ih: Tensor, b_ih: Tensor) -> Tensor:
     """gi (G*H, T, Bp) = w_ih @ x + b_ih for x (I, T, Bp): every step in one product."""
     return product(w_ih, x.reshape(x.size(0), -1), b_ih).view(-1, x.size(1), x.size(2))

@@ -231,10 +231,13 @@ GATES = {"gru": 3, "lstm": 4, "rnn": 1}
 class _Projection(torch.autograd.Function):
     """``x @ w.T + b`` whose weight and bias gradients do not depend on the thread count.
 
-    Their products sum over every row of ``x`` (T*B = 25,600 for a Jena batch), and a GEMM
-    library splits so long a sum between threads: one thread and two gave gradients 3e-8
-    apart, so a queue worker (OMP_NUM_THREADS=1) and `dvc repro` drifted apart over
-    training. Summed in float64 and rounded once, the split no longer shows.
+    Their products sum over every row of ``x`` (T*B = 25,600 for a Jena batch, V = 10,000
+    for IMDB's projected table), and a GEMM library splits so long a sum between threads:
+    one thread and two gave gradients 3e-8 apart, so a queue worker (OMP_NUM_THREADS=1) and
+    `dvc repro` drifted apart over training. On the CPU with the C++ extension the rows are
+    summed in fixed parts in a fixed order (``fused.rows_project_grad``); elsewhere in
+    float64, rounded once. (The float64 sums on the CPU took 3.3 ms of an IMDB LSTM step
+    against 0.7 for the C++ ones, mostly converting the (10,000, 128) gradient twice.)
     """
 
     @staticmethod
@@ -247,20 +250,30 @@ class _Projection(torch.autograd.Function):
         x, w = ctx.saved_tensors
         g2 = grad.reshape(-1, grad.size(-1))                        # (rows, G*H)
         grad_x = _linear(grad, w.t(), None) if ctx.needs_input_grad[0] else None
-        grad_w = (g2.double().t() @ x.reshape(-1, x.size(-1)).double()).to(w.dtype) \
-            if ctx.needs_input_grad[1] else None
-        grad_b = g2.double().sum(0).to(w.dtype) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b
+        grad_w = grad_b = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            grad_w, grad_b = _weight_grads(g2, x.reshape(-1, x.size(-1)), w.dtype)
+        return (grad_x, grad_w if ctx.needs_input_grad[1] else None,
+                grad_b if ctx.needs_input_grad[2] else None)
+
+
+def _weight_grads(g: Tensor, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """g (rows, O)^T @ x (rows, I) and g's column sums, in a fixed order of the rows."""
+    if _use_fused(x) and g.dtype == x.dtype == dtype:
+        from rnnlab.nn import fused
+        return fused.rows_project_grad(g.contiguous(), x)
+    g64 = g.double()
+    return (g64.t() @ x.double()).to(dtype), g64.sum(0).to(dtype)
 
 
 def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     """``x @ w.T + b`` (..., I) -> (..., O), contiguous. On the CPU with the C++ extension,
-    its product, whose bits do not depend on the thread count (a GEMM library's do)."""
+    its product, whose bits do not depend on the thread count (a GEMM library's do), read
+    and written row-major (``fused.rows_project``)."""
     if _use_fused(x) and w.dtype == x.dtype:
         from rnnlab.nn import fused
-        rows = x.reshape(-1, x.size(-1))
-        out = fused.product(w, rows.t(), b).t()
-        return out.contiguous().view(*x.shape[:-1], w.size(0))
+        out = fused.rows_project(x.reshape(-1, x.size(-1)), w, b)
+        return out.view(*x.shape[:-1], w.size(0))
     return torch.nn.functional.linear(x, w, b).contiguous()
 
 

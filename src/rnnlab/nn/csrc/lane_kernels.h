@@ -714,6 +714,85 @@ void table_gather_steps(int64_t blk, int64_t t0, int64_t tn, int64_t steps, int6
   }
 }
 
+// ================================================================= row-major products
+// A row-major matrix m (rows, C) with its rows across the lanes: load_rows puts column c of
+// rows 0 .. rn - 1 (rn <= kLanes; lanes past rn zero) in cols[c], kLanes x kLanes tiles
+// transposed in registers; store_rows is the way back. So a product over the rows of a
+// row-major (R, C) tensor needs no transposed copy of it, in or out.
+template <typename T>
+inline void load_rows(const T* m, int64_t rn, int64_t C, V<T>* cols) {
+  V<T> r[kLanes];
+  int64_t c0 = 0;
+  if (rn == kLanes)
+    for (; c0 + kLanes <= C; c0 += kLanes) {
+      for (int l = 0; l < kLanes; ++l) r[l] = ld(m + l * C + c0);
+      transpose_tile<T>(r);
+      for (int k = 0; k < kLanes; ++k) cols[c0 + k] = r[k];
+    }
+  for (; c0 < C; ++c0) {
+    V<T> v = {};
+    for (int64_t l = 0; l < rn; ++l) v[l] = m[l * C + c0];
+    cols[c0] = v;
+  }
+}
+template <typename T>
+inline void store_rows(const V<T>* cols, int64_t rn, int64_t C, T* m) {
+  V<T> r[kLanes];
+  int64_t c0 = 0;
+  if (rn == kLanes)
+    for (; c0 + kLanes <= C; c0 += kLanes) {
+      for (int k = 0; k < kLanes; ++k) r[k] = cols[c0 + k];
+      transpose_tile<T>(r);
+      for (int l = 0; l < kLanes; ++l) st(m + l * C + c0, r[l]);
+    }
+  for (; c0 < C; ++c0)
+    for (int64_t l = 0; l < rn; ++l) m[l * C + c0] = cols[c0][l];
+}
+
+// out (rn, M) = x (rn, K) @ w^T + bias for rn <= kLanes rows, x and out row-major: each
+// value is summed over k in the order product_cols sums a column, so it equals
+// product(w, x^T, bias)'s value bit for bit. wp: w (M, K) packed by pack_rows in tiles of
+// 8; xs (K) and os (M) are the caller's scratch.
+template <typename T>
+void rows_tile_product(int64_t rn, int64_t M, int64_t K, const T* wp, const T* x,
+                       const T* bias, T* out, V<T>* xs, V<T>* os) {
+  load_rows<T>(x, rn, K, xs);
+  rows_product<T, 8>(wp, M, K, xs, os);
+  if (bias)
+    for (int64_t m = 0; m < M; ++m) os[m] = os[m] + bias[m];
+  store_rows<T>(os, rn, M, out);
+}
+
+// The weight gradient of out = x w^T + b over rows 0 .. rn - 1 of g (rn, M) and x (rn, K),
+// per lane: dwl[m * K + k] += g[r][m] x[r][k], dbl[m] += g[r][m], where lane l takes rows
+// l, l + kLanes, ... in order (kChunk tiles at a time through grad_chunk). gs (kChunk * M)
+// and xs (kChunk * K) are the caller's scratch.
+template <typename T>
+void rows_grad_part(int64_t rn, int64_t M, int64_t K, const T* g, const T* x, V<T>* gs,
+                    V<T>* xs, V<T>* dwl, V<T>* dbl) {
+  for (int64_t r0 = 0; r0 < rn; r0 += kChunk * kLanes) {
+    int n = 0;
+    for (int64_t r = r0; r < rn && r < r0 + kChunk * kLanes; r += kLanes, ++n) {
+      const int64_t tn = std::min<int64_t>(kLanes, rn - r);
+      load_rows<T>(g + r * M, tn, M, gs + n * M);
+      load_rows<T>(x + r * K, tn, K, xs + n * K);
+    }
+    grad_chunk<T>(gs, xs, n, M, K, dwl, dbl);
+  }
+}
+
+// The parts' lane vectors (parts, M * K + M: dw, then db) summed in part order, then
+// across the lanes: dw (M, K) and db (M). (Here, under the instruction set's target: a
+// vector passed by value to code built for another set changes the calling convention.)
+template <typename T>
+void rows_grad_sum(V<T>* part, int64_t parts, int64_t M, int64_t K, T* dw, T* db) {
+  const int64_t n = M * K + M;
+  for (int64_t p = 1; p < parts; ++p)
+    for (int64_t i = 0; i < n; ++i) part[i] += part[p * n + i];
+  for (int64_t i = 0; i < M * K; ++i) dw[i] = lane_sum<T>(part[i]);
+  for (int64_t m = 0; m < M; ++m) db[m] = lane_sum<T>(part[M * K + m]);
+}
+
 // ================================================================= dispatch on H
 // The lecture's hidden sizes get a compile-time H (fixed trip counts, unrolled tiles).
 #define RNNLAB_LANES_H(H, CALL)                      \

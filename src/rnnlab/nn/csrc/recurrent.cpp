@@ -428,6 +428,15 @@ std::vector<at::Tensor> input_backward(const at::Tensor& dgi_, const at::Tensor&
   return {dx, dw, db};
 }
 
+// An optional bias of M values of x's dtype, contiguous; undefined when none is given.
+at::Tensor checked_bias(const std::optional<at::Tensor>& bias_, int64_t M, const at::Tensor& x,
+                        const char* what) {
+  if (!bias_.has_value() || !bias_->defined()) return at::Tensor();
+  TORCH_CHECK(bias_->numel() == M && bias_->scalar_type() == x.scalar_type(), what,
+              ": bias must hold M values of x's dtype");
+  return bias_->contiguous();
+}
+
 // out (M, N) = w (M, K) @ x (K, N) + bias (M) (bias optional), the same bits for any
 // thread count: the columns go to threads in fixed groups of kLanes-wide vectors and each
 // column is summed in one order (product_cols). MKL's sgemm split a (6 x 8) @ (8 x 320)
@@ -443,12 +452,7 @@ at::Tensor product(const at::Tensor& w_, const at::Tensor& x_,
   auto w = w_.contiguous();
   auto x = x_.contiguous();
   const int64_t M = w.size(0), K = w.size(1), N = x.size(1);
-  at::Tensor bias;
-  if (bias_.has_value() && bias_->defined()) {
-    bias = bias_->contiguous();
-    TORCH_CHECK(bias.numel() == M && bias.scalar_type() == x.scalar_type(),
-                "product: bias must hold M values of x's dtype");
-  }
+  const at::Tensor bias = checked_bias(bias_, M, x, "product");
   auto out = at::empty({M, N}, x.options());
   constexpr int64_t kGroup = 16;   // vectors per task
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "product", [&] {
@@ -467,6 +471,80 @@ at::Tensor product(const at::Tensor& w_, const at::Tensor& x_,
     })())
   });
   return out;
+}
+
+// out (R, M) = x (R, K) @ w (M, K)^T + bias (M) for a row-major x, written row-major: the
+// same bits as product(w, x^T, bias)^T (each value summed over k in one order) without the
+// transposed copy of x going in or of out coming back. Threads take fixed groups of kLanes
+// rows, which changes no sum.
+at::Tensor rows_project(const at::Tensor& x_, const at::Tensor& w_,
+                        const std::optional<at::Tensor>& bias_, int64_t isa) {
+  TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+  g_last_isa = isa;
+  TORCH_CHECK(x_.dim() == 2 && w_.dim() == 2 && w_.size(1) == x_.size(1),
+              "rows_project: x (R, K) and w (M, K)");
+  TORCH_CHECK(w_.scalar_type() == x_.scalar_type(), "rows_project: x and w must share a dtype");
+  auto x = x_.contiguous();
+  auto w = w_.contiguous();
+  const int64_t R = x.size(0), K = x.size(1), M = w.size(0), L = kIsaLanes[isa];
+  const at::Tensor bias = checked_bias(bias_, M, x, "rows_project");
+  auto out = at::empty({R, M}, x.options());
+  constexpr int64_t kTiles = 8;   // tiles of kLanes rows per task
+  const int64_t tasks = ((R + L - 1) / L + kTiles - 1) / kTiles;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rows_project", [&] {
+    std::vector<scalar_t> packed(M * K);
+    RNNLAB_WITH_ISA(isa, ([&] {
+      pack_rows(w.data_ptr<scalar_t>(), 1, M, K, 8, packed.data());
+      const scalar_t* pb = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
+      for_blocks(tasks, [&](int64_t task) {
+        LaneBuf<scalar_t> xs(K), os(M);
+        for (int64_t r = task * kTiles * kLanes; r < std::min(R, (task + 1) * kTiles * kLanes);
+             r += kLanes)
+          rows_tile_product<scalar_t>(std::min<int64_t>(kLanes, R - r), M, K, packed.data(),
+                                      x.data_ptr<scalar_t>() + r * K, pb,
+                                      out.data_ptr<scalar_t>() + r * M, xs.data(), os.data());
+      });
+    })())
+  });
+  return out;
+}
+
+// The weight and bias gradients of out = x w^T + b: dw (M, K) = g^T x and db (M) = the sum
+// of g's rows, for row-major g (R, M) and x (R, K), in the order they are: the rows go in
+// fixed parts of kPart (parts summed per lane, then the parts in order, then the lanes), so
+// the bits depend on R and the instruction set, never on the thread count. In x's dtype:
+// float32 sums of at most kPart / kLanes terms per lane before the parts are added.
+std::vector<at::Tensor> rows_project_grad(const at::Tensor& g_, const at::Tensor& x_,
+                                          int64_t isa) {
+  TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+  g_last_isa = isa;
+  TORCH_CHECK(g_.dim() == 2 && x_.dim() == 2 && g_.size(0) == x_.size(0),
+              "rows_project_grad: g (R, M) and x (R, K)");
+  TORCH_CHECK(g_.scalar_type() == x_.scalar_type(), "rows_project_grad: g and x must share a dtype");
+  auto g = g_.contiguous();
+  auto x = x_.contiguous();
+  const int64_t R = g.size(0), M = g.size(1), K = x.size(1);
+  constexpr int64_t kPart = 1024;   // rows per part: a multiple of kChunk * kLanes
+  const int64_t parts = std::max<int64_t>(1, (R + kPart - 1) / kPart);
+  auto dw = at::empty({M, K}, x.options());
+  auto db = at::empty({M}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rows_project_grad", [&] {
+    RNNLAB_WITH_ISA(isa, ([&] {
+      const int64_t n = M * K + M;   // a part's lane vectors: dw, then db
+      LaneBuf<scalar_t> part(parts * n);
+      for_blocks(parts, [&](int64_t p) {
+        LaneBuf<scalar_t> gs(kChunk * M), xs(kChunk * K);
+        const int64_t r0 = p * kPart;
+        rows_grad_part<scalar_t>(std::max<int64_t>(0, std::min(kPart, R - r0)), M, K,
+                                 g.data_ptr<scalar_t>() + r0 * M,
+                                 x.data_ptr<scalar_t>() + r0 * K, gs.data(), xs.data(),
+                                 part.data() + p * n, part.data() + p * n + M * K);
+      });
+      rows_grad_sum<scalar_t>(part.data(), parts, M, K, dw.data_ptr<scalar_t>(),
+                              db.data_ptr<scalar_t>());
+    })())
+  });
+  return {dw, db};
 }
 
 // The token ids of a table route's order (int64, contiguous), each checked to be a row of
@@ -629,6 +707,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "input projection backward (dgi blocks, x, w_ih, need_dx, isa) -> (dx, dw_ih, db_ih)");
   m.def("product", &product,
         "w (M, K) @ x (K, N) + bias (M or None), the same bits for any thread count");
+  m.def("rows_project", &rows_project,
+        "x (R, K) @ w (M, K)^T + bias (M or None), row-major in and out, product's bits");
+  m.def("rows_project_grad", &rows_project_grad,
+        "g (R, M), x (R, K) -> [dw (M, K), db (M)], the same bits for any thread count");
   m.def("table_grad", &table_grad, "gradient of a gathered projected table -> dP (V, G)");
   m.def("table_gather", &table_gather, "a projected table's rows in token order -> gi (G, T, Bp)");
   m.def("relu_maxpool_forward", &relu_maxpool_forward,
