@@ -504,20 +504,33 @@ def test_every_instruction_set_reads_token_ids_like_the_embedding(cell, isa):
         _scale_close(a, b, f"{isa} {cell} tensor {i}")
 
 
+@pytest.mark.parametrize("cell,relu", [("gru", False), ("lstm", False), ("rnn", True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_a_projected_table_gathers_and_takes_its_gradient_by_token_each_instruction_set(
-        dtype, isa):
-    """``table_gather`` (tiles of rows transposed in registers) is a plain copy: the same
-    values as index_select on the transposed table; ``table_grad`` adds each token's gate
-    gradients into its row. Widths that fill no whole vector, and repeated ids, included."""
+def test_a_projected_table_is_read_in_token_order_and_takes_its_gradient_by_token(
+        cell, relu, dtype, isa):
+    """On the table route the forward kernels gather each step's rows of the projected table
+    themselves (tiles of rows transposed in registers): a plain copy, so the same bits as the
+    same kernels over the rows gathered beforehand (index_select on the transposed table),
+    states and saved gates in training, states in inference. ``table_grad`` adds each
+    token's gate gradients into its row. Widths that fill no whole vector (H = 6), repeated
+    ids and a recurrent mask included."""
     ext, code = fused._require(), fused._isa_code()
     lanes = {"avx512": 16, "avx2": 8, "portable": 4}[isa]
+    forward = getattr(ext, f"{cell}_forward")
     torch.manual_seed(5)
-    for G, V, steps, Bp in [(128, 300, 37, 32), (30, 7, 3, lanes), (4, 9, 2, 2 * lanes)]:
+    for H, V, steps, Bp in [(32, 300, 37, 32), (6, 7, 3, 16)]:
+        G = GATES[cell] * H
         table = torch.randn(V, G, dtype=dtype)
         order = torch.randint(0, V, (steps * Bp,))
-        want = table.t().contiguous().index_select(1, order).view(G, steps, Bp)
-        assert torch.equal(ext.table_gather(table, order, steps, code), want)
+        gi = table.t().contiguous().index_select(1, order).view(G, steps, Bp)
+        mask = (torch.rand(H, Bp) > 0.3).to(dtype) / 0.7
+        args = (torch.randn(G, H, dtype=dtype) * 0.3, torch.randn(G, dtype=dtype), mask) \
+            + (() if cell == "lstm" else (relu,))
+        for train, seq in [(True, True), (False, True), (False, False)]:
+            gathered = forward(gi, *args, train, seq, code, None, 0)
+            routed = forward(table, *args, train, seq, code, order, steps)
+            assert len(routed) == len(gathered)
+            assert all(torch.equal(a, b) for a, b in zip(routed, gathered)), (H, train, seq)
         dgi = torch.randn(Bp // lanes, steps, G, lanes, dtype=dtype)
         per_token = dgi.permute(2, 1, 0, 3).reshape(G, steps * Bp).t().double()
         exact = torch.zeros(V, G, dtype=torch.float64).index_add_(0, order, per_token)
@@ -525,4 +538,5 @@ def test_a_projected_table_gathers_and_takes_its_gradient_by_token_each_instruct
         tol = 1e-5 if dtype == torch.float32 else 1e-12
         assert (got - exact).abs().max() <= tol * exact.abs().max(), (G, V)
     with pytest.raises(RuntimeError, match="outside the table's 9 rows"):
-        ext.table_gather(torch.zeros(9, 4, dtype=dtype), torch.full((2 * lanes,), 9), 2, code)
+        forward(torch.zeros(9, G, dtype=dtype), *args, False, False, code,
+                torch.full((steps * Bp,), 9), steps)

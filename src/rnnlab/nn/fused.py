@@ -50,7 +50,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -252,28 +252,39 @@ def _last(out: Tensor, return_sequences: bool) -> Tensor:
     return out if return_sequences else out[:, -1].contiguous()
 
 
-def _train_forward(cell: str, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask: Optional[Tensor],
+Source = Union[Tensor, tuple[Tensor, Tensor, int]]   # gi, or (table, order, steps)
+
+
+def _source(gi: Source) -> tuple[Tensor, Optional[Tensor], int]:
+    """A forward's step inputs as the C++ forwards take them: gi (G, T, Bp) and no order, or
+    a projected table (V, G), the token order and the steps (the table route: the kernels
+    gather each step's rows themselves)."""
+    return (gi, None, 0) if isinstance(gi, Tensor) else gi
+
+
+def _train_forward(cell: str, gi: Source, w_hh: Tensor, b_hh: Tensor, mask: Optional[Tensor],
                    relu: bool, seq: bool, code: int) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Every h (H, T, Bp) and what the backward needs (the block-major saved gates)."""
-    ext = _require()
+    ext, (src, order, steps) = _require(), _source(gi)
     if cell == "gru":
-        out, gates = ext.gru_forward(gi, w_hh, b_hh, mask, relu, True, seq, code)
+        out, gates = ext.gru_forward(src, w_hh, b_hh, mask, relu, True, seq, code, order, steps)
         return out, (gates,)
     if cell == "lstm":
-        out, gates, cells = ext.lstm_forward(gi, w_hh, b_hh, mask, True, seq, code)
+        out, gates, cells = ext.lstm_forward(src, w_hh, b_hh, mask, True, seq, code, order,
+                                             steps)
         return out, (gates, cells)
-    (out,) = ext.rnn_forward(gi, w_hh, b_hh, mask, relu, True, seq, code)
+    (out,) = ext.rnn_forward(src, w_hh, b_hh, mask, relu, True, seq, code, order, steps)
     return out, ()
 
 
-def _infer(cell: str, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask: Optional[Tensor],
+def _infer(cell: str, gi: Source, w_hh: Tensor, b_hh: Tensor, mask: Optional[Tensor],
            relu: bool, seq: bool, code: int) -> Tensor:
-    ext = _require()
+    ext, (src, order, steps) = _require(), _source(gi)
     if cell == "gru":
-        return ext.gru_forward(gi, w_hh, b_hh, mask, relu, False, seq, code)[0]
+        return ext.gru_forward(src, w_hh, b_hh, mask, relu, False, seq, code, order, steps)[0]
     if cell == "lstm":
-        return ext.lstm_forward(gi, w_hh, b_hh, mask, False, seq, code)[0]
-    return ext.rnn_forward(gi, w_hh, b_hh, mask, relu, False, seq, code)[0]
+        return ext.lstm_forward(src, w_hh, b_hh, mask, False, seq, code, order, steps)[0]
+    return ext.rnn_forward(src, w_hh, b_hh, mask, relu, False, seq, code, order, steps)[0]
 
 
 def _train_backward(ctx, grad: Tensor, w_hh: Tensor, mask: Optional[Tensor], out: Tensor,
@@ -344,24 +355,19 @@ class _Recurrence(torch.autograd.Function):
         return _features(dgi), dw, db, None, None, None, None
 
 
-def _gathered(table: Tensor, order: Tensor, steps: int) -> Tensor:
-    """gi (G*H, steps, Bp): the rows of a projected table (V, G*H) in token order, gathered
-    in C++ by tiles of rows transposed in registers (IMDB's LSTM: 6.3 ms, where
-    ``index_select`` on a transposed copy of the table took 8.4)."""
-    return _require().table_gather(table, order, steps, _isa_code())
-
-
 class _TableRecurrence(torch.autograd.Function):
-    """The time loop over the rows of a projected embedding table P (V, G*H) gathered in
-    token order: gi[:, t, b] = P[order[t * Bp + b]]. The backward adds each token's dgi
+    """The time loop over the rows of a projected embedding table P (V, G*H) in token
+    order: step t of sequence b reads P[order[t * Bp + b]], gathered by the forward kernel
+    itself as the step begins (tiles of rows transposed in registers), so no (G*H, T, Bp)
+    tensor of gathered rows is written and read back. The backward adds each token's dgi
     into its row of dP in C++, straight from the loop's block-major dgi, in a fixed
     order."""
 
     @staticmethod
     def forward(ctx, table, order, steps, w_hh, b_hh, mask, cell, relu, return_sequences):
         _note(ctx, cell, relu, return_sequences)
-        out, store = _train_forward(cell, _gathered(table, order, steps), w_hh, b_hh, mask,
-                                    ctx.relu, ctx.return_sequences, ctx.isa)
+        out, store = _train_forward(cell, (table, order, steps), w_hh, b_hh, mask, ctx.relu,
+                                    ctx.return_sequences, ctx.isa)
         ctx.save_for_backward(order, w_hh, mask, out, *store)
         ctx.rows = table.size(0)
         return _last(out, return_sequences)
@@ -382,7 +388,7 @@ def table_recurrence(cell: str, table: Tensor, order: Tensor, steps: int, w_hh: 
     (``order``: T * Bp ids, time-major)."""
     calls[cell] += 1
     if not _wants_grad(table, w_hh, b_hh):
-        return _infer(cell, _gathered(table, order, steps), w_hh, b_hh, mask, bool(relu),
+        return _infer(cell, (table, order, steps), w_hh, b_hh, mask, bool(relu),
                       bool(return_sequences), _isa_code())
     return _TableRecurrence.apply(table, order, steps, w_hh, b_hh, mask, cell, relu,
                                   return_sequences)

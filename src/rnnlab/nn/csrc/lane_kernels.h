@@ -294,12 +294,94 @@ inline void add_grad(const T* grad, bool seq, int64_t t, int64_t steps, int64_t 
   }
 }
 
+// An integer vector of T's width, for __builtin_shuffle's lane indices.
+template <typename T>
+struct LaneIndex;
+template <>
+struct LaneIndex<float> {
+  typedef int32_t v __attribute__((vector_size(kLanes * 4)));
+};
+template <>
+struct LaneIndex<double> {
+  typedef int64_t v __attribute__((vector_size(kLanes * 8)));
+};
+
+// A kLanes x kLanes tile held as kLanes vectors, transposed in registers: r[i][j] becomes
+// r[j][i]. Each stage swaps one bit of the row index with the same bit of the lane index
+// (one two-source shuffle per vector), so log2(kLanes) stages in all.
+template <typename T>
+inline void transpose_tile(V<T>* r) {
+  typedef typename LaneIndex<T>::v M;
+  for (int s = kLanes / 2; s >= 1; s /= 2) {
+    M lo, hi;
+    for (int l = 0; l < kLanes; ++l) {
+      lo[l] = (l & s) ? kLanes + l - s : l;
+      hi[l] = (l & s) ? kLanes + l : l + s;
+    }
+    for (int i = 0; i < kLanes; ++i)
+      if (!(i & s)) {
+        const V<T> a = r[i], b = r[i + s];
+        r[i] = __builtin_shuffle(a, b, lo);
+        r[i + s] = __builtin_shuffle(a, b, hi);
+      }
+  }
+}
+
+// Step t's input projections for kLanes sequences (tokens tok[0 .. kLanes - 1]) from a
+// projected embedding table P (V, G): dst[g * ds + l] = P[tok[l]][g], kLanes rows of P at
+// a time transposed in registers into kLanes vectors. A plain copy.
+template <typename T>
+inline void gather_step(const T* table, const int64_t* tok, int64_t G, T* dst, int64_t ds) {
+  V<T> r[kLanes];
+  int64_t g0 = 0;
+  for (; g0 + kLanes <= G; g0 += kLanes) {
+    for (int l = 0; l < kLanes; ++l) r[l] = ld(table + tok[l] * G + g0);
+    transpose_tile<T>(r);
+    for (int k = 0; k < kLanes; ++k) st(dst + (g0 + k) * ds, r[k]);
+  }
+  for (; g0 < G; ++g0)
+    for (int l = 0; l < kLanes; ++l) dst[g0 * ds + l] = table[tok[l] * G + g0];
+}
+
+// Where a forward reads each step's input projections (G rows of kLanes sequences): gi
+// (G, T, Bp), made by one product before the loop; or, on the table route (table != null),
+// the rows of a projected embedding table P (V, G) for the step's tokens (ids: T * Bp,
+// time-major), gathered into the block's scratch as the step begins, so that no (G, T, Bp)
+// tensor is written and read back (IMDB's LSTM: 33 MB a direction and batch). at(t) gives
+// step t's rows, feature f's vector at at(t) + f * stride(); the values are the same.
+template <typename T>
+struct StepInput {
+  const T* gi;
+  const T* table;
+  const int64_t* ids;
+  int64_t G, Bp, b0, sF;
+  LaneBuf<T> buf;
+  StepInput(const T* gi_, const T* table_, const int64_t* ids_, int64_t G_, int64_t steps,
+            int64_t Bp_, int64_t b0_)
+      : gi(gi_), table(table_), ids(ids_), G(G_), Bp(Bp_), b0(b0_), sF(steps * Bp_),
+        buf(table_ ? G_ : 0) {}
+  int64_t stride() const { return table ? kLanes : sF; }
+  const T* at(int64_t t) {
+    if (!table) return gi + t * Bp + b0;
+    T* dst = reinterpret_cast<T*>(buf.data());
+    gather_step<T>(table, ids + t * Bp + b0, G, dst, kLanes);
+    return dst;
+  }
+  void prefetch(int64_t t) const {   // step t's rows, a step ahead
+    if (!table) return prefetch_step(gi + t * Bp + b0, G, sF, false);
+    const int64_t* tok = ids + t * Bp + b0;
+    for (int l = 0; l < kLanes; ++l)
+      for (int64_t f = 0; f < G; f += 64 / sizeof(T))
+        __builtin_prefetch(table + tok[l] * G + f, 0, 3);
+  }
+};
+
 // ================================================================= GRU
 // gates per step: [r, z, n, W_hn h + b_hn] (4H lanes). Training: out and gates are
 // written. Inference: gates == nullptr; out when the sequence is wanted, else last (H, Bp).
 template <typename T, int HC>
-void gru_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi, const T* w,
-                 const T* bhh, const T* mask, bool relu, T* out, T* gates, T* last) {
+void gru_forward(StepInput<T>& in, int64_t b0, int64_t steps, int64_t Bp, int64_t H_,
+                 const T* w, const T* bhh, const T* mask, bool relu, T* out, T* gates, T* last) {
   const int64_t H = HC > 0 ? HC : H_, sF = steps * Bp;
   constexpr int J = 4;   // 12 accumulators
   LaneBuf<T> hbuf(3 * H), m(H);
@@ -311,10 +393,11 @@ void gru_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi,
   load_mask(mask, b0, Bp, H, m.data());
   for (int64_t t = 0; t < steps; ++t) {
     for (int64_t k = 0; k < H; ++k) xin[k] = t ? h[k] * m[k] : V<T>{};
-    const T* g = gi + t * Bp + b0;
+    const T* g = in.at(t);
+    const int64_t gs = in.stride();
     T* sv = gates ? gates + t * 4 * H * kLanes : nullptr;
     if (t + 1 < steps) {
-      prefetch_step(g + Bp, 3 * H, sF, false);
+      in.prefetch(t + 1);
       if (out) prefetch_step(out + (t + 1) * Bp + b0, H, sF, true);
     }
     auto cell = [&](auto tile_j, int64_t j0) {
@@ -323,9 +406,9 @@ void gru_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi,
       gate_tile<T, 3, JJ>(wp.data() + j0 * 3 * H, H, j0, H, xin, bhh, acc);
       for (int i = 0; i < JJ; ++i) {
         const int64_t j = j0 + i;
-        const V<T> r = vsigmoid<T>(ld(g + j * sF) + acc[0][i]);
-        const V<T> z = vsigmoid<T>(ld(g + (H + j) * sF) + acc[1][i]);
-        const V<T> n = vact<T>(ld(g + (2 * H + j) * sF) + r * acc[2][i], relu);
+        const V<T> r = vsigmoid<T>(ld(g + j * gs) + acc[0][i]);
+        const V<T> z = vsigmoid<T>(ld(g + (H + j) * gs) + acc[1][i]);
+        const V<T> n = vact<T>(ld(g + (2 * H + j) * gs) + r * acc[2][i], relu);
         const V<T> hp = t ? h[j] : V<T>{};
         const V<T> hj = n + z * (hp - n);
         hn[j] = hj;
@@ -394,8 +477,8 @@ void gru_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gr
 // ================================================================= LSTM
 // gates per step: [i, f, g, o] activated (4H lanes); cells: [c, tanh c] (2H lanes).
 template <typename T, int HC>
-void lstm_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi, const T* w,
-                  const T* bhh, const T* mask, T* out, T* gates, T* cells, T* last) {
+void lstm_forward(StepInput<T>& in, int64_t b0, int64_t steps, int64_t Bp, int64_t H_,
+                  const T* w, const T* bhh, const T* mask, T* out, T* gates, T* cells, T* last) {
   const int64_t H = HC > 0 ? HC : H_, sF = steps * Bp;
   constexpr int J = kRegs >= 32 ? 4 : 2;   // 16 or 8 accumulators
   LaneBuf<T> hbuf(3 * H), c(H), m(H);
@@ -407,11 +490,12 @@ void lstm_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi
   load_mask(mask, b0, Bp, H, m.data());
   for (int64_t t = 0; t < steps; ++t) {
     for (int64_t k = 0; k < H; ++k) xin[k] = t ? h[k] * m[k] : V<T>{};
-    const T* g = gi + t * Bp + b0;
+    const T* g = in.at(t);
+    const int64_t gs = in.stride();
     T* sv = gates ? gates + t * 4 * H * kLanes : nullptr;
     T* cs = cells ? cells + t * 2 * H * kLanes : nullptr;
     if (t + 1 < steps) {
-      prefetch_step(g + Bp, 4 * H, sF, false);
+      in.prefetch(t + 1);
       if (out) prefetch_step(out + (t + 1) * Bp + b0, H, sF, true);
     }
     auto cell = [&](auto tile_j, int64_t j0) {
@@ -420,10 +504,10 @@ void lstm_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi
       gate_tile<T, 4, JJ>(wp.data() + j0 * 4 * H, H, j0, H, xin, bhh, acc);
       for (int q = 0; q < JJ; ++q) {
         const int64_t j = j0 + q;
-        const V<T> i = vsigmoid<T>(ld(g + j * sF) + acc[0][q]);
-        const V<T> f = vsigmoid<T>(ld(g + (H + j) * sF) + acc[1][q]);
-        const V<T> gg = vtanh(ld(g + (2 * H + j) * sF) + acc[2][q]);
-        const V<T> o = vsigmoid<T>(ld(g + (3 * H + j) * sF) + acc[3][q]);
+        const V<T> i = vsigmoid<T>(ld(g + j * gs) + acc[0][q]);
+        const V<T> f = vsigmoid<T>(ld(g + (H + j) * gs) + acc[1][q]);
+        const V<T> gg = vtanh(ld(g + (2 * H + j) * gs) + acc[2][q]);
+        const V<T> o = vsigmoid<T>(ld(g + (3 * H + j) * gs) + acc[3][q]);
         const V<T> cj = f * (t ? c[j] : V<T>{}) + i * gg;
         const V<T> tc = vtanh(cj);
         const V<T> hj = o * tc;
@@ -501,8 +585,8 @@ void lstm_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* g
 
 // ================================================================= Elman RNN
 template <typename T, int HC>
-void rnn_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi, const T* w,
-                 const T* bhh, const T* mask, bool relu, T* out, T* last) {
+void rnn_forward(StepInput<T>& in, int64_t b0, int64_t steps, int64_t Bp, int64_t H_,
+                 const T* w, const T* bhh, const T* mask, bool relu, T* out, T* last) {
   const int64_t H = HC > 0 ? HC : H_, sF = steps * Bp;
   constexpr int J = 8;
   LaneBuf<T> hbuf(3 * H), m(H);
@@ -514,9 +598,10 @@ void rnn_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi,
   load_mask(mask, b0, Bp, H, m.data());
   for (int64_t t = 0; t < steps; ++t) {
     for (int64_t k = 0; k < H; ++k) xin[k] = t ? h[k] * m[k] : V<T>{};
-    const T* g = gi + t * Bp + b0;
+    const T* g = in.at(t);
+    const int64_t gs = in.stride();
     if (t + 1 < steps) {
-      prefetch_step(g + Bp, H, sF, false);
+      in.prefetch(t + 1);
       if (out) prefetch_step(out + (t + 1) * Bp + b0, H, sF, true);
     }
     auto cell = [&](auto tile_j, int64_t j0) {
@@ -525,7 +610,7 @@ void rnn_forward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gi,
       gate_tile<T, 1, JJ>(wp.data() + j0 * H, H, j0, H, xin, bhh, acc);
       for (int q = 0; q < JJ; ++q) {
         const int64_t j = j0 + q;
-        const V<T> hj = vact<T>(ld(g + j * sF) + acc[0][q], relu);
+        const V<T> hj = vact<T>(ld(g + j * gs) + acc[0][q], relu);
         hn[j] = hj;
         if (out) st(out + j * sF + t * Bp + b0, hj);
       }
@@ -632,39 +717,6 @@ void product_cols(int64_t c0, int64_t nvec, int64_t M, int64_t K, int64_t N, con
 }
 
 // ================================================================= embedding tables
-// An integer vector of T's width, for __builtin_shuffle's lane indices.
-template <typename T>
-struct LaneIndex;
-template <>
-struct LaneIndex<float> {
-  typedef int32_t v __attribute__((vector_size(kLanes * 4)));
-};
-template <>
-struct LaneIndex<double> {
-  typedef int64_t v __attribute__((vector_size(kLanes * 8)));
-};
-
-// A kLanes x kLanes tile held as kLanes vectors, transposed in registers: r[i][j] becomes
-// r[j][i]. Each stage swaps one bit of the row index with the same bit of the lane index
-// (one two-source shuffle per vector), so log2(kLanes) stages in all.
-template <typename T>
-inline void transpose_tile(V<T>* r) {
-  typedef typename LaneIndex<T>::v M;
-  for (int s = kLanes / 2; s >= 1; s /= 2) {
-    M lo, hi;
-    for (int l = 0; l < kLanes; ++l) {
-      lo[l] = (l & s) ? kLanes + l - s : l;
-      hi[l] = (l & s) ? kLanes + l : l + s;
-    }
-    for (int i = 0; i < kLanes; ++i)
-      if (!(i & s)) {
-        const V<T> a = r[i], b = r[i + s];
-        r[i] = __builtin_shuffle(a, b, lo);
-        r[i + s] = __builtin_shuffle(a, b, hi);
-      }
-  }
-}
-
 // The gradient of a projected embedding table P (V, G) read in token order (gi[:, t, b] =
 // P[ids[t * Bp + b]]), columns g0 .. g0 + gn of dP (V, G), from the block-major dgi
 // (blocks, T, G, kLanes): a step's tile of kLanes columns x kLanes tokens is transposed in
@@ -690,28 +742,6 @@ void table_grad_cols(int64_t g0, int64_t gn, int64_t nblk, int64_t steps, int64_
           for (int64_t k = 0; k < gn; ++k) dpt[tok[l] * G + g0 + k] += tile[k * kLanes + l];
       }
     }
-}
-
-// The forward's side of it: gi (G, T, Bp) with gi[:, t, b] = P[ids[t * Bp + b]] for the
-// steps t0 .. t0 + tn of block blk, kLanes rows of P at a time transposed in registers
-// into kLanes vectors of gi. A plain copy: every value is P's own.
-template <typename T>
-void table_gather_steps(int64_t blk, int64_t t0, int64_t tn, int64_t steps, int64_t G,
-                        int64_t Bp, const T* table, const int64_t* ids, T* gi) {
-  V<T> r[kLanes];
-  const int64_t sF = steps * Bp;
-  for (int64_t t = t0; t < t0 + tn; ++t) {
-    const int64_t* tok = ids + t * Bp + blk * kLanes;
-    T* col = gi + t * Bp + blk * kLanes;
-    int64_t g0 = 0;
-    for (; g0 + kLanes <= G; g0 += kLanes) {
-      for (int l = 0; l < kLanes; ++l) r[l] = ld(table + tok[l] * G + g0);
-      transpose_tile<T>(r);
-      for (int k = 0; k < kLanes; ++k) st(col + (g0 + k) * sF, r[k]);
-    }
-    for (; g0 < G; ++g0)
-      for (int l = 0; l < kLanes; ++l) col[g0 * sF + l] = table[tok[l] * G + g0];
-  }
 }
 
 // ================================================================= row-major products
@@ -805,10 +835,12 @@ void rows_grad_sum(V<T>* part, int64_t parts, int64_t M, int64_t K, T* dw, T* db
 
 template <typename T>
 void gru_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* gi,
+                       const T* table, const int64_t* ids,
                        const T* w, const T* bhh, const T* mask, bool relu, T* out, T* gates,
                        T* last) {
-  RNNLAB_LANES_H(H, (gru_forward<T, HC>(b0, steps, Bp, H, gi, w, bhh, mask, relu, out,
-                                        gates, last)))
+  StepInput<T> in(gi, table, ids, 3 * H, steps, Bp, b0);
+  RNNLAB_LANES_H(H, (gru_forward<T, HC>(in, b0, steps, Bp, H, w, bhh, mask, relu, out, gates,
+                                        last)))
 }
 template <typename T>
 void gru_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* grad,
@@ -819,9 +851,11 @@ void gru_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const 
 }
 template <typename T>
 void lstm_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* gi,
+                        const T* table, const int64_t* ids,
                         const T* w, const T* bhh, const T* mask, T* out, T* gates, T* cells,
                         T* last) {
-  RNNLAB_LANES_H(H, (lstm_forward<T, HC>(b0, steps, Bp, H, gi, w, bhh, mask, out, gates,
+  StepInput<T> in(gi, table, ids, 4 * H, steps, Bp, b0);
+  RNNLAB_LANES_H(H, (lstm_forward<T, HC>(in, b0, steps, Bp, H, w, bhh, mask, out, gates,
                                          cells, last)))
 }
 template <typename T>
@@ -833,8 +867,10 @@ void lstm_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const
 }
 template <typename T>
 void rnn_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* gi,
+                       const T* table, const int64_t* ids,
                        const T* w, const T* bhh, const T* mask, bool relu, T* out, T* last) {
-  RNNLAB_LANES_H(H, (rnn_forward<T, HC>(b0, steps, Bp, H, gi, w, bhh, mask, relu, out, last)))
+  StepInput<T> in(gi, table, ids, H, steps, Bp, b0);
+  RNNLAB_LANES_H(H, (rnn_forward<T, HC>(in, b0, steps, Bp, H, w, bhh, mask, relu, out, last)))
 }
 template <typename T>
 void rnn_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* grad,

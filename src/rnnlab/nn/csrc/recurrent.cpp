@@ -167,32 +167,60 @@ std::optional<at::Tensor> contiguous_mask(const std::optional<at::Tensor>& m) {
   return std::nullopt;
 }
 
+// The token ids of a table route's order (int64, contiguous), each checked to be a row of
+// a table of V rows.
+const int64_t* checked_ids(const at::Tensor& order, int64_t V) {
+  const int64_t* ids = order.data_ptr<int64_t>();
+  for (int64_t n = 0; n < order.numel(); ++n)
+    TORCH_CHECK(ids[n] >= 0 && ids[n] < V, "token id ", ids[n], " outside the table's ", V,
+                " rows");
+  return ids;
+}
+
 // A forward's inputs, checked: gi (G*H, T, Bp), w_hh (G*H, H), b_hh (G*H), mask (H, Bp).
+// On the table route (order given) gi is a projected embedding table P (V, G*H) and step
+// t's projections are the rows P[order[t * Bp + b]] (order: steps * Bp token ids,
+// time-major), gathered by the kernels step by step.
 struct ForwardInputs {
-  at::Tensor gi, w, b;
+  at::Tensor gi, w, b, order;
   std::optional<at::Tensor> mask;
+  const int64_t* ids = nullptr;
   int64_t T, B, H, isa, nblk;
   ForwardInputs(const at::Tensor& gi_, const at::Tensor& w_hh, const at::Tensor& b_hh,
-                const std::optional<at::Tensor>& mask_, int64_t gates, int64_t isa_)
+                const std::optional<at::Tensor>& mask_, int64_t gates, int64_t isa_,
+                const std::optional<at::Tensor>& order_, int64_t steps)
       : isa(isa_) {
     TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
     g_last_isa = isa;
     TORCH_CHECK(gi_.device().is_cpu() && w_hh.device().is_cpu() && b_hh.device().is_cpu(),
                 "fused recurrences run on CPU tensors only");
-    TORCH_CHECK(gi_.dim() == 3, "gi must be (G*H, T, Bp)");
+    const bool table = order_.has_value() && order_->defined();
     H = w_hh.size(1);
     TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == gates * H, "w_hh must be (", gates,
                 "*H, H)");
-    TORCH_CHECK(gi_.size(0) == gates * H, "gi's first dim must be ", gates, "*H = ", gates * H);
+    if (table) {
+      TORCH_CHECK(gi_.dim() == 2 && gi_.size(1) == gates * H, "the table must be (V, ", gates,
+                  "*H = ", gates * H, ")");
+      TORCH_CHECK(steps > 0 && order_->numel() % steps == 0,
+                  "order must hold steps * Bp token ids");
+      T = steps;
+      B = order_->numel() / steps;
+    } else {
+      TORCH_CHECK(gi_.dim() == 3, "gi must be (G*H, T, Bp)");
+      TORCH_CHECK(gi_.size(0) == gates * H, "gi's first dim must be ", gates, "*H = ",
+                  gates * H);
+      T = gi_.size(1);
+      B = gi_.size(2);
+    }
     TORCH_CHECK(b_hh.numel() == gates * H, "b_hh must have ", gates, "*H elements");
     TORCH_CHECK(gi_.scalar_type() == w_hh.scalar_type() &&
                     gi_.scalar_type() == b_hh.scalar_type(),
                 "gi, w_hh and b_hh must share a dtype");
-    TORCH_CHECK(gi_.size(1) > 0, "need at least one time step");
-    TORCH_CHECK(gi_.size(2) % kBatchMultiple == 0, "the batch (gi's last dim, ", gi_.size(2),
-                ") must be padded to a multiple of ", kBatchMultiple);
+    TORCH_CHECK(T > 0, "need at least one time step");
+    TORCH_CHECK(B % kBatchMultiple == 0, "the batch (", B, ") must be padded to a multiple of ",
+                kBatchMultiple);
     if (mask_.has_value() && mask_->defined()) {
-      TORCH_CHECK(mask_->dim() == 2 && mask_->size(0) == H && mask_->size(1) == gi_.size(2),
+      TORCH_CHECK(mask_->dim() == 2 && mask_->size(0) == H && mask_->size(1) == B,
                   "mask_h must be (H, Bp)");
       TORCH_CHECK(mask_->scalar_type() == gi_.scalar_type(), "mask_h must have gi's dtype");
       TORCH_CHECK(mask_->device().is_cpu(), "mask_h must be a CPU tensor");
@@ -201,11 +229,16 @@ struct ForwardInputs {
     w = w_hh.contiguous();
     b = b_hh.contiguous();
     mask = contiguous_mask(mask_);
-    T = gi.size(1);
-    B = gi.size(2);
+    if (table) {
+      order = order_->to(at::kLong).contiguous();
+      ids = checked_ids(order, gi.size(0));
+    }
     nblk = B / kIsaLanes[isa];
   }
   template <typename S> const S* p(const at::Tensor& t) const { return t.data_ptr<S>(); }
+  // The kernels' step source: (gi, nullptr) or, on the table route, (nullptr, table).
+  template <typename S> const S* steps_p() const { return ids ? nullptr : p<S>(gi); }
+  template <typename S> const S* table_p() const { return ids ? p<S>(gi) : nullptr; }
   at::Tensor block_store(int64_t width) const {   // (nblk, T, width, lanes)
     return at::empty({nblk, T, width, kIsaLanes[isa]}, gi.options());
   }
@@ -216,8 +249,9 @@ struct ForwardInputs {
 std::vector<at::Tensor> gru_forward(const at::Tensor& gi_, const at::Tensor& w_hh,
                                     const at::Tensor& b_hh,
                                     const std::optional<at::Tensor>& mask_, bool relu,
-                                    bool train, bool return_sequences, int64_t isa) {
-  const ForwardInputs in(gi_, w_hh, b_hh, mask_, 3, isa);
+                                    bool train, bool return_sequences, int64_t isa,
+                                    const std::optional<at::Tensor>& order, int64_t steps) {
+  const ForwardInputs in(gi_, w_hh, b_hh, mask_, 3, isa, order, steps);
   const bool seq = train || return_sequences;
   auto out = at::empty(seq ? at::IntArrayRef{in.H, in.T, in.B} : at::IntArrayRef{in.H, in.B},
                        in.gi.options());
@@ -225,7 +259,8 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& gi_, const at::Tensor& w_h
   AT_DISPATCH_FLOATING_TYPES(in.gi.scalar_type(), "gru_forward", [&] {
     RNNLAB_WITH_ISA(isa, for_blocks(in.nblk, [&](int64_t i) {
       gru_forward_block<scalar_t>(
-          i * kLanes, in.T, in.B, in.H, in.p<scalar_t>(in.gi), in.p<scalar_t>(in.w),
+          i * kLanes, in.T, in.B, in.H, in.steps_p<scalar_t>(), in.table_p<scalar_t>(),
+          in.ids, in.p<scalar_t>(in.w),
           in.p<scalar_t>(in.b), opt_ptr<scalar_t>(in.mask), relu,
           seq ? out.data_ptr<scalar_t>() : nullptr,
           train ? gates.data_ptr<scalar_t>() + i * in.T * 4 * in.H * kLanes : nullptr,
@@ -238,8 +273,9 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& gi_, const at::Tensor& w_h
 std::vector<at::Tensor> lstm_forward(const at::Tensor& gi_, const at::Tensor& w_hh,
                                      const at::Tensor& b_hh,
                                      const std::optional<at::Tensor>& mask_, bool train,
-                                     bool return_sequences, int64_t isa) {
-  const ForwardInputs in(gi_, w_hh, b_hh, mask_, 4, isa);
+                                     bool return_sequences, int64_t isa,
+                                     const std::optional<at::Tensor>& order, int64_t steps) {
+  const ForwardInputs in(gi_, w_hh, b_hh, mask_, 4, isa, order, steps);
   const bool seq = train || return_sequences;
   auto out = at::empty(seq ? at::IntArrayRef{in.H, in.T, in.B} : at::IntArrayRef{in.H, in.B},
                        in.gi.options());
@@ -248,7 +284,8 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& gi_, const at::Tensor& w_
   AT_DISPATCH_FLOATING_TYPES(in.gi.scalar_type(), "lstm_forward", [&] {
     RNNLAB_WITH_ISA(isa, for_blocks(in.nblk, [&](int64_t i) {
       lstm_forward_block<scalar_t>(
-          i * kLanes, in.T, in.B, in.H, in.p<scalar_t>(in.gi), in.p<scalar_t>(in.w),
+          i * kLanes, in.T, in.B, in.H, in.steps_p<scalar_t>(), in.table_p<scalar_t>(),
+          in.ids, in.p<scalar_t>(in.w),
           in.p<scalar_t>(in.b), opt_ptr<scalar_t>(in.mask),
           seq ? out.data_ptr<scalar_t>() : nullptr,
           train ? gates.data_ptr<scalar_t>() + i * in.T * 4 * in.H * kLanes : nullptr,
@@ -262,15 +299,17 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& gi_, const at::Tensor& w_
 std::vector<at::Tensor> rnn_forward(const at::Tensor& gi_, const at::Tensor& w_hh,
                                     const at::Tensor& b_hh,
                                     const std::optional<at::Tensor>& mask_, bool relu,
-                                    bool train, bool return_sequences, int64_t isa) {
-  const ForwardInputs in(gi_, w_hh, b_hh, mask_, 1, isa);
+                                    bool train, bool return_sequences, int64_t isa,
+                                    const std::optional<at::Tensor>& order, int64_t steps) {
+  const ForwardInputs in(gi_, w_hh, b_hh, mask_, 1, isa, order, steps);
   const bool seq = train || return_sequences;
   auto out = at::empty(seq ? at::IntArrayRef{in.H, in.T, in.B} : at::IntArrayRef{in.H, in.B},
                        in.gi.options());
   AT_DISPATCH_FLOATING_TYPES(in.gi.scalar_type(), "rnn_forward", [&] {
     RNNLAB_WITH_ISA(isa, for_blocks(in.nblk, [&](int64_t i) {
       rnn_forward_block<scalar_t>(
-          i * kLanes, in.T, in.B, in.H, in.p<scalar_t>(in.gi), in.p<scalar_t>(in.w),
+          i * kLanes, in.T, in.B, in.H, in.steps_p<scalar_t>(), in.table_p<scalar_t>(),
+          in.ids, in.p<scalar_t>(in.w),
           in.p<scalar_t>(in.b), opt_ptr<scalar_t>(in.mask), relu,
           seq ? out.data_ptr<scalar_t>() : nullptr, seq ? nullptr : out.data_ptr<scalar_t>());
     }))
@@ -547,15 +586,6 @@ std::vector<at::Tensor> rows_project_grad(const at::Tensor& g_, const at::Tensor
   return {dw, db};
 }
 
-// The token ids of a table route's order (int64, contiguous), each checked to be a row of
-// a table of V rows.
-const int64_t* checked_ids(const at::Tensor& order, int64_t V) {
-  const int64_t* ids = order.data_ptr<int64_t>();
-  for (int64_t n = 0; n < order.numel(); ++n)
-    TORCH_CHECK(ids[n] >= 0 && ids[n] < V, "token id ", ids[n], " outside the table's ", V,
-                " rows");
-  return ids;
-}
 
 // The gradient dP (V, G) of a projected embedding table P (V, G) whose rows a forward
 // gathered as gi[:, t, b] = P[order[t * Bp + b]], from the block-major dgi (blocks, T, G,
@@ -583,37 +613,6 @@ at::Tensor table_grad(const at::Tensor& dgi_, const at::Tensor& order_, int64_t 
     }))
   });
   return dpt;
-}
-
-// gi (G, T, Bp) = the rows of a projected embedding table P (V, G) in token order,
-// gi[:, t, b] = P[order[t * Bp + b]] (order: T * Bp ids, time-major, Bp a multiple of the
-// instruction set's lanes): the same values as P.t().index_select(1, order), without the
-// transposed copy of P or a scalar gather. Threads take blocks of sequences and chunks of
-// steps.
-at::Tensor table_gather(const at::Tensor& table_, const at::Tensor& order_, int64_t steps,
-                        int64_t isa) {
-  TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
-  g_last_isa = isa;
-  TORCH_CHECK(table_.dim() == 2, "table must be (V, G)");
-  auto table = table_.contiguous();
-  auto order = order_.to(at::kLong).contiguous();
-  const int64_t V = table.size(0), G = table.size(1), L = kIsaLanes[isa];
-  TORCH_CHECK(steps > 0 && order.numel() % steps == 0 && (order.numel() / steps) % L == 0,
-              "order must hold steps * Bp token ids, Bp a multiple of ", L);
-  const int64_t Bp = order.numel() / steps, nblk = Bp / L;
-  const int64_t* ids = checked_ids(order, V);
-  auto gi = at::empty({G, steps, Bp}, table.options());
-  constexpr int64_t kSteps = 32;   // steps per task
-  const int64_t chunks = (steps + kSteps - 1) / kSteps;
-  AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "table_gather", [&] {
-    RNNLAB_WITH_ISA(isa, for_blocks(nblk * chunks, [&](int64_t task) {
-      const int64_t blk = task / chunks, t0 = (task % chunks) * kSteps;
-      table_gather_steps<scalar_t>(blk, t0, std::min<int64_t>(kSteps, steps - t0), steps, G,
-                                   Bp, table.data_ptr<scalar_t>(), ids,
-                                   gi.data_ptr<scalar_t>());
-    }))
-  });
-  return gi;
 }
 
 // conv_gru's ReLU then MaxPool1d (stride = size, floor mode) over x (rows, T) in one pass:
@@ -696,7 +695,8 @@ at::Tensor relu_maxpool_backward(const at::Tensor& grad_, const at::Tensor& idx_
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_forward", &gru_forward,
-        "GRU forward (gi, w_hh, b_hh, mask, relu, train, return_sequences, isa) -> "
+        "GRU forward (gi, w_hh, b_hh, mask, relu, train, return_sequences, isa, order, "
+        "steps: gi a projected table (V, G) read in token order where order is given) -> "
         "[out (H,T,Bp) or (H,Bp), gates when training]");
   m.def("gru_backward", &gru_backward, "GRU backward -> (dgi (3H,T,Bp), dw_hh, db_hh)");
   m.def("lstm_forward", &lstm_forward, "LSTM forward -> [out, gates, cells when training]");
@@ -712,7 +712,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rows_project_grad", &rows_project_grad,
         "g (R, M), x (R, K) -> [dw (M, K), db (M)], the same bits for any thread count");
   m.def("table_grad", &table_grad, "gradient of a gathered projected table -> dP (V, G)");
-  m.def("table_gather", &table_gather, "a projected table's rows in token order -> gi (G, T, Bp)");
   m.def("relu_maxpool_forward", &relu_maxpool_forward,
         "ReLU then MaxPool1d (stride = size) -> [out, index of the gradient's position]");
   m.def("relu_maxpool_backward", &relu_maxpool_backward, "its gradient -> dx (..., T)");
