@@ -62,7 +62,11 @@ class TorchSide:
         imdb = variant.startswith("imdb_")
         model = self.build_model(self.spec(variant), VOCAB if imdb else JENA_SHAPE[1],
                                  IMDB_LEN if imdb else JENA_SHAPE[0])
-        opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
+        try:    # the training engine's RMSprop (foreach updates), as the pipeline's steps
+            from rnnlab.training.engine import RMSprop
+        except ImportError:                    # an older checkout
+            RMSprop = torch.optim.RMSprop
+        opt = RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
         loss = (torch.nn.functional.binary_cross_entropy_with_logits if imdb
                 else torch.nn.functional.l1_loss)
         return {"model": model, "opt": opt, "loss": loss, "x": torch.from_numpy(x),
