@@ -344,32 +344,35 @@ inline void gather_step(const T* table, const int64_t* tok, int64_t G, T* dst, i
     for (int l = 0; l < kLanes; ++l) dst[g0 * ds + l] = table[tok[l] * G + g0];
 }
 
-// Where a forward reads each step's input projections (G rows of kLanes sequences): gi
-// (G, T, Bp), made by one product before the loop; or, on the table route (table != null),
-// the rows of a projected embedding table P (V, G) for the step's tokens (ids: T * Bp,
-// time-major), gathered into the block's scratch as the step begins, so that no (G, T, Bp)
-// tensor is written and read back (IMDB's LSTM: 33 MB a direction and batch). at(t) gives
-// step t's rows, feature f's vector at at(t) + f * stride(); the values are the same.
+// Where a forward reads each step's input projections, G rows of kLanes sequences: at(t, G)
+// gives step t's rows, feature f's vector at at(t, G) + f * stride(), and prefetch(t, G)
+// asks for them a step ahead. Two sources, each its own instantiation of the kernels (as
+// one run-time choice, the kernels' training forwards ran 1.2-1.3x slower):
+//   GiSteps: gi (G, T, Bp), made by one product before the loop;
+//   TableSteps: on the table route, the rows of a projected embedding table P (V, G) for
+//   the step's tokens (ids: T * Bp, time-major), gathered into the block's scratch buf (G
+//   vectors) as the step begins, so that no (G, T, Bp) tensor is written and read back
+//   (IMDB's LSTM: 33 MB a direction and batch). The values are the same.
 template <typename T>
-struct StepInput {
+struct GiSteps {
   const T* gi;
+  int64_t Bp, b0, sF;
+  const T* at(int64_t t, int64_t) const { return gi + t * Bp + b0; }
+  int64_t stride() const { return sF; }
+  void prefetch(int64_t t, int64_t G) const { prefetch_step(gi + t * Bp + b0, G, sF, false); }
+};
+template <typename T>
+struct TableSteps {
   const T* table;
   const int64_t* ids;
-  int64_t G, Bp, b0, sF;
-  LaneBuf<T> buf;
-  StepInput(const T* gi_, const T* table_, const int64_t* ids_, int64_t G_, int64_t steps,
-            int64_t Bp_, int64_t b0_)
-      : gi(gi_), table(table_), ids(ids_), G(G_), Bp(Bp_), b0(b0_), sF(steps * Bp_),
-        buf(table_ ? G_ : 0) {}
-  int64_t stride() const { return table ? kLanes : sF; }
-  const T* at(int64_t t) {
-    if (!table) return gi + t * Bp + b0;
-    T* dst = reinterpret_cast<T*>(buf.data());
-    gather_step<T>(table, ids + t * Bp + b0, G, dst, kLanes);
-    return dst;
+  T* buf;
+  int64_t Bp, b0;
+  const T* at(int64_t t, int64_t G) const {
+    gather_step<T>(table, ids + t * Bp + b0, G, buf, kLanes);
+    return buf;
   }
-  void prefetch(int64_t t) const {   // step t's rows, a step ahead
-    if (!table) return prefetch_step(gi + t * Bp + b0, G, sF, false);
+  int64_t stride() const { return kLanes; }
+  void prefetch(int64_t t, int64_t G) const {
     const int64_t* tok = ids + t * Bp + b0;
     for (int l = 0; l < kLanes; ++l)
       for (int64_t f = 0; f < G; f += 64 / sizeof(T))
@@ -380,8 +383,8 @@ struct StepInput {
 // ================================================================= GRU
 // gates per step: [r, z, n, W_hn h + b_hn] (4H lanes). Training: out and gates are
 // written. Inference: gates == nullptr; out when the sequence is wanted, else last (H, Bp).
-template <typename T, int HC>
-void gru_forward(StepInput<T>& in, int64_t b0, int64_t steps, int64_t Bp, int64_t H_,
+template <typename T, int HC, typename S>
+void gru_forward(S in, int64_t b0, int64_t steps, int64_t Bp, int64_t H_,
                  const T* w, const T* bhh, const T* mask, bool relu, T* out, T* gates, T* last) {
   const int64_t H = HC > 0 ? HC : H_, sF = steps * Bp;
   constexpr int J = 4;   // 12 accumulators
@@ -394,11 +397,11 @@ void gru_forward(StepInput<T>& in, int64_t b0, int64_t steps, int64_t Bp, int64_
   load_mask(mask, b0, Bp, H, m.data());
   for (int64_t t = 0; t < steps; ++t) {
     for (int64_t k = 0; k < H; ++k) xin[k] = t ? h[k] * m[k] : V<T>{};
-    const T* g = in.at(t);
+    const T* g = in.at(t, 3 * H);
     const int64_t gs = in.stride();
     T* sv = gates ? gates + t * 4 * H * kLanes : nullptr;
     if (t + 1 < steps) {
-      in.prefetch(t + 1);
+      in.prefetch(t + 1, 3 * H);
       if (out) prefetch_step(out + (t + 1) * Bp + b0, H, sF, true);
     }
     auto cell = [&](auto tile_j, int64_t j0) {
@@ -477,8 +480,8 @@ void gru_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gr
 
 // ================================================================= LSTM
 // gates per step: [i, f, g, o] activated (4H lanes); cells: [c, tanh c] (2H lanes).
-template <typename T, int HC>
-void lstm_forward(StepInput<T>& in, int64_t b0, int64_t steps, int64_t Bp, int64_t H_,
+template <typename T, int HC, typename S>
+void lstm_forward(S in, int64_t b0, int64_t steps, int64_t Bp, int64_t H_,
                   const T* w, const T* bhh, const T* mask, T* out, T* gates, T* cells, T* last) {
   const int64_t H = HC > 0 ? HC : H_, sF = steps * Bp;
   constexpr int J = kRegs >= 32 ? 4 : 2;   // 16 or 8 accumulators
@@ -491,12 +494,12 @@ void lstm_forward(StepInput<T>& in, int64_t b0, int64_t steps, int64_t Bp, int64
   load_mask(mask, b0, Bp, H, m.data());
   for (int64_t t = 0; t < steps; ++t) {
     for (int64_t k = 0; k < H; ++k) xin[k] = t ? h[k] * m[k] : V<T>{};
-    const T* g = in.at(t);
+    const T* g = in.at(t, 4 * H);
     const int64_t gs = in.stride();
     T* sv = gates ? gates + t * 4 * H * kLanes : nullptr;
     T* cs = cells ? cells + t * 2 * H * kLanes : nullptr;
     if (t + 1 < steps) {
-      in.prefetch(t + 1);
+      in.prefetch(t + 1, 4 * H);
       if (out) prefetch_step(out + (t + 1) * Bp + b0, H, sF, true);
     }
     auto cell = [&](auto tile_j, int64_t j0) {
@@ -585,8 +588,8 @@ void lstm_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* g
 }
 
 // ================================================================= Elman RNN
-template <typename T, int HC>
-void rnn_forward(StepInput<T>& in, int64_t b0, int64_t steps, int64_t Bp, int64_t H_,
+template <typename T, int HC, typename S>
+void rnn_forward(S in, int64_t b0, int64_t steps, int64_t Bp, int64_t H_,
                  const T* w, const T* bhh, const T* mask, bool relu, T* out, T* last) {
   const int64_t H = HC > 0 ? HC : H_, sF = steps * Bp;
   constexpr int J = 8;
@@ -599,10 +602,10 @@ void rnn_forward(StepInput<T>& in, int64_t b0, int64_t steps, int64_t Bp, int64_
   load_mask(mask, b0, Bp, H, m.data());
   for (int64_t t = 0; t < steps; ++t) {
     for (int64_t k = 0; k < H; ++k) xin[k] = t ? h[k] * m[k] : V<T>{};
-    const T* g = in.at(t);
+    const T* g = in.at(t, H);
     const int64_t gs = in.stride();
     if (t + 1 < steps) {
-      in.prefetch(t + 1);
+      in.prefetch(t + 1, H);
       if (out) prefetch_step(out + (t + 1) * Bp + b0, H, sF, true);
     }
     auto cell = [&](auto tile_j, int64_t j0) {
@@ -839,9 +842,16 @@ void gru_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T
                        const T* table, const int64_t* ids,
                        const T* w, const T* bhh, const T* mask, bool relu, T* out, T* gates,
                        T* last) {
-  StepInput<T> in(gi, table, ids, 3 * H, steps, Bp, b0);
-  RNNLAB_LANES_H(H, (gru_forward<T, HC>(in, b0, steps, Bp, H, w, bhh, mask, relu, out, gates,
-                                        last)))
+  if (table) {
+    LaneBuf<T> buf(3 * H);
+    const TableSteps<T> src{table, ids, reinterpret_cast<T*>(buf.data()), Bp, b0};
+    RNNLAB_LANES_H(H, (gru_forward<T, HC>(src, b0, steps, Bp, H, w, bhh, mask, relu, out, gates,
+                                          last)))
+  } else {
+    const GiSteps<T> src{gi, Bp, b0, steps * Bp};
+    RNNLAB_LANES_H(H, (gru_forward<T, HC>(src, b0, steps, Bp, H, w, bhh, mask, relu, out, gates,
+                                          last)))
+  }
 }
 template <typename T>
 void gru_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* grad,
@@ -855,9 +865,16 @@ void lstm_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const 
                         const T* table, const int64_t* ids,
                         const T* w, const T* bhh, const T* mask, T* out, T* gates, T* cells,
                         T* last) {
-  StepInput<T> in(gi, table, ids, 4 * H, steps, Bp, b0);
-  RNNLAB_LANES_H(H, (lstm_forward<T, HC>(in, b0, steps, Bp, H, w, bhh, mask, out, gates,
-                                         cells, last)))
+  if (table) {
+    LaneBuf<T> buf(4 * H);
+    const TableSteps<T> src{table, ids, reinterpret_cast<T*>(buf.data()), Bp, b0};
+    RNNLAB_LANES_H(H, (lstm_forward<T, HC>(src, b0, steps, Bp, H, w, bhh, mask, out, gates,
+                                           cells, last)))
+  } else {
+    const GiSteps<T> src{gi, Bp, b0, steps * Bp};
+    RNNLAB_LANES_H(H, (lstm_forward<T, HC>(src, b0, steps, Bp, H, w, bhh, mask, out, gates,
+                                           cells, last)))
+  }
 }
 template <typename T>
 void lstm_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* grad,
@@ -870,8 +887,14 @@ template <typename T>
 void rnn_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* gi,
                        const T* table, const int64_t* ids,
                        const T* w, const T* bhh, const T* mask, bool relu, T* out, T* last) {
-  StepInput<T> in(gi, table, ids, H, steps, Bp, b0);
-  RNNLAB_LANES_H(H, (rnn_forward<T, HC>(in, b0, steps, Bp, H, w, bhh, mask, relu, out, last)))
+  if (table) {
+    LaneBuf<T> buf(H);
+    const TableSteps<T> src{table, ids, reinterpret_cast<T*>(buf.data()), Bp, b0};
+    RNNLAB_LANES_H(H, (rnn_forward<T, HC>(src, b0, steps, Bp, H, w, bhh, mask, relu, out, last)))
+  } else {
+    const GiSteps<T> src{gi, Bp, b0, steps * Bp};
+    RNNLAB_LANES_H(H, (rnn_forward<T, HC>(src, b0, steps, Bp, H, w, bhh, mask, relu, out, last)))
+  }
 }
 template <typename T>
 void rnn_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* grad,

@@ -559,7 +559,8 @@ std::vector<at::Tensor> rows_project_grad(const at::Tensor& g_, const at::Tensor
   g_last_isa = isa;
   TORCH_CHECK(g_.dim() == 2 && x_.dim() == 2 && g_.size(0) == x_.size(0),
               "rows_project_grad: g (R, M) and x (R, K)");
-  TORCH_CHECK(g_.scalar_type() == x_.scalar_type(), "rows_project_grad: g and x must share a dtype");
+  TORCH_CHECK(g_.scalar_type() == x_.scalar_type(),
+              "rows_project_grad: g and x must share a dtype");
   auto g = g_.contiguous();
   auto x = x_.contiguous();
   const int64_t R = g.size(0), M = g.size(1), K = x.size(1);
