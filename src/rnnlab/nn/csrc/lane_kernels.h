@@ -6,7 +6,7 @@
 // Layouts ("feature-major": features, then time, then the batch, so a vector of kLanes
 // consecutive floats holds one feature of kLanes sequences):
 //   gi (G, T, Bp), or on the table route a projected embedding table (V, G) read in
-//   token order (StepInput); out, grad (H, T, Bp), or grad (H, Bp) for the last step only;
+//   token order (TableSteps); out, grad (H, T, Bp), or grad (H, Bp) for the last step only;
 //   dgi block-major (blocks, T, G, kLanes): each block writes one contiguous stream (the
 //   strided (G, T, Bp) stores cost half the backward's time);
 //   mask (H, Bp) or nullptr; w = W_hh (G, H) and wt = W_hh^T (H, G), row-major;
