@@ -837,21 +837,29 @@ void rows_grad_sum(V<T>* part, int64_t parts, int64_t M, int64_t K, T* dw, T* db
     default: { constexpr int HC = 0; CALL; break; }  \
   }
 
+// Runs f(source) with a forward's step source: the table route's rows (with the block's
+// scratch for a step's G vectors) where a table is given, else gi. Each source is its own
+// instantiation of f.
+template <typename T, typename F>
+void with_steps(const T* gi, const T* table, const int64_t* ids, int64_t G, int64_t steps,
+                int64_t Bp, int64_t b0, F&& f) {
+  if (table) {
+    LaneBuf<T> buf(G);
+    f(TableSteps<T>{table, ids, reinterpret_cast<T*>(buf.data()), Bp, b0});
+  } else {
+    f(GiSteps<T>{gi, Bp, b0, steps * Bp});
+  }
+}
+
 template <typename T>
 void gru_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* gi,
                        const T* table, const int64_t* ids,
                        const T* w, const T* bhh, const T* mask, bool relu, T* out, T* gates,
                        T* last) {
-  if (table) {
-    LaneBuf<T> buf(3 * H);
-    const TableSteps<T> src{table, ids, reinterpret_cast<T*>(buf.data()), Bp, b0};
-    RNNLAB_LANES_H(H, (gru_forward<T, HC>(src, b0, steps, Bp, H, w, bhh, mask, relu, out, gates,
+  with_steps<T>(gi, table, ids, 3 * H, steps, Bp, b0, [&](auto in) {
+    RNNLAB_LANES_H(H, (gru_forward<T, HC>(in, b0, steps, Bp, H, w, bhh, mask, relu, out, gates,
                                           last)))
-  } else {
-    const GiSteps<T> src{gi, Bp, b0, steps * Bp};
-    RNNLAB_LANES_H(H, (gru_forward<T, HC>(src, b0, steps, Bp, H, w, bhh, mask, relu, out, gates,
-                                          last)))
-  }
+  });
 }
 template <typename T>
 void gru_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* grad,
@@ -865,16 +873,10 @@ void lstm_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const 
                         const T* table, const int64_t* ids,
                         const T* w, const T* bhh, const T* mask, T* out, T* gates, T* cells,
                         T* last) {
-  if (table) {
-    LaneBuf<T> buf(4 * H);
-    const TableSteps<T> src{table, ids, reinterpret_cast<T*>(buf.data()), Bp, b0};
-    RNNLAB_LANES_H(H, (lstm_forward<T, HC>(src, b0, steps, Bp, H, w, bhh, mask, out, gates,
+  with_steps<T>(gi, table, ids, 4 * H, steps, Bp, b0, [&](auto in) {
+    RNNLAB_LANES_H(H, (lstm_forward<T, HC>(in, b0, steps, Bp, H, w, bhh, mask, out, gates,
                                            cells, last)))
-  } else {
-    const GiSteps<T> src{gi, Bp, b0, steps * Bp};
-    RNNLAB_LANES_H(H, (lstm_forward<T, HC>(src, b0, steps, Bp, H, w, bhh, mask, out, gates,
-                                           cells, last)))
-  }
+  });
 }
 template <typename T>
 void lstm_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* grad,
@@ -887,14 +889,9 @@ template <typename T>
 void rnn_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* gi,
                        const T* table, const int64_t* ids,
                        const T* w, const T* bhh, const T* mask, bool relu, T* out, T* last) {
-  if (table) {
-    LaneBuf<T> buf(H);
-    const TableSteps<T> src{table, ids, reinterpret_cast<T*>(buf.data()), Bp, b0};
-    RNNLAB_LANES_H(H, (rnn_forward<T, HC>(src, b0, steps, Bp, H, w, bhh, mask, relu, out, last)))
-  } else {
-    const GiSteps<T> src{gi, Bp, b0, steps * Bp};
-    RNNLAB_LANES_H(H, (rnn_forward<T, HC>(src, b0, steps, Bp, H, w, bhh, mask, relu, out, last)))
-  }
+  with_steps<T>(gi, table, ids, H, steps, Bp, b0, [&](auto in) {
+    RNNLAB_LANES_H(H, (rnn_forward<T, HC>(in, b0, steps, Bp, H, w, bhh, mask, relu, out, last)))
+  });
 }
 template <typename T>
 void rnn_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* grad,
