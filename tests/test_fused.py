@@ -540,3 +540,84 @@ def test_a_projected_table_is_read_in_token_order_and_takes_its_gradient_by_toke
     with pytest.raises(RuntimeError, match="outside the table's 9 rows"):
         forward(torch.zeros(9, G, dtype=dtype), *args, False, False, code,
                 torch.full((steps * Bp,), 9), steps)
+
+
+def _multi_hot(ids, vocab, dtype):
+    hot = torch.zeros(ids.size(0), vocab, dtype=dtype)
+    hot.scatter_(1, ids, 1.0)
+    hot[:, 0] = 0.0
+    return hot
+
+
+@pytest.mark.parametrize("units", [16, 5, 37])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_multi_hot_input_times_a_dense_layer_without_the_matrix(units, dtype, isa):
+    """``multihot_linear`` (each row sums the weight columns of its distinct words) equals
+    the multi-hot matrix times the weights, with every gradient, exact to rounding against
+    float64: padding (id 0) and repeated words counted once, a row of padding only giving
+    the bias; and the same bits on 1, 2 and 3 threads."""
+    g = torch.Generator().manual_seed(units)
+    vocab, rows, length = 1000, 40, 300
+    ids = torch.randint(0, 60, (rows, length), generator=g)    # many repeats
+    ids[: rows // 2] = torch.randint(0, vocab, (rows // 2, length), generator=g)
+    ids[3, :] = 0
+    ids[5, 100:] = 0
+    w = torch.randn(units, vocab, generator=g, dtype=dtype, requires_grad=True)
+    b = torch.randn(units, generator=g, dtype=dtype, requires_grad=True)
+    grad = torch.randn(rows, units, generator=g, dtype=dtype)
+    exact = _multi_hot(ids, vocab, torch.float64) @ w.detach().double().t() + b.detach().double()
+    dw_exact = grad.double().t() @ _multi_hot(ids, vocab, torch.float64)
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            out = fused.multihot_linear(ids, w, b)
+            runs.append((out, *torch.autograd.grad(out, (w, b), grad)))
+    finally:
+        torch.set_num_threads(before)
+    assert fused.last_isa() == isa
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for got, want in zip(runs[0], (exact, dw_exact, grad.double().sum(0))):
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=tol * float(want.abs().max()))
+    assert torch.equal(runs[0][0][3], b.detach())                # padding only: the bias
+    assert all(torch.equal(a, c) for run in runs[1:] for a, c in zip(runs[0], run))
+    with torch.no_grad():                                         # inference: the same bits
+        assert torch.equal(fused.multihot_linear(ids, w, b), runs[0][0])
+
+
+def test_a_multi_hot_layer_names_a_word_id_outside_the_vocabulary():
+    w = torch.zeros(4, 10)
+    with pytest.raises(RuntimeError, match=r"word id 10 outside the vocabulary's 10 ids"):
+        fused.multihot_linear(torch.tensor([[1, 10]]), w)
+    with pytest.raises(RuntimeError, match=r"word id -1 outside"):
+        fused.multihot_linear(torch.tensor([[-1, 2]]), w)
+
+
+def test_imdb_dense_trains_through_the_sparse_pass_like_the_dense_model():
+    """imdb_dense's model on the CPU goes through ``multihot_linear`` (a silent fall back to
+    the (B, vocab) matrix fails here) and gives the dense model's loss and gradients."""
+    from rnnlab.nn.models import ModelSpec, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("imdb", "multihot_dense", epochs=1, units=(16, 16)), 500, 80)
+    ids = torch.randint(0, 500, (32, 80))
+    y = torch.randint(0, 2, (32,)).float()
+
+    def loss_and_grads(sparse: bool):
+        model.zero_grad()
+        before = fused.calls["multihot"]
+        if sparse:
+            out = model(ids)
+        else:                          # the modules one by one: MultiHot's (B, V) matrix
+            out = model.out(nn.Sequential.forward(model.body, ids)).squeeze(-1)
+        assert fused.calls["multihot"] == before + sparse
+        loss = F.binary_cross_entropy_with_logits(out, y)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    sparse_loss, sparse_grads = loss_and_grads(True)
+    dense_loss, dense_grads = loss_and_grads(False)
+    torch.testing.assert_close(sparse_loss, dense_loss, rtol=1e-6, atol=1e-7)
+    for a, c in zip(sparse_grads, dense_grads):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)

@@ -267,6 +267,22 @@ class MultiHot(nn.Module):
         return hot
 
 
+class MultiHotDense(nn.Sequential):
+    """MultiHot, then Linear/ReLU pairs. On the CPU with the C++ extension the multi-hot
+    vector and the first Linear are one sparse pass (``fused.multihot_linear``): the same
+    function, without the (B, vocab) matrix."""
+
+    def forward(self, ids: Tensor) -> Tensor:
+        if len(self) < 2 or not _use_fused(self[1].weight):
+            return super().forward(ids)
+        hot, first, *rest = self
+        from rnnlab.nn import fused
+        h = fused.multihot_linear(ids, first.weight, first.bias)
+        for module in rest:
+            h = module(h)
+        return h
+
+
 @register("multihot_dense")
 def build_multihot_dense(spec: ModelSpec, n_features: int, timesteps: int) -> nn.Module:
     """The lecture's IMDB baseline: multi-hot words -> Dense 16 relu -> Dense 16 relu -> 1."""
@@ -275,7 +291,7 @@ def build_multihot_dense(spec: ModelSpec, n_features: int, timesteps: int) -> nn
     for units in spec.units:
         layers += [nn.Linear(size, units), nn.ReLU()]
         size = units
-    return Head(nn.Sequential(*layers), size)
+    return Head(MultiHotDense(*layers), size)
 
 
 @register("embed_rnn")

@@ -827,6 +827,81 @@ void rows_grad_sum(V<T>* part, int64_t parts, int64_t M, int64_t K, T* dw, T* db
   for (int64_t m = 0; m < M; ++m) db[m] = lane_sum<T>(part[M * K + m]);
 }
 
+// ================================================================= multi-hot rows
+// The first dense layer of a multi-hot input (imdb_dense) without the (B, V) 0/1 matrix it
+// would multiply: row b's out = bias + the sum of wt[w] (wt = W^T, (V, U) row-major) over
+// the distinct ids w != 0 among its L ids, taken in order of first appearance (kept in
+// words, their number in n, for the backward). Four partial sums in turn (word i goes to
+// sum i % 4), added as (s0 + s1) + (s2 + s3) at the end: a fixed order. seen: a zeroed
+// bitmap of V bits, zeroed again on return.
+template <typename T>
+void multihot_row(const int64_t* ids, int64_t L, const T* wt, int64_t U, const T* bias,
+                  T* out, int32_t* words, int64_t* n, uint64_t* seen) {
+  int64_t k = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t w = ids[l];
+    const uint64_t bit = uint64_t(1) << (w & 63);
+    if (w == 0 || (seen[w >> 6] & bit)) continue;
+    seen[w >> 6] |= bit;
+    words[k++] = static_cast<int32_t>(w);
+  }
+  for (int64_t i = 0; i < k; ++i) seen[words[i] >> 6] = 0;
+  *n = k;
+  int64_t u0 = 0;
+  for (; u0 + kLanes <= U; u0 += kLanes) {
+    V<T> s[4] = {};
+    int64_t i = 0;
+    for (; i + 4 <= k; i += 4)
+      for (int q = 0; q < 4; ++q) s[q] += ld(wt + int64_t(words[i + q]) * U + u0);
+    for (int q = 0; i < k; ++i, ++q) s[q] += ld(wt + int64_t(words[i]) * U + u0);
+    const V<T> sum = (s[0] + s[1]) + (s[2] + s[3]);
+    st(out + u0, bias ? ld(bias + u0) + sum : sum);
+  }
+  for (; u0 < U; ++u0) {
+    T s[4] = {};
+    for (int64_t i = 0; i < k; ++i) s[i % 4] += wt[int64_t(words[i]) * U + u0];
+    const T sum = (s[0] + s[1]) + (s[2] + s[3]);
+    out[u0] = bias ? bias[u0] + sum : sum;
+  }
+}
+
+// dst (C, R) = src (R, C)^T, both row-major, rows r0 .. r1 - 1 of dst (columns of src):
+// kLanes x kLanes tiles transposed in registers, the edges element by element.
+template <typename T>
+void transpose_part(const T* src, int64_t R, int64_t C, int64_t r0, int64_t r1, T* dst) {
+  V<T> t[kLanes];
+  int64_t c0 = r0;
+  for (; c0 + kLanes <= r1; c0 += kLanes) {
+    int64_t i0 = 0;
+    for (; i0 + kLanes <= R; i0 += kLanes) {
+      for (int l = 0; l < kLanes; ++l) t[l] = ld(src + (i0 + l) * C + c0);
+      transpose_tile<T>(t);
+      for (int l = 0; l < kLanes; ++l) st(dst + (c0 + l) * R + i0, t[l]);
+    }
+    for (; i0 < R; ++i0)
+      for (int l = 0; l < kLanes; ++l) dst[(c0 + l) * R + i0] = src[i0 * C + c0 + l];
+  }
+  for (; c0 < r1; ++c0)
+    for (int64_t i = 0; i < R; ++i) dst[c0 * R + i] = src[i * C + c0];
+}
+
+// Its weight gradient: dwt[w] += g[b] (dwt = dW^T, (V, U), zeroed) for each word w of row
+// b, the rows in order. (One thread: split by word ranges, the test of each word's range
+// was a branch mispredicted every other word, and took longer than the sums.)
+template <typename T>
+void multihot_grad(int64_t B, int64_t L, const int32_t* words, const int64_t* n,
+                   const T* g, int64_t U, T* dwt) {
+  for (int64_t b = 0; b < B; ++b) {
+    const T* gb = g + b * U;
+    for (int64_t i = 0; i < n[b]; ++i) {
+      T* d = dwt + int64_t(words[b * L + i]) * U;
+      int64_t u0 = 0;
+      for (; u0 + kLanes <= U; u0 += kLanes) st(d + u0, ld(d + u0) + ld(gb + u0));
+      for (; u0 < U; ++u0) d[u0] += gb[u0];
+    }
+  }
+}
+
 // ================================================================= dispatch on H
 // The lecture's hidden sizes get a compile-time H (fixed trip counts, unrolled tiles).
 #define RNNLAB_LANES_H(H, CALL)                      \
