@@ -273,9 +273,10 @@ class MultiHotDense(nn.Sequential):
     function, without the (B, vocab) matrix."""
 
     def forward(self, ids: Tensor) -> Tensor:
-        if len(self) < 2 or not _use_fused(self[1].weight):
+        first = self[1] if len(self) > 1 else None
+        if not isinstance(first, nn.Linear) or not _use_fused(first.weight):
             return super().forward(ids)
-        hot, first, *rest = self
+        rest = list(self)[2:]
         from rnnlab.nn import fused
         h = fused.multihot_linear(ids, first.weight, first.bias)
         for module in rest:
