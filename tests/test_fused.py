@@ -527,8 +527,8 @@ def test_a_projected_table_is_read_in_token_order_and_takes_its_gradient_by_toke
         args = (torch.randn(G, H, dtype=dtype) * 0.3, torch.randn(G, dtype=dtype), mask) \
             + (() if cell == "lstm" else (relu,))
         for train, seq in [(True, True), (False, True), (False, False)]:
-            gathered = forward(gi, *args, train, seq, code, None, 0)
-            routed = forward(table, *args, train, seq, code, order, steps)
+            gathered = forward(gi, *args, train, seq, code, None, 0, None, None)
+            routed = forward(table, *args, train, seq, code, order, steps, None, None)
             assert len(routed) == len(gathered)
             assert all(torch.equal(a, b) for a, b in zip(routed, gathered)), (H, train, seq)
         dgi = torch.randn(Bp // lanes, steps, G, lanes, dtype=dtype)
@@ -539,7 +539,39 @@ def test_a_projected_table_is_read_in_token_order_and_takes_its_gradient_by_toke
         assert (got - exact).abs().max() <= tol * exact.abs().max(), (G, V)
     with pytest.raises(RuntimeError, match="outside the table's 9 rows"):
         forward(torch.zeros(9, G, dtype=dtype), *args, False, False, code,
-                torch.full((steps * Bp,), 9), steps)
+                torch.full((steps * Bp,), 9), steps, None, None)
+
+
+@pytest.mark.parametrize("cell,relu", [("gru", False), ("gru", True), ("lstm", False),
+                                       ("rnn", True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_layer_projects_each_step_in_the_loop_with_the_bits_of_one_product(cell, relu,
+                                                                             dtype, isa):
+    """Given the layer's input x and W_ih, the forward kernels compute each step's input
+    projections as the step begins (no (G*H, T, Bp) tensor between two passes): the same
+    bits as the loop over gi made by ``product`` beforehand, states and saved gates in
+    training, states in inference, with and without b_ih; H = 6 and I = 3 fill no whole
+    vector tile. A w_ih of the wrong shape is one clear error."""
+    ext, code = fused._require(), fused._isa_code()
+    forward = getattr(ext, f"{cell}_forward")
+    torch.manual_seed(7)
+    for H, I, steps, Bp in [(32, 14, 11, 32), (6, 3, 4, 16)]:
+        G = GATES[cell] * H
+        x = torch.randn(I, steps, Bp, dtype=dtype)
+        w_ih, b_ih = torch.randn(G, I, dtype=dtype), torch.randn(G, dtype=dtype)
+        mask = (torch.rand(H, Bp) > 0.3).to(dtype) / 0.7
+        args = (torch.randn(G, H, dtype=dtype) * 0.3, torch.randn(G, dtype=dtype), mask) \
+            + (() if cell == "lstm" else (relu,))
+        for bias in (b_ih, None):
+            gi = fused.product(w_ih, x.reshape(I, -1), bias).view(G, steps, Bp)
+            for train, seq in [(True, True), (False, True), (False, False)]:
+                before = forward(gi, *args, train, seq, code, None, 0, None, None)
+                inside = forward(x, *args, train, seq, code, None, 0, w_ih, bias)
+                assert fused.last_isa() == isa
+                assert len(inside) == len(before)
+                assert all(torch.equal(a, b) for a, b in zip(inside, before)), (H, train, seq)
+    with pytest.raises(RuntimeError, match=r"w_ih must be \(\d\*H, I\)"):
+        forward(x, *args, False, False, code, None, 0, w_ih[:, :2], None)
 
 
 def _multi_hot(ids, vocab, dtype):

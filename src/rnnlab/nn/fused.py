@@ -50,7 +50,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -252,39 +252,51 @@ def _last(out: Tensor, return_sequences: bool) -> Tensor:
     return out if return_sequences else out[:, -1].contiguous()
 
 
-Source = Union[Tensor, tuple[Tensor, Tensor, int]]   # gi, or (table, order, steps)
+class LayerInput(NamedTuple):
+    """A layer's input x (I, T, Bp) with its projection: the kernels project each step."""
+    x: Tensor
+    w_ih: Tensor
+    b_ih: Optional[Tensor]
 
 
-def _source(gi: Source) -> tuple[Tensor, Optional[Tensor], int]:
-    """A forward's step inputs as the C++ forwards take them: gi (G, T, Bp) and no order, or
-    a projected table (V, G), the token order and the steps (the table route: the kernels
-    gather each step's rows themselves)."""
-    return (gi, None, 0) if isinstance(gi, Tensor) else gi
+# gi, or (table, order, steps), or a LayerInput
+Source = Union[Tensor, tuple[Tensor, Tensor, int], LayerInput]
+
+
+def _source(gi: Source) -> tuple:
+    """A forward's step inputs as the C++ forwards take them (src, order, steps, w_ih, b_ih):
+    gi (G, T, Bp) alone; or a projected table (V, G), the token order and the steps (the
+    table route: the kernels gather each step's rows themselves); or x (I, T, Bp), w_ih and
+    b_ih (the kernels compute each step's projections, the bits of ``_project``'s)."""
+    if isinstance(gi, LayerInput):
+        return gi.x, None, 0, gi.w_ih, gi.b_ih
+    if isinstance(gi, Tensor):
+        return gi, None, 0, None, None
+    return (*gi, None, None)
 
 
 def _train_forward(cell: str, gi: Source, w_hh: Tensor, b_hh: Tensor, mask: Optional[Tensor],
                    relu: bool, seq: bool, code: int) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Every h (H, T, Bp) and what the backward needs (the block-major saved gates)."""
-    ext, (src, order, steps) = _require(), _source(gi)
+    ext, (src, *where) = _require(), _source(gi)
     if cell == "gru":
-        out, gates = ext.gru_forward(src, w_hh, b_hh, mask, relu, True, seq, code, order, steps)
+        out, gates = ext.gru_forward(src, w_hh, b_hh, mask, relu, True, seq, code, *where)
         return out, (gates,)
     if cell == "lstm":
-        out, gates, cells = ext.lstm_forward(src, w_hh, b_hh, mask, True, seq, code, order,
-                                             steps)
+        out, gates, cells = ext.lstm_forward(src, w_hh, b_hh, mask, True, seq, code, *where)
         return out, (gates, cells)
-    (out,) = ext.rnn_forward(src, w_hh, b_hh, mask, relu, True, seq, code, order, steps)
+    (out,) = ext.rnn_forward(src, w_hh, b_hh, mask, relu, True, seq, code, *where)
     return out, ()
 
 
 def _infer(cell: str, gi: Source, w_hh: Tensor, b_hh: Tensor, mask: Optional[Tensor],
            relu: bool, seq: bool, code: int) -> Tensor:
-    ext, (src, order, steps) = _require(), _source(gi)
+    ext, (src, *where) = _require(), _source(gi)
     if cell == "gru":
-        return ext.gru_forward(src, w_hh, b_hh, mask, relu, False, seq, code, order, steps)[0]
+        return ext.gru_forward(src, w_hh, b_hh, mask, relu, False, seq, code, *where)[0]
     if cell == "lstm":
-        return ext.lstm_forward(src, w_hh, b_hh, mask, False, seq, code, order, steps)[0]
-    return ext.rnn_forward(src, w_hh, b_hh, mask, relu, False, seq, code, order, steps)[0]
+        return ext.lstm_forward(src, w_hh, b_hh, mask, False, seq, code, *where)[0]
+    return ext.rnn_forward(src, w_hh, b_hh, mask, relu, False, seq, code, *where)[0]
 
 
 def _train_backward(ctx, grad: Tensor, w_hh: Tensor, mask: Optional[Tensor], out: Tensor,
@@ -395,16 +407,17 @@ def table_recurrence(cell: str, table: Tensor, order: Tensor, steps: int, w_hh: 
 
 
 class _Layer(torch.autograd.Function):
-    """A whole layer from its input x (I, T, Bp): the input projection of every step as one
-    product, the time loop, and in the backward the input side's gradients from the loop's
+    """A whole layer from its input x (I, T, Bp): the time loop, each step's input projection
+    computed as the step begins (no (G*H, T, Bp) tensor of them between two passes), and in
+    the backward the input side's gradients from the loop's
     block-major dgi in C++ (dx step by step; dW_ih and db_ih as one product per 16 steps,
     summed in a fixed order for any thread count)."""
 
     @staticmethod
     def forward(ctx, x, w_ih, b_ih, w_hh, b_hh, mask, cell, relu, return_sequences):
         _note(ctx, cell, relu, return_sequences)
-        out, store = _train_forward(cell, _project(x, w_ih, b_ih), w_hh, b_hh, mask, ctx.relu,
-                                    ctx.return_sequences, ctx.isa)
+        out, store = _train_forward(cell, LayerInput(x, w_ih, b_ih), w_hh, b_hh, mask,
+                                    ctx.relu, ctx.return_sequences, ctx.isa)
         ctx.save_for_backward(x, w_ih, w_hh, mask, out, *store)
         return _last(out, return_sequences)
 
@@ -441,7 +454,7 @@ def layer(cell: str, x: Tensor, w_ih: Tensor, b_ih: Tensor, w_hh: Tensor, b_hh: 
     """One layer from its input x (I, T, Bp): ``recurrence`` of ``w_ih @ x + b_ih``."""
     calls[cell] += 1
     if not _wants_grad(x, w_ih, b_ih, w_hh, b_hh):
-        return _infer(cell, _project(x, w_ih, b_ih), w_hh, b_hh, mask, bool(relu),
+        return _infer(cell, LayerInput(x, w_ih, b_ih), w_hh, b_hh, mask, bool(relu),
                       bool(return_sequences), _isa_code())
     return _Layer.apply(x, w_ih, b_ih, w_hh, b_hh, mask, cell, relu, return_sequences)
 

@@ -380,6 +380,63 @@ struct TableSteps {
   }
 };
 
+// XSteps: a layer's input x (I, T, Bp) and its projection W_ih (G, I) (packed by pack_rows in
+// tiles of 8) and b_ih: step t's projections computed as the step begins, into the block's
+// scratch buf (G vectors; xs: I), so that no (G, T, Bp) tensor is written and read back
+// (Jena's LSTM: 15.7 MB a batch). The sums are product_cols's, in its order: the same bits
+// as gi made by one product before the loop.
+template <typename T>
+struct XSteps {
+  const T* x;
+  const T* wp;
+  const T* bias;
+  V<T>* xs;
+  V<T>* buf;
+  int64_t I, Bp, b0, sF;
+  const T* at(int64_t t, int64_t G) const {
+    for (int64_t i = 0; i < I; ++i) xs[i] = ld(x + i * sF + t * Bp + b0);
+    rows_product<T, 8>(wp, G, I, xs, buf);
+    if (bias)
+      for (int64_t g = 0; g < G; ++g) buf[g] = buf[g] + bias[g];
+    return reinterpret_cast<const T*>(buf);
+  }
+  int64_t stride() const { return kLanes; }
+  void prefetch(int64_t t, int64_t) const { prefetch_step(x + t * Bp + b0, I, sF, false); }
+};
+
+// Where a forward's step inputs come from: gi; or a projected table and the token ids; or
+// x, the packed W_ih and b_ih (with I, x's features).
+template <typename T>
+struct StepSource {
+  const T* gi = nullptr;
+  const T* table = nullptr;
+  const int64_t* ids = nullptr;
+  const T* x = nullptr;
+  const T* wihp = nullptr;
+  const T* bih = nullptr;
+  int64_t I = 0;
+};
+
+// The StepSource of these pointers, W_ih packed into wihp (G x I) where x is given.
+template <typename T>
+StepSource<T> step_source(const T* gi, const T* table, const int64_t* ids, const T* x,
+                          const T* wih, const T* bih, int64_t G, int64_t I,
+                          std::vector<T>& wihp) {
+  StepSource<T> src;
+  src.gi = gi;
+  src.table = table;
+  src.ids = ids;
+  if (x) {
+    wihp.resize(G * I);
+    pack_rows(wih, 1, G, I, 8, wihp.data());
+    src.x = x;
+    src.wihp = wihp.data();
+    src.bih = bih;
+    src.I = I;
+  }
+  return src;
+}
+
 // ================================================================= GRU
 // gates per step: [r, z, n, W_hn h + b_hn] (4H lanes). Training: out and gates are
 // written. Inference: gates == nullptr; out when the sequence is wanted, else last (H, Bp).
@@ -912,26 +969,29 @@ void multihot_grad(int64_t B, int64_t L, const int32_t* words, const int64_t* n,
     default: { constexpr int HC = 0; CALL; break; }  \
   }
 
-// Runs f(source) with a forward's step source: the table route's rows (with the block's
-// scratch for a step's G vectors) where a table is given, else gi. Each source is its own
-// instantiation of f.
+// Runs f(source) with a forward's step source: the table route's rows or x's projections
+// (with the block's scratch for a step's G vectors) where a table or x is given, else gi.
+// Each source is its own instantiation of f.
 template <typename T, typename F>
-void with_steps(const T* gi, const T* table, const int64_t* ids, int64_t G, int64_t steps,
-                int64_t Bp, int64_t b0, F&& f) {
-  if (table) {
+void with_steps(const StepSource<T>& src, int64_t G, int64_t steps, int64_t Bp, int64_t b0,
+                F&& f) {
+  if (src.table) {
     LaneBuf<T> buf(G);
-    f(TableSteps<T>{table, ids, reinterpret_cast<T*>(buf.data()), Bp, b0});
+    f(TableSteps<T>{src.table, src.ids, reinterpret_cast<T*>(buf.data()), Bp, b0});
+  } else if (src.x) {
+    LaneBuf<T> buf(G), xs(src.I);
+    f(XSteps<T>{src.x, src.wihp, src.bih, xs.data(), buf.data(), src.I, Bp, b0, steps * Bp});
   } else {
-    f(GiSteps<T>{gi, Bp, b0, steps * Bp});
+    f(GiSteps<T>{src.gi, Bp, b0, steps * Bp});
   }
 }
 
 template <typename T>
-void gru_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* gi,
-                       const T* table, const int64_t* ids,
+void gru_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H,
+                       const StepSource<T>& src,
                        const T* w, const T* bhh, const T* mask, bool relu, T* out, T* gates,
                        T* last) {
-  with_steps<T>(gi, table, ids, 3 * H, steps, Bp, b0, [&](auto in) {
+  with_steps<T>(src, 3 * H, steps, Bp, b0, [&](auto in) {
     RNNLAB_LANES_H(H, (gru_forward<T, HC>(in, b0, steps, Bp, H, w, bhh, mask, relu, out, gates,
                                           last)))
   });
@@ -944,11 +1004,11 @@ void gru_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const 
                                          relu, dgi, dw, db)))
 }
 template <typename T>
-void lstm_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* gi,
-                        const T* table, const int64_t* ids,
+void lstm_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H,
+                        const StepSource<T>& src,
                         const T* w, const T* bhh, const T* mask, T* out, T* gates, T* cells,
                         T* last) {
-  with_steps<T>(gi, table, ids, 4 * H, steps, Bp, b0, [&](auto in) {
+  with_steps<T>(src, 4 * H, steps, Bp, b0, [&](auto in) {
     RNNLAB_LANES_H(H, (lstm_forward<T, HC>(in, b0, steps, Bp, H, w, bhh, mask, out, gates,
                                            cells, last)))
   });
@@ -961,10 +1021,10 @@ void lstm_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const
                                           cells, dgi, dw, db)))
 }
 template <typename T>
-void rnn_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* gi,
-                       const T* table, const int64_t* ids,
+void rnn_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H,
+                       const StepSource<T>& src,
                        const T* w, const T* bhh, const T* mask, bool relu, T* out, T* last) {
-  with_steps<T>(gi, table, ids, H, steps, Bp, b0, [&](auto in) {
+  with_steps<T>(src, H, steps, Bp, b0, [&](auto in) {
     RNNLAB_LANES_H(H, (rnn_forward<T, HC>(in, b0, steps, Bp, H, w, bhh, mask, relu, out, last)))
   });
 }

@@ -181,14 +181,18 @@ const int64_t* checked_ids(const at::Tensor& order, int64_t V) {
 // On the table route (order given) gi is a projected embedding table P (V, G*H) and step
 // t's projections are the rows P[order[t * Bp + b]] (order: steps * Bp token ids,
 // time-major), gathered by the kernels step by step.
+// With w_ih given, gi is the layer's input x (I, T, Bp) and the kernels project each step
+// themselves (w_ih (G*H, I), b_ih (G*H) or None).
 struct ForwardInputs {
-  at::Tensor gi, w, b, order;
+  at::Tensor gi, w, b, order, wih, bih;
   std::optional<at::Tensor> mask;
   const int64_t* ids = nullptr;
-  int64_t T, B, H, isa, nblk;
+  int64_t T, B, H, isa, nblk, I = 0;
   ForwardInputs(const at::Tensor& gi_, const at::Tensor& w_hh, const at::Tensor& b_hh,
                 const std::optional<at::Tensor>& mask_, int64_t gates, int64_t isa_,
-                const std::optional<at::Tensor>& order_, int64_t steps)
+                const std::optional<at::Tensor>& order_, int64_t steps,
+                const std::optional<at::Tensor>& w_ih = std::nullopt,
+                const std::optional<at::Tensor>& b_ih = std::nullopt)
       : isa(isa_) {
     TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
     g_last_isa = isa;
@@ -205,6 +209,22 @@ struct ForwardInputs {
                   "order must hold steps * Bp token ids");
       T = steps;
       B = order_->numel() / steps;
+    } else if (w_ih.has_value() && w_ih->defined()) {
+      TORCH_CHECK(gi_.dim() == 3, "x must be (I, T, Bp)");
+      I = gi_.size(0);
+      TORCH_CHECK(w_ih->dim() == 2 && w_ih->size(0) == gates * H && w_ih->size(1) == I,
+                  "w_ih must be (", gates, "*H, I) = (", gates * H, ", ", I, ")");
+      TORCH_CHECK(w_ih->scalar_type() == gi_.scalar_type() && w_ih->device().is_cpu(),
+                  "w_ih must be a CPU tensor of x's dtype");
+      wih = w_ih->contiguous();
+      if (b_ih.has_value() && b_ih->defined()) {
+        TORCH_CHECK(b_ih->numel() == gates * H && b_ih->scalar_type() == gi_.scalar_type() &&
+                        b_ih->device().is_cpu(),
+                    "b_ih must hold ", gates, "*H values of x's dtype");
+        bih = b_ih->contiguous();
+      }
+      T = gi_.size(1);
+      B = gi_.size(2);
     } else {
       TORCH_CHECK(gi_.dim() == 3, "gi must be (G*H, T, Bp)");
       TORCH_CHECK(gi_.size(0) == gates * H, "gi's first dim must be ", gates, "*H = ",
@@ -236,9 +256,13 @@ struct ForwardInputs {
     nblk = B / kIsaLanes[isa];
   }
   template <typename S> const S* p(const at::Tensor& t) const { return t.data_ptr<S>(); }
-  // The kernels' step source: (gi, nullptr) or, on the table route, (nullptr, table).
-  template <typename S> const S* steps_p() const { return ids ? nullptr : p<S>(gi); }
+  // The kernels' step source: gi, the table and its ids, or x and W_ih (packed here into
+  // wihp) and b_ih (step_source builds the instruction set's StepSource from them).
+  template <typename S> const S* gi_p() const { return ids || wih.defined() ? nullptr : p<S>(gi); }
   template <typename S> const S* table_p() const { return ids ? p<S>(gi) : nullptr; }
+  template <typename S> const S* x_p() const { return wih.defined() ? p<S>(gi) : nullptr; }
+  template <typename S> const S* wih_p() const { return wih.defined() ? p<S>(wih) : nullptr; }
+  template <typename S> const S* bih_p() const { return bih.defined() ? p<S>(bih) : nullptr; }
   at::Tensor block_store(int64_t width) const {   // (nblk, T, width, lanes)
     return at::empty({nblk, T, width, kIsaLanes[isa]}, gi.options());
   }
@@ -250,22 +274,29 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& gi_, const at::Tensor& w_h
                                     const at::Tensor& b_hh,
                                     const std::optional<at::Tensor>& mask_, bool relu,
                                     bool train, bool return_sequences, int64_t isa,
-                                    const std::optional<at::Tensor>& order, int64_t steps) {
-  const ForwardInputs in(gi_, w_hh, b_hh, mask_, 3, isa, order, steps);
+                                    const std::optional<at::Tensor>& order, int64_t steps,
+                                    const std::optional<at::Tensor>& w_ih,
+                                    const std::optional<at::Tensor>& b_ih) {
+  const ForwardInputs in(gi_, w_hh, b_hh, mask_, 3, isa, order, steps, w_ih, b_ih);
   const bool seq = train || return_sequences;
   auto out = at::empty(seq ? at::IntArrayRef{in.H, in.T, in.B} : at::IntArrayRef{in.H, in.B},
                        in.gi.options());
   auto gates = train ? in.block_store(4 * in.H) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(in.gi.scalar_type(), "gru_forward", [&] {
-    RNNLAB_WITH_ISA(isa, for_blocks(in.nblk, [&](int64_t i) {
-      gru_forward_block<scalar_t>(
-          i * kLanes, in.T, in.B, in.H, in.steps_p<scalar_t>(), in.table_p<scalar_t>(),
-          in.ids, in.p<scalar_t>(in.w),
-          in.p<scalar_t>(in.b), opt_ptr<scalar_t>(in.mask), relu,
-          seq ? out.data_ptr<scalar_t>() : nullptr,
-          train ? gates.data_ptr<scalar_t>() + i * in.T * 4 * in.H * kLanes : nullptr,
-          seq ? nullptr : out.data_ptr<scalar_t>());
-    }))
+    std::vector<scalar_t> wihp;
+    RNNLAB_WITH_ISA(isa, ([&] {
+      const auto src = step_source<scalar_t>(
+          in.gi_p<scalar_t>(), in.table_p<scalar_t>(), in.ids, in.x_p<scalar_t>(),
+          in.wih_p<scalar_t>(), in.bih_p<scalar_t>(), 3 * in.H, in.I, wihp);
+      for_blocks(in.nblk, [&](int64_t i) {
+        gru_forward_block<scalar_t>(
+            i * kLanes, in.T, in.B, in.H, src, in.p<scalar_t>(in.w),
+            in.p<scalar_t>(in.b), opt_ptr<scalar_t>(in.mask), relu,
+            seq ? out.data_ptr<scalar_t>() : nullptr,
+            train ? gates.data_ptr<scalar_t>() + i * in.T * 4 * in.H * kLanes : nullptr,
+            seq ? nullptr : out.data_ptr<scalar_t>());
+      });
+    })())
   });
   return train ? std::vector<at::Tensor>{out, gates} : std::vector<at::Tensor>{out};
 }
@@ -274,24 +305,31 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& gi_, const at::Tensor& w_
                                      const at::Tensor& b_hh,
                                      const std::optional<at::Tensor>& mask_, bool train,
                                      bool return_sequences, int64_t isa,
-                                     const std::optional<at::Tensor>& order, int64_t steps) {
-  const ForwardInputs in(gi_, w_hh, b_hh, mask_, 4, isa, order, steps);
+                                     const std::optional<at::Tensor>& order, int64_t steps,
+                                     const std::optional<at::Tensor>& w_ih,
+                                     const std::optional<at::Tensor>& b_ih) {
+  const ForwardInputs in(gi_, w_hh, b_hh, mask_, 4, isa, order, steps, w_ih, b_ih);
   const bool seq = train || return_sequences;
   auto out = at::empty(seq ? at::IntArrayRef{in.H, in.T, in.B} : at::IntArrayRef{in.H, in.B},
                        in.gi.options());
   auto gates = train ? in.block_store(4 * in.H) : at::Tensor();
   auto cells = train ? in.block_store(2 * in.H) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(in.gi.scalar_type(), "lstm_forward", [&] {
-    RNNLAB_WITH_ISA(isa, for_blocks(in.nblk, [&](int64_t i) {
-      lstm_forward_block<scalar_t>(
-          i * kLanes, in.T, in.B, in.H, in.steps_p<scalar_t>(), in.table_p<scalar_t>(),
-          in.ids, in.p<scalar_t>(in.w),
-          in.p<scalar_t>(in.b), opt_ptr<scalar_t>(in.mask),
-          seq ? out.data_ptr<scalar_t>() : nullptr,
-          train ? gates.data_ptr<scalar_t>() + i * in.T * 4 * in.H * kLanes : nullptr,
-          train ? cells.data_ptr<scalar_t>() + i * in.T * 2 * in.H * kLanes : nullptr,
-          seq ? nullptr : out.data_ptr<scalar_t>());
-    }))
+    std::vector<scalar_t> wihp;
+    RNNLAB_WITH_ISA(isa, ([&] {
+      const auto src = step_source<scalar_t>(
+          in.gi_p<scalar_t>(), in.table_p<scalar_t>(), in.ids, in.x_p<scalar_t>(),
+          in.wih_p<scalar_t>(), in.bih_p<scalar_t>(), 4 * in.H, in.I, wihp);
+      for_blocks(in.nblk, [&](int64_t i) {
+        lstm_forward_block<scalar_t>(
+            i * kLanes, in.T, in.B, in.H, src, in.p<scalar_t>(in.w),
+            in.p<scalar_t>(in.b), opt_ptr<scalar_t>(in.mask),
+            seq ? out.data_ptr<scalar_t>() : nullptr,
+            train ? gates.data_ptr<scalar_t>() + i * in.T * 4 * in.H * kLanes : nullptr,
+            train ? cells.data_ptr<scalar_t>() + i * in.T * 2 * in.H * kLanes : nullptr,
+            seq ? nullptr : out.data_ptr<scalar_t>());
+      });
+    })())
   });
   return train ? std::vector<at::Tensor>{out, gates, cells} : std::vector<at::Tensor>{out};
 }
@@ -300,19 +338,26 @@ std::vector<at::Tensor> rnn_forward(const at::Tensor& gi_, const at::Tensor& w_h
                                     const at::Tensor& b_hh,
                                     const std::optional<at::Tensor>& mask_, bool relu,
                                     bool train, bool return_sequences, int64_t isa,
-                                    const std::optional<at::Tensor>& order, int64_t steps) {
-  const ForwardInputs in(gi_, w_hh, b_hh, mask_, 1, isa, order, steps);
+                                    const std::optional<at::Tensor>& order, int64_t steps,
+                                    const std::optional<at::Tensor>& w_ih,
+                                    const std::optional<at::Tensor>& b_ih) {
+  const ForwardInputs in(gi_, w_hh, b_hh, mask_, 1, isa, order, steps, w_ih, b_ih);
   const bool seq = train || return_sequences;
   auto out = at::empty(seq ? at::IntArrayRef{in.H, in.T, in.B} : at::IntArrayRef{in.H, in.B},
                        in.gi.options());
   AT_DISPATCH_FLOATING_TYPES(in.gi.scalar_type(), "rnn_forward", [&] {
-    RNNLAB_WITH_ISA(isa, for_blocks(in.nblk, [&](int64_t i) {
-      rnn_forward_block<scalar_t>(
-          i * kLanes, in.T, in.B, in.H, in.steps_p<scalar_t>(), in.table_p<scalar_t>(),
-          in.ids, in.p<scalar_t>(in.w),
-          in.p<scalar_t>(in.b), opt_ptr<scalar_t>(in.mask), relu,
-          seq ? out.data_ptr<scalar_t>() : nullptr, seq ? nullptr : out.data_ptr<scalar_t>());
-    }))
+    std::vector<scalar_t> wihp;
+    RNNLAB_WITH_ISA(isa, ([&] {
+      const auto src = step_source<scalar_t>(
+          in.gi_p<scalar_t>(), in.table_p<scalar_t>(), in.ids, in.x_p<scalar_t>(),
+          in.wih_p<scalar_t>(), in.bih_p<scalar_t>(), in.H, in.I, wihp);
+      for_blocks(in.nblk, [&](int64_t i) {
+        rnn_forward_block<scalar_t>(
+            i * kLanes, in.T, in.B, in.H, src, in.p<scalar_t>(in.w),
+            in.p<scalar_t>(in.b), opt_ptr<scalar_t>(in.mask), relu,
+            seq ? out.data_ptr<scalar_t>() : nullptr, seq ? nullptr : out.data_ptr<scalar_t>());
+      });
+    })())
   });
   return {out};
 }
@@ -775,7 +820,8 @@ at::Tensor relu_maxpool_backward(const at::Tensor& grad_, const at::Tensor& idx_
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_forward", &gru_forward,
         "GRU forward (gi, w_hh, b_hh, mask, relu, train, return_sequences, isa, order, "
-        "steps: gi a projected table (V, G) read in token order where order is given) -> "
+        "steps, w_ih, b_ih: gi a projected table (V, G) read in token order where order is "
+        "given, the layer's input x (I, T, Bp) projected step by step where w_ih is) -> "
         "[out (H,T,Bp) or (H,Bp), gates when training]");
   m.def("gru_backward", &gru_backward, "GRU backward -> (dgi (3H,T,Bp), dw_hh, db_hh)");
   m.def("lstm_forward", &lstm_forward, "LSTM forward -> [out, gates, cells when training]");
