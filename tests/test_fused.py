@@ -555,7 +555,7 @@ def test_a_layer_projects_each_step_in_the_loop_with_the_bits_of_one_product(cel
     ext, code = fused._require(), fused._isa_code()
     forward = getattr(ext, f"{cell}_forward")
     torch.manual_seed(7)
-    for H, I, steps, Bp in [(32, 14, 11, 32), (6, 3, 4, 16)]:
+    for H, I, steps, Bp in [(32, 14, 11, 32), (6, 3, 4, 16)]:  # noqa: E741
         G = GATES[cell] * H
         x = torch.randn(I, steps, Bp, dtype=dtype)
         w_ih, b_ih = torch.randn(G, I, dtype=dtype), torch.randn(G, dtype=dtype)

@@ -437,6 +437,14 @@ StepSource<T> step_source(const T* gi, const T* table, const int64_t* ids, const
   return src;
 }
 
+// The same from a forward's checked inputs (recurrent.cpp's ForwardInputs).
+template <typename T, typename In>
+StepSource<T> step_source(const In& in, int64_t G, std::vector<T>& wihp) {
+  return step_source<T>(in.template gi_p<T>(), in.template table_p<T>(), in.ids,
+                        in.template x_p<T>(), in.template wih_p<T>(), in.template bih_p<T>(),
+                        G, in.I, wihp);
+}
+
 // ================================================================= GRU
 // gates per step: [r, z, n, W_hn h + b_hn] (4H lanes). Training: out and gates are
 // written. Inference: gates == nullptr; out when the sequence is wanted, else last (H, Bp).

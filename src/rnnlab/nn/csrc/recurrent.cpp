@@ -285,9 +285,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& gi_, const at::Tensor& w_h
   AT_DISPATCH_FLOATING_TYPES(in.gi.scalar_type(), "gru_forward", [&] {
     std::vector<scalar_t> wihp;
     RNNLAB_WITH_ISA(isa, ([&] {
-      const auto src = step_source<scalar_t>(
-          in.gi_p<scalar_t>(), in.table_p<scalar_t>(), in.ids, in.x_p<scalar_t>(),
-          in.wih_p<scalar_t>(), in.bih_p<scalar_t>(), 3 * in.H, in.I, wihp);
+      const auto src = step_source<scalar_t>(in, 3 * in.H, wihp);
       for_blocks(in.nblk, [&](int64_t i) {
         gru_forward_block<scalar_t>(
             i * kLanes, in.T, in.B, in.H, src, in.p<scalar_t>(in.w),
@@ -317,9 +315,7 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& gi_, const at::Tensor& w_
   AT_DISPATCH_FLOATING_TYPES(in.gi.scalar_type(), "lstm_forward", [&] {
     std::vector<scalar_t> wihp;
     RNNLAB_WITH_ISA(isa, ([&] {
-      const auto src = step_source<scalar_t>(
-          in.gi_p<scalar_t>(), in.table_p<scalar_t>(), in.ids, in.x_p<scalar_t>(),
-          in.wih_p<scalar_t>(), in.bih_p<scalar_t>(), 4 * in.H, in.I, wihp);
+      const auto src = step_source<scalar_t>(in, 4 * in.H, wihp);
       for_blocks(in.nblk, [&](int64_t i) {
         lstm_forward_block<scalar_t>(
             i * kLanes, in.T, in.B, in.H, src, in.p<scalar_t>(in.w),
@@ -348,9 +344,7 @@ std::vector<at::Tensor> rnn_forward(const at::Tensor& gi_, const at::Tensor& w_h
   AT_DISPATCH_FLOATING_TYPES(in.gi.scalar_type(), "rnn_forward", [&] {
     std::vector<scalar_t> wihp;
     RNNLAB_WITH_ISA(isa, ([&] {
-      const auto src = step_source<scalar_t>(
-          in.gi_p<scalar_t>(), in.table_p<scalar_t>(), in.ids, in.x_p<scalar_t>(),
-          in.wih_p<scalar_t>(), in.bih_p<scalar_t>(), in.H, in.I, wihp);
+      const auto src = step_source<scalar_t>(in, in.H, wihp);
       for_blocks(in.nblk, [&](int64_t i) {
         rnn_forward_block<scalar_t>(
             i * kLanes, in.T, in.B, in.H, src, in.p<scalar_t>(in.w),
