@@ -574,6 +574,43 @@ def test_a_layer_projects_each_step_in_the_loop_with_the_bits_of_one_product(cel
         forward(x, *args, False, False, code, None, 0, w_ih[:, :2], None)
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_layers_backward_takes_the_input_side_in_the_same_loop(cell, dtype, isa):
+    """Given the layer's input x and W_ih, the backward kernels also give dx (step by step)
+    and dW_ih, db_ih (per 16 steps, per lane) from the same loop, with no dgi tensor: dx,
+    dW_hh and db_hh the same bits as the loop that returns dgi, dW_ih and db_ih exact to
+    rounding against float64 sums of that dgi; no dx when it is not wanted."""
+    ext, code = fused._require(), fused._isa_code()
+    torch.manual_seed(11)
+    for H, I, steps, seq in [(32, 14, 37, False), (6, 3, 5, True)]:  # noqa: E741
+        G, Bp = GATES[cell] * H, 32
+        x = torch.randn(I, steps, Bp, dtype=dtype)
+        w_ih, b_ih = torch.randn(G, I, dtype=dtype), torch.randn(G, dtype=dtype)
+        w_hh, b_hh = torch.randn(G, H, dtype=dtype) * 0.3, torch.randn(G, dtype=dtype)
+        mask = (torch.rand(H, Bp) > 0.3).to(dtype) / 0.7
+        relu = () if cell == "lstm" else (False,)
+        out, *store = getattr(ext, f"{cell}_forward")(x, w_hh, b_hh, mask, *relu, True, True,
+                                                      code, None, 0, w_ih, b_ih)
+        grad = torch.randn(*(out.shape if seq else (H, Bp)), dtype=dtype)
+        backward = getattr(ext, f"{cell}_backward")
+        dgi, dw_hh, db_hh = backward(grad, w_hh, mask, out, *store, *relu, seq, code, None,
+                                     None, False)
+        dx, dw_ih, db_ih, dw_hh2, db_hh2 = backward(grad, w_hh, mask, out, *store, *relu, seq,
+                                                    code, x, w_ih, True)
+        assert fused.last_isa() == isa
+        dgi = fused._features(dgi)                                   # (G, T, Bp)
+        assert torch.equal(dx, fused.product(w_ih.t().contiguous(), dgi.reshape(G, -1))
+                           .view(I, steps, Bp))
+        assert torch.equal(dw_hh2, dw_hh) and torch.equal(db_hh2, db_hh)
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        flat = dgi.reshape(G, -1).double()
+        for got, exact in ((dw_ih, flat @ x.reshape(I, -1).double().t()), (db_ih, flat.sum(1))):
+            assert (got.double() - exact).abs().max() <= tol * exact.abs().max()
+        assert backward(grad, w_hh, mask, out, *store, *relu, seq, code, x, w_ih,
+                        False)[0].numel() == 0
+
+
 def _multi_hot(ids, vocab, dtype):
     hot = torch.zeros(ids.size(0), vocab, dtype=dtype)
     hot.scatter_(1, ids, 1.0)

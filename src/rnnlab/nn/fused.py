@@ -300,14 +300,18 @@ def _infer(cell: str, gi: Source, w_hh: Tensor, b_hh: Tensor, mask: Optional[Ten
 
 
 def _train_backward(ctx, grad: Tensor, w_hh: Tensor, mask: Optional[Tensor], out: Tensor,
-                    store: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
-    """dgi block-major (blocks, T, G*H, lanes), dw_hh, db_hh."""
+                    store: tuple[Tensor, ...], x: Optional[Tensor] = None,
+                    w_ih: Optional[Tensor] = None, need_dx: bool = False) -> list[Tensor]:
+    """[dgi block-major (blocks, T, G*H, lanes), dw_hh, db_hh]; or, given the layer's input
+    x and w_ih, the input side's gradients from the same loop: [dx (an empty tensor unless
+    need_dx), dw_ih, db_ih, dw_hh, db_hh]."""
     ext, seq, code = _require(), ctx.return_sequences, ctx.isa
+    side = (x, w_ih, need_dx)
     if ctx.cell == "gru":
-        return ext.gru_backward(grad, w_hh, mask, out, *store, ctx.relu, seq, code)
+        return ext.gru_backward(grad, w_hh, mask, out, *store, ctx.relu, seq, code, *side)
     if ctx.cell == "lstm":
-        return ext.lstm_backward(grad, w_hh, mask, out, *store, seq, code)
-    return ext.rnn_backward(grad, w_hh, mask, out, ctx.relu, seq, code)
+        return ext.lstm_backward(grad, w_hh, mask, out, *store, seq, code, *side)
+    return ext.rnn_backward(grad, w_hh, mask, out, ctx.relu, seq, code, *side)
 
 
 def _features(dgi: Tensor) -> Tensor:
@@ -408,10 +412,10 @@ def table_recurrence(cell: str, table: Tensor, order: Tensor, steps: int, w_hh: 
 
 class _Layer(torch.autograd.Function):
     """A whole layer from its input x (I, T, Bp): the time loop, each step's input projection
-    computed as the step begins (no (G*H, T, Bp) tensor of them between two passes), and in
-    the backward the input side's gradients from the loop's
-    block-major dgi in C++ (dx step by step; dW_ih and db_ih as one product per 16 steps,
-    summed in a fixed order for any thread count)."""
+    computed as the step begins, and in the backward loop the input side's gradients too
+    (dx step by step; dW_ih and db_ih as one product per 16 steps, summed in a fixed order
+    for any thread count): no (G*H, T, Bp) tensor of projections or of their gradients
+    between two passes."""
 
     @staticmethod
     def forward(ctx, x, w_ih, b_ih, w_hh, b_hh, mask, cell, relu, return_sequences):
@@ -425,11 +429,10 @@ class _Layer(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         x, w_ih, w_hh, mask, out, *store = ctx.saved_tensors
-        dgi, dw_hh, db_hh = _train_backward(ctx, grad_out, w_hh, mask, out, tuple(store))
-        dx, dw_ih, db_ih = _require().input_backward(dgi, x, w_ih, ctx.needs_input_grad[0],
-                                                     ctx.isa)
-        return (dx if ctx.needs_input_grad[0] else None, dw_ih, db_ih, dw_hh, db_hh,
-                None, None, None, None)
+        need_dx = ctx.needs_input_grad[0]
+        dx, dw_ih, db_ih, dw_hh, db_hh = _train_backward(ctx, grad_out, w_hh, mask, out,
+                                                         tuple(store), x, w_ih, need_dx)
+        return (dx if need_dx else None, dw_ih, db_ih, dw_hh, db_hh, None, None, None, None)
 
 
 def _wants_grad(*tensors: Tensor) -> bool:

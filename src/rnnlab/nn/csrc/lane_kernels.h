@@ -234,30 +234,6 @@ inline void grad_chunk(const V<T>* dg, const V<T>* x, int n, int64_t G, int64_t 
 
 constexpr int kChunk = 16;
 
-// A block's backward scratch: dh (and LSTM's dc), the chunk's hidden-side gate gradients
-// and inputs of W_hh, and the per-lane weight-gradient accumulators.
-template <typename T>
-struct BackwardScratch {
-  int64_t G, H;
-  LaneBuf<T> dh, dc, dhin, dg, x, dwl, dbl;
-  int n = 0;   // steps in the chunk
-  BackwardScratch(int64_t G_, int64_t H_)
-      : G(G_), H(H_), dh(H_), dc(H_), dhin(H_), dg(kChunk * G_), x(kChunk * H_),
-        dwl(G_ * H_), dbl(G_) {}
-  V<T>* dg_row() { return dg.data() + n * G; }
-  V<T>* x_row() { return x.data() + n * H; }
-  void next(bool last) {   // the step's rows are written: flush when the chunk is full
-    if (++n == kChunk || last) {
-      grad_chunk<T>(dg.data(), x.data(), n, G, H, dwl.data(), dbl.data());
-      n = 0;
-    }
-  }
-  void finish(T* dw, T* db) const {   // lane sums into this block's partials
-    for (int64_t i = 0; i < G * H; ++i) dw[i] = lane_sum<T>(dwl[i]);
-    for (int64_t i = 0; i < G; ++i) db[i] = lane_sum<T>(dbl[i]);
-  }
-};
-
 // The next step's rows of a (F, T, Bp) tensor for this block: F lines T*Bp apart, too many
 // streams for the hardware prefetcher to follow, so they are asked for a step ahead.
 template <typename T>
@@ -267,6 +243,65 @@ inline void prefetch_step(const T* row0, int64_t rows, int64_t sF, bool write) {
     else __builtin_prefetch(row0 + f * sF, 0, 3);
   }
 }
+
+// The input side of a layer's backward, run inside the recurrence's backward (so that no
+// (blocks, T, G, lanes) dgi is written and read back): the layer's input x (I, T, Bp),
+// W_ih^T (I x G) packed by pack_rows in tiles of 8 and dx (I, T, Bp) when dx is wanted
+// (else nullptr), and this block's partials of dW_ih (G, I) and db_ih (G). I == 0: none.
+template <typename T>
+struct InputGrad {
+  const T* x = nullptr;
+  int64_t I = 0;
+  const T* wihtp = nullptr;
+  T* dx = nullptr;
+  T* dw = nullptr;
+  T* db = nullptr;
+};
+
+// A block's backward scratch: dh (and LSTM's dc), the chunk's hidden-side gate gradients
+// and inputs of W_hh, and the per-lane weight-gradient accumulators; with an input side,
+// the same for W_ih (the chunk's input-side gate gradients dgx and inputs xx).
+template <typename T>
+struct BackwardScratch {
+  int64_t G, H, I;
+  LaneBuf<T> dh, dc, dhin, dg, x, dwl, dbl, dgx, xx, dwlx, dblx, dxs;
+  int n = 0;   // steps in the chunk
+  BackwardScratch(int64_t G_, int64_t H_, int64_t I_ = 0)
+      : G(G_), H(H_), I(I_), dh(H_), dc(H_), dhin(H_), dg(kChunk * G_), x(kChunk * H_),
+        dwl(G_ * H_), dbl(G_), dgx(I_ ? kChunk * G_ : 0), xx(kChunk * I_), dwlx(G_ * I_),
+        dblx(I_ ? G_ : 0), dxs(I_) {}
+  V<T>* dg_row() { return dg.data() + n * G; }
+  V<T>* x_row() { return x.data() + n * H; }
+  // Where step t's input-side gate gradients go: dgi's rows, or the chunk's.
+  T* d_row(T* dgi, int64_t t) {
+    return dgi ? dgi + t * G * kLanes : reinterpret_cast<T*>(dgx.data() + n * G);
+  }
+  // With an input side, step t's x rows join the chunk and dx_t = W_ih^T d (d: d_row's).
+  void input_step(const InputGrad<T>& in, int64_t t, int64_t b0, int64_t Bp, int64_t sF,
+                  const T* d) {
+    if (!I) return;
+    V<T>* xr = xx.data() + n * I;
+    for (int64_t i = 0; i < I; ++i) xr[i] = ld(in.x + i * sF + t * Bp + b0);
+    if (t >= 1) prefetch_step(in.x + (t - 1) * Bp + b0, I, sF, false);
+    if (in.dx) {
+      rows_product<T, 8>(in.wihtp, I, G, reinterpret_cast<const V<T>*>(d), dxs.data());
+      for (int64_t i = 0; i < I; ++i) st(in.dx + i * sF + t * Bp + b0, dxs[i]);
+    }
+  }
+  void next(bool last) {   // the step's rows are written: flush when the chunk is full
+    if (++n == kChunk || last) {
+      grad_chunk<T>(dg.data(), x.data(), n, G, H, dwl.data(), dbl.data());
+      if (I) grad_chunk<T>(dgx.data(), xx.data(), n, G, I, dwlx.data(), dblx.data());
+      n = 0;
+    }
+  }
+  void finish(T* dw, T* db, const InputGrad<T>& in) const {   // lane sums: block partials
+    for (int64_t i = 0; i < G * H; ++i) dw[i] = lane_sum<T>(dwl[i]);
+    for (int64_t i = 0; i < G; ++i) db[i] = lane_sum<T>(dbl[i]);
+    for (int64_t i = 0; i < G * I; ++i) in.dw[i] = lane_sum<T>(dwlx[i]);
+    for (int64_t i = 0; i < (I ? G : 0); ++i) in.db[i] = lane_sum<T>(dblx[i]);
+  }
+};
 
 template <typename T>
 inline void load_mask(const T* mask, int64_t b0, int64_t Bp, int64_t H, V<T>* m) {
@@ -503,9 +538,9 @@ void gru_forward(S in, int64_t b0, int64_t steps, int64_t Bp, int64_t H_,
 template <typename T, int HC>
 void gru_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* grad, bool seq,
                   const T* wt, const T* mask, const T* out, const T* gates, bool relu,
-                  T* dgi, T* dw, T* db) {
+                  T* dgi, T* dw, T* db, const InputGrad<T>& ig) {
   const int64_t H = HC > 0 ? HC : H_, G = 3 * H, sF = steps * Bp;
-  BackwardScratch<T> s(G, H);
+  BackwardScratch<T> s(G, H, ig.I);
   LaneBuf<T> m(H);
   std::vector<T> wtp(H * G);
   pack_rows(wt, 1, H, G, 8, wtp.data());
@@ -515,7 +550,7 @@ void gru_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gr
   for (int64_t t = steps - 1; t >= 0; --t) {
     add_grad(grad, seq, t, steps, Bp, b0, H, dh);
     const T* sv = gates + t * 4 * H * kLanes;
-    T* d = dgi + t * G * kLanes;   // this block's rows of step t, contiguous
+    T* d = s.d_row(dgi, t);   // this block's rows of step t, contiguous
     prefetch_back(t, Bp, b0, sF, H, seq, grad, out);
     V<T>* dg = s.dg_row();
     V<T>* x = s.x_row();
@@ -536,11 +571,12 @@ void gru_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gr
       x[j] = hp * m[j];
       dh[j] *= z;
     }
+    s.input_step(ig, t, b0, Bp, sF, d);
     rows_product<T, 8>(wtp.data(), H, G, dg, s.dhin.data());
     for (int64_t k = 0; k < H; ++k) dh[k] += s.dhin[k] * m[k];
     s.next(t == 0);
   }
-  s.finish(dw, db);
+  s.finish(dw, db, ig);
 }
 
 // ================================================================= LSTM
@@ -605,9 +641,9 @@ void lstm_forward(S in, int64_t b0, int64_t steps, int64_t Bp, int64_t H_,
 template <typename T, int HC>
 void lstm_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* grad, bool seq,
                    const T* wt, const T* mask, const T* out, const T* gates, const T* cells,
-                   T* dgi, T* dw, T* db) {
+                   T* dgi, T* dw, T* db, const InputGrad<T>& ig) {
   const int64_t H = HC > 0 ? HC : H_, G = 4 * H, sF = steps * Bp;
-  BackwardScratch<T> s(G, H);
+  BackwardScratch<T> s(G, H, ig.I);
   LaneBuf<T> m(H);
   std::vector<T> wtp(H * G);
   pack_rows(wt, 1, H, G, 8, wtp.data());
@@ -619,7 +655,7 @@ void lstm_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* g
     add_grad(grad, seq, t, steps, Bp, b0, H, dh);
     const T* sv = gates + t * 4 * H * kLanes;
     const T* cs = cells + t * 2 * H * kLanes;
-    T* d = dgi + t * G * kLanes;   // this block's rows of step t, contiguous
+    T* d = s.d_row(dgi, t);   // this block's rows of step t, contiguous
     prefetch_back(t, Bp, b0, sF, H, seq, grad, out);
     V<T>* dg = s.dg_row();
     V<T>* x = s.x_row();
@@ -645,11 +681,12 @@ void lstm_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* g
       dg[3 * H + j] = dout;
       x[j] = hp * m[j];
     }
+    s.input_step(ig, t, b0, Bp, sF, d);
     rows_product<T, 8>(wtp.data(), H, G, dg, s.dhin.data());
     for (int64_t k = 0; k < H; ++k) dh[k] = s.dhin[k] * m[k];
     s.next(t == 0);
   }
-  s.finish(dw, db);
+  s.finish(dw, db, ig);
 }
 
 // ================================================================= Elman RNN
@@ -695,9 +732,10 @@ void rnn_forward(S in, int64_t b0, int64_t steps, int64_t Bp, int64_t H_,
 
 template <typename T, int HC>
 void rnn_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* grad, bool seq,
-                  const T* wt, const T* mask, const T* out, bool relu, T* dgi, T* dw, T* db) {
+                  const T* wt, const T* mask, const T* out, bool relu, T* dgi, T* dw, T* db,
+                  const InputGrad<T>& ig) {
   const int64_t H = HC > 0 ? HC : H_, sF = steps * Bp;
-  BackwardScratch<T> s(H, H);
+  BackwardScratch<T> s(H, H, ig.I);
   LaneBuf<T> m(H);
   std::vector<T> wtp(H * H);
   pack_rows(wt, 1, H, H, 8, wtp.data());
@@ -706,7 +744,7 @@ void rnn_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gr
   const V<T> one = splat(T(1));
   for (int64_t t = steps - 1; t >= 0; --t) {
     add_grad(grad, seq, t, steps, Bp, b0, H, dh);
-    T* d = dgi + t * H * kLanes;   // this block's rows of step t, contiguous
+    T* d = s.d_row(dgi, t);   // this block's rows of step t, contiguous
     prefetch_back(t, Bp, b0, sF, H, seq, grad, out);
     V<T>* dg = s.dg_row();
     V<T>* x = s.x_row();
@@ -718,38 +756,12 @@ void rnn_backward(int64_t b0, int64_t steps, int64_t Bp, int64_t H_, const T* gr
       dg[j] = dpre;
       x[j] = hp * m[j];
     }
+    s.input_step(ig, t, b0, Bp, sF, d);
     rows_product<T, 8>(wtp.data(), H, H, dg, s.dhin.data());
     for (int64_t k = 0; k < H; ++k) dh[k] = s.dhin[k] * m[k];
     s.next(t == 0);
   }
-  s.finish(dw, db);
-}
-
-// ================================================================= input side, backward
-// One block's share of the input projection's backward, from its dgi (T, G, kLanes) and
-// x (I, T, Bp): dw_ih (G, I) and db_ih (G) as one product per kChunk steps (per lane, then
-// the lanes summed once), and, when wanted, dx (I, T, Bp) = W_ih^T dgi, step by step.
-// wihp: W_ih^T (I x G) packed by pack_rows in tiles of 8.
-template <typename T>
-void input_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t G, int64_t I,
-                          const T* dgi, const T* x, const T* wihp, T* dx, T* dw, T* db) {
-  const int64_t sF = steps * Bp;
-  LaneBuf<T> dwl(G * I), dbl(G), xs(kChunk * I), dxs(I);
-  for (int64_t t0 = 0; t0 < steps; t0 += kChunk) {
-    const int64_t n = std::min<int64_t>(kChunk, steps - t0);
-    for (int64_t c = 0; c < n; ++c)
-      for (int64_t i = 0; i < I; ++i) xs[c * I + i] = ld(x + i * sF + (t0 + c) * Bp + b0);
-    const V<T>* dg = reinterpret_cast<const V<T>*>(dgi + t0 * G * kLanes);
-    grad_chunk<T>(dg, xs.data(), static_cast<int>(n), G, I, dwl.data(), dbl.data());
-    if (dx) {
-      for (int64_t c = 0; c < n; ++c) {
-        rows_product<T, 8>(wihp, I, G, dg + c * G, dxs.data());
-        for (int64_t i = 0; i < I; ++i) st(dx + i * sF + (t0 + c) * Bp + b0, dxs[i]);
-      }
-    }
-  }
-  for (int64_t i = 0; i < G * I; ++i) dw[i] = lane_sum<T>(dwl[i]);
-  for (int64_t j = 0; j < G; ++j) db[j] = lane_sum<T>(dbl[j]);
+  s.finish(dw, db, ig);
 }
 
 // ================================================================= plain products
@@ -1007,9 +1019,9 @@ void gru_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H,
 template <typename T>
 void gru_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* grad,
                         bool seq, const T* wt, const T* mask, const T* out, const T* gates,
-                        bool relu, T* dgi, T* dw, T* db) {
+                        bool relu, T* dgi, T* dw, T* db, const InputGrad<T>& ig) {
   RNNLAB_LANES_H(H, (gru_backward<T, HC>(b0, steps, Bp, H, grad, seq, wt, mask, out, gates,
-                                         relu, dgi, dw, db)))
+                                         relu, dgi, dw, db, ig)))
 }
 template <typename T>
 void lstm_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H,
@@ -1024,9 +1036,9 @@ void lstm_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H,
 template <typename T>
 void lstm_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* grad,
                          bool seq, const T* wt, const T* mask, const T* out, const T* gates,
-                         const T* cells, T* dgi, T* dw, T* db) {
+                         const T* cells, T* dgi, T* dw, T* db, const InputGrad<T>& ig) {
   RNNLAB_LANES_H(H, (lstm_backward<T, HC>(b0, steps, Bp, H, grad, seq, wt, mask, out, gates,
-                                          cells, dgi, dw, db)))
+                                          cells, dgi, dw, db, ig)))
 }
 template <typename T>
 void rnn_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H,
@@ -1039,8 +1051,8 @@ void rnn_forward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H,
 template <typename T>
 void rnn_backward_block(int64_t b0, int64_t steps, int64_t Bp, int64_t H, const T* grad,
                         bool seq, const T* wt, const T* mask, const T* out, bool relu, T* dgi,
-                        T* dw, T* db) {
+                        T* dw, T* db, const InputGrad<T>& ig) {
   RNNLAB_LANES_H(H, (rnn_backward<T, HC>(b0, steps, Bp, H, grad, seq, wt, mask, out, relu,
-                                         dgi, dw, db)))
+                                         dgi, dw, db, ig)))
 }
 #undef RNNLAB_LANES_H

@@ -357,15 +357,21 @@ std::vector<at::Tensor> rnn_forward(const at::Tensor& gi_, const at::Tensor& w_h
 }
 
 // ---------------------------------------------------------------- backward
-// Allocates dgi (blocks, T, G, lanes) and the per-block partials, runs `block` on every block, and
-// adds the partials in block order. grad: (H, T, Bp) when return_sequences, else (H, Bp).
+// Runs `block` on every block and adds the per-block partials in block order. grad: (H, T,
+// Bp) when return_sequences, else (H, Bp). Without x: returns [dgi (blocks, T, G, lanes),
+// dw_hh, db_hh]. With the layer's input x (I, T, Bp) and w_ih (G, I), the input side's
+// gradients come from the same loop (no dgi): [dx (I, T, Bp) or an empty tensor when
+// need_dx is false, dw_ih, db_ih, dw_hh, db_hh].
 struct BackwardInputs {
-  at::Tensor grad, wt, out;
+  at::Tensor grad, wt, out, x, wih;
   std::optional<at::Tensor> mask;
-  int64_t T, B, H, G, isa, nblk;
+  int64_t T, B, H, G, isa, nblk, I = 0;
+  bool need_dx = false;
   BackwardInputs(const at::Tensor& grad_, const at::Tensor& w_hh,
                  const std::optional<at::Tensor>& mask_, const at::Tensor& out_,
-                 bool return_sequences, int64_t isa_)
+                 bool return_sequences, int64_t isa_,
+                 const std::optional<at::Tensor>& x_ = std::nullopt,
+                 const std::optional<at::Tensor>& w_ih = std::nullopt, bool need_dx_ = false)
       : isa(isa_) {
     TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
     g_last_isa = isa;
@@ -381,28 +387,71 @@ struct BackwardInputs {
     wt = w_hh.t().contiguous();   // (H, G)
     mask = contiguous_mask(mask_);
     nblk = B / kIsaLanes[isa];
+    if (x_.has_value() && x_->defined()) {
+      TORCH_CHECK(w_ih.has_value() && w_ih->defined(), "x needs its w_ih");
+      TORCH_CHECK(x_->dim() == 3 && x_->size(1) == T && x_->size(2) == B,
+                  "x must be (I, T, Bp) = (I, ", T, ", ", B, ")");
+      I = x_->size(0);
+      TORCH_CHECK(w_ih->dim() == 2 && w_ih->size(0) == G && w_ih->size(1) == I,
+                  "w_ih must be (G, I) = (", G, ", ", I, ")");
+      TORCH_CHECK(x_->scalar_type() == out.scalar_type() &&
+                      w_ih->scalar_type() == out.scalar_type(),
+                  "x and w_ih must have the states' dtype");
+      x = x_->contiguous();
+      wih = w_ih->contiguous();
+      need_dx = need_dx_;
+    }
   }
+  // block(zero, i, dgi or nullptr, dw_hh, db_hh, x, W_ih^T packed, dx, dw_ih, db_ih): the
+  // block's pointers (the input side's null where there is none).
   template <typename F>
   std::vector<at::Tensor> run(const F& block) const {
-    auto dgi = at::empty({nblk, T, G, kIsaLanes[isa]}, out.options());   // block-major
-    auto dw_part = at::empty({nblk, G, H}, out.options());
-    auto db_part = at::empty({nblk, G}, out.options());
+    const bool inside = x.defined();
+    auto dgi = inside ? at::Tensor()
+                      : at::empty({nblk, T, G, kIsaLanes[isa]}, out.options());  // block-major
+    auto dx = inside && need_dx ? at::empty({I, T, B}, out.options()) : at::Tensor();
+    auto dw_part = at::empty({nblk, G * H + G + G * I + (inside ? G : 0)}, out.options());
     auto dw = at::empty({G, H}, out.options());
     auto db = at::empty({G}, out.options());
+    auto dwi = at::empty({G, I}, out.options());
+    auto dbi = at::empty({inside ? G : 0}, out.options());
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "recurrence_backward", [&] {
-      scalar_t* pdw = dw_part.data_ptr<scalar_t>();
-      scalar_t* pdb = db_part.data_ptr<scalar_t>();
-      scalar_t* pdgi = dgi.data_ptr<scalar_t>();
+      const int64_t n = dw_part.size(1);
+      scalar_t* part = dw_part.data_ptr<scalar_t>();
+      scalar_t* pdgi = inside ? nullptr : dgi.data_ptr<scalar_t>();
+      std::vector<scalar_t> wihtp;
+      if (inside) {   // W_ih^T (I x G) packed in tiles of 8
+        auto wiht = wih.t().contiguous();
+        wihtp.resize(I * G);
+        rnnlab::portable::pack_rows(wiht.data_ptr<scalar_t>(), 1, I, G, 8, wihtp.data());
+      }
       for_blocks(nblk, [&](int64_t i) {
-        block(scalar_t(0), i, pdgi + i * T * G * kIsaLanes[isa], pdw + i * G * H, pdb + i * G);
+        scalar_t* pb = part + i * n;
+        block(scalar_t(0), i, pdgi ? pdgi + i * T * G * kIsaLanes[isa] : nullptr, pb,
+              pb + G * H, inside ? x.data_ptr<scalar_t>() : nullptr, wihtp.data(),
+              dx.defined() ? dx.data_ptr<scalar_t>() : nullptr, pb + G * H + G,
+              pb + G * H + G + G * I);
       });
-      reduce_blocks(pdw, nblk, G * H, dw.data_ptr<scalar_t>());
-      reduce_blocks(pdb, nblk, G, db.data_ptr<scalar_t>());
+      std::vector<scalar_t> sum(n);
+      reduce_blocks(part, nblk, n, sum.data());
+      std::copy(sum.begin(), sum.begin() + G * H, dw.data_ptr<scalar_t>());
+      std::copy(sum.begin() + G * H, sum.begin() + G * H + G, db.data_ptr<scalar_t>());
+      if (inside) {
+        std::copy(sum.begin() + G * H + G, sum.begin() + G * H + G + G * I,
+                  dwi.data_ptr<scalar_t>());
+        std::copy(sum.begin() + G * H + G + G * I, sum.end(), dbi.data_ptr<scalar_t>());
+      }
     });
+    if (inside) return {dx.defined() ? dx : at::empty({0}, out.options()), dwi, dbi, dw, db};
     return {dgi, dw, db};
   }
   template <typename S> const S* p(const at::Tensor& t) const { return t.data_ptr<S>(); }
 };
+
+// The input side of one block, in the instruction set's InputGrad (used inside
+// RNNLAB_WITH_ISA, where InputGrad names that set's type).
+#define RNNLAB_INPUT_GRAD(SCALAR)                                          \
+  InputGrad<SCALAR> { px, in.I, pwiht, pdx, pdwi, pdbi }
 
 void check_store(const at::Tensor& s, const BackwardInputs& in, int64_t width) {
   TORCH_CHECK(s.dim() == 4 && s.size(0) == in.nblk && s.size(1) == in.T &&
@@ -413,16 +462,20 @@ void check_store(const at::Tensor& s, const BackwardInputs& in, int64_t width) {
 std::vector<at::Tensor> gru_backward(const at::Tensor& grad, const at::Tensor& w_hh,
                                      const std::optional<at::Tensor>& mask,
                                      const at::Tensor& out, const at::Tensor& gates_,
-                                     bool relu, bool return_sequences, int64_t isa) {
-  const BackwardInputs in(grad, w_hh, mask, out, return_sequences, isa);
+                                     bool relu, bool return_sequences, int64_t isa,
+                                     const std::optional<at::Tensor>& x,
+                                     const std::optional<at::Tensor>& w_ih, bool need_dx) {
+  const BackwardInputs in(grad, w_hh, mask, out, return_sequences, isa, x, w_ih, need_dx);
   auto gates = gates_.contiguous();
   check_store(gates, in, 4);
-  return in.run([&](auto zero, int64_t i, auto* dgi, auto* dw, auto* db) {
+  return in.run([&](auto zero, int64_t i, auto* dgi, auto* dw, auto* db, const auto* px,
+                    const auto* pwiht, auto* pdx, auto* pdwi, auto* pdbi) {
     using scalar_t = decltype(zero);
     RNNLAB_WITH_ISA(isa, gru_backward_block<scalar_t>(
         i * kLanes, in.T, in.B, in.H, in.p<scalar_t>(in.grad), return_sequences,
         in.p<scalar_t>(in.wt), opt_ptr<scalar_t>(in.mask), in.p<scalar_t>(in.out),
-        gates.data_ptr<scalar_t>() + i * in.T * 4 * in.H * kLanes, relu, dgi, dw, db))
+        gates.data_ptr<scalar_t>() + i * in.T * 4 * in.H * kLanes, relu, dgi, dw, db,
+        RNNLAB_INPUT_GRAD(scalar_t)))
   });
 }
 
@@ -430,81 +483,41 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& grad, const at::Tensor& 
                                       const std::optional<at::Tensor>& mask,
                                       const at::Tensor& out, const at::Tensor& gates_,
                                       const at::Tensor& cells_, bool return_sequences,
-                                      int64_t isa) {
-  const BackwardInputs in(grad, w_hh, mask, out, return_sequences, isa);
+                                      int64_t isa, const std::optional<at::Tensor>& x,
+                                      const std::optional<at::Tensor>& w_ih, bool need_dx) {
+  const BackwardInputs in(grad, w_hh, mask, out, return_sequences, isa, x, w_ih, need_dx);
   auto gates = gates_.contiguous();
   auto cells = cells_.contiguous();
   check_store(gates, in, 4);
   check_store(cells, in, 2);
-  return in.run([&](auto zero, int64_t i, auto* dgi, auto* dw, auto* db) {
+  return in.run([&](auto zero, int64_t i, auto* dgi, auto* dw, auto* db, const auto* px,
+                    const auto* pwiht, auto* pdx, auto* pdwi, auto* pdbi) {
     using scalar_t = decltype(zero);
     RNNLAB_WITH_ISA(isa, lstm_backward_block<scalar_t>(
         i * kLanes, in.T, in.B, in.H, in.p<scalar_t>(in.grad), return_sequences,
         in.p<scalar_t>(in.wt), opt_ptr<scalar_t>(in.mask), in.p<scalar_t>(in.out),
         gates.data_ptr<scalar_t>() + i * in.T * 4 * in.H * kLanes,
-        cells.data_ptr<scalar_t>() + i * in.T * 2 * in.H * kLanes, dgi, dw, db))
+        cells.data_ptr<scalar_t>() + i * in.T * 2 * in.H * kLanes, dgi, dw, db,
+        RNNLAB_INPUT_GRAD(scalar_t)))
   });
 }
 
 std::vector<at::Tensor> rnn_backward(const at::Tensor& grad, const at::Tensor& w_hh,
                                      const std::optional<at::Tensor>& mask,
                                      const at::Tensor& out, bool relu, bool return_sequences,
-                                     int64_t isa) {
-  const BackwardInputs in(grad, w_hh, mask, out, return_sequences, isa);
-  return in.run([&](auto zero, int64_t i, auto* dgi, auto* dw, auto* db) {
+                                     int64_t isa, const std::optional<at::Tensor>& x,
+                                     const std::optional<at::Tensor>& w_ih, bool need_dx) {
+  const BackwardInputs in(grad, w_hh, mask, out, return_sequences, isa, x, w_ih, need_dx);
+  return in.run([&](auto zero, int64_t i, auto* dgi, auto* dw, auto* db, const auto* px,
+                    const auto* pwiht, auto* pdx, auto* pdwi, auto* pdbi) {
     using scalar_t = decltype(zero);
     RNNLAB_WITH_ISA(isa, rnn_backward_block<scalar_t>(
         i * kLanes, in.T, in.B, in.H, in.p<scalar_t>(in.grad), return_sequences,
         in.p<scalar_t>(in.wt), opt_ptr<scalar_t>(in.mask), in.p<scalar_t>(in.out), relu, dgi,
-        dw, db))
+        dw, db, RNNLAB_INPUT_GRAD(scalar_t)))
   });
 }
-
-// The input projection's backward from the block-major dgi (blocks, T, G, lanes) of a
-// recurrence backward and the layer's input x (I, T, Bp): dx (I, T, Bp) when wanted, and
-// dw_ih (G, I), db_ih (G) summed per block and the blocks added in order, so the result
-// does not depend on the thread count (a GEMM library splits so long a sum between threads
-// differently for each count).
-std::vector<at::Tensor> input_backward(const at::Tensor& dgi_, const at::Tensor& x_,
-                                       const at::Tensor& w_ih, bool need_dx, int64_t isa) {
-  TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
-  g_last_isa = isa;
-  const int64_t L = kIsaLanes[isa];
-  TORCH_CHECK(x_.dim() == 3 && x_.size(2) % kBatchMultiple == 0, "x must be (I, T, Bp)");
-  const int64_t I = x_.size(0), T = x_.size(1), B = x_.size(2), nblk = B / L;
-  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(1) == I, "w_ih must be (G, I)");
-  const int64_t G = w_ih.size(0);
-  TORCH_CHECK(dgi_.dim() == 4 && dgi_.size(0) == nblk && dgi_.size(1) == T &&
-                  dgi_.size(2) == G && dgi_.size(3) == L,
-              "dgi must be a backward's block-major (blocks, T, G, lanes) for this ISA");
-  TORCH_CHECK(dgi_.scalar_type() == x_.scalar_type() && w_ih.scalar_type() == x_.scalar_type(),
-              "dgi, x and w_ih must share a dtype");
-  auto dgi = dgi_.contiguous();
-  auto x = x_.contiguous();
-  auto wiht = w_ih.t().contiguous();   // (I, G)
-  auto dx = need_dx ? at::empty({I, T, B}, x.options()) : at::Tensor();
-  auto dw_part = at::empty({nblk, G, I}, x.options());
-  auto db_part = at::empty({nblk, G}, x.options());
-  auto dw = at::empty({G, I}, x.options());
-  auto db = at::empty({G}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "input_backward", [&] {
-    std::vector<scalar_t> packed(I * G);
-    scalar_t* pdw = dw_part.data_ptr<scalar_t>();
-    scalar_t* pdb = db_part.data_ptr<scalar_t>();
-    RNNLAB_WITH_ISA(isa, ([&] {
-      pack_rows(wiht.data_ptr<scalar_t>(), 1, I, G, 8, packed.data());
-      for_blocks(nblk, [&](int64_t i) {
-        input_backward_block<scalar_t>(
-            i * kLanes, T, B, G, I, dgi.data_ptr<scalar_t>() + i * T * G * kLanes,
-            x.data_ptr<scalar_t>(), packed.data(),
-            need_dx ? dx.data_ptr<scalar_t>() : nullptr, pdw + i * G * I, pdb + i * G);
-      });
-    })())
-    reduce_blocks(pdw, nblk, G * I, dw.data_ptr<scalar_t>());
-    reduce_blocks(pdb, nblk, G, db.data_ptr<scalar_t>());
-  });
-  return {dx, dw, db};
-}
+#undef RNNLAB_INPUT_GRAD
 
 // An optional bias of M values of x's dtype, contiguous; undefined when none is given.
 at::Tensor checked_bias(const std::optional<at::Tensor>& bias_, int64_t M, const at::Tensor& x,
@@ -817,13 +830,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "steps, w_ih, b_ih: gi a projected table (V, G) read in token order where order is "
         "given, the layer's input x (I, T, Bp) projected step by step where w_ih is) -> "
         "[out (H,T,Bp) or (H,Bp), gates when training]");
-  m.def("gru_backward", &gru_backward, "GRU backward -> (dgi (3H,T,Bp), dw_hh, db_hh)");
+  m.def("gru_backward", &gru_backward,
+        "GRU backward (..., isa, x, w_ih, need_dx) -> [dgi (blocks, T, 3H, lanes), dw_hh, "
+        "db_hh], or with x: [dx (or empty), dw_ih, db_ih, dw_hh, db_hh]");
   m.def("lstm_forward", &lstm_forward, "LSTM forward -> [out, gates, cells when training]");
-  m.def("lstm_backward", &lstm_backward, "LSTM backward -> (dgi, dw_hh, db_hh)");
+  m.def("lstm_backward", &lstm_backward, "LSTM backward: as gru_backward");
   m.def("rnn_forward", &rnn_forward, "Elman RNN forward -> [out]");
-  m.def("rnn_backward", &rnn_backward, "Elman RNN backward -> (dgi, dw_hh, db_hh)");
-  m.def("input_backward", &input_backward,
-        "input projection backward (dgi blocks, x, w_ih, need_dx, isa) -> (dx, dw_ih, db_ih)");
+  m.def("rnn_backward", &rnn_backward, "Elman RNN backward: as gru_backward");
   m.def("product", &product,
         "w (M, K) @ x (K, N) + bias (M or None), the same bits for any thread count");
   m.def("rows_project", &rows_project,
