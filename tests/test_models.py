@@ -448,17 +448,25 @@ def test_the_fused_relu_maxpool_equals_relu_then_maxpool1d(size, dtype):
     x[1, 2, 1] = float("nan")
     x[2, 3, 0] = x[2, 3, size - 1] = float("nan")      # two: the last takes the gradient
     grad = torch.randn(6, 4, 7, dtype=dtype)
-    results = []
-    for pool in (lambda t: torch.nn.functional.max_pool1d(torch.relu(t), size),
-                 lambda t: fused.relu_maxpool(t, size)):
+
+    def run(pool):
         leaf = x.clone().requires_grad_()
         out = pool(leaf)
         out.backward(grad)
-        results.append((out.detach(), leaf.grad))
-    (want, want_grad), (got, got_grad) = results
-    assert torch.equal(got.isnan(), want.isnan())
-    assert torch.equal(got.nan_to_num(), want.nan_to_num())
-    assert torch.equal(got_grad, want_grad)
+        return out.detach(), leaf.grad
+
+    want, want_grad = run(lambda t: torch.nn.functional.max_pool1d(torch.relu(t), size))
+    before = fused.isa()
+    try:
+        for isa in fused.supported_isas():          # each instruction set's build of it
+            fused.set_isa(isa)
+            got, got_grad = run(lambda t: fused.relu_maxpool(t, size))
+            assert fused.last_isa() == isa
+            assert torch.equal(got.isnan(), want.isnan())
+            assert torch.equal(got.nan_to_num(), want.nan_to_num())
+            assert torch.equal(got_grad, want_grad)
+    finally:
+        fused.set_isa(before)
 
 
 def test_conv_gru_with_the_fused_front_trains_as_with_pytorch_ops(monkeypatch):

@@ -465,7 +465,7 @@ def layer(cell: str, x: Tensor, w_ih: Tensor, b_ih: Tensor, w_hh: Tensor, b_hh: 
 class _ReluMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, size: int) -> Tensor:
-        out, idx = _require().relu_maxpool_forward(x, size)
+        out, idx = _require().relu_maxpool_forward(x, size, _isa_code())
         ctx.save_for_backward(idx)
         ctx.steps, ctx.size = x.size(-1), size
         return out
@@ -473,7 +473,8 @@ class _ReluMaxPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (idx,) = ctx.saved_tensors
-        return _require().relu_maxpool_backward(grad, idx, ctx.steps, ctx.size), None
+        return _require().relu_maxpool_backward(grad, idx, ctx.steps, ctx.size,
+                                                _isa_code()), None
 
 
 def relu_maxpool(x: Tensor, size: int) -> Tensor:

@@ -979,6 +979,45 @@ void multihot_grad(int64_t B, int64_t L, const int32_t* words, const int64_t* n,
   }
 }
 
+// ================================================================= ReLU and MaxPool1d
+// conv_gru's ReLU then MaxPool1d (recurrent.cpp's relu_maxpool_forward): kPoolNoGrad marks a
+// window the gradient does not reach.
+constexpr uint8_t kPoolNoGrad = 255;
+
+// One row's windows, as selects over a compile-time window (S > 0; S = 0 reads the size
+// at run time) so that the compiler vectorizes across windows: a NaN is noted apart from
+// the comparisons (a NaN test inside them kept the loop scalar, 5x slower).
+template <typename scalar_t, int S>
+void relu_maxpool_row(const scalar_t* __restrict__ x, int64_t n, int64_t size,
+                      scalar_t* __restrict__ out, uint8_t* __restrict__ idx) {
+  const int64_t width = S > 0 ? S : size;
+  for (int64_t j = 0; j < n; ++j) {
+    const scalar_t* w = x + j * width;
+    scalar_t best = w[0];
+    int at = 0, nan_at = w[0] != w[0] ? 0 : -1;
+    for (int k = 1; k < width; ++k) {
+      const scalar_t v = w[k];
+      const bool take = v > best;
+      best = take ? v : best;
+      at = take ? k : at;
+      nan_at = v != v ? k : nan_at;
+    }
+    const bool nan = nan_at >= 0, flows = best > 0;
+    out[j] = nan ? std::numeric_limits<scalar_t>::quiet_NaN() : flows ? best : scalar_t(0);
+    idx[j] = nan ? uint8_t(nan_at) : flows ? uint8_t(at) : kPoolNoGrad;
+  }
+}
+
+// Its backward over one row: dx (steps) zeroed, then each window's gradient at the position
+// idx names (the row zeroed here, by the thread that writes it: no zeroed tensor first).
+template <typename T>
+void relu_maxpool_grad_row(const T* g, const uint8_t* idx, int64_t n, int64_t size,
+                           int64_t steps, T* dx) {
+  std::memset(static_cast<void*>(dx), 0, steps * sizeof(T));
+  for (int64_t j = 0; j < n; ++j)
+    if (idx[j] != kPoolNoGrad) dx[j * size + idx[j]] = g[j];
+}
+
 // ================================================================= dispatch on H
 // The lecture's hidden sizes get a compile-time H (fixed trip counts, unrolled tiles).
 #define RNNLAB_LANES_H(H, CALL)                      \

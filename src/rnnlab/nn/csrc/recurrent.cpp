@@ -752,33 +752,11 @@ std::vector<at::Tensor> multihot_linear_backward(const at::Tensor& g_, const at:
 // when the maximum is not positive, as ReLU's gradient). A NaN wins its window and takes
 // the gradient (the last NaN, as PyTorch's max_pool1d; ReLU's backward passes at NaN).
 // Rows split between threads.
-constexpr uint8_t kNoGrad = 255;
+constexpr uint8_t kNoGrad = 255;   // lane_kernels.h's kPoolNoGrad
 
-// One row's windows, as selects over a compile-time window (S > 0; S = 0 reads the size
-// at run time) so that the compiler vectorizes across windows: a NaN is noted apart from
-// the comparisons (a NaN test inside them kept the loop scalar, 5x slower).
-template <typename scalar_t, int S>
-void relu_maxpool_row(const scalar_t* __restrict__ x, int64_t n, int64_t size,
-                      scalar_t* __restrict__ out, uint8_t* __restrict__ idx) {
-  const int64_t width = S > 0 ? S : size;
-  for (int64_t j = 0; j < n; ++j) {
-    const scalar_t* w = x + j * width;
-    scalar_t best = w[0];
-    int at = 0, nan_at = w[0] != w[0] ? 0 : -1;
-    for (int k = 1; k < width; ++k) {
-      const scalar_t v = w[k];
-      const bool take = v > best;
-      best = take ? v : best;
-      at = take ? k : at;
-      nan_at = v != v ? k : nan_at;
-    }
-    const bool nan = nan_at >= 0, flows = best > 0;
-    out[j] = nan ? std::numeric_limits<scalar_t>::quiet_NaN() : flows ? best : scalar_t(0);
-    idx[j] = nan ? uint8_t(nan_at) : flows ? uint8_t(at) : kNoGrad;
-  }
-}
-
-std::vector<at::Tensor> relu_maxpool_forward(const at::Tensor& x_, int64_t size) {
+std::vector<at::Tensor> relu_maxpool_forward(const at::Tensor& x_, int64_t size, int64_t isa) {
+  TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+  g_last_isa = isa;
   TORCH_CHECK(size >= 1 && size < kNoGrad, "pool size must be in [1, 254]");
   auto x = x_.contiguous();
   const int64_t T = x.size(-1), rows = x.numel() / std::max<int64_t>(T, 1), n = T / size;
@@ -790,34 +768,40 @@ std::vector<at::Tensor> relu_maxpool_forward(const at::Tensor& x_, int64_t size)
     const scalar_t* px = x.data_ptr<scalar_t>();
     scalar_t* po = out.data_ptr<scalar_t>();
     uint8_t* pi = idx.data_ptr<uint8_t>();
-    auto row = size == 2 ? relu_maxpool_row<scalar_t, 2>
-             : size == 3 ? relu_maxpool_row<scalar_t, 3>
-             : size == 4 ? relu_maxpool_row<scalar_t, 4> : relu_maxpool_row<scalar_t, 0>;
-    at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) row(px + r * T, n, size, po + r * n, pi + r * n);
-    });
+    constexpr int64_t kRows = 64;   // rows per task
+    RNNLAB_WITH_ISA(isa, ([&] {
+      auto row = size == 2 ? relu_maxpool_row<scalar_t, 2>
+               : size == 3 ? relu_maxpool_row<scalar_t, 3>
+               : size == 4 ? relu_maxpool_row<scalar_t, 4> : relu_maxpool_row<scalar_t, 0>;
+      for_blocks((rows + kRows - 1) / kRows, [&](int64_t task) {
+        for (int64_t r = task * kRows; r < std::min(rows, (task + 1) * kRows); ++r)
+          row(px + r * T, n, size, po + r * n, pi + r * n);
+      });
+    })())
   });
   return {out, idx};
 }
 
 at::Tensor relu_maxpool_backward(const at::Tensor& grad_, const at::Tensor& idx_,
-                                 int64_t T, int64_t size) {
+                                 int64_t T, int64_t size, int64_t isa) {
+  TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+  g_last_isa = isa;
   auto grad = grad_.contiguous();
   auto idx = idx_.contiguous();
   const int64_t n = grad.size(-1), rows = grad.numel() / std::max<int64_t>(n, 1);
   TORCH_CHECK(idx.sizes() == grad.sizes() && n == T / size, "idx and grad must match");
   auto shape = grad.sizes().vec();
   shape.back() = T;
-  auto dx = at::zeros(shape, grad.options());
+  auto dx = at::empty(shape, grad.options());
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "relu_maxpool_backward", [&] {
     const scalar_t* pg = grad.data_ptr<scalar_t>();
     const uint8_t* pi = idx.data_ptr<uint8_t>();
     scalar_t* pd = dx.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t j = 0; j < n; ++j)
-          if (pi[r * n + j] != kNoGrad) pd[r * T + j * size + pi[r * n + j]] = pg[r * n + j];
-    });
+    constexpr int64_t kRows = 64;   // rows per task
+    RNNLAB_WITH_ISA(isa, for_blocks((rows + kRows - 1) / kRows, [&](int64_t task) {
+      for (int64_t r = task * kRows; r < std::min(rows, (task + 1) * kRows); ++r)
+        relu_maxpool_grad_row<scalar_t>(pg + r * n, pi + r * n, n, size, T, pd + r * T);
+    }))
   });
   return dx;
 }
