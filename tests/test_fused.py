@@ -611,6 +611,62 @@ def test_a_layers_backward_takes_the_input_side_in_the_same_loop(cell, dtype, is
                         False)[0].numel() == 0
 
 
+def _conv_reference(x, w, b, pool):
+    """PyTorch's Conv1d, ReLU, max_pool1d on x (F, T, Bp) -> (C, T', Bp)."""
+    y = torch.nn.functional.conv1d(x.permute(2, 0, 1), w, b)
+    return torch.nn.functional.max_pool1d(torch.relu(y), pool).permute(1, 2, 0)
+
+
+@pytest.mark.parametrize("pool", [3, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_convolution_relu_and_pool_in_the_kernels_layout(pool, dtype, isa):
+    """``conv_relu_pool`` (Conv1D, ReLU, MaxPool1d with the batch across the lanes, as
+    conv_gru's front runs) against PyTorch's ops in float64: the output and every gradient
+    (x, weight, bias) exact to rounding; the same bits on 1, 2 and 3 threads; ties (equal
+    positive maxima give the gradient to the first, a window of non-positive values gives
+    none) and a NaN (its window's output, as PyTorch's) as PyTorch's ops route them."""
+    g = torch.Generator().manual_seed(pool)
+    F, T, Bp, C, K = 5, 29, 32, 6, 4
+    x = torch.randn(F, T, Bp, generator=g, dtype=dtype)
+    w = torch.randn(C, F, K, generator=g, dtype=dtype) * 0.5
+    b = torch.randn(C, generator=g, dtype=dtype)
+    steps = (T - K + 1) // pool
+    grad = torch.randn(C, steps, Bp, generator=g, dtype=dtype)
+    leaves = [t.double().requires_grad_() for t in (x, w, b)]
+    exact = _conv_reference(*leaves, pool)
+    exact_grads = torch.autograd.grad(exact, leaves, grad.double())
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            mine = [t.clone().requires_grad_() for t in (x, w, b)]
+            out = fused.conv_relu_pool(*mine, pool)
+            runs.append((out, *torch.autograd.grad(out, mine, grad)))
+    finally:
+        torch.set_num_threads(before)
+    assert fused.last_isa() == isa
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for got, want in zip(runs[0], (exact, *exact_grads)):
+        assert (got.double() - want).abs().max() <= tol * want.abs().max()
+    assert all(torch.equal(a, c) for run in runs[1:] for a, c in zip(runs[0], run))
+
+    zero = torch.zeros_like(w)                    # every step the bias: ties everywhere
+    signs = torch.tensor([1.0, -1.0, 2.0, 0.0, -3.0, 0.5], dtype=dtype)
+    x_nan = x.clone()
+    x_nan[2, 7, 3] = float("nan")
+    for xs, ws in ((x, zero), (x_nan, w)):
+        mine = [t.clone().requires_grad_() for t in (xs, ws, signs)]
+        theirs = [t.clone().requires_grad_() for t in (xs, ws, signs)]
+        got, want = fused.conv_relu_pool(*mine, pool), _conv_reference(*theirs, pool)
+        assert torch.equal(got.isnan(), want.isnan())
+        torch.testing.assert_close(got.nan_to_num(), want.nan_to_num())
+        ok = ~want.isnan().any(0).any(0)          # sequences no NaN reaches
+        got_g = torch.autograd.grad(got[..., ok], mine[2], grad[..., ok])[0]
+        want_g = torch.autograd.grad(want[..., ok], theirs[2], grad[..., ok])[0]
+        torch.testing.assert_close(got_g, want_g)
+
+
 def _multi_hot(ids, vocab, dtype):
     hot = torch.zeros(ids.size(0), vocab, dtype=dtype)
     hot.scatter_(1, ids, 1.0)

@@ -433,49 +433,17 @@ def test_initial_weights_do_not_depend_on_the_thread_count():
         assert torch.equal(a, b)
 
 
-@pytest.mark.fast
-@pytest.mark.parametrize("size", [2, 3, 5])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_fused_relu_maxpool_equals_relu_then_maxpool1d(size, dtype):
-    """conv_gru's ReLU + MaxPool1d in one C++ pass: the same values and gradients as
-    PyTorch's ReLU then MaxPool1d, bit for bit, with ties (zeros after the ReLU, equal
-    positive maxima), NaNs, and a length the pool does not divide."""
-    from rnnlab.nn import fused
-    torch.manual_seed(0)
-    x = torch.randn(6, 4, 8 * size - 1, dtype=dtype)
-    x[0, 0, :size] = -1.0                               # a window of zeros after the ReLU
-    x[0, 1, :size] = 2.0                                # equal positive maxima
-    x[1, 2, 1] = float("nan")
-    x[2, 3, 0] = x[2, 3, size - 1] = float("nan")      # two: the last takes the gradient
-    grad = torch.randn(6, 4, 7, dtype=dtype)
-
-    def run(pool):
-        leaf = x.clone().requires_grad_()
-        out = pool(leaf)
-        out.backward(grad)
-        return out.detach(), leaf.grad
-
-    want, want_grad = run(lambda t: torch.nn.functional.max_pool1d(torch.relu(t), size))
-    before = fused.isa()
-    try:
-        for isa in fused.supported_isas():          # each instruction set's build of it
-            fused.set_isa(isa)
-            got, got_grad = run(lambda t: fused.relu_maxpool(t, size))
-            assert fused.last_isa() == isa
-            assert torch.equal(got.isnan(), want.isnan())
-            assert torch.equal(got.nan_to_num(), want.nan_to_num())
-            assert torch.equal(got_grad, want_grad)
-    finally:
-        fused.set_isa(before)
-
-
 def test_conv_gru_with_the_fused_front_trains_as_with_pytorch_ops(monkeypatch):
-    """The conv front with the C++ ReLU + pool (the default on the CPU) against the same
-    model with PyTorch's ReLU and max (the front's path where the C++ build is missing):
-    one training step's loss and gradients, bit for bit."""
+    """The conv front in the C++ kernels (the default on the CPU) against the same model
+    with PyTorch's Conv1d, ReLU and max (the front's path where the C++ build is missing):
+    one training step's loss and gradients, equal to rounding (the convolutions sum in
+    another order than oneDNN's)."""
     import copy
 
     import rnnlab.nn.models as models_module
+    from rnnlab.nn import fused
+    if not fused.available():
+        pytest.skip(f"fused extension unavailable: {fused.unavailable_reason()}")
     spec = ModelSpec(dataset="jena", arch="conv_gru", epochs=1, units=(8,), conv_filters=6,
                      conv_kernel=3, pool_size=3, dropout=0.1, recurrent_dropout=0.3)
     torch.manual_seed(0)
@@ -487,8 +455,10 @@ def test_conv_gru_with_the_fused_front_trains_as_with_pytorch_ops(monkeypatch):
             monkeypatch.setattr(models_module, "_use_fused", lambda t: False)
         copy_ = copy.deepcopy(model)
         torch.manual_seed(1)
+        before = fused.calls["conv"]
         loss = torch.nn.functional.l1_loss(copy_(x), y)
         loss.backward()
+        assert fused.calls["conv"] == before + 2 * fused_front     # both convolutions
         grads.append([loss.detach()] + [p.grad for p in copy_.parameters()])
     for got, want in zip(*grads):
-        assert torch.equal(got, want)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -72,7 +72,7 @@ _lock = threading.Lock()
 _ext = None
 _error: Optional[str] = None
 # Calls into the C++ recurrences, by cell: a test checks that training really ran them.
-calls = {"gru": 0, "lstm": 0, "rnn": 0, "multihot": 0}
+calls = {"gru": 0, "lstm": 0, "rnn": 0, "multihot": 0, "conv": 0}
 
 
 def _cpu_flags() -> str:
@@ -462,26 +462,33 @@ def layer(cell: str, x: Tensor, w_ih: Tensor, b_ih: Tensor, w_hh: Tensor, b_hh: 
     return _Layer.apply(x, w_ih, b_ih, w_hh, b_hh, mask, cell, relu, return_sequences)
 
 
-class _ReluMaxPool(torch.autograd.Function):
+class _ConvReluPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, size: int) -> Tensor:
-        out, idx = _require().relu_maxpool_forward(x, size, _isa_code())
-        ctx.save_for_backward(idx)
-        ctx.steps, ctx.size = x.size(-1), size
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], pool: int) -> Tensor:
+        ctx.isa, ctx.pool, ctx.has_bias = _isa_code(), pool, bias is not None
+        out, idx = _require().conv_forward(x, weight, bias, pool, ctx.isa)
+        ctx.save_for_backward(x, weight, idx)
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        (idx,) = ctx.saved_tensors
-        return _require().relu_maxpool_backward(grad, idx, ctx.steps, ctx.size,
-                                                _isa_code()), None
+        x, weight, idx = ctx.saved_tensors
+        need_dx = ctx.needs_input_grad[0]
+        dx, dw, db = _require().conv_backward(grad, idx, x, weight, ctx.pool, need_dx, ctx.isa)
+        return dx if need_dx else None, dw, db if ctx.has_bias else None, None
 
 
-def relu_maxpool(x: Tensor, size: int) -> Tensor:
-    """``max_pool1d(relu(x), size)`` (stride = size, floor mode) over the last axis in one
-    pass, forward and backward (conv_gru's front): the same values and gradients, bit for
-    bit (tests/test_models.py), where PyTorch's CPU ops took a sixth of the step."""
-    return _ReluMaxPool.apply(x, size)
+def conv_relu_pool(x: Tensor, weight: Tensor, bias: Optional[Tensor], pool: int) -> Tensor:
+    """``max_pool1d(relu(conv1d(x, weight, bias)), pool)`` (``pool`` 1: the ReLU alone) in
+    the kernels' layout, x (F, T, Bp) -> (C, (T - K + 1) // pool, Bp), forward and
+    backward, with the batch across the SIMD lanes as in the recurrences (conv_gru's front:
+    its output is the GRU's input without a transposing copy). Each output and weight
+    gradient is summed in one order: the same bits on any thread count, not oneDNN's."""
+    calls["conv"] += 1
+    if not _wants_grad(x, weight, *(() if bias is None else (bias,))):
+        return _require().conv_forward(x, weight, bias, pool, _isa_code())[0]
+    return _ConvReluPool.apply(x, weight, bias, pool)
 
 
 class _MultiHotLinear(torch.autograd.Function):

@@ -219,22 +219,28 @@ class ConvFront(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         conv1, relu1, pool, conv2, relu2 = self.net
+        assert isinstance(pool, nn.MaxPool1d)
+        assert isinstance(conv1, nn.Conv1d) and isinstance(conv2, nn.Conv1d)
+        size = int(pool.kernel_size) if isinstance(pool.kernel_size, int) else pool.kernel_size[0]
+        if _use_fused(x):
+            # Both convolutions, their ReLUs and the pool in the C++ kernels, in their
+            # feature-major layout (F, T, Bp): one transposing copy of x in, and the
+            # output is already the GRU layer's input layout (a (B, T, C) view of it).
+            from rnnlab.nn import fused
+            batch = x.size(0)
+            xf = x.permute(2, 1, 0)
+            if fused.padded(batch) != batch:
+                xf = torch.nn.functional.pad(xf, (0, fused.padded(batch) - batch))
+            h = fused.conv_relu_pool(xf.contiguous(), conv1.weight, conv1.bias, size)
+            h = fused.conv_relu_pool(h, conv2.weight, conv2.bias, 1)
+            return h[..., :batch].permute(2, 1, 0)                        # (B, T, C)
         # Conv1d wants (B, C, T), contiguous: made once here, or its forward and its
         # backward would each copy the transposed view.
-        h = conv1(x.transpose(1, 2).contiguous())
-        assert isinstance(pool, nn.MaxPool1d)
-        size = int(pool.kernel_size) if isinstance(pool.kernel_size, int) else pool.kernel_size[0]
-        if _use_fused(h):
-            # ReLU and MaxPool1d in one C++ pass, forward and backward: PyTorch's CPU ops
-            # for them (and their backward) were 2.2 of conv_gru's 12.1 ms step.
-            from rnnlab.nn import fused
-            h = fused.relu_maxpool(h, size)
-        else:
-            # MaxPool1d (floor mode, stride = size) as a max over a reshape: PyTorch's CPU
-            # max_pool1d takes its 2-D path with indices, slower than this.
-            h = relu1(h)
-            n = h.size(-1) // size
-            h = h[..., :n * size].reshape(*h.shape[:-1], n, size).max(-1).values
+        h = relu1(conv1(x.transpose(1, 2).contiguous()))
+        # MaxPool1d (floor mode, stride = size) as a max over a reshape: PyTorch's CPU
+        # max_pool1d takes its 2-D path with indices, slower than this.
+        n = h.size(-1) // size
+        h = h[..., :n * size].reshape(*h.shape[:-1], n, size).max(-1).values
         # The last ReLU in the (C, T, B) layout the C++ recurrences read: the layer then
         # takes it without a copy, and the ReLU's backward meets the layer's gradient in
         # its own layout (on strided views it cost 0.5 ms of the step).

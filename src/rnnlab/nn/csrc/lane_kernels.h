@@ -980,42 +980,135 @@ void multihot_grad(int64_t B, int64_t L, const int32_t* words, const int64_t* n,
 }
 
 // ================================================================= ReLU and MaxPool1d
-// conv_gru's ReLU then MaxPool1d (recurrent.cpp's relu_maxpool_forward): kPoolNoGrad marks a
-// window the gradient does not reach.
+// kPoolNoGrad marks a pooling window the gradient does not reach (conv_forward_block).
 constexpr uint8_t kPoolNoGrad = 255;
 
-// One row's windows, as selects over a compile-time window (S > 0; S = 0 reads the size
-// at run time) so that the compiler vectorizes across windows: a NaN is noted apart from
-// the comparisons (a NaN test inside them kept the loop scalar, 5x slower).
-template <typename scalar_t, int S>
-void relu_maxpool_row(const scalar_t* __restrict__ x, int64_t n, int64_t size,
-                      scalar_t* __restrict__ out, uint8_t* __restrict__ idx) {
-  const int64_t width = S > 0 ? S : size;
-  for (int64_t j = 0; j < n; ++j) {
-    const scalar_t* w = x + j * width;
-    scalar_t best = w[0];
-    int at = 0, nan_at = w[0] != w[0] ? 0 : -1;
-    for (int k = 1; k < width; ++k) {
-      const scalar_t v = w[k];
-      const bool take = v > best;
-      best = take ? v : best;
-      at = take ? k : at;
-      nan_at = v != v ? k : nan_at;
+// ================================================================= 1-D convolutions
+// conv_gru's front in the kernels' layout, one block of kLanes sequences: x (F, T, Bp) ->
+// out (C, Tp, Bp) and idx (C, Tp, Bp) uint8, where y[c][t] = b[c] + sum over (f, k) of
+// w[c][f][k] x[f][t + k] for t < T1 = T - K + 1 (Keras' "valid"; the sum in one order,
+// product_cols's), then ReLU and max-pooling over windows of P (floor mode; P = 1: ReLU
+// alone): out[c][j] = max(0, max over p of y[c][j P + p]), idx the window position its
+// gradient goes to (the first holding a positive maximum; a NaN wins its window, the last
+// NaN, as PyTorch's ReLU then max_pool1d) or kPoolNoGrad when none does.
+// wp: w as (C, F * K) (column f * K + k) packed by pack_rows in tiles of 8; xs (F * K),
+// os (C), best (C) and the position vectors at, nan_at (C) are the caller's scratch.
+template <typename T>
+void conv_forward_block(int64_t b0, int64_t Bp, int64_t F, int64_t steps, int64_t C,
+                        int64_t K, int64_t P, const T* x, const T* wp, const T* bias, T* out,
+                        uint8_t* idx, V<T>* xs, V<T>* os, V<T>* best,
+                        typename LaneIndex<T>::v* at, typename LaneIndex<T>::v* nan_at) {
+  typedef typename LaneIndex<T>::v M;
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> E;   // M's elements
+  const int64_t T1 = steps - K + 1, Tp = T1 / P, sF = steps * Bp;
+  const M none = M{} - 1;
+  for (int64_t j = 0; j < Tp; ++j) {
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t t = j * P + p;
+      for (int64_t f = 0; f < F; ++f)
+        for (int64_t k = 0; k < K; ++k) xs[f * K + k] = ld(x + f * sF + (t + k) * Bp + b0);
+      if (t + 1 < T1) prefetch_step(x + (t + K) * Bp + b0, F, sF, false);
+      rows_product<T, 8>(wp, C, F * K, xs, os);
+      const M pos = M{} + static_cast<E>(p);
+      for (int64_t c = 0; c < C; ++c) {
+        const V<T> y = bias ? os[c] + bias[c] : os[c];
+        const M nan = y != y;
+        if (p == 0) {
+          best[c] = y;
+          at[c] = M{};
+          nan_at[c] = nan ? M{} : none;
+        } else {
+          const M take = y > best[c];
+          best[c] = take ? y : best[c];
+          at[c] = take ? pos : at[c];
+          nan_at[c] = nan ? pos : nan_at[c];
+        }
+      }
     }
-    const bool nan = nan_at >= 0, flows = best > 0;
-    out[j] = nan ? std::numeric_limits<scalar_t>::quiet_NaN() : flows ? best : scalar_t(0);
-    idx[j] = nan ? uint8_t(nan_at) : flows ? uint8_t(at) : kPoolNoGrad;
+    for (int64_t c = 0; c < C; ++c) {
+      const M nan = nan_at[c] >= 0, flows = best[c] > V<T>{};
+      const V<T> o = nan ? splat<T>(std::numeric_limits<T>::quiet_NaN())
+                         : (flows ? best[c] : V<T>{});
+      const M i = nan ? nan_at[c] : (flows ? at[c] : M{} + kPoolNoGrad);
+      st(out + (c * Tp + j) * Bp + b0, o);
+      uint8_t* d = idx + (c * Tp + j) * Bp + b0;
+      for (int l = 0; l < kLanes; ++l) d[l] = static_cast<uint8_t>(i[l]);
+    }
   }
 }
 
-// Its backward over one row: dx (steps) zeroed, then each window's gradient at the position
-// idx names (the row zeroed here, by the thread that writes it: no zeroed tensor first).
+// Its backward for the block, from g (C, Tp, Bp) and idx: dy (C * T1 vectors, the caller's
+// scratch) gets each window's gradient at the position idx names; then per lane, over t in
+// order, dwl[c][f * K + k] += dy[c][t] x[f][t + k] and dbl[c] += dy[c][t] (GT x KT register
+// tiles), and when dx is wanted, dx[f][t] = sum over (c, k) of w[c][f][k] dy[c][t - k]
+// (wqp: w as (F, C * K), column c * K + k, packed in tiles of 8; ys (C * K), os (F)).
+// The block's partials of dw and db go to part.
+template <typename T, int GT, int KT>
+inline void conv_grad_tile(const V<T>* dy, int64_t T1, const T* x, int64_t sF, int64_t Bp,
+                           int64_t b0, int64_t K, int64_t FK, int64_t c0, int64_t q0,
+                           V<T>* dwl) {
+  V<T> acc[GT][KT] = {};
+  const T* xr[KT];
+  for (int b = 0; b < KT; ++b) {
+    const int64_t f = (q0 + b) / K, k = (q0 + b) % K;
+    xr[b] = x + f * sF + k * Bp + b0;
+  }
+  for (int64_t t = 0; t < T1; ++t) {
+    V<T> xv[KT];
+    for (int b = 0; b < KT; ++b) xv[b] = ld(xr[b] + t * Bp);
+    for (int a = 0; a < GT; ++a) {
+      const V<T> d = dy[(c0 + a) * T1 + t];
+      for (int b = 0; b < KT; ++b) acc[a][b] += d * xv[b];
+    }
+  }
+  for (int a = 0; a < GT; ++a)
+    for (int b = 0; b < KT; ++b) dwl[(c0 + a) * FK + q0 + b] = acc[a][b];
+}
+
 template <typename T>
-void relu_maxpool_grad_row(const T* g, const uint8_t* idx, int64_t n, int64_t size,
-                           int64_t steps, T* dx) {
-  std::memset(static_cast<void*>(dx), 0, steps * sizeof(T));
-  for (int64_t j = 0; j < n; ++j)
-    if (idx[j] != kPoolNoGrad) dx[j * size + idx[j]] = g[j];
+void conv_backward_block(int64_t b0, int64_t Bp, int64_t F, int64_t steps, int64_t C,
+                         int64_t K, int64_t P, const T* x, const T* wqp, const T* g,
+                         const uint8_t* idx, T* dx, V<T>* dy, V<T>* dwl, V<T>* dbl, V<T>* ys,
+                         V<T>* os, T* part) {
+  typedef typename LaneIndex<T>::v M;
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> E;   // M's elements
+  const int64_t T1 = steps - K + 1, Tp = T1 / P, sF = steps * Bp, FK = F * K;
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t j = 0; j < Tp; ++j) {
+      const V<T> gv = ld(g + (c * Tp + j) * Bp + b0);
+      const uint8_t* ip = idx + (c * Tp + j) * Bp + b0;
+      M iv;
+      for (int l = 0; l < kLanes; ++l) iv[l] = ip[l];
+      for (int64_t p = 0; p < P; ++p)
+        dy[c * T1 + j * P + p] = iv == static_cast<E>(p) ? gv : V<T>{};
+    }
+    for (int64_t t = Tp * P; t < T1; ++t) dy[c * T1 + t] = V<T>{};
+    V<T> s = {};
+    for (int64_t t = 0; t < T1; ++t) s += dy[c * T1 + t];
+    dbl[c] = s;
+  }
+  int64_t c0 = 0;
+  for (; c0 + 4 <= C; c0 += 4) {
+    int64_t q = 0;
+    for (; q + 4 <= FK; q += 4)
+      conv_grad_tile<T, 4, 4>(dy, T1, x, sF, Bp, b0, K, FK, c0, q, dwl);
+    for (; q < FK; ++q) conv_grad_tile<T, 4, 1>(dy, T1, x, sF, Bp, b0, K, FK, c0, q, dwl);
+  }
+  for (; c0 < C; ++c0)
+    for (int64_t q = 0; q < FK; ++q)
+      conv_grad_tile<T, 1, 1>(dy, T1, x, sF, Bp, b0, K, FK, c0, q, dwl);
+  // The block's partials, part (C * F * K + C: dw, then db), summed across the lanes here
+  // (a vector passed to code outside this instruction set's target changes its ABI).
+  for (int64_t q = 0; q < C * FK; ++q) part[q] = lane_sum<T>(dwl[q]);
+  for (int64_t c = 0; c < C; ++c) part[C * FK + c] = lane_sum<T>(dbl[c]);
+  if (!dx) return;
+  for (int64_t t = 0; t < steps; ++t) {
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t k = 0; k < K; ++k)
+        ys[c * K + k] = t - k >= 0 && t - k < T1 ? dy[c * T1 + t - k] : V<T>{};
+    rows_product<T, 8>(wqp, F, C * K, ys, os);
+    for (int64_t f = 0; f < F; ++f) st(dx + f * sF + t * Bp + b0, os[f]);
+  }
 }
 
 // ================================================================= dispatch on H

@@ -76,6 +76,7 @@ enum Isa : int64_t { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
 const char* const kIsaNames[] = {"portable", "avx2", "avx512"};
 constexpr int64_t kIsaLanes[] = {4, 8, 16};
 constexpr int64_t kBatchMultiple = 16;   // every ISA's lane count divides it
+constexpr uint8_t kNoGrad = 255;          // lane_kernels.h's kPoolNoGrad
 
 int64_t best_isa() {
 #ifdef RNNLAB_X86
@@ -668,6 +669,95 @@ at::Tensor table_grad(const at::Tensor& dgi_, const at::Tensor& order_, int64_t 
   return dpt;
 }
 
+// conv_gru's front: Conv1D (valid, stride 1) then ReLU and MaxPool1d (pool P; P = 1: ReLU
+// alone) over x (F, T, Bp) in the kernels' layout, w (C, F, K), bias (C) or None ->
+// [out (C, (T - K + 1) / P, Bp), idx (the same, uint8: the window position each gradient
+// goes to)]. Blocks of lanes split between threads; each output is summed in one order.
+std::vector<at::Tensor> conv_forward(const at::Tensor& x_, const at::Tensor& w_,
+                                     const std::optional<at::Tensor>& bias_, int64_t P,
+                                     int64_t isa) {
+  TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+  g_last_isa = isa;
+  TORCH_CHECK(x_.dim() == 3 && x_.size(2) % kBatchMultiple == 0, "conv: x must be (F, T, Bp)");
+  TORCH_CHECK(w_.dim() == 3 && w_.size(1) == x_.size(0), "conv: w must be (C, F, K)");
+  TORCH_CHECK(w_.scalar_type() == x_.scalar_type(), "conv: x and w must share a dtype");
+  TORCH_CHECK(P >= 1 && P < kNoGrad, "conv: pool size must be in [1, 254]");
+  auto x = x_.contiguous();
+  auto w = w_.contiguous();
+  const int64_t F = x.size(0), T = x.size(1), B = x.size(2), C = w.size(0), K = w.size(2);
+  TORCH_CHECK(K >= 1 && T >= K + P - 1, "conv: ", T, " steps are too few for a kernel of ", K,
+              " and a pool of ", P);
+  const int64_t Tp = (T - K + 1) / P, L = kIsaLanes[isa];
+  const at::Tensor bias = checked_bias(bias_, C, x, "conv");
+  auto out = at::empty({C, Tp, B}, x.options());
+  auto idx = at::empty({C, Tp, B}, x.options().dtype(at::kByte));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_forward", [&] {
+    std::vector<scalar_t> packed(C * F * K);
+    RNNLAB_WITH_ISA(isa, ([&] {
+      pack_rows(w.data_ptr<scalar_t>(), 1, C, F * K, 8, packed.data());
+      for_blocks(B / L, [&](int64_t i) {
+        typedef typename LaneIndex<scalar_t>::v M;   // as wide as a V<scalar_t>
+        LaneBuf<scalar_t> xs(F * K), os(C), best(C), pos(2 * C);
+        M* at_ = reinterpret_cast<M*>(pos.data());
+        conv_forward_block<scalar_t>(i * kLanes, B, F, T, C, K, P, x.data_ptr<scalar_t>(),
+                                     packed.data(),
+                                     bias.defined() ? bias.data_ptr<scalar_t>() : nullptr,
+                                     out.data_ptr<scalar_t>(), idx.data_ptr<uint8_t>(),
+                                     xs.data(), os.data(), best.data(), at_, at_ + C);
+      });
+    })())
+  });
+  return {out, idx};
+}
+
+// Its backward: g (C, Tp, Bp), idx, x, w -> [dx (F, T, Bp) or an empty tensor when need_dx
+// is false, dw (C, F, K), db (C)]; the weight gradients summed per block and lane over t in
+// order, then the lanes, then the blocks in order: the same bits on any thread count.
+std::vector<at::Tensor> conv_backward(const at::Tensor& g_, const at::Tensor& idx_,
+                                      const at::Tensor& x_, const at::Tensor& w_, int64_t P,
+                                      bool need_dx, int64_t isa) {
+  TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+  g_last_isa = isa;
+  auto g = g_.contiguous();
+  auto idx = idx_.contiguous();
+  auto x = x_.contiguous();
+  auto w = w_.contiguous();
+  const int64_t F = x.size(0), T = x.size(1), B = x.size(2), C = w.size(0), K = w.size(2);
+  const int64_t Tp = (T - K + 1) / P, L = kIsaLanes[isa], nblk = B / L, n = C * F * K + C;
+  TORCH_CHECK(g.dim() == 3 && g.size(0) == C && g.size(1) == Tp && g.size(2) == B &&
+                  idx.sizes() == g.sizes() && idx.scalar_type() == at::kByte &&
+                  g.scalar_type() == x.scalar_type(),
+              "conv_backward: g and idx must be (C, Tp, Bp) as the forward's out and idx");
+  auto dx = need_dx ? at::empty({F, T, B}, x.options()) : at::empty({0}, x.options());
+  auto part = at::empty({nblk, n}, x.options());
+  auto dw = at::empty({C, F, K}, x.options());
+  auto db = at::empty({C}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_backward", [&] {
+    std::vector<scalar_t> packed(F * C * K);
+    RNNLAB_WITH_ISA(isa, ([&] {
+      if (need_dx) {   // w as (F, C * K), column c * K + k
+        auto wq = w.permute({1, 0, 2}).contiguous();
+        pack_rows(wq.data_ptr<scalar_t>(), 1, F, C * K, 8, packed.data());
+      }
+      scalar_t* pp = part.data_ptr<scalar_t>();
+      for_blocks(nblk, [&](int64_t i) {
+        LaneBuf<scalar_t> dy(C * (T - K + 1)), dwl(C * F * K), dbl(C), ys(C * K), os(F);
+        conv_backward_block<scalar_t>(i * kLanes, B, F, T, C, K, P, x.data_ptr<scalar_t>(),
+                                      packed.data(), g.data_ptr<scalar_t>(),
+                                      idx.data_ptr<uint8_t>(),
+                                      need_dx ? dx.data_ptr<scalar_t>() : nullptr, dy.data(),
+                                      dwl.data(), dbl.data(), ys.data(), os.data(),
+                                      pp + i * n);
+      });
+      std::vector<scalar_t> sum(n);
+      reduce_blocks(pp, nblk, n, sum.data());
+      std::copy(sum.begin(), sum.begin() + C * F * K, dw.data_ptr<scalar_t>());
+      std::copy(sum.begin() + C * F * K, sum.end(), db.data_ptr<scalar_t>());
+    })())
+  });
+  return {dx, dw, db};
+}
+
 // imdb_dense's multi-hot input and first dense layer in one sparse pass: ids (B, L) word
 // ids (0: padding), w (U, V), bias (U) -> [out (B, U), words (B, L) int32, n (B) int64]:
 // out = multi_hot(ids) @ w^T + bias without the (B, V) matrix, each row summed over its
@@ -746,66 +836,6 @@ std::vector<at::Tensor> multihot_linear_backward(const at::Tensor& g_, const at:
   return {dw, db};
 }
 
-// conv_gru's ReLU then MaxPool1d (stride = size, floor mode) over x (rows, T) in one pass:
-// out (rows, n = T / size) = max(0, max of each window), and which position of the window
-// the gradient goes to: the first that holds a positive maximum, or kNoGrad (nothing flows
-// when the maximum is not positive, as ReLU's gradient). A NaN wins its window and takes
-// the gradient (the last NaN, as PyTorch's max_pool1d; ReLU's backward passes at NaN).
-// Rows split between threads.
-constexpr uint8_t kNoGrad = 255;   // lane_kernels.h's kPoolNoGrad
-
-std::vector<at::Tensor> relu_maxpool_forward(const at::Tensor& x_, int64_t size, int64_t isa) {
-  TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
-  g_last_isa = isa;
-  TORCH_CHECK(size >= 1 && size < kNoGrad, "pool size must be in [1, 254]");
-  auto x = x_.contiguous();
-  const int64_t T = x.size(-1), rows = x.numel() / std::max<int64_t>(T, 1), n = T / size;
-  auto shape = x.sizes().vec();
-  shape.back() = n;
-  auto out = at::empty(shape, x.options());
-  auto idx = at::empty(shape, x.options().dtype(at::kByte));
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "relu_maxpool_forward", [&] {
-    const scalar_t* px = x.data_ptr<scalar_t>();
-    scalar_t* po = out.data_ptr<scalar_t>();
-    uint8_t* pi = idx.data_ptr<uint8_t>();
-    constexpr int64_t kRows = 64;   // rows per task
-    RNNLAB_WITH_ISA(isa, ([&] {
-      auto row = size == 2 ? relu_maxpool_row<scalar_t, 2>
-               : size == 3 ? relu_maxpool_row<scalar_t, 3>
-               : size == 4 ? relu_maxpool_row<scalar_t, 4> : relu_maxpool_row<scalar_t, 0>;
-      for_blocks((rows + kRows - 1) / kRows, [&](int64_t task) {
-        for (int64_t r = task * kRows; r < std::min(rows, (task + 1) * kRows); ++r)
-          row(px + r * T, n, size, po + r * n, pi + r * n);
-      });
-    })())
-  });
-  return {out, idx};
-}
-
-at::Tensor relu_maxpool_backward(const at::Tensor& grad_, const at::Tensor& idx_,
-                                 int64_t T, int64_t size, int64_t isa) {
-  TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
-  g_last_isa = isa;
-  auto grad = grad_.contiguous();
-  auto idx = idx_.contiguous();
-  const int64_t n = grad.size(-1), rows = grad.numel() / std::max<int64_t>(n, 1);
-  TORCH_CHECK(idx.sizes() == grad.sizes() && n == T / size, "idx and grad must match");
-  auto shape = grad.sizes().vec();
-  shape.back() = T;
-  auto dx = at::empty(shape, grad.options());
-  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "relu_maxpool_backward", [&] {
-    const scalar_t* pg = grad.data_ptr<scalar_t>();
-    const uint8_t* pi = idx.data_ptr<uint8_t>();
-    scalar_t* pd = dx.data_ptr<scalar_t>();
-    constexpr int64_t kRows = 64;   // rows per task
-    RNNLAB_WITH_ISA(isa, for_blocks((rows + kRows - 1) / kRows, [&](int64_t task) {
-      for (int64_t r = task * kRows; r < std::min(rows, (task + 1) * kRows); ++r)
-        relu_maxpool_grad_row<scalar_t>(pg + r * n, pi + r * n, n, size, T, pd + r * T);
-    }))
-  });
-  return dx;
-}
-
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -828,13 +858,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rows_project_grad", &rows_project_grad,
         "g (R, M), x (R, K) -> [dw (M, K), db (M)], the same bits for any thread count");
   m.def("table_grad", &table_grad, "gradient of a gathered projected table -> dP (V, G)");
+  m.def("conv_forward", &conv_forward,
+        "x (F, T, Bp), w (C, F, K), bias, pool, isa -> Conv1D, ReLU, MaxPool1d: [out, idx]");
+  m.def("conv_backward", &conv_backward,
+        "g, idx, x, w, pool, need_dx, isa -> [dx (F, T, Bp) or empty, dw (C, F, K), db (C)]");
   m.def("multihot_linear_forward", &multihot_linear_forward,
         "ids (B, L), w (U, V), bias (U or None), isa -> [multi_hot(ids) @ w^T + bias, words, n]");
   m.def("multihot_linear_backward", &multihot_linear_backward,
         "g (B, U), words, n, V, isa -> [dw (U, V), db (U)]");
-  m.def("relu_maxpool_forward", &relu_maxpool_forward,
-        "ReLU then MaxPool1d (stride = size) -> [out, index of the gradient's position]");
-  m.def("relu_maxpool_backward", &relu_maxpool_backward, "its gradient -> dx (..., T)");
   m.def("supported_isas", &supported_isas, "instruction sets this CPU runs, best first");
   m.def("last_isa", &last_isa, "the code of the instruction set the last kernel ran with");
   m.def("isa_code", &isa_code, "the code of an instruction set's name (an error if unknown)");
