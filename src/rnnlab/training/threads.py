@@ -80,9 +80,14 @@ class ThreadTuner:
     Call :meth:`step` after every training step with its wall time. A trial runs a
     neighbouring count for ``1 + trial`` steps, then the current count again for
     ``1 + trial`` steps (the first step after each switch warms the thread team up and is
-    not counted), and moves to the neighbour if its median step beat the median of the
+    not counted), and moves to the neighbour if its mean step beat the mean of the
     ``trial`` steps before and the ``trial`` steps after it by ``margin``: timing the
     current count on both sides keeps a load that comes or goes mid-trial from deciding.
+    Means, not medians: beside busy processes two threads run most steps about as fast as
+    one and a few several times slower (a parallel region waits for the thread the busy
+    process holds off its core), and the median missed those steps: `bench_threads
+    --variant gru --load 2` gave two threads a median of 13.7 ms and a mean of 23.4,
+    against 9.1 and 12.8 for one (2026-12-07), and the median-led tuner kept two.
     Trials come every ``period`` steps (the first after ``first_trial``).
     """
     max_threads: int
@@ -132,8 +137,8 @@ class ThreadTuner:
 
     def _decide(self) -> None:
         assert self._trying is not None   # a trial ran before this
-        tried = statistics.median(self._tried[1:])
-        current = statistics.median(self._before + self._after[1:])
+        tried = statistics.fmean(self._tried[1:])
+        current = statistics.fmean(self._before + self._after[1:])
         if tried < (1 - self.margin) * current:
             log.debug("threads: %d -> %d (%.1f vs %.1f ms/step)", self.current, self._trying,
                       current * 1e3, tried * 1e3)
