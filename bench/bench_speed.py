@@ -12,7 +12,7 @@ Each side keeps its models between rounds (bench/speed_worker.py); rnnlab runs w
 default ``train.threads: auto``, so its thread tuner is timed too. The same rounds then run
 again beside a fixed background load (``--load``, default one busy process per core) for
 the slowdown of each side, after ``--settle`` untimed rnnlab steps per variant (its thread
-tuner tries another count every 100 steps: the steady state under load is what is timed). Last, each half's default run is extrapolated from the measured
+tuner tries another count every 200 steps: the steady state under load is what is timed). Last, each half's default run is extrapolated from the measured
 parts: epochs x (steps x step + validation batches x evaluation batch) + the best epoch's
 validation and test pass + a fixed per-stage cost (``--stage-seconds``, see
 docs/benchmarks.md for where it comes from).
@@ -122,10 +122,10 @@ def main() -> None:
     parser.add_argument("--evals", type=int, default=8, help="evaluation batches per round")
     parser.add_argument("--load", type=int, default=os.cpu_count(),
                         help="busy processes in the loaded phase (0: skip it)")
-    parser.add_argument("--settle", type=int, default=110,
+    parser.add_argument("--settle", type=int, default=220,
                         help="untimed rnnlab training steps per variant when the load starts: "
                              "its thread tuner (train.threads: auto) tries another count "
-                             "every 100 steps")
+                             "every 200 steps")
     parser.add_argument("--only", help="comma-separated variants (default: every torch one)")
     parser.add_argument("--stage-seconds", type=float, default=10.0,
                         help="fixed cost per training stage (imports, tracking, model files)")

@@ -87,12 +87,16 @@ class ThreadTuner:
     one and a few several times slower (a parallel region waits for the thread the busy
     process holds off its core), and the median missed those steps: `bench_threads
     --variant gru --load 2` gave two threads a median of 13.7 ms and a mean of 23.4,
-    against 9.1 and 12.8 for one (2026-12-07), and the median-led tuner kept two.
+    against 9.1 and 12.8 for one (2026-12-07), and the median-led tuner kept two. Eight
+    steps a trial, every 200 steps: with four every 100 the means were still too noisy
+    (`auto` kept two threads for 235 of 250 steps beside two busy processes); with eight
+    every 200, 370 of 400 steps ran on one thread there (12.9 ms a step, one thread fixed
+    12.4, two 25.5), and on a quiet machine 382 of 400 on two (4.3 ms, two fixed 4.0).
     Trials come every ``period`` steps (the first after ``first_trial``).
     """
     max_threads: int
-    period: int = 100
-    trial: int = 4
+    period: int = 200
+    trial: int = 8
     margin: float = 0.08
     first_trial: int = 12           # the first trial comes early: a busy start is common
     current: int = 0
