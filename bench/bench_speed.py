@@ -9,7 +9,8 @@ one variant and round to the next, so machine noise hits all three alike), every
 of both halves is timed: ms per training step (forward, backward, RMSprop) at batch 128,
 and ms per evaluation batch of 128 (rnnlab: no_grad, eval mode; Keras: predict_on_batch).
 Each side keeps its models between rounds (bench/speed_worker.py); rnnlab runs with its
-default ``train.threads: auto``, so its thread tuner is timed too. The same rounds then run
+default ``train.threads: auto``, so its thread tuner is timed too, after ``--quiet-settle``
+untimed steps that take it past its first trial (once a stage in training). The same rounds then run
 again beside a fixed background load (``--load``, default one busy process per core) for
 the slowdown of each side, after ``--settle`` untimed rnnlab steps per variant (its thread
 tuner tries another count every 200 steps: the steady state under load is what is timed). Last, each half's default run is extrapolated from the measured
@@ -126,6 +127,10 @@ def main() -> None:
                         help="untimed rnnlab training steps per variant when the load starts: "
                              "its thread tuner (train.threads: auto) tries another count "
                              "every 200 steps")
+    parser.add_argument("--quiet-settle", type=int, default=32,
+                        help="untimed rnnlab training steps per variant before the quiet "
+                             "rounds: past the thread tuner's first trial (at step 12, 9 "
+                             "steps at one thread, then 9 at two), a cost of once a stage")
     parser.add_argument("--only", help="comma-separated variants (default: every torch one)")
     parser.add_argument("--stage-seconds", type=float, default=10.0,
                         help="fixed cost per training stage (imports, tracking, model files)")
@@ -154,7 +159,8 @@ def main() -> None:
         print(f"keras/tensorflow not importable by {args.keras_python}: Keras columns left out",
               file=sys.stderr)
 
-    quiet = run_phase(sides, variants, args.rounds, args.steps, args.evals, "quiet")
+    quiet = run_phase(sides, variants, args.rounds, args.steps, args.evals, "quiet",
+                      settle=args.quiet_settle)
     loaded = {}
     if args.load:
         load = busy(args.load)
