@@ -267,7 +267,7 @@ def _source(gi: Source) -> tuple:
     """A forward's step inputs as the C++ forwards take them (src, order, steps, w_ih, b_ih):
     gi (G, T, Bp) alone; or a projected table (V, G), the token order and the steps (the
     table route: the kernels gather each step's rows themselves); or x (I, T, Bp), w_ih and
-    b_ih (the kernels compute each step's projections, the bits of ``_project``'s)."""
+    b_ih (the kernels compute each step's projections, the bits of ``product``'s)."""
     if isinstance(gi, LayerInput):
         return gi.x, None, 0, gi.w_ih, gi.b_ih
     if isinstance(gi, Tensor):
@@ -345,11 +345,6 @@ def rows_project_grad(g: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     for any thread count)."""
     dw, db = _require().rows_project_grad(g, x, _isa_code())
     return dw, db
-
-
-def _project(x: Tensor, w_ih: Tensor, b_ih: Tensor) -> Tensor:
-    """gi (G*H, T, Bp) = w_ih @ x + b_ih for x (I, T, Bp): every step in one product."""
-    return product(w_ih, x.reshape(x.size(0), -1), b_ih).view(-1, x.size(1), x.size(2))
 
 
 class _Recurrence(torch.autograd.Function):

@@ -979,11 +979,10 @@ void multihot_grad(int64_t B, int64_t L, const int32_t* words, const int64_t* n,
   }
 }
 
-// ================================================================= ReLU and MaxPool1d
-// kPoolNoGrad marks a pooling window the gradient does not reach (conv_forward_block).
+// ================================================================= 1-D convolutions
+// kPoolNoGrad marks a pooling window the gradient does not reach.
 constexpr uint8_t kPoolNoGrad = 255;
 
-// ================================================================= 1-D convolutions
 // conv_gru's front in the kernels' layout, one block of kLanes sequences: x (F, T, Bp) ->
 // out (C, Tp, Bp) and idx (C, Tp, Bp) uint8, where y[c][t] = b[c] + sum over (f, k) of
 // w[c][f][k] x[f][t + k] for t < T1 = T - K + 1 (Keras' "valid"; the sum in one order,

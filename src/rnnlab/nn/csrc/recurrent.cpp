@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <new>
 #include <optional>
@@ -76,7 +77,6 @@ enum Isa : int64_t { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
 const char* const kIsaNames[] = {"portable", "avx2", "avx512"};
 constexpr int64_t kIsaLanes[] = {4, 8, 16};
 constexpr int64_t kBatchMultiple = 16;   // every ISA's lane count divides it
-constexpr uint8_t kNoGrad = 255;          // lane_kernels.h's kPoolNoGrad
 
 int64_t best_isa() {
 #ifdef RNNLAB_X86
@@ -156,6 +156,19 @@ inline void reduce_blocks(const T* part, int64_t nblk, int64_t n, T* out) {
   for (int64_t j = 0; j < n; ++j) out[j] = part[j];
   for (int64_t i = 1; i < nblk; ++i)
     for (int64_t j = 0; j < n; ++j) out[j] += part[i * n + j];
+}
+
+// The same, the n sums dealt out to the outputs in turn (each takes its numel values).
+template <typename T>
+void reduce_blocks_to(const T* part, int64_t nblk, int64_t n,
+                      std::initializer_list<at::Tensor> outs) {
+  std::vector<T> sum(n);
+  reduce_blocks(part, nblk, n, sum.data());
+  const T* s = sum.data();
+  for (const at::Tensor& t : outs) {
+    std::copy(s, s + t.numel(), t.data_ptr<T>());
+    s += t.numel();
+  }
 }
 
 template <typename T>
@@ -433,15 +446,7 @@ struct BackwardInputs {
               dx.defined() ? dx.data_ptr<scalar_t>() : nullptr, pb + G * H + G,
               pb + G * H + G + G * I);
       });
-      std::vector<scalar_t> sum(n);
-      reduce_blocks(part, nblk, n, sum.data());
-      std::copy(sum.begin(), sum.begin() + G * H, dw.data_ptr<scalar_t>());
-      std::copy(sum.begin() + G * H, sum.begin() + G * H + G, db.data_ptr<scalar_t>());
-      if (inside) {
-        std::copy(sum.begin() + G * H + G, sum.begin() + G * H + G + G * I,
-                  dwi.data_ptr<scalar_t>());
-        std::copy(sum.begin() + G * H + G + G * I, sum.end(), dbi.data_ptr<scalar_t>());
-      }
+      reduce_blocks_to<scalar_t>(part, nblk, n, {dw, db, dwi, dbi});
     });
     if (inside) return {dx.defined() ? dx : at::empty({0}, out.options()), dwi, dbi, dw, db};
     return {dgi, dw, db};
@@ -681,7 +686,8 @@ std::vector<at::Tensor> conv_forward(const at::Tensor& x_, const at::Tensor& w_,
   TORCH_CHECK(x_.dim() == 3 && x_.size(2) % kBatchMultiple == 0, "conv: x must be (F, T, Bp)");
   TORCH_CHECK(w_.dim() == 3 && w_.size(1) == x_.size(0), "conv: w must be (C, F, K)");
   TORCH_CHECK(w_.scalar_type() == x_.scalar_type(), "conv: x and w must share a dtype");
-  TORCH_CHECK(P >= 1 && P < kNoGrad, "conv: pool size must be in [1, 254]");
+  TORCH_CHECK(P >= 1 && P < rnnlab::portable::kPoolNoGrad,
+              "conv: pool size must be in [1, 254]");
   auto x = x_.contiguous();
   auto w = w_.contiguous();
   const int64_t F = x.size(0), T = x.size(1), B = x.size(2), C = w.size(0), K = w.size(2);
@@ -749,10 +755,7 @@ std::vector<at::Tensor> conv_backward(const at::Tensor& g_, const at::Tensor& id
                                       dwl.data(), dbl.data(), ys.data(), os.data(),
                                       pp + i * n);
       });
-      std::vector<scalar_t> sum(n);
-      reduce_blocks(pp, nblk, n, sum.data());
-      std::copy(sum.begin(), sum.begin() + C * F * K, dw.data_ptr<scalar_t>());
-      std::copy(sum.begin() + C * F * K, sum.end(), db.data_ptr<scalar_t>());
+      reduce_blocks_to<scalar_t>(pp, nblk, n, {dw, db});
     })())
   });
   return {dx, dw, db};
@@ -825,14 +828,11 @@ std::vector<at::Tensor> multihot_linear_backward(const at::Tensor& g_, const at:
       transpose_part<scalar_t>(dwt.data_ptr<scalar_t>(), V, U, 0, U, dw.data_ptr<scalar_t>());
     })())
   });
-  auto db = at::empty({U}, g.options());
-  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "multihot_linear_bias", [&] {
-    const scalar_t* pg = g.data_ptr<scalar_t>();
-    scalar_t* pd = db.data_ptr<scalar_t>();
-    for (int64_t u = 0; u < U; ++u) pd[u] = B ? pg[u] : scalar_t(0);
-    for (int64_t b = 1; b < B; ++b)
-      for (int64_t u = 0; u < U; ++u) pd[u] += pg[b * U + u];
-  });
+  auto db = at::zeros({U}, g.options());
+  if (B > 0)   // the rows added in order
+    AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "multihot_linear_bias", [&] {
+      reduce_blocks(g.data_ptr<scalar_t>(), B, U, db.data_ptr<scalar_t>());
+    });
   return {dw, db};
 }
 
