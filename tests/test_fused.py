@@ -667,6 +667,15 @@ def test_a_convolution_relu_and_pool_in_the_kernels_layout(pool, dtype, isa):
         torch.testing.assert_close(got_g, want_g)
 
 
+def _on_1_2_3_threads(run):
+    """run()'s results on 1, 2 and 3 threads, the thread count restored after."""
+    before = torch.get_num_threads()
+    try:
+        return [(torch.set_num_threads(threads), run())[1] for threads in (1, 2, 3)]
+    finally:
+        torch.set_num_threads(before)
+
+
 def _multi_hot(ids, vocab, dtype):
     hot = torch.zeros(ids.size(0), vocab, dtype=dtype)
     hot.scatter_(1, ids, 1.0)
@@ -692,15 +701,12 @@ def test_a_multi_hot_input_times_a_dense_layer_without_the_matrix(units, dtype, 
     grad = torch.randn(rows, units, generator=g, dtype=dtype)
     exact = _multi_hot(ids, vocab, torch.float64) @ w.detach().double().t() + b.detach().double()
     dw_exact = grad.double().t() @ _multi_hot(ids, vocab, torch.float64)
-    before = torch.get_num_threads()
-    runs = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            out = fused.multihot_linear(ids, w, b)
-            runs.append((out, *torch.autograd.grad(out, (w, b), grad)))
-    finally:
-        torch.set_num_threads(before)
+
+    def run():
+        out = fused.multihot_linear(ids, w, b)
+        return (out, *torch.autograd.grad(out, (w, b), grad))
+
+    runs = _on_1_2_3_threads(run)
     assert fused.last_isa() == isa
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     for got, want in zip(runs[0], (exact, dw_exact, grad.double().sum(0))):
@@ -729,20 +735,135 @@ def test_imdb_dense_trains_through_the_sparse_pass_like_the_dense_model():
     ids = torch.randint(0, 500, (32, 80))
     y = torch.randint(0, 2, (32,)).float()
 
-    def loss_and_grads(sparse: bool):
-        model.zero_grad()
-        before = fused.calls["multihot"]
-        if sparse:
-            out = model(ids)
-        else:                          # the modules one by one: MultiHot's (B, V) matrix
-            out = model.out(nn.Sequential.forward(model.body, ids)).squeeze(-1)
-        assert fused.calls["multihot"] == before + sparse
-        loss = F.binary_cross_entropy_with_logits(out, y)
-        loss.backward()
-        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+    # the other route: the modules one by one, MultiHot's (B, V) matrix
+    _routes_agree(model, "multihot", lambda: model(ids),
+                  lambda: model.out(nn.Sequential.forward(model.body, ids)).squeeze(-1),
+                  lambda out: F.binary_cross_entropy_with_logits(out, y))
 
-    sparse_loss, sparse_grads = loss_and_grads(True)
-    dense_loss, dense_grads = loss_and_grads(False)
-    torch.testing.assert_close(sparse_loss, dense_loss, rtol=1e-6, atol=1e-7)
-    for a, c in zip(sparse_grads, dense_grads):
+
+def _routes_agree(model, kernel, cpp, other, loss_of):
+    """The model's loss and parameter gradients by ``cpp()``, which must call the C++
+    ``kernel`` once, and by ``other()``, which must not, agree to float32 rounding."""
+    results = []
+    for route, calls in ((cpp, 1), (other, 0)):
+        model.zero_grad()
+        before = fused.calls[kernel]
+        loss = loss_of(route())
+        assert fused.calls[kernel] == before + calls
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (cpp_loss, cpp_grads), (other_loss, other_grads) = results
+    torch.testing.assert_close(cpp_loss, other_loss, rtol=1e-6, atol=1e-7)
+    for a, c in zip(cpp_grads, other_grads):
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows,k,n", [(128, 3360, 32), (37, 101, 19), (5, 16, 1), (130, 50, 70)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_dense_layer_and_its_gradients_exact_to_rounding_on_any_thread_count(rows, k, n,
+                                                                                dtype, isa):
+    """``fused.dense`` (the dense model's first layer: (128 x 3,360) by (3,360 x 32)) equals
+    ``linear`` with its weight's, bias's and input's gradients, exact to rounding against
+    float64, on shapes that leave tiles part-filled (rows, columns and outputs that are not
+    whole tiles or vectors), with the same bits on 1, 2 and 3 threads and in inference."""
+    g = torch.Generator().manual_seed(rows + k + n)
+    x = torch.randn(rows, k, generator=g, dtype=dtype, requires_grad=True)
+    w = torch.randn(n, k, generator=g, dtype=dtype, requires_grad=True)
+    b = torch.randn(n, generator=g, dtype=dtype, requires_grad=True)
+    grad = torch.randn(rows, n, generator=g, dtype=dtype)
+    xd, wd = x.detach().double(), w.detach().double()
+    exact = (xd @ wd.t() + b.detach().double(), grad.double() @ wd, grad.double().t() @ xd,
+             grad.double().sum(0))
+
+    def run():
+        out = fused.dense(x, w, b)
+        return (out, *torch.autograd.grad(out, (x, w, b), grad))
+
+    runs = _on_1_2_3_threads(run)
+    assert fused.last_isa() == isa
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for got, want in zip(runs[0], exact):
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=tol * float(want.abs().max()))
+    assert all(torch.equal(a, c) for run in runs[1:] for a, c in zip(runs[0], run))
+    with torch.no_grad():
+        assert torch.equal(fused.dense(x, w, b), runs[0][0])
+        no_bias = xd @ wd.t()
+        torch.testing.assert_close(fused.dense(x, w).double(), no_bias, rtol=0,
+                                   atol=tol * float(no_bias.abs().max()))
+
+
+def test_a_dense_layer_gradchecks_in_float64():
+    g = torch.Generator().manual_seed(4)
+    x, w, b = (torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)
+               for s in ((9, 21), (5, 21), (5,)))
+    assert torch.autograd.gradcheck(fused.dense, (x, w, b))
+
+
+def test_the_dense_model_trains_through_the_cpp_layer_like_nn_linear():
+    """The dense model's hidden layer on the CPU runs ``fused.dense`` (a silent fall back to
+    ``nn.Linear``'s product fails here), with nn.Linear's loss and gradients, and its
+    state_dict is nn.Linear's."""
+    from rnnlab.nn.models import ModelSpec, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("jena", "dense", epochs=1, units=(32,)), 14, 240)
+    x, y = torch.randn(64, 240, 14), torch.randn(64)
+    hidden = model.body[1]
+
+    _routes_agree(model, "dense", lambda: model(x),
+                  lambda: model.out(torch.relu(F.linear(x.flatten(1), hidden.weight,
+                                                        hidden.bias))).squeeze(-1),
+                  lambda out: F.l1_loss(out, y))
+    assert set(model.state_dict()) == {"body.1.weight", "body.1.bias", "out.weight", "out.bias"}
+
+
+@pytest.mark.parametrize("form", ["keras2", "keras3"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rmsprop_in_one_pass_has_the_bits_of_its_operations_in_numpy(form, dtype, isa):
+    """``rmsprop_update`` (engine.RMSprop on CPU tensors) gives, on every instruction set and
+    on 1, 2 and 3 threads, the bits of v = alpha v + (1 - alpha) g^2 and p += -lr g /
+    (sqrt(v) + eps) (keras3: / sqrt(v + eps)) written out in numpy in the dtype, each
+    operation rounded on its own: parameters large enough to be split between threads and
+    small ones, gradients from 2 to 1e-5 and zero."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(7)
+    shapes = [(32, 3360), (70_001,), (32,), (1,)]
+    scales = (2.0, 1e-3, 1e-5, 0.0, 1.0)
+    steps = [[torch.randn(s, generator=g, dtype=dtype) * c for s in shapes] for c in scales]
+    start = [torch.randn(s, generator=g, dtype=dtype) for s in shapes]
+    kind = np.float32 if dtype == torch.float32 else np.float64
+    a, rest, eps, step = kind(0.9), kind(1 - 0.9), kind(1e-7), kind(-1e-3)
+    want_p = [p.numpy().copy() for p in start]
+    want_v = [np.zeros_like(p) for p in want_p]
+    for grads in steps:
+        for i, grad in enumerate(grads):
+            gn = grad.numpy()
+            want_v[i] = want_v[i] * a + rest * gn * gn
+            d = np.sqrt(want_v[i] + eps) if form == "keras3" else np.sqrt(want_v[i]) + eps
+            want_p[i] = want_p[i] + step * gn / d
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            params = [p.clone() for p in start]
+            avgs = [torch.zeros_like(p) for p in start]
+            for grads in steps:
+                fused.rmsprop_update(params, grads, avgs, 0.9, 1e-7, 1e-3, form == "keras3")
+            assert fused.last_isa() == isa
+            for p, v, wp, wv in zip(params, avgs, want_p, want_v):
+                assert np.array_equal(p.numpy(), wp) and np.array_equal(v.numpy(), wv)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_rmsprop_in_one_pass_bumps_versions_and_refuses_mismatched_tensors():
+    p, g, v = torch.ones(5), torch.ones(5), torch.zeros(5)
+    before = p._version, v._version
+    fused.rmsprop_update([p], [g], [v], 0.9, 1e-7, 1e-3, False)
+    assert p._version > before[0] and v._version > before[1]
+    with pytest.raises(RuntimeError, match="contiguous CPU tensor of the parameter's shape"):
+        fused.rmsprop_update([p], [torch.ones(4)], [v], 0.9, 1e-7, 1e-3, False)
+    with pytest.raises(RuntimeError, match="contiguous CPU tensor"):
+        fused.rmsprop_update([torch.ones(4, 4).t()], [torch.ones(4, 4)], [torch.zeros(4, 4)],
+                             0.9, 1e-7, 1e-3, False)

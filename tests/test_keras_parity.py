@@ -79,7 +79,7 @@ RECURRENT_CLASS = {"gru": "GRU", "lstm": "LSTM", "rnn": "SimpleRNN"}
 def keras_class(module: nn.Module) -> str | None:
     if isinstance(module, RecurrentLayer):
         return RECURRENT_CLASS[module.cell]
-    return KERAS_CLASS.get(type(module))
+    return next((name for cls, name in KERAS_CLASS.items() if isinstance(module, cls)), None)
 
 
 def gru_gates(a: torch.Tensor) -> torch.Tensor:

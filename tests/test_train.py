@@ -348,15 +348,16 @@ def test_a_task_on_its_device_gives_the_same_batches_and_training():
 
 @pytest.mark.parametrize("form", ["keras2", "keras3"])
 def test_rmsprop_equals_torch_optim_and_keras3_form(form):
-    """engine.RMSprop: ``keras2`` bit for bit torch.optim.RMSprop (what fit used before),
-    ``keras3`` bit for bit the tf.keras form written out (p -= lr g / sqrt(v + eps)); its
-    state_dict round-trips, and torch.optim's loads into it."""
+    """engine.RMSprop's foreach form (every GPU's, and ``fused=False``): ``keras2`` bit for
+    bit torch.optim.RMSprop (what fit used before), ``keras3`` bit for bit the tf.keras form
+    written out (p -= lr g / sqrt(v + eps)); its state_dict round-trips, and torch.optim's
+    loads into it."""
     from rnnlab.training.engine import RMSprop
     torch.manual_seed(0)
     weights = [torch.randn(6, 5), torch.randn(7)]
     grads = [[torch.randn_like(w) * s for w in weights] for s in (1.0, 1e-3, 1e-5, 0.0, 2.0)]
     ours = [torch.nn.Parameter(w.clone()) for w in weights]
-    opt = RMSprop(ours, lr=1e-3, alpha=0.9, eps=1e-7, form=form)
+    opt = RMSprop(ours, lr=1e-3, alpha=0.9, eps=1e-7, form=form, fused=False)
     if form == "keras2":
         ref = [torch.nn.Parameter(w.clone()) for w in weights]
         ref_opt = torch.optim.RMSprop(ref, lr=1e-3, alpha=0.9, eps=1e-7)
@@ -383,6 +384,39 @@ def test_rmsprop_equals_torch_optim_and_keras3_form(form):
     if form == "keras2":
         again.load_state_dict(ref_opt.state_dict())
         assert all(torch.equal(a, b) for a, b in zip(again.square_avg, opt.square_avg))
+
+
+@pytest.mark.parametrize("form", ["keras2", "keras3"])
+def test_rmsprop_on_cpu_takes_one_cpp_pass_within_an_ulp_of_the_foreach_form(form):
+    """On CPU tensors engine.RMSprop runs the C++ pass (rnnlab.nn.fused.rmsprop_update, its
+    bits checked against numpy in test_fused.py); torch's foreach form differs from it only
+    by torch's approximate CPU sqrt: within a few ulps of the parameters, or of lr (a
+    step's size), after five steps.
+    ``fused=True`` refuses tensors the pass cannot take."""
+    from rnnlab.nn import fused
+    from rnnlab.training.engine import RMSprop
+    if not fused.available():
+        pytest.skip(f"fused extension unavailable: {fused.unavailable_reason()}")
+    torch.manual_seed(0)
+    weights = [torch.randn(32, 300), torch.randn(7)]
+    grads = [[torch.randn_like(w) * s for w in weights] for s in (1.0, 1e-3, 1e-5, 0.0, 2.0)]
+    runs = []
+    for mode in (None, False):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        opt = RMSprop(params, lr=1e-3, alpha=0.9, eps=1e-7, form=form, fused=mode)
+        before = fused.calls["rmsprop"]
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            opt.step()
+        assert fused.calls["rmsprop"] == before + (len(grads) if mode is None else 0)
+        runs.append(params)
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=4e-7, atol=1e-3 * 4e-7)
+    odd = torch.nn.Parameter(torch.randn(4, 4).t())
+    odd.grad = torch.ones(4, 4)
+    with pytest.raises(RnnlabError, match=r"fused=True\) takes contiguous float CPU"):
+        RMSprop([odd], lr=1e-3, alpha=0.9, eps=1e-7, fused=True).step()
 
 
 def test_a_training_stage_never_imports_torch_dynamo():

@@ -1110,6 +1110,127 @@ void conv_backward_block(int64_t b0, int64_t Bp, int64_t F, int64_t steps, int64
   }
 }
 
+// ================================================================= a dense layer, row-major
+// y (R, N) = x (R, K) @ W^T + b, from wt = W^T (K, N) (and a bias padded to whole vectors):
+// a tile of RB rows by NT vectors of outputs stays in registers over k, and each x[r][k]
+// is broadcast to the NT vectors of wt's row k. Each output starts at its bias and adds
+// its K products in order, on one thread. Past N, a row's last vector reads into the next
+// row (wt is allocated kLanes longer) and those lanes are never stored.
+template <typename T, int RB, int NT>
+inline void dense_tile(const T* __restrict__ x, int64_t K, const T* __restrict__ wt, int64_t N,
+                       int64_t n0, const T* __restrict__ bias, T* __restrict__ y) {
+  V<T> acc[RB][NT];
+  for (int j = 0; j < NT; ++j) {
+    const V<T> b0 = bias ? ld(bias + n0 + j * kLanes) : V<T>{};
+    for (int r = 0; r < RB; ++r) acc[r][j] = b0;
+  }
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < K; ++k) {
+    V<T> w[NT];
+    for (int j = 0; j < NT; ++j) w[j] = ld(wt + k * N + n0 + j * kLanes);
+    for (int r = 0; r < RB; ++r) {
+      const V<T> xr = splat(x[r * K + k]);
+      for (int j = 0; j < NT; ++j) acc[r][j] += xr * w[j];
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int j = 0; j < NT; ++j) {
+      const int64_t c = n0 + j * kLanes;
+      if (c + kLanes <= N) {
+        st(y + r * N + c, acc[r][j]);
+      } else {
+        T lanes[kLanes];
+        st(lanes, acc[r][j]);
+        for (int64_t l = 0; c + l < N; ++l) y[r * N + c + l] = lanes[l];
+      }
+    }
+}
+// Rows r0 .. r0 + rows - 1 of y, every column.
+template <typename T>
+void dense_rows(const T* x, int64_t rows, int64_t K, const T* wt, int64_t N, const T* bias,
+                T* y) {
+  constexpr int RB = kRegs >= 32 ? 8 : 4, NT = 2;
+  const int64_t nvec = (N + kLanes - 1) / kLanes;
+  int64_t r = 0;
+  for (; r + RB <= rows; r += RB) {
+    int64_t v = 0;
+    for (; v + NT <= nvec; v += NT)
+      dense_tile<T, RB, NT>(x + r * K, K, wt, N, v * kLanes, bias, y + r * N);
+    for (; v < nvec; ++v) dense_tile<T, RB, 1>(x + r * K, K, wt, N, v * kLanes, bias, y + r * N);
+  }
+  for (; r < rows; ++r)
+    for (int64_t v = 0; v < nvec; ++v)
+      dense_tile<T, 1, 1>(x + r * K, K, wt, N, v * kLanes, bias, y + r * N);
+}
+
+// Its weight gradient dW (N, K) = g^T x for g (R, N): a tile of NB rows of dW by KT vectors
+// of k in registers over the R rows, each g[r][n] broadcast; every value adds the rows in
+// order. Columns k0 .. k0 + KT * kLanes - 1 (whole vectors; dense_grad_cols does the rest).
+template <typename T, int NB, int KT>
+inline void dense_grad_tile(const T* __restrict__ g, int64_t N, const T* __restrict__ x,
+                            int64_t K, int64_t R, int64_t n0, int64_t k0, T* __restrict__ dw) {
+  V<T> acc[NB][KT] = {};
+  for (int64_t r = 0; r < R; ++r) {
+    V<T> xs[KT];
+    for (int j = 0; j < KT; ++j) xs[j] = ld(x + r * K + k0 + j * kLanes);
+    for (int a = 0; a < NB; ++a) {
+      const V<T> ga = splat(g[r * N + n0 + a]);
+      for (int j = 0; j < KT; ++j) acc[a][j] += ga * xs[j];
+    }
+  }
+  for (int a = 0; a < NB; ++a)
+    for (int j = 0; j < KT; ++j) st(dw + (n0 + a) * K + k0 + j * kLanes, acc[a][j]);
+}
+// Columns k0 .. k1 - 1 of dW, every row: whole vectors in tiles, the last columns one by one.
+template <typename T>
+void dense_grad_cols(const T* g, int64_t N, const T* x, int64_t K, int64_t R, int64_t k0,
+                     int64_t k1, T* dw) {
+  constexpr int NB = kRegs >= 32 ? 8 : 4, KT = kRegs >= 32 ? 3 : 2;
+  int64_t k = k0;
+  for (; k + KT * kLanes <= k1; k += KT * kLanes) {
+    int64_t n = 0;
+    for (; n + NB <= N; n += NB) dense_grad_tile<T, NB, KT>(g, N, x, K, R, n, k, dw);
+    for (; n < N; ++n) dense_grad_tile<T, 1, KT>(g, N, x, K, R, n, k, dw);
+  }
+  for (; k + kLanes <= k1; k += kLanes) {
+    int64_t n = 0;
+    for (; n + NB <= N; n += NB) dense_grad_tile<T, NB, 1>(g, N, x, K, R, n, k, dw);
+    for (; n < N; ++n) dense_grad_tile<T, 1, 1>(g, N, x, K, R, n, k, dw);
+  }
+  for (; k < k1; ++k)
+    for (int64_t n = 0; n < N; ++n) {
+      T s = 0;
+      for (int64_t r = 0; r < R; ++r) s += g[r * N + n] * x[r * K + k];
+      dw[n * K + k] = s;
+    }
+}
+
+// ================================================================= RMSprop's update
+// One pass over a parameter: v = alpha v + (1 - alpha) g^2, then p += -lr g / (sqrt(v) +
+// eps) (keras2) or -lr g / sqrt(v + eps) (keras3), in the order of torch's foreach ops.
+// Every operation is rounded on its own (no contraction into FMAs) and sqrt is the IEEE
+// one, so each instruction set and each split between threads gives the same bits: those
+// of the same float operations in numpy.
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+template <typename T, bool kKeras3>
+void rmsprop_part(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ v, int64_t n,
+                  T alpha, T rest, T eps, T step) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const T gi = g[i];
+    const T vi = v[i] * alpha + rest * gi * gi;
+    v[i] = vi;
+    T d;
+    if constexpr (std::is_same<T, float>::value)
+      d = kKeras3 ? __builtin_sqrtf(vi + eps) : __builtin_sqrtf(vi) + eps;
+    else
+      d = kKeras3 ? __builtin_sqrt(vi + eps) : __builtin_sqrt(vi) + eps;
+    p[i] = p[i] + step * gi / d;
+  }
+}
+#pragma GCC pop_options
+
 // ================================================================= dispatch on H
 // The lecture's hidden sizes get a compile-time H (fixed trip counts, unrolled tiles).
 #define RNNLAB_LANES_H(H, CALL)                      \

@@ -836,6 +836,121 @@ std::vector<at::Tensor> multihot_linear_backward(const at::Tensor& g_, const at:
   return {dw, db};
 }
 
+// A dense layer on row-major tensors: y (R, N) = x (R, K) @ w (N, K)^T + bias (N or None)
+// (dense_rows: each output summed over k in order on one thread, so the bits do not
+// depend on the thread count; threads take fixed groups of rows). w is transposed first.
+// For the lecture's dense model, (128 x 3,360) by (3,360 x 32), where MKL runs this CPU's
+// AVX2 path.
+at::Tensor dense_forward(const at::Tensor& x_, const at::Tensor& w_,
+                         const std::optional<at::Tensor>& bias_, int64_t isa) {
+  TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+  TORCH_CHECK(x_.dim() == 2 && w_.dim() == 2 && w_.size(1) == x_.size(1),
+              "dense_forward: x (R, K) and w (N, K)");
+  TORCH_CHECK(w_.scalar_type() == x_.scalar_type(), "dense_forward: x and w must share a dtype");
+  TORCH_CHECK(x_.device().is_cpu() && w_.device().is_cpu(), "dense_forward runs on CPU tensors");
+  g_last_isa = isa;
+  auto x = x_.contiguous();
+  auto w = w_.contiguous();
+  const int64_t R = x.size(0), K = x.size(1), N = w.size(0), L = kIsaLanes[isa];
+  const at::Tensor bias = checked_bias(bias_, N, x, "dense_forward");
+  auto y = at::empty({R, N}, x.options());
+  constexpr int64_t kRows = 8;   // rows per task
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dense_forward", [&] {
+    std::vector<scalar_t> wt(K * N + L, 0), pb(bias.defined() ? N + L : 0, 0);
+    if (bias.defined()) std::copy(bias.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>() + N,
+                                  pb.begin());
+    RNNLAB_WITH_ISA(isa, ([&] {
+      transpose_part<scalar_t>(w.data_ptr<scalar_t>(), N, K, 0, K, wt.data());
+      for_blocks((R + kRows - 1) / kRows, [&](int64_t task) {
+        const int64_t r0 = task * kRows;
+        dense_rows<scalar_t>(x.data_ptr<scalar_t>() + r0 * K, std::min(kRows, R - r0), K,
+                             wt.data(), N, bias.defined() ? pb.data() : nullptr,
+                             y.data_ptr<scalar_t>() + r0 * N);
+      });
+    })())
+  });
+  return y;
+}
+
+// Its weight and bias gradients from g (R, N): [dw (N, K) = g^T x, db (N)], each value
+// adding the rows in order on one thread (threads take fixed groups of columns).
+std::vector<at::Tensor> dense_backward(const at::Tensor& g_, const at::Tensor& x_, int64_t isa) {
+  TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+  TORCH_CHECK(g_.dim() == 2 && x_.dim() == 2 && g_.size(0) == x_.size(0),
+              "dense_backward: g (R, N) and x (R, K)");
+  TORCH_CHECK(g_.scalar_type() == x_.scalar_type(), "dense_backward: g and x must share a dtype");
+  g_last_isa = isa;
+  auto g = g_.contiguous();
+  auto x = x_.contiguous();
+  const int64_t R = g.size(0), N = g.size(1), K = x.size(1), L = kIsaLanes[isa];
+  auto dw = at::empty({N, K}, x.options());
+  auto db = at::zeros({N}, x.options());
+  const int64_t cols = 3 * L;   // columns per task: a whole number of tiles
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dense_backward", [&] {
+    RNNLAB_WITH_ISA(isa, for_blocks((K + cols - 1) / cols, [&](int64_t task) {
+      dense_grad_cols<scalar_t>(g.data_ptr<scalar_t>(), N, x.data_ptr<scalar_t>(), K, R,
+                                task * cols, std::min(K, (task + 1) * cols),
+                                dw.data_ptr<scalar_t>());
+    }))
+    if (R > 0) reduce_blocks(g.data_ptr<scalar_t>(), R, N, db.data_ptr<scalar_t>());
+  });
+  return {dw, db};
+}
+
+// RMSprop's update of every parameter in place (engine.RMSprop on CPU tensors): params,
+// their grads and their square averages, each list's i-th tensors of one shape, dtype and
+// layout; alpha, eps, lr and the form as engine.RMSprop's. Chunks of kChunk elements go to
+// threads (with the caller's floating-point mode, as every kernel here); which thread
+// runs a chunk changes no bits (rmsprop_part). Bumps the version counters of params and
+// averages, as torch's in-place ops do.
+void rmsprop_update(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                    const std::vector<at::Tensor>& avgs, double alpha, double eps, double lr,
+                    bool keras3, int64_t isa) {
+  TORCH_CHECK(isa >= 0 && isa <= best_isa(), "instruction set ", isa, " is not available");
+  TORCH_CHECK(params.size() == grads.size() && params.size() == avgs.size(),
+              "rmsprop_update: params, grads and averages must be lists of one length");
+  if (params.empty()) return;
+  const auto dtype = params[0].scalar_type();
+  for (size_t i = 0; i < params.size(); ++i)
+    for (const at::Tensor* t : {&params[i], &grads[i], &avgs[i]})
+      TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == dtype &&
+                      t->layout() == at::kStrided && t->sizes() == params[i].sizes(),
+                  "rmsprop_update: tensor ", i, " of each list must be a contiguous CPU ",
+                  "tensor of the parameter's shape and dtype");
+  g_last_isa = isa;
+  constexpr int64_t kChunk = 16384;
+  std::vector<std::pair<int64_t, int64_t>> chunks;   // (tensor, first element)
+  for (size_t i = 0; i < params.size(); ++i)
+    for (int64_t e = 0; e < params[i].numel(); e += kChunk)
+      chunks.emplace_back(static_cast<int64_t>(i), e);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "rmsprop_update", [&] {
+    using T = scalar_t;
+    const T a = static_cast<T>(alpha), rest = static_cast<T>(1.0 - alpha),
+            e = static_cast<T>(eps), step = static_cast<T>(-lr);
+    auto run = [&](int64_t c) {
+      const auto [i, first] = chunks[c];
+      const int64_t n = std::min(kChunk, params[i].numel() - first);
+      T* p = params[i].data_ptr<T>() + first;
+      const T* g = grads[i].data_ptr<T>() + first;
+      T* v = avgs[i].data_ptr<T>() + first;
+      if (keras3)
+        RNNLAB_WITH_ISA(isa, (rmsprop_part<T, true>(p, g, v, n, a, rest, e, step)))
+      else
+        RNNLAB_WITH_ISA(isa, (rmsprop_part<T, false>(p, g, v, n, a, rest, e, step)))
+    };
+    const int64_t nchunks = static_cast<int64_t>(chunks.size());
+    if (nchunks < 4) {   // a small model: a parallel region costs more than the update
+      for (int64_t c = 0; c < nchunks; ++c) run(c);
+    } else {
+      for_blocks(nchunks, run);
+    }
+  });
+  for (size_t i = 0; i < params.size(); ++i) {
+    torch::autograd::impl::bump_version(params[i]);
+    torch::autograd::impl::bump_version(avgs[i]);
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -866,6 +981,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "ids (B, L), w (U, V), bias (U or None), isa -> [multi_hot(ids) @ w^T + bias, words, n]");
   m.def("multihot_linear_backward", &multihot_linear_backward,
         "g (B, U), words, n, V, isa -> [dw (U, V), db (U)]");
+  m.def("dense_forward", &dense_forward,
+        "x (R, K), w (N, K), bias (N or None), isa -> x @ w^T + bias, row-major");
+  m.def("dense_backward", &dense_backward, "g (R, N), x (R, K), isa -> [dw (N, K), db (N)]");
+  m.def("rmsprop_update", &rmsprop_update,
+        "params, grads, averages, alpha, eps, lr, keras3, isa: RMSprop's update in place");
   m.def("supported_isas", &supported_isas, "instruction sets this CPU runs, best first");
   m.def("last_isa", &last_isa, "the code of the instruction set the last kernel ran with");
   m.def("isa_code", &isa_code, "the code of an instruction set's name (an error if unknown)");
