@@ -867,3 +867,12 @@ def test_rmsprop_in_one_pass_bumps_versions_and_refuses_mismatched_tensors():
     with pytest.raises(RuntimeError, match="contiguous CPU tensor"):
         fused.rmsprop_update([torch.ones(4, 4).t()], [torch.ones(4, 4)], [torch.zeros(4, 4)],
                              0.9, 1e-7, 1e-3, False)
+
+
+def test_a_dense_layer_refuses_a_bias_off_the_cpu_and_a_second_derivative():
+    x, w = torch.randn(4, 6), torch.randn(3, 6, requires_grad=True)
+    with pytest.raises(RuntimeError, match="bias must be a CPU tensor of M values"):
+        fused.dense(x, w.detach(), torch.zeros(3, device="meta"))
+    (gw,) = torch.autograd.grad(fused.dense(x, w).square().sum(), w, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gw.sum().backward()

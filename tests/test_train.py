@@ -415,8 +415,25 @@ def test_rmsprop_on_cpu_takes_one_cpp_pass_within_an_ulp_of_the_foreach_form(for
         torch.testing.assert_close(a.detach(), b.detach(), rtol=4e-7, atol=1e-3 * 4e-7)
     odd = torch.nn.Parameter(torch.randn(4, 4).t())
     odd.grad = torch.ones(4, 4)
-    with pytest.raises(RnnlabError, match=r"fused=True\) takes contiguous float CPU"):
+    with pytest.raises(RnnlabError, match=r"fused=True\) takes contiguous CPU parameters"):
         RMSprop([odd], lr=1e-3, alpha=0.9, eps=1e-7, fused=True).step()
+    # what the pass cannot take goes the foreach way: two dtypes, one parameter twice, and
+    # averages loaded in another dtype than their parameter's
+    mixed = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3).double())]
+    shared = torch.nn.Parameter(torch.ones(3))
+    loaded = torch.nn.Parameter(torch.ones(3).double())
+    state = RMSprop([torch.nn.Parameter(torch.ones(3))], lr=1e-3, alpha=0.9, eps=1e-7)
+    for p in (*mixed, shared, loaded):
+        p.grad = torch.ones_like(p)
+    state.params[0].grad = torch.ones(3)
+    state.step()                                         # a float32 average
+    for params, source in ((mixed, None), ([shared, shared], None), ([loaded], state)):
+        opt = RMSprop(params, lr=1e-3, alpha=0.9, eps=1e-7)
+        if source is not None:
+            opt.load_state_dict(source.state_dict())
+        before = fused.calls["rmsprop"]
+        opt.step()
+        assert fused.calls["rmsprop"] == before
 
 
 def test_a_training_stage_never_imports_torch_dynamo():

@@ -523,6 +523,7 @@ class _Dense(torch.autograd.Function):
         return _require().dense_forward(x, weight, bias, ctx.isa)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         dx = grad.mm(weight) if ctx.needs_input_grad[0] else None

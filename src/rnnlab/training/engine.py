@@ -77,14 +77,15 @@ class TrainConfig:
 class RMSprop:
     """RMSprop, v = rho v + (1 - rho) g^2 per parameter, in either form the lecture's
     Kerases compute: ``keras2``, p -= lr g / (sqrt(v) + eps), the book's Keras 2 and
-    ``torch.optim.RMSprop`` (bit for bit, tests/test_train.py); ``keras3``, p -= lr g /
-    sqrt(v + eps), TF 2's tf.keras and Keras 3 (tests/test_keras_parity.py).
+    ``torch.optim.RMSprop`` (its foreach form bit for bit, tests/test_train.py; the C++
+    pass below within an ulp); ``keras3``, p -= lr g / sqrt(v + eps), TF 2's tf.keras and
+    Keras 3 (tests/test_keras_parity.py).
 
     Not a ``torch.optim.Optimizer``: the first use of one imports ``torch._dynamo``, 141 MiB
     of resident memory in every training stage for nothing it does here (measured: 367 ->
     508 MiB after ``import torch, mlflow``), and the IMDB BiLSTM's stage had 29 MiB to
-    spare under 1 GB. The updates are foreach ops with plain scalars (one launch per op for
-    all parameters on a GPU, and nothing a CUDA graph cannot capture). ``state_dict`` and
+    spare under 1 GB. On a GPU the updates are foreach ops with plain scalars (one launch per
+    op for all parameters, and nothing a CUDA graph cannot capture). ``state_dict`` and
     ``load_state_dict`` use torch.optim's layout (``square_avg`` per parameter index), so
     checkpoints written with ``torch.optim.RMSprop`` load.
 
@@ -128,7 +129,7 @@ class RMSprop:
             avgs.append(avg)
         params = [self.params[i] for i in live]
         grads = [p.grad for p in params]
-        if self._fused_here(params, grads):
+        if self._fused_here(params, grads, avgs):
             from rnnlab.nn import fused
             fused.rmsprop_update([p.detach() for p in params], grads, avgs, self.alpha,
                                  self.eps, self.lr, self.form == "keras3")
@@ -143,19 +144,24 @@ class RMSprop:
             torch._foreach_sqrt_(denominators)
         torch._foreach_addcdiv_(params, grads, denominators, value=-self.lr)
 
-    def _fused_here(self, params: list[Tensor], grads: list[Tensor]) -> bool:
-        """Whether the C++ pass runs this step: CPU, float, contiguous dense tensors, the
-        extension built (``fused=True``: an error if not)."""
+    def _fused_here(self, params: list[Tensor], grads: list[Tensor],
+                    avgs: list[Tensor]) -> bool:
+        """Whether the C++ pass runs this step: contiguous dense CPU tensors of one float
+        dtype (averages loaded from a checkpoint included), each parameter's storage once,
+        the extension built (``fused=True``: an error if not)."""
         if self.fused is False:
             return False
-        fits = all(p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
-                   and p.is_contiguous() and g.layout == torch.strided and g.is_contiguous()
-                   and g.dtype == p.dtype and g.shape == p.shape
-                   for p, g in zip(params, grads))
+        dtype = params[0].dtype
+        fits = dtype in (torch.float32, torch.float64) and all(
+            t.device.type == "cpu" and t.layout == torch.strided and t.is_contiguous()
+            and t.dtype == dtype and t.shape == p.shape
+            for p, g, v in zip(params, grads, avgs) for t in (p, g, v)) \
+            and len({p.data_ptr() for p in params}) == len(params)
         if self.fused:
             if not fits:
-                raise RnnlabError("RMSprop(fused=True) takes contiguous float CPU parameters "
-                                  "and gradients only")
+                raise RnnlabError("RMSprop(fused=True) takes contiguous CPU parameters, "
+                                  "gradients and averages of one float dtype, each "
+                                  "parameter once")
             return True
         if not fits:
             return False

@@ -529,8 +529,9 @@ std::vector<at::Tensor> rnn_backward(const at::Tensor& grad, const at::Tensor& w
 at::Tensor checked_bias(const std::optional<at::Tensor>& bias_, int64_t M, const at::Tensor& x,
                         const char* what) {
   if (!bias_.has_value() || !bias_->defined()) return at::Tensor();
-  TORCH_CHECK(bias_->numel() == M && bias_->scalar_type() == x.scalar_type(), what,
-              ": bias must hold M values of x's dtype");
+  TORCH_CHECK(bias_->numel() == M && bias_->scalar_type() == x.scalar_type() &&
+                  bias_->device().is_cpu(),
+              what, ": bias must be a CPU tensor of M values of x's dtype");
   return bias_->contiguous();
 }
 
