@@ -240,10 +240,8 @@ class ConvFront(nn.Module):
             # output is already the GRU layer's input layout (a (B, T, C) view of it).
             from rnnlab.nn import fused
             batch = x.size(0)
-            xf = x.permute(2, 1, 0)
-            if fused.padded(batch) != batch:
-                xf = torch.nn.functional.pad(xf, (0, fused.padded(batch) - batch))
-            h = fused.conv_relu_pool(xf.contiguous(), conv1.weight, conv1.bias, size)
+            xf = fused.pad_lanes(x.permute(2, 1, 0)).contiguous()
+            h = fused.conv_relu_pool(xf, conv1.weight, conv1.bias, size)
             h = fused.conv_relu_pool(h, conv2.weight, conv2.bias, 1)
             return h[..., :batch].permute(2, 1, 0)                        # (B, T, C)
         # Conv1d wants (B, C, T), contiguous: made once here, or its forward and its

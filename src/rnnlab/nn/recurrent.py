@@ -319,11 +319,6 @@ def _warn_no_triton(reason: str | None) -> None:
                       RuntimeWarning, stacklevel=3)
 
 
-def _padded(batch: int) -> int:
-    from rnnlab.nn import fused
-    return fused.padded(batch)
-
-
 def _use_fused(x: Tensor) -> bool:
     """The C++ recurrences serve CPU tensors of float32/float64 when they could be built."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
@@ -398,14 +393,12 @@ class RecurrentLayer(nn.Module):
             # Feature-major (I, T, B): a view of a previous cpp layer's output, so stacked
             # layers hand states (and, backwards, their gradients) on without transposing
             # copies; the input mask applied in that layout, the batch padded to the lanes.
-            batch, steps = x.shape[:2]
-            pad = _padded(batch) - batch
+            from rnnlab.nn import fused
+            batch = x.size(0)
             xf = x.permute(2, 1, 0)
             if mask_x is not None:
                 xf = xf * mask_x.t()[:, None, :]                  # same mask at every step
-            if pad:
-                xf = torch.nn.functional.pad(xf, (0, pad))
-            return self._recur_cpp(xf.contiguous(), mask_h, relu, batch)
+            return self._recur_cpp(fused.pad_lanes(xf).contiguous(), mask_h, relu, batch)
         if path == "torch":
             return self._torch_loop(_masked_input(x, mask_x), relu)
         gi = self._projected(x, mask_x)                                       # (T, B, G*H)
@@ -470,8 +463,8 @@ class RecurrentLayer(nn.Module):
         mask_h = self.sample_masks(batch, table.device, table.dtype)[1] if self.training \
             else None
         projected = project(table, self.weight_ih_l0, self.bias_ih_l0)          # (V, G*H)
-        pad = _padded(batch) - batch
-        order = torch.nn.functional.pad(ids.t(), (0, pad)).reshape(-1)  # time-major, padded
+        from rnnlab.nn import fused
+        order = fused.pad_lanes(ids.t()).reshape(-1)                    # time-major, padded
         return self._recur_cpp(None, mask_h, self.activation == "relu", batch,
                                table=(projected, order, steps))
 
@@ -483,7 +476,7 @@ class RecurrentLayer(nn.Module):
         from rnnlab.nn import fused
         mask = None
         if mask_h is not None:
-            padded = x.size(2) if x is not None else _padded(batch)
+            padded = x.size(2) if x is not None else fused.padded(batch)
             mask = torch.nn.functional.pad(mask_h.to(self.weight_hh_l0.dtype).t(),
                                            (0, padded - batch)).contiguous()
         if x is not None:
