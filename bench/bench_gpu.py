@@ -40,6 +40,11 @@ part) starts, and ``skipped`` lists what did not run. The parts, in this order
    ``--full`` (the caps are extrapolated linearly; each row says what was); the halves
    (Jena, IMDB) are the sums of their stages. Not counted: a stage's process start,
    imports, tracking and model files (bench_speed.py's ``--stage-seconds``).
+4. ``seeds``: per variant of ``--seed-variants``, what ``--seeds`` seeds trained side by
+   side cost against one (issue 25, item 5): the training passes of one epoch of
+   ``--round-steps`` steps, one model through ``fit`` against ``--seeds`` models through
+   ``engine.fit_together`` (each on its own CUDA stream), alternating over ``--rounds``
+   rounds; ``together_over_alone`` is the ratio of their medians.
 
 Jena inputs are the arrays in ``--jena`` (bench/gpu_prepare.sh: copied from data/prepared
 or made from a generated full-size file; ``jena_data`` says which). IMDB inputs are random
@@ -101,6 +106,7 @@ LOOPS = ("cudnn", "persistent", "auto")               # RNNLAB_CUDA_LOOP values 
 GRAPH = "auto+graph"     # auto, the whole step one CUDA graph (RNNLAB_CUDA_GRAPH_STEP=1)
 KERAS = "keras_jax"
 FULL = ("gru_dropout", "gru_stacked")                 # the accuracy target's variants
+SEED_VARIANTS = ("gru_dropout", "gru_stacked", "gru", "imdb_lstm")   # the seeds part's
 WARMUP_STEPS = 3
 START = time.perf_counter()
 
@@ -418,6 +424,50 @@ def time_variant(params, name: str, data: Data, device: torch.device, epochs: in
     return row
 
 
+# ---------------------------------------------------------------------------------- seeds
+
+def seed_times(params, name: str, data: Data, device: torch.device, count: int, rounds: int,
+               steps: int) -> dict:
+    """What ``count`` seeds trained side by side (engine.fit_together, as a stage with
+    ``seeds: [...]`` runs them on a GPU) cost against one alone: per round, one epoch of
+    ``steps`` steps of one model through ``fit``, then of ``count`` models through
+    ``fit_together`` (the order alternating), each from the same seeds; the wall time of
+    the training passes (first batch to the last one's end, after a device sync), median
+    over rounds. One validation batch per epoch, not counted."""
+    clear_cuda(device)
+    task, _ = data.task(name)
+    seeds = [params.seed + k for k in range(count)]
+    config = lambda seed: TrainConfig(epochs=1, steps_per_epoch=steps, seed=seed,  # noqa: E731
+                                      clip_norm=params.train.clip_norm, max_eval_batches=1)
+
+    def one_side(k: int) -> float:
+        timed = TimedTask(task, device)
+        models = [build(params, name, task, device) for _ in range(k)]
+        if k == 1:
+            fit(models[0], timed, config(seeds[0]), device, progress=False, desc=name)
+        else:
+            engine.fit_together(models, timed, [config(s) for s in seeds[:k]], device,
+                                checkpoints=[None] * k, fingerprints=[""] * k,
+                                on_epochs=[None] * k, descs=[f"{name} {s}" for s in seeds],
+                                progress=False)
+        train = [p for p in timed.passes if p["pass"] == "train"]
+        return max(p["seconds"] for p in train)
+
+    one_side(1)                      # warm-up: Triton, cuDNN and cuBLAS set up
+    alone, together = [], []
+    for r in range(rounds):
+        for k in ((1, count) if r % 2 == 0 else (count, 1)):
+            (alone if k == 1 else together).append(one_side(k))
+    row = {"variant": name, "seeds": count, "steps": steps, "rounds": rounds,
+           "alone_ms_per_step": round(statistics.median(alone) / steps * 1e3, 3),
+           "together_ms_per_step": round(statistics.median(together) / steps * 1e3, 3)}
+    row["together_over_alone"] = round(row["together_ms_per_step"] / row["alone_ms_per_step"], 3)
+    print(f"[seeds  {elapsed():5.0f} s] {name:18s} one seed {row['alone_ms_per_step']:.2f} "
+          f"ms/step, {count} side by side {row['together_ms_per_step']:.2f} "
+          f"({row['together_over_alone']:.2f}x one)", flush=True)
+    return row
+
+
 # ----------------------------------------------------------------------------------- main
 
 def versions(keras_path: Path | None) -> dict:
@@ -459,8 +509,8 @@ def main() -> None:
                         help="unpacked keras, namex, optree, put on the worker's PYTHONPATH")
     parser.add_argument("--keras-python", default=sys.executable,
                         help="the Python of the Keras worker (one with jax)")
-    parser.add_argument("--parts", nargs="+", default=["tests", "steps", "epochs"],
-                        choices=["tests", "steps", "epochs"])
+    parser.add_argument("--parts", nargs="+", default=["tests", "steps", "epochs", "seeds"],
+                        choices=["tests", "steps", "epochs", "seeds"])
     parser.add_argument("--tests", nargs="+",
                         default=["tests/test_cuda.py", "tests/test_persistent.py"])
     parser.add_argument("--tests-timeout-s", type=float, default=200.0,
@@ -478,6 +528,10 @@ def main() -> None:
     parser.add_argument("--full", nargs="*", default=list(FULL),
                         help="epochs: variants timed uncapped and first (their val metrics "
                              "are compared); empty: none")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="seeds: how many trained side by side")
+    parser.add_argument("--seed-variants", nargs="+", default=list(SEED_VARIANTS),
+                        help="seeds: the variants timed")
     parser.add_argument("--eval-batch-size", type=int,
                         help="instead of train.eval_batch_size (validation and test batches)")
     parser.add_argument("--batch-size", type=int,
@@ -524,6 +578,10 @@ def main() -> None:
                       "test): every stage is extrapolated from epochs_timed epochs, and "
                       "from capped parts where `capped` says so; process start, imports, "
                       "tracking and model files are not counted",
+            "seeds": "per variant, the training passes of one epoch of --round-steps steps: "
+                     "one seed through fit, --seeds seeds side by side through "
+                     "fit_together (a stage's seeds on a GPU), alternating, median over "
+                     "--rounds rounds",
         },
         "skipped": [],
     }
@@ -546,7 +604,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         imdb = Path(tmp) / "imdb"
         if any(params.variant(n).dataset == "imdb" for n in names) and \
-                {"steps", "epochs"} & set(args.parts):
+                {"steps", "epochs", "seeds"} & set(args.parts):
             random_imdb(imdb, params.imdb.maxlen, params.imdb.max_features + 2)
         data = Data(params, args.jena, imdb)
 
@@ -607,6 +665,19 @@ def main() -> None:
             print("[epochs] halves (s): " + json.dumps(
                 {h: v["training_stages_seconds_extrapolated"] for h, v in halves.items()}),
                 flush=True)
+        if "seeds" in args.parts:
+            os.environ["RNNLAB_CUDA_LOOP"] = "auto"
+            report["seeds"] = []
+            for name in [n for n in args.seed_variants if n in params.models]:
+                if over("seeds", name):
+                    continue
+                try:
+                    report["seeds"].append(seed_times(params, name, data, device, args.seeds,
+                                                      args.rounds, args.round_steps))
+                except Exception as e:  # noqa: BLE001
+                    print(f"{name} (seeds): {error_text(e)}", flush=True)
+                    report["seeds"].append({"variant": name, "error": error_text(e)})
+                write_json(args.out, report)
     write_json(args.out, report)
     print(f"bench_gpu: done in {elapsed():.0f} s"
           + (f"; skipped {len(report['skipped'])}" if report["skipped"] else ""), flush=True)

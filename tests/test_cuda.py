@@ -14,7 +14,7 @@ from rnnlab.data.windows import make_window_spec
 from rnnlab.nn import recurrent
 from rnnlab.nn.models import ModelSpec, build_model
 from rnnlab.nn.recurrent import RecurrentLayer, _CudaGraphed, _GRURecurrence
-from rnnlab.training.engine import TrainConfig, fit, seed_everything
+from rnnlab.training.engine import TrainConfig, fit, fit_together, seed_everything
 from rnnlab.training.tasks import JenaTask
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -275,3 +275,32 @@ def test_the_graphed_training_step_with_dropout_is_deterministic(task, monkeypat
     for mine, ref in zip(b.history, a.history):
         assert (mine["train_loss"], mine["val_loss"]) == (ref["train_loss"], ref["val_loss"])
     assert a.history[-1]["train_loss"] < a.history[0]["train_loss"] * 1.5
+
+
+@pytest.mark.parametrize("arch,kw", [
+    ("gru", {"dropout": 0.2, "recurrent_dropout": 0.2}),      # the persistent kernels
+    ("lstm", {}),                                             # cuDNN
+])
+def test_seeds_side_by_side_on_cuda_train_as_each_would_alone(task, arch, kw):
+    """engine.fit_together on a GPU (each seed's work on its own stream, each seed with
+    its own CUDA generator state): every seed's figures as when it trains alone (to float32
+    rounding: cuBLAS may choose differently on another stream)."""
+    seeds = [11, 12, 13]
+
+    def model(seed):
+        seed_everything(seed)
+        return build_model(ModelSpec(dataset="jena", arch=arch, epochs=2, **kw), 14, 20)
+
+    configs = [TrainConfig(epochs=2, steps_per_epoch=8, seed=s) for s in seeds]
+    separately = [fit(model(s), task, c, CUDA, progress=False) for s, c in zip(seeds, configs)]
+    side_by_side = fit_together([model(s) for s in seeds], task, configs, CUDA,
+                                checkpoints=[None] * 3, fingerprints=[""] * 3,
+                                on_epochs=[None] * 3, descs=[str(s) for s in seeds],
+                                progress=False)
+    assert len({r.val["mae"] for r in separately}) == 3, "three seeds, three trainings"
+    for a, b in zip(separately, side_by_side):
+        for mine, ref in zip(b.history, a.history):
+            for key in ("train_loss", "val_loss"):
+                assert mine[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
+        for key in a.val:
+            assert b.val[key] == pytest.approx(a.val[key], rel=1e-5), key

@@ -134,3 +134,46 @@ def test_a_checkpoint_folder_in_the_way_is_refused_before_the_run_opens(imdb, tm
     with pytest.raises(RnnlabError, match=r"checkpoints is a file, where the folder"):
         train(imdb, tmp_path, monkeypatch, QUICK)
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_seeds_side_by_side_give_each_seed_its_own_figures_and_run(imdb, tmp_path,
+                                                                    monkeypatch):
+    """``RNNLAB_SEEDS_TOGETHER=1`` (on a GPU ``auto`` does it): a stage's seeds train side
+    by side, and the stage writes what it writes with them one after another (every
+    figure; on a CPU the same bits), one MLflow run per seed with its epochs, tagged."""
+    from mlflow.tracking import MlflowClient
+
+    quick = replace(QUICK, max_epochs=2)
+    written = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("RNNLAB_SEEDS_TOGETHER", mode)
+        root = tmp_path / mode
+        root.mkdir()
+        monkeypatch.chdir(root)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        outputs = Outputs(metrics=root / "m.json", plots=root / "p.csv", model=root / "m.pt")
+        train_variant("imdb_dense", DENSE, common=RunParams(seed=1, seeds=(4, 9), device="cpu"),
+                      train=quick, data=IMDB, prepared=imdb / "prepared",
+                      windows=imdb / "windows", outputs=outputs, checkpoints=root / "ckpt")
+        metrics = json.loads(outputs.metrics.read_text())
+        written[mode] = ({k: v for k, v in metrics.items()
+                          if k not in ("seconds_per_epoch", "mlflow_run_id", "per_seed")},
+                         {s: {k: v for k, v in m.items()
+                              if k not in ("seconds_per_epoch", "mlflow_run_id")}
+                          for s, m in metrics["per_seed"].items()},
+                         outputs.plots.read_text().splitlines()[0], outputs.model.read_bytes())
+        client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+        found = client.search_runs([client.get_experiment_by_name("rnnlab-imdb").experiment_id])
+        assert sorted(r.data.tags["seed"] for r in found) == ["4", "9"]
+        for r in found:
+            assert r.info.status == "FINISHED"
+            assert [m.step for m in client.get_metric_history(r.info.run_id,
+                                                              "epoch/val_loss")] == [1, 2]
+            assert r.data.tags.get("trained_with") == (
+                "2 seeds side by side" if mode == "1" else None)
+        assert not (root / "ckpt").exists()
+    one_after_another, side_by_side = written["0"], written["1"]
+    assert one_after_another[0]["n_seeds"] == 2
+    assert one_after_another[1]["4"] != one_after_another[1]["9"], "two seeds, two trainings"
+    assert one_after_another[:3] == side_by_side[:3]
+    assert len(one_after_another[3]) > 0

@@ -11,7 +11,15 @@ from rnnlab.core.errors import RnnlabError
 from rnnlab.data.windows import make_window_spec
 from rnnlab.nn.models import ModelSpec, build_model
 from rnnlab.training.device import resolve_device
-from rnnlab.training.engine import TrainConfig, TrainingDiverged, _StepLosses, fit, seed_everything
+from rnnlab.training.engine import (
+    TrainConfig,
+    TrainingDiverged,
+    _StepLosses,
+    fit,
+    fit_together,
+    seed_everything,
+    seeds_together,
+)
 from rnnlab.training.tasks import JenaTask
 from rnnlab.training.threads import FixedThreads
 
@@ -461,3 +469,102 @@ print("torch._dynamo" in sys.modules)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, check=True)
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def strip_seconds(history):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def together(task, models, seeds, tmp_path=None, epochs=3, on_epochs=None):
+    configs = [TrainConfig(epochs=epochs, steps_per_epoch=6, seed=s) for s in seeds]
+    checkpoints = [tmp_path / f"s{s}.pt" if tmp_path else None for s in seeds]
+    return fit_together(models, task, configs, torch.device("cpu"), checkpoints=checkpoints,
+                        fingerprints=["f"] * len(seeds),
+                        on_epochs=on_epochs or [None] * len(seeds),
+                        descs=[f"seed {s}" for s in seeds], progress=False)
+
+
+def alone(task, seed, kw, tmp_path=None, epochs=3, on_epoch=None):
+    model = make_seeded(seed, **kw)
+    config = TrainConfig(epochs=epochs, steps_per_epoch=6, seed=seed)
+    result = fit(model, task, config, torch.device("cpu"), progress=False, on_epoch=on_epoch,
+                 checkpoint=tmp_path / f"s{seed}.pt" if tmp_path else None, fingerprint="f",
+                 desc=f"seed {seed}")
+    return model, result
+
+
+def make_seeded(seed, arch="gru", **kw):
+    seed_everything(seed)
+    return build_model(ModelSpec(dataset="jena", arch=arch, epochs=3, **kw), 14, 10)
+
+
+@pytest.mark.parametrize("arch, kw", [
+    ("gru", {"dropout": 0.2, "recurrent_dropout": 0.3}),
+    ("lstm", {"recurrent_dropout": 0.25}),
+    ("dense", {"units": (16,)}),
+])
+def test_seeds_side_by_side_train_as_each_would_alone(task, arch, kw):
+    """fit_together takes turns between the seeds' steps; each keeps its own generators'
+    state, so every seed's batches, dropout masks, losses and weights are the bits it gets
+    trained alone."""
+    seeds = [3, 5, 8]
+    kw = {"arch": arch, **kw}
+    separately = [alone(task, s, kw) for s in seeds]
+    models = [make_seeded(s, **kw) for s in seeds]
+    side_by_side = together(task, models, seeds)
+    assert len({r.val["mae"] for _, r in separately}) == 3, "three seeds, three trainings"
+    for (model_a, a), model_b, b in zip(separately, models, side_by_side):
+        assert strip_seconds(a.history) == strip_seconds(b.history)
+        assert (a.val, a.test, a.best_epoch) == (b.val, b.test, b.best_epoch)
+        for (name, x), y in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+            assert torch.equal(x, y), name
+
+
+@pytest.mark.hostile
+def test_seeds_side_by_side_resume_each_from_its_own_checkpoint(task, tmp_path):
+    """A stage killed after seed 5's second epoch (its seeds one after another) resumes
+    side by side: seed 3 from the start, seed 5 after epoch 2, and both end as if never
+    stopped; the restored epochs are reported again."""
+    kw = {"dropout": 0.2, "recurrent_dropout": 0.3}
+    straight = {s: alone(task, s, kw, epochs=4)[1] for s in (3, 5)}
+
+    def kill_after_two(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        alone(task, 5, kw, tmp_path, epochs=4, on_epoch=kill_after_two)
+    seen = {3: [], 5: []}
+    results = together(task, [make_seeded(s, **kw) for s in (3, 5)], [3, 5], tmp_path,
+                       epochs=4, on_epochs=[lambda e, row, s=s: seen[s].append(e)
+                                            for s in (3, 5)])
+    assert [r.resumed_from for r in results] == [0, 2]
+    assert seen == {3: [1, 2, 3, 4], 5: [1, 2, 3, 4]}
+    for seed, result in zip((3, 5), results):
+        assert strip_seconds(result.history) == strip_seconds(straight[seed].history)
+        assert result.val == straight[seed].val and result.test == straight[seed].test
+
+
+@pytest.mark.hostile
+def test_a_seed_that_diverges_side_by_side_is_named(task):
+    models = [make_seeded(s) for s in (3, 5)]
+    with torch.no_grad():
+        models[1].out.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"^seed 5: the loss became nan at epoch 1, "
+                                               r"step 1"):
+        together(task, models, [3, 5])
+
+
+def test_when_seeds_train_side_by_side(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv("RNNLAB_SEEDS_TOGETHER", raising=False)
+    assert (seeds_together(cpu, 3), seeds_together(cuda, 3), seeds_together(cuda, 1)) == \
+        (False, True, False)
+    monkeypatch.setenv("RNNLAB_SEEDS_TOGETHER", "1")
+    assert seeds_together(cpu, 2) and not seeds_together(cpu, 1)
+    monkeypatch.setenv("RNNLAB_SEEDS_TOGETHER", "0")
+    assert not seeds_together(cuda, 3)
+    monkeypatch.setenv("RNNLAB_SEEDS_TOGETHER", "yes")
+    with pytest.raises(RnnlabError, match=r"RNNLAB_SEEDS_TOGETHER='yes': choose one of "
+                                          r"auto, 1, 0"):
+        seeds_together(cpu, 3)

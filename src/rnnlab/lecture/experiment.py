@@ -14,6 +14,7 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import pickle
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -33,7 +34,7 @@ from rnnlab.tracking.paths import repo_root
 from rnnlab.tracking.store import tracked_run
 from rnnlab.training.checkpoints import CHECKPOINTS, check_checkpoint_path, remove_superseded
 from rnnlab.training.device import resolve_device
-from rnnlab.training.engine import TrainConfig, fit, seed_everything
+from rnnlab.training.engine import TrainConfig, fit, fit_together, seed_everything, seeds_together
 from rnnlab.training.memory import check_fits, estimate_training
 from rnnlab.training.params import TrainParams
 from rnnlab.training.seeds import RunParams, combine_seeds
@@ -140,8 +141,8 @@ def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: Tr
                    "device": str(device), "seeds": seeds, "threads": policy.threads,
                    "threads_source": policy.source + (", tuned" if policy.tuned else "")}
 
-    per_seed, models = [], []
-    for n, seed in enumerate(seeds, start=1):
+    runs = []                                     # per seed: config, params, fingerprint
+    for seed in seeds:
         config = replace(config, seed=seed)
         run_params = base_params | {"seed": seed, "train": asdict(config) | {
             "eval_batch_size": train.eval_batch_size, "init": train.init}}
@@ -151,28 +152,63 @@ def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: Tr
             default=str).encode()).hexdigest()
         suffix = "" if len(seeds) == 1 else f".seed{seed}"
         desc = variant if len(seeds) == 1 else f"{variant} seed {seed}"
+        runs.append((seed, config, run_params, fingerprint, checkpoints / f"{variant}{suffix}.pt",
+                     desc))
+    together = torch_model and seeds_together(device, len(seeds))
+    if together:
+        log.info("%s: seeds %s side by side on %s (RNNLAB_SEEDS_TOGETHER: %s)", variant,
+                 ", ".join(map(str, seeds)), device, os.environ.get("RNNLAB_SEEDS_TOGETHER",
+                                                                    "auto"))
+
+    def build(seed: int) -> torch.nn.Module:
+        seed_everything(seed)
+        model = build_model(spec, n_features=task.n_inputs, timesteps=task.timesteps,
+                            init=train.init)
+        prepare_native(model, device)
+        return model
+
+    per_seed, models = [], []
+    trained: list[tuple[torch.nn.Module, Any]] = []       # together: every seed's, at once
+    for n, (seed, config, run_params, fingerprint, checkpoint, desc) in enumerate(runs, start=1):
         tags = {"variant": variant, "dataset": spec.dataset, "seed": seed,
                 "data_source": prep.data_source, "data_md5": prep.data_md5 or "unrecorded",
                 "capped": capped_tag(capped)}
+        if together:
+            tags["trained_with"] = f"{len(seeds)} seeds side by side"
         with tracked_run(experiment=task.experiment, run_name=variant, params=run_params,
                          tags=tags, root=repo_root(),
-                         claim=checkpoints / f"{variant}{suffix}.run.json") as run:
+                         claim=checkpoint.with_suffix(".run.json")) as run:
             if n == 1:   # dead attempts' claims are closed now; live ones are respected
                 remove_superseded(checkpoints)   # metrics newer than a checkpoint: stale
+            on_epoch = lambda epoch, row: run.log_metrics(epoch_metrics(row),  # noqa: E731
+                                                          step=epoch)
             if torch_model:
                 run.log_training_data(task.training_rows(), name=f"{spec.dataset}-train",
                                       source=str(Path(prepared).resolve()))
-                seed_everything(seed)
-                model = build_model(spec, n_features=task.n_inputs, timesteps=task.timesteps,
-                                    init=train.init)
-                prepare_native(model, device)
-                result = fit(model, task, config, device,
-                             checkpoint=checkpoints / f"{variant}{suffix}.pt",
+            if together and n == 1:
+                # Every seed trains now, inside the first seed's run (its epochs logged as
+                # they end; the others' when their runs open below).
+                built = [build(s) for s, *_ in runs]
+                results = fit_together(
+                    built, task, [r[1] for r in runs], device,
+                    checkpoints=[r[4] for r in runs], fingerprints=[r[3] for r in runs],
+                    on_epochs=[on_epoch] + [None] * (len(runs) - 1),
+                    descs=[r[5] for r in runs], progress=progress,
+                    threads=thread_control(policy))
+                trained = list(zip(built, results))
+            if together:
+                model, result = trained[n - 1]
+                if n > 1:
+                    for row in result.history:
+                        on_epoch(int(row["epoch"]), row)
+                n_params = count_parameters(model)
+            elif torch_model:
+                model = build(seed)
+                result = fit(model, task, config, device, checkpoint=checkpoint,
                              fingerprint=fingerprint, desc=desc, progress=progress,
                              threads=thread_control(policy),
                              epochs_after=(len(seeds) - n) * config.epochs,
-                             on_epoch=lambda epoch, row: run.log_metrics(epoch_metrics(row),
-                                                                         step=epoch))
+                             on_epoch=on_epoch)
                 n_params = count_parameters(model)
             else:                            # scikit-learn baseline: one fit, no epochs
                 result, model = fit_tfidf(task.prepared, ngram_max=spec.ngram_max, c=spec.c,

@@ -8,6 +8,7 @@ each epoch's batches and dropout masks depend only on ``(seed, epoch)``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -34,7 +35,8 @@ from rnnlab.training.results import FitResult
 from rnnlab.training.seeds import seed_everything
 from rnnlab.training.threads import FixedThreads, ThreadTuner
 
-__all__ = ["FitResult", "TrainConfig", "TrainingDiverged", "evaluate", "fit", "seed_everything"]
+__all__ = ["FitResult", "TrainConfig", "TrainingDiverged", "evaluate", "fit", "fit_together",
+           "seed_everything", "seeds_together"]
 
 Batch = tuple[Tensor, Tensor]
 log = logging.getLogger(__name__)
@@ -299,6 +301,108 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
                     threads=threads, epochs_after=epochs_after)
 
 
+
+SEEDS_TOGETHER = ("auto", "1", "0")
+
+
+def seeds_together(device: torch.device, n_seeds: int) -> bool:
+    """``RNNLAB_SEEDS_TOGETHER``: whether a stage's seeds train side by side
+    (``fit_together``) rather than one after another. ``auto`` (the default): on a CUDA
+    device when there are several; ``1``: wherever there are several (on a CPU that gains
+    nothing: the tests use it); ``0``: never. Either way each seed's numbers are its own:
+    the same as when it trains alone."""
+    value = os.environ.get("RNNLAB_SEEDS_TOGETHER", "auto").strip().lower() or "auto"
+    if value not in SEEDS_TOGETHER:
+        raise RnnlabError(f"RNNLAB_SEEDS_TOGETHER={value!r}: choose one of "
+                          f"{', '.join(SEEDS_TOGETHER)} (auto: together on a CUDA device)")
+    return n_seeds > 1 and (value == "1" or (value == "auto" and device.type == "cuda"))
+
+
+class _OwnGenerators:
+    """Torch's default generators' state (CPU, and CUDA on a CUDA device) kept for one of
+    several trainings that take turns: entered, the generators continue where that training
+    left them; left, their state is kept for its next turn."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device if device.type == "cuda" else None
+        self.cpu: Tensor | None = None
+        self.cuda: Tensor | None = None
+
+    def __enter__(self) -> None:
+        if self.cpu is not None:
+            torch.set_rng_state(self.cpu)
+            if self.device is not None and self.cuda is not None:
+                torch.cuda.set_rng_state(self.cuda, self.device)
+
+    def __exit__(self, *exc) -> None:
+        self.cpu = torch.get_rng_state()
+        if self.device is not None:
+            self.cuda = torch.cuda.get_rng_state(self.device)
+
+
+def fit_together(models: list[nn.Module], task: Task, configs: list[TrainConfig],
+                 device: torch.device, *, checkpoints: list[Path | None],
+                 fingerprints: list[str],
+                 on_epochs: list[Callable[[int, dict[str, float]], None] | None],
+                 descs: list[str], progress: bool = True,
+                 threads: ThreadTuner | FixedThreads | None = None) -> list[FitResult]:
+    """``fit`` for several models of one task at once (a stage's seeds): their training
+    steps take turns, one of each in every round. Each model is trained exactly as ``fit``
+    trains it alone (the same steps, batches, dropout masks and checkpoints; on a CPU the
+    same bits, tested): each keeps its own state of torch's generators between its turns.
+
+    On a CUDA device each model's work goes to a stream of its own, so the GPU runs their
+    kernels side by side: a recurrent layer's persistent kernel occupies a few of the
+    GPU's multiprocessors (one per 16 rows of the batch), and the host queues the next
+    model's step while one runs. The whole step as one CUDA graph
+    (``RNNLAB_CUDA_GRAPH_STEP``) is not used here: the graphs of one generator share the
+    device memory their random offsets are read from, so two replayed side by side would
+    race for it.
+    """
+    count = len(models)
+    if not (len(configs) == len(checkpoints) == len(fingerprints) == len(on_epochs)
+            == len(descs) == count) or count == 0:
+        raise ValueError("fit_together: one config, checkpoint, fingerprint, on_epoch and "
+                         "desc per model")
+    keep_freed_buffers()
+    with denormals_flushed(True):
+        # One progress bar, the first model's, for all: its steps pace the others'.
+        others = f" (and {count - 1} more side by side)" if count > 1 else ""
+        runs = [_Training(model, task, config, device, checkpoint=checkpoint,
+                          fingerprint=fingerprint, on_epoch=on_epoch,
+                          progress=progress and k == 0, desc=desc, threads=threads,
+                          epochs_after=0, graphed=False, bar_desc=desc + others)
+                for k, (model, config, checkpoint, fingerprint, on_epoch, desc)
+                in enumerate(zip(models, configs, checkpoints, fingerprints, on_epochs, descs))]
+        generators = [_OwnGenerators(device) for _ in runs]
+        if device.type == "cuda":
+            streams = [torch.cuda.Stream(device) for _ in runs]
+            for stream in streams:      # the weights and the task's data were put there
+                stream.wait_stream(torch.cuda.current_stream(device))
+            places: list[contextlib.AbstractContextManager] = \
+                [torch.cuda.stream(stream) for stream in streams]
+        else:
+            places = [contextlib.nullcontext() for _ in runs]
+        waiting = [k for k, run in enumerate(runs) if run.epoch < run.config.epochs]
+        while waiting:
+            for k in list(waiting):
+                run = runs[k]
+                with places[k], generators[k]:
+                    if run.batches is None:
+                        run.begin_epoch()
+                    if not run.step():
+                        run.end_epoch()
+                        if run.epoch >= run.config.epochs:
+                            waiting.remove(k)
+        results = []
+        for k, run in enumerate(runs):
+            with places[k], generators[k]:
+                results.append(run.finish())
+        if device.type == "cuda":
+            for stream in streams:
+                torch.cuda.current_stream(device).wait_stream(stream)
+        return results
+
 class _StepLosses:
     """An epoch's step losses on the device, written into blocks of 512 values.
 
@@ -417,101 +521,154 @@ def _fit(model: nn.Module, task: Task, config: TrainConfig, device: torch.device
          checkpoint: Path | None, fingerprint: str,
          on_epoch: Callable[[int, dict[str, float]], None] | None, progress: bool, desc: str,
          threads: ThreadTuner | FixedThreads | None, epochs_after: int) -> FitResult:
-    model.to(device)
-    if device.type == "cuda" and hasattr(task, "to_device"):
-        task.to_device(device)     # the data once on the GPU: batches are gathered there
-    graphed = graph_step_enabled(device)
-    optimizer = RMSprop(model.parameters(), lr=config.lr, alpha=config.rho, eps=config.eps,
-                        form=config.rmsprop)
-    history: list[dict[str, float]] = []
-    best_state, best_value, best_epoch, start = None, None, 0, 1
-    sign = 1.0 if task.monitor_mode == "min" else -1.0
+    run = _Training(model, task, config, device, checkpoint=checkpoint,
+                    fingerprint=fingerprint, on_epoch=on_epoch, progress=progress, desc=desc,
+                    threads=threads, epochs_after=epochs_after)
+    while run.epoch < config.epochs:
+        run.begin_epoch()
+        while run.step():
+            pass
+        run.end_epoch()
+    return run.finish()
 
-    state = None
-    if checkpoint is not None:
-        check_checkpoint_path(checkpoint, desc)    # not after an epoch's work: before it
-        if checkpoint.exists():
-            state = _load_checkpoint(checkpoint, device, desc)
-    if state is not None:
-        if state["fingerprint"] == fingerprint:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            history, best_value, best_epoch = state["history"], state["best_value"], state["best_epoch"]
-            best_state = state["best_model"]
-            start = state["epoch"] + 1
-            log.info("%s: resuming after epoch %d from %s", desc, state["epoch"], checkpoint)
-            for row in history:          # a new tracking run gets the restored epochs too
-                if on_epoch is not None:
-                    on_epoch(int(row["epoch"]), row)
-        else:
-            log.info("%s: ignoring %s: it belongs to other params", desc, checkpoint)
-    resumed_from = start - 1
-    train_step = _TrainStep(model, task, optimizer, config.clip_norm)
-    run_step: Callable[[Tensor, Tensor], Tensor] = \
-        _GraphedStep(train_step, device) if graphed else train_step
 
-    for epoch in range(start, config.epochs + 1):
-        torch.manual_seed(epoch_seed(config.seed, epoch))
-        model.train()
-        began = time.perf_counter()
-        total = 0.0
-        batches = task.train_batches(epoch, config.steps_per_epoch, config.seed)
-        bar = tqdm(batches, total=config.steps_per_epoch, desc=f"{desc} {epoch}/{config.epochs}",
-                   disable=not progress, file=sys.stderr, leave=False, mininterval=1.0)
-        # The host does not wait for each step (on a GPU, a sync per step): the losses stay
-        # on the device and are read and checked at the end of the epoch (and every 20 steps
-        # for the bar); a non-finite one stops the run there, naming its step.
-        losses = _StepLosses(device)
-        for step, (x, y) in enumerate(bar, start=1):
-            step_began = time.perf_counter()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            losses.add(run_step(x, y))
-            if threads is not None:
-                threads.step(time.perf_counter() - step_began)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{float(losses.all().sum()) / losses.n:.4f}")
-        bar.close()
+class _Training:
+    """One model's fit, a step at a time: ``fit`` drives one alone, ``fit_together``
+    several side by side. Its arithmetic and its use of the random generators are the same
+    either way (``fit_together`` gives each its own generators' state)."""
+
+    def __init__(self, model: nn.Module, task: Task, config: TrainConfig,
+                 device: torch.device, *, checkpoint: Path | None, fingerprint: str,
+                 on_epoch: Callable[[int, dict[str, float]], None] | None, progress: bool,
+                 desc: str, threads: ThreadTuner | FixedThreads | None, epochs_after: int,
+                 graphed: bool | None = None, bar_desc: str | None = None) -> None:
+        self.model, self.task, self.config, self.device = model, task, config, device
+        self.checkpoint, self.fingerprint, self.on_epoch = checkpoint, fingerprint, on_epoch
+        self.progress, self.desc, self.threads = progress, desc, threads
+        self.epochs_after, self.bar_desc = epochs_after, bar_desc or desc
+        model.to(device)
+        if device.type == "cuda" and hasattr(task, "to_device"):
+            task.to_device(device)     # the data once on the GPU: batches are gathered there
+        self.optimizer = RMSprop(model.parameters(), lr=config.lr, alpha=config.rho,
+                                 eps=config.eps, form=config.rmsprop)
+        self.history: list[dict[str, float]] = []
+        self.best_state: dict | None = None
+        self.best_value: float | None = None
+        self.best_epoch, start = 0, 1
+        self.sign = 1.0 if task.monitor_mode == "min" else -1.0
+
+        state = None
+        if checkpoint is not None:
+            check_checkpoint_path(checkpoint, desc)    # not after an epoch's work: before it
+            if checkpoint.exists():
+                state = _load_checkpoint(checkpoint, device, desc)
+        if state is not None:
+            if state["fingerprint"] == fingerprint:
+                model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.history, self.best_value = state["history"], state["best_value"]
+                self.best_epoch, self.best_state = state["best_epoch"], state["best_model"]
+                start = state["epoch"] + 1
+                log.info("%s: resuming after epoch %d from %s", desc, state["epoch"], checkpoint)
+                for row in self.history:     # a new tracking run gets the restored epochs too
+                    if on_epoch is not None:
+                        on_epoch(int(row["epoch"]), row)
+            else:
+                log.info("%s: ignoring %s: it belongs to other params", desc, checkpoint)
+        self.resumed_from = self.epoch = start - 1      # epoch: the last one finished
+        train_step = _TrainStep(model, task, self.optimizer, config.clip_norm)
+        if graphed is None:
+            graphed = graph_step_enabled(device)
+        self.run_step: Callable[[Tensor, Tensor], Tensor] = \
+            _GraphedStep(train_step, device) if graphed else train_step
+        self.batches: Iterator[Batch] | None = None     # the epoch under way's, or None
+
+    def begin_epoch(self) -> None:
+        self.epoch += 1
+        torch.manual_seed(epoch_seed(self.config.seed, self.epoch))
+        self.model.train()
+        self.began = time.perf_counter()
+        self.losses = _StepLosses(self.device)
+        batches = self.task.train_batches(self.epoch, self.config.steps_per_epoch,
+                                          self.config.seed)
+        self.bar = tqdm(batches, total=self.config.steps_per_epoch,
+                        desc=f"{self.bar_desc} {self.epoch}/{self.config.epochs}",
+                        disable=not self.progress, file=sys.stderr, leave=False,
+                        mininterval=1.0)
+        self.batches = iter(self.bar)
+
+    def step(self) -> bool:
+        """One training step of the epoch under way; False when it has no batch left.
+
+        The host does not wait for each step (on a GPU, a sync per step): the losses stay
+        on the device and are read and checked at the end of the epoch (and every 20 steps
+        for the bar); a non-finite one stops the run there, naming its step."""
+        assert self.batches is not None, "begin_epoch first"
+        try:
+            x, y = next(self.batches)
+        except StopIteration:
+            return False
+        step_began = time.perf_counter()
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        self.losses.add(self.run_step(x, y))
+        if self.threads is not None:
+            self.threads.step(time.perf_counter() - step_began)
+        if self.losses.n % 20 == 0 and self.progress:
+            self.bar.set_postfix(loss=f"{float(self.losses.all().sum()) / self.losses.n:.4f}")
+        return True
+
+    def end_epoch(self) -> None:
+        """The epoch's losses checked, validation, the best epoch kept, the checkpoint
+        written, ``on_epoch`` told."""
+        self.bar.close()
+        self.batches = None
+        config, epoch, losses, total = self.config, self.epoch, self.losses, 0.0
         if losses.n:
             read = losses.all().double().cpu()
             bad = (~torch.isfinite(read)).nonzero()
             if len(bad):
-                _diverged(desc, read[bad[0, 0]].item(), epoch, int(bad[0, 0]) + 1, checkpoint)
+                _diverged(self.desc, read[bad[0, 0]].item(), epoch, int(bad[0, 0]) + 1,
+                          self.checkpoint)
             total = float(read.sum())
-        val = evaluate(model, task, "val", device, config.max_eval_batches, progress=progress,
-                       desc=f"{desc} {epoch}/{config.epochs}")
+        val = evaluate(self.model, self.task, "val", self.device, config.max_eval_batches,
+                       progress=self.progress, desc=f"{self.bar_desc} {epoch}/{config.epochs}")
         row = {"epoch": epoch, "train_loss": total / max(losses.n, 1), "val_loss": val["loss"],
                **{f"val_{k}": v for k, v in val.items() if k != "loss"},
-               "seconds": time.perf_counter() - began}
-        if threads is not None:
-            row["threads"] = threads.mean_threads(losses.n)
-        history.append(row)
-        value = val[task.monitor]
-        if best_value is None or sign * value < sign * best_value:
-            best_value, best_epoch = value, epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        mean = float(np.mean([r["seconds"] for r in history[resumed_from:]]))
-        left = (config.epochs - epoch + epochs_after) * mean
+               "seconds": time.perf_counter() - self.began}
+        if self.threads is not None:
+            row["threads"] = self.threads.mean_threads(losses.n)
+        self.history.append(row)
+        value = val[self.task.monitor]
+        if self.best_value is None or self.sign * value < self.sign * self.best_value:
+            self.best_value, self.best_epoch = value, epoch
+            self.best_state = copy.deepcopy(
+                {k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        mean = float(np.mean([r["seconds"] for r in self.history[self.resumed_from:]]))
+        left = (config.epochs - epoch + self.epochs_after) * mean
         log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f | %.1f s, %.1f s/epoch, %s",
-                 desc, epoch, config.epochs, row["train_loss"], row["val_loss"],
+                 self.desc, epoch, config.epochs, row["train_loss"], row["val_loss"],
                  row["seconds"], mean,
                  f"about {_duration(left)} left in this stage" if left > 0 else "last epoch")
-        if checkpoint is not None:
-            _save_checkpoint(checkpoint, {
-                "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "history": history,
-                "best_value": best_value, "best_epoch": best_epoch, "best_model": best_state},
-                desc)
-        if on_epoch is not None:
-            on_epoch(epoch, row)
+        if self.checkpoint is not None:
+            _save_checkpoint(self.checkpoint, {
+                "fingerprint": self.fingerprint, "epoch": epoch,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "history": self.history, "best_value": self.best_value,
+                "best_epoch": self.best_epoch, "best_model": self.best_state}, self.desc)
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, row)
 
-    if best_state is None:
-        raise RnnlabError(f"{desc}: no epoch to evaluate (epochs = {config.epochs})")
-    model.load_state_dict(best_state)
-    val = evaluate(model, task, "val", device, config.max_eval_batches, progress=progress,
-                   desc=f"{desc} best epoch {best_epoch}")
-    test = evaluate(model, task, "test", device, config.max_eval_batches, progress=progress,
-                    desc=f"{desc} best epoch {best_epoch}")
-    seconds = [row["seconds"] for row in history]
-    return FitResult(best_epoch=best_epoch, history=history, val=val, test=test,
-                     seconds_per_epoch=float(np.mean(seconds)) if seconds else math.nan,
-                     resumed_from=resumed_from)
+    def finish(self) -> FitResult:
+        """The best epoch's weights back in the model, evaluated on val and test."""
+        config, desc = self.config, self.bar_desc
+        if self.best_state is None:
+            raise RnnlabError(f"{self.desc}: no epoch to evaluate (epochs = {config.epochs})")
+        self.model.load_state_dict(self.best_state)
+        val = evaluate(self.model, self.task, "val", self.device, config.max_eval_batches,
+                       progress=self.progress, desc=f"{desc} best epoch {self.best_epoch}")
+        test = evaluate(self.model, self.task, "test", self.device, config.max_eval_batches,
+                        progress=self.progress, desc=f"{desc} best epoch {self.best_epoch}")
+        seconds = [row["seconds"] for row in self.history]
+        return FitResult(best_epoch=self.best_epoch, history=self.history, val=val, test=test,
+                         seconds_per_epoch=float(np.mean(seconds)) if seconds else math.nan,
+                         resumed_from=self.resumed_from)
