@@ -433,7 +433,8 @@ def seed_times(params, name: str, data: Data, device: torch.device, count: int, 
     ``steps`` steps of one model through ``fit``, then of ``count`` models through
     ``fit_together`` (the order alternating), each from the same seeds; the wall time of
     the training passes (first batch to the last one's end, after a device sync), median
-    over rounds. One validation batch per epoch, not counted."""
+    over rounds. One validation batch per epoch, not counted; the whole step as one CUDA
+    graph off on both sides (fit_together never uses it)."""
     clear_cuda(device)
     task, _ = data.task(name)
     seeds = [params.seed + k for k in range(count)]
@@ -450,10 +451,13 @@ def seed_times(params, name: str, data: Data, device: torch.device, count: int, 
                                 checkpoints=[None] * k, fingerprints=[""] * k,
                                 on_epochs=[None] * k, descs=[f"{name} {s}" for s in seeds],
                                 progress=False)
-        train = [p for p in timed.passes if p["pass"] == "train"]
-        return max(p["seconds"] for p in train)
+        # The first model's pass: from the round's first batch to the device sync at its
+        # end, when every model's last step is queued (the others' passes end later, after
+        # validation batches of the models before them).
+        return next(p["seconds"] for p in timed.passes if p["pass"] == "train")
 
     one_side(1)                      # warm-up: Triton, cuDNN and cuBLAS set up
+    one_side(count)                  # and on the side streams
     alone, together = [], []
     for r in range(rounds):
         for k in ((1, count) if r % 2 == 0 else (count, 1)):
@@ -667,6 +671,7 @@ def main() -> None:
                 flush=True)
         if "seeds" in args.parts:
             os.environ["RNNLAB_CUDA_LOOP"] = "auto"
+            os.environ["RNNLAB_CUDA_GRAPH_STEP"] = "0"
             report["seeds"] = []
             for name in [n for n in args.seed_variants if n in params.models]:
                 if over("seeds", name):

@@ -177,3 +177,44 @@ def test_seeds_side_by_side_give_each_seed_its_own_figures_and_run(imdb, tmp_pat
     assert one_after_another[1]["4"] != one_after_another[1]["9"], "two seeds, two trainings"
     assert one_after_another[:3] == side_by_side[:3]
     assert len(one_after_another[3]) > 0
+
+
+@pytest.mark.hostile
+def test_a_seed_failing_side_by_side_fails_the_first_run_and_says_whose(imdb, tmp_path,
+                                                                         monkeypatch):
+    """Side by side every seed trains inside the first seed's MLflow run: when seed 9's loss
+    becomes NaN the stage stops naming seed 9, that run ends FAILED with a tag naming it,
+    and nothing is written."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from rnnlab.lecture import experiment
+    from rnnlab.training.engine import TrainingDiverged
+
+    real = experiment.build_model
+
+    def poisoned(*args, **kwargs):        # seed_everything(9) just ran: seed 9's weights
+        model = real(*args, **kwargs)
+        if torch.initial_seed() == 9:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(experiment, "build_model", poisoned)
+    monkeypatch.setenv("RNNLAB_SEEDS_TOGETHER", "1")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    outputs = Outputs(metrics=tmp_path / "m.json", plots=tmp_path / "p.csv",
+                      model=tmp_path / "m.pt")
+    with pytest.raises(TrainingDiverged, match=r"^imdb_dense seed 9: the loss became nan"):
+        train_variant("imdb_dense", DENSE, common=RunParams(seed=1, seeds=(4, 9), device="cpu"),
+                      train=QUICK, data=IMDB, prepared=imdb / "prepared",
+                      windows=imdb / "windows", outputs=outputs,
+                      checkpoints=tmp_path / "ckpt")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("rnnlab-imdb").experiment_id])
+    assert (run.data.tags["seed"], run.info.status) == ("4", "FAILED")
+    assert run.data.tags["side_by_side_failure"].startswith(
+        "imdb_dense seed 9: the loss became nan at epoch 1, step 1")
+    assert not any(p.exists() for p in (outputs.metrics, outputs.plots, outputs.model))

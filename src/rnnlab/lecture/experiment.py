@@ -10,6 +10,7 @@ MLflow run, resumable from per-epoch checkpoints; then the stage's outputs.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from rnnlab.core.atomic import atomic_output, remove_if_empty, write_json
+from rnnlab.core.errors import redact
 from rnnlab.data.imdb import ImdbParams
 from rnnlab.data.jena import JenaParams
 from rnnlab.lecture.baselines import count_tfidf_parameters, fit_tfidf
@@ -189,12 +191,19 @@ def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: Tr
                 # Every seed trains now, inside the first seed's run (its epochs logged as
                 # they end; the others' when their runs open below).
                 built = [build(s) for s, *_ in runs]
-                results = fit_together(
-                    built, task, [r[1] for r in runs], device,
-                    checkpoints=[r[4] for r in runs], fingerprints=[r[3] for r in runs],
-                    on_epochs=[on_epoch] + [None] * (len(runs) - 1),
-                    descs=[r[5] for r in runs], progress=progress,
-                    threads=thread_control(policy))
+                try:
+                    results = fit_together(
+                        built, task, [r[1] for r in runs], device,
+                        checkpoints=[r[4] for r in runs], fingerprints=[r[3] for r in runs],
+                        on_epochs=[on_epoch] + [None] * (len(runs) - 1),
+                        descs=[r[5] for r in runs], progress=progress,
+                        threads=thread_control(policy))
+                except Exception as e:
+                    # This run ends FAILED for every seed's failure: its tag says whose.
+                    with contextlib.suppress(Exception):    # the stage's error comes first
+                        run.set_tag("side_by_side_failure", redact(
+                            (str(e).splitlines() or [type(e).__name__])[0])[:500])
+                    raise
                 trained = list(zip(built, results))
             if together:
                 model, result = trained[n - 1]

@@ -383,6 +383,10 @@ class Run:
         import mlflow
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
+    def set_tag(self, key: str, value: str) -> None:
+        import mlflow
+        mlflow.set_tag(key, value)
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         import mlflow
         mlflow.log_artifact(str(path), artifact_path=artifact_path)

@@ -383,25 +383,28 @@ def fit_together(models: list[nn.Module], task: Task, configs: list[TrainConfig]
                 [torch.cuda.stream(stream) for stream in streams]
         else:
             places = [contextlib.nullcontext() for _ in runs]
-        waiting = [k for k, run in enumerate(runs) if run.epoch < run.config.epochs]
-        while waiting:
-            for k in list(waiting):
-                run = runs[k]
+        try:
+            waiting = [k for k, run in enumerate(runs) if run.epoch < run.config.epochs]
+            while waiting:
+                for k in list(waiting):
+                    run = runs[k]
+                    with places[k], generators[k]:
+                        if run.batches is None:
+                            run.begin_epoch()
+                        if not run.step():
+                            run.end_epoch()
+                            if run.epoch >= run.config.epochs:
+                                waiting.remove(k)
+            results = []
+            for k, run in enumerate(runs):
                 with places[k], generators[k]:
-                    if run.batches is None:
-                        run.begin_epoch()
-                    if not run.step():
-                        run.end_epoch()
-                        if run.epoch >= run.config.epochs:
-                            waiting.remove(k)
-        results = []
-        for k, run in enumerate(runs):
-            with places[k], generators[k]:
-                results.append(run.finish())
-        if device.type == "cuda":
-            for stream in streams:
-                torch.cuda.current_stream(device).wait_stream(stream)
+                    results.append(run.finish())
+        finally:   # also when one seed failed: no stream's work outlives what it reads
+            if device.type == "cuda":
+                for stream in streams:
+                    torch.cuda.current_stream(device).wait_stream(stream)
         return results
+
 
 class _StepLosses:
     """An epoch's step losses on the device, written into blocks of 512 values.
