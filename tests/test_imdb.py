@@ -299,6 +299,10 @@ def test_the_task_holds_the_ids_as_stored_and_batches_them_as_int64(tmp_path):
         assert x.dtype == torch.int64 and x.shape[1] == 7
         seen += [row.tolist() for row in x]
     assert sorted(seen) == sorted(stored["train"].tolist())       # every review once
+    from rnnlab.data.windows import shuffled_batches  # in the epoch's order
+    assert [x.tolist() for x, _ in task.train_batches(epoch=2, steps=None, seed=1)] == [
+        stored["train"][rows].tolist()
+        for rows in shuffled_batches(np.arange(10), 2, None, 4, 1)]
     batches = list(task.eval_batches("test", None))
     assert [len(y) for _, y in batches] == [3, 3, 3, 1]
     assert all(x.dtype == torch.int64 for x, _ in batches)

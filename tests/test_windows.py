@@ -1,8 +1,15 @@
 import numpy as np
 import pytest
+import torch
 
 from rnnlab.core.errors import RnnlabError
-from rnnlab.data.windows import JenaWindows, load_spec, make_window_spec, save_spec
+from rnnlab.data.windows import (
+    JenaWindows,
+    load_spec,
+    make_window_spec,
+    save_spec,
+    shuffled_batches,
+)
 
 N = 3000
 SPLITS = {"train": (0, 1500), "val": (1501, 2200), "test": (2201, None)}
@@ -93,6 +100,20 @@ def test_epoch_batches_are_seeded_by_epoch(features):
     assert len(more) == (n // 64 + 3) * 64
     full = rows_of(1, 1, steps=None, batch=100)                     # one pass, short last batch
     np.testing.assert_array_equal(np.sort(full), np.arange(*spec.train))
+
+
+def test_an_epochs_batches_are_the_windows_of_its_shuffled_rows(features):
+    """epoch_batches sends the epoch's row numbers to the matrix's device in one copy (on a
+    GPU, no copy from the host per step): each batch is still ``batch`` of its rows from
+    ``shuffled_batches``, the short last one too."""
+    w = JenaWindows(features, spec_for(), "train")
+    for steps, size in ((7, 64), (None, 100)):
+        expected = [w.batch(rows) for rows in shuffled_batches(w.rows, 2, steps, size, 9)]
+        got = list(w.epoch_batches(2, steps, size, 9))
+        assert len(got) == len(expected) > 1
+        for (x, y), (xe, ye) in zip(got, expected):
+            assert torch.equal(x, xe) and torch.equal(y, ye)
+    assert len(expected[-1][1]) < 100
 
 
 def test_spec_round_trip(tmp_path):

@@ -27,6 +27,7 @@ from rnnlab.data.windows import (
     JenaWindows,
     WindowSpec,
     load_spec,
+    on_device,
     shuffled_batches,
     variant_spec,
 )
@@ -112,8 +113,8 @@ class ImdbTask:
 
     def train_batches(self, epoch: int, steps: int | None, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
         x, y = self.data["train"]
-        for rows in shuffled_batches(np.arange(len(y)), epoch, steps, self.batch_size, seed):
-            idx = torch.from_numpy(rows).to(x.device, non_blocking=True)
+        for idx in on_device(shuffled_batches(np.arange(len(y)), epoch, steps, self.batch_size,
+                                              seed), x.device):
             yield x[idx].long(), y[idx]
 
     def eval_batches(self, split: str, max_batches: int | None) -> Iterator[tuple[Tensor, Tensor]]:
