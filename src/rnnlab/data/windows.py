@@ -199,11 +199,12 @@ class JenaWindows:
 
     def ordered(self, batch_size: int, max_batches: int | None = None
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Every window exactly once, in row order (validation and test)."""
-        for i, start in enumerate(range(0, len(self.rows), batch_size)):
-            if max_batches is not None and i >= max_batches:
-                return
-            yield self.batch(self.rows[start:start + batch_size])
+        """Every window exactly once, in row order (validation and test); the row numbers
+        go to the matrix's device in one copy."""
+        starts = range(0, len(self.rows), batch_size)[:max_batches]
+        for r in on_device((self.rows[start:start + batch_size] for start in starts),
+                           self.features.device):
+            yield self._gather(r)
 
     def epoch_batches(self, epoch: int, steps: int | None, batch_size: int, seed: int
                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
