@@ -304,3 +304,19 @@ def test_seeds_side_by_side_on_cuda_train_as_each_would_alone(task, arch, kw):
                 assert mine[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
         for key in a.val:
             assert b.val[key] == pytest.approx(a.val[key], rel=1e-5), key
+
+
+def test_an_epochs_row_numbers_cross_to_the_gpu_in_one_copy(task):
+    """On a GPU a training epoch's (and an evaluation pass's) row numbers go to the device
+    in one copy, not one copy from the host per batch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    task.to_device(CUDA)
+    for batches in (lambda: task.train_batches(1, 8, 3),
+                    lambda: task.eval_batches("val", None)):
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            n = sum(1 for _ in batches())
+            torch.cuda.synchronize()
+        copies = [e for e in prof.events() if "HtoD" in e.name]
+        assert n > 1 and len(copies) == 1, [e.name for e in copies]
