@@ -40,11 +40,13 @@ part) starts, and ``skipped`` lists what did not run. The parts, in this order
    ``--full`` (the caps are extrapolated linearly; each row says what was); the halves
    (Jena, IMDB) are the sums of their stages. Not counted: a stage's process start,
    imports, tracking and model files (bench_speed.py's ``--stage-seconds``).
-4. ``seeds``: per variant of ``--seed-variants``, what ``--seeds`` seeds trained side by
-   side cost against one (issue 25, item 5): the training passes of one epoch of
-   ``--round-steps`` steps, one model through ``fit`` against ``--seeds`` models through
-   ``engine.fit_together`` (each on its own CUDA stream), alternating over ``--rounds``
-   rounds; ``together_over_alone`` is the ratio of their medians.
+4. ``seeds``: per variant of ``--seed-variants`` (default: every one, the recurrent-dropout
+   ones first), what ``--seeds`` seeds trained side by side cost against one (issue 25,
+   item 5): the training passes of one epoch of ``--round-steps`` steps, one model through
+   ``fit`` against ``--seeds`` models through ``engine.fit_together`` (each on its own
+   CUDA stream), alternating over ``--rounds`` rounds; ``together_over_alone`` is the ratio
+   of their medians. With the epochs part, ``seeds_halves`` extrapolates each half with
+   ``--seeds`` seeds, one after another and side by side (``seeds_halves``' docstring).
 
 Jena inputs are the arrays in ``--jena`` (bench/gpu_prepare.sh: copied from data/prepared
 or made from a generated full-size file; ``jena_data`` says which). IMDB inputs are random
@@ -106,7 +108,7 @@ LOOPS = ("cudnn", "persistent", "auto")               # RNNLAB_CUDA_LOOP values 
 GRAPH = "auto+graph"     # auto, the whole step one CUDA graph (RNNLAB_CUDA_GRAPH_STEP=1)
 KERAS = "keras_jax"
 FULL = ("gru_dropout", "gru_stacked")                 # the accuracy target's variants
-SEED_VARIANTS = ("gru_dropout", "gru_stacked", "gru", "imdb_lstm")   # the seeds part's
+SEED_FIRST = ("gru_dropout", "gru_stacked", "conv_gru")   # the seeds part's first (85 %)
 WARMUP_STEPS = 3
 START = time.perf_counter()
 
@@ -472,6 +474,34 @@ def seed_times(params, name: str, data: Data, device: torch.device, count: int, 
     return row
 
 
+def seeds_halves(params, names: list[str], epochs: list[dict], seeds: list[dict],
+                 count: int) -> dict:
+    """Each half's training stages with ``count`` seeds, extrapolated from the epochs part
+    (one seed's default epoch) and the seeds part (``together_over_alone``): one after
+    another, warm-up + count x (epochs x (steps + validation) + final evaluation); side by
+    side, warm-up + epochs x (steps x together_over_alone + count x validation) + count x
+    final evaluation (the seeds' evaluations run one after another)."""
+    epoch_rows = {r["variant"]: r for r in epochs if "error" not in r}
+    ratios = {r["variant"]: r["together_over_alone"] for r in seeds if "error" not in r}
+    out = {}
+    for half in ("jena", "imdb"):
+        want = [n for n in names if params.variant(n).dataset == half]
+        done = [n for n in want if n in epoch_rows and n in ratios]
+        after, together = 0.0, 0.0
+        for name in done:
+            r = epoch_rows[name]
+            train = r["default_steps"] * r["ms_per_step"] / 1e3
+            val = r["epoch_seconds_extrapolated"] - train
+            epochs_n, final = r["default_epochs"], r["final_eval_seconds_extrapolated"]
+            after += r["warmup_seconds"] + count * (epochs_n * (train + val) + final)
+            together += r["warmup_seconds"] + epochs_n * (train * ratios[name] + count * val) \
+                + count * final
+        out[half] = {"seeds": count, "one_after_another": round(after, 1),
+                     "side_by_side": round(together, 1),
+                     "missing": [n for n in want if n not in done]}
+    return out
+
+
 # ----------------------------------------------------------------------------------- main
 
 def versions(keras_path: Path | None) -> dict:
@@ -534,8 +564,9 @@ def main() -> None:
                              "are compared); empty: none")
     parser.add_argument("--seeds", type=int, default=3,
                         help="seeds: how many trained side by side")
-    parser.add_argument("--seed-variants", nargs="+", default=list(SEED_VARIANTS),
-                        help="seeds: the variants timed")
+    parser.add_argument("--seed-variants", nargs="+",
+                        help="seeds: the variants timed (default: every torch variant, the "
+                             "recurrent-dropout ones first)")
     parser.add_argument("--eval-batch-size", type=int,
                         help="instead of train.eval_batch_size (validation and test batches)")
     parser.add_argument("--batch-size", type=int,
@@ -673,7 +704,9 @@ def main() -> None:
             os.environ["RNNLAB_CUDA_LOOP"] = "auto"
             os.environ["RNNLAB_CUDA_GRAPH_STEP"] = "0"
             report["seeds"] = []
-            for name in [n for n in args.seed_variants if n in params.models]:
+            wanted = args.seed_variants or [n for n in SEED_FIRST if n in names] + [
+                n for n in names if n not in SEED_FIRST]
+            for name in [n for n in wanted if n in params.models]:
                 if over("seeds", name):
                     continue
                 try:
@@ -683,6 +716,12 @@ def main() -> None:
                     print(f"{name} (seeds): {error_text(e)}", flush=True)
                     report["seeds"].append({"variant": name, "error": error_text(e)})
                 write_json(args.out, report)
+            if report.get("epochs"):
+                report["seeds_halves"] = seeds_halves(params, names, report["epochs"],
+                                                      report["seeds"], args.seeds)
+                print("[seeds] halves with " + str(args.seeds) + " seeds (s): " + json.dumps(
+                    {h: {k: v[k] for k in ("one_after_another", "side_by_side")}
+                     for h, v in report["seeds_halves"].items()}), flush=True)
     write_json(args.out, report)
     print(f"bench_gpu: done in {elapsed():.0f} s"
           + (f"; skipped {len(report['skipped'])}" if report["skipped"] else ""), flush=True)
