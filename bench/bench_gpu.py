@@ -496,8 +496,9 @@ def seeds_halves(params, names: list[str], epochs: list[dict], seeds: list[dict]
             after += r["warmup_seconds"] + count * (epochs_n * (train + val) + final)
             together += r["warmup_seconds"] + epochs_n * (train * ratios[name] + count * val) \
                 + count * final
-        out[half] = {"seeds": count, "one_after_another": round(after, 1),
-                     "side_by_side": round(together, 1),
+        out[half] = {"seeds": count,     # None: no variant of the half had both parts
+                     "one_after_another": round(after, 1) if done else None,
+                     "side_by_side": round(together, 1) if done else None,
                      "missing": [n for n in want if n not in done]}
     return out
 

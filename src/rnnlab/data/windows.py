@@ -201,7 +201,8 @@ class JenaWindows:
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every window exactly once, in row order (validation and test); the row numbers
         go to the matrix's device in one copy."""
-        starts = range(0, len(self.rows), batch_size)[:max_batches]
+        starts = range(0, len(self.rows), batch_size)[
+            :None if max_batches is None else max(max_batches, 0)]
         for r in on_device((self.rows[start:start + batch_size] for start in starts),
                            self.features.device):
             yield self._gather(r)

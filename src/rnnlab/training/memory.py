@@ -138,7 +138,8 @@ def estimate_bytes(*, params: int, layers: Sequence[tuple[int, int, int]], batch
       ``rnnlab.data.windows.shuffled_batches``: with ``steps_per_epoch`` set,
       ``ceil(steps x B / train_examples)`` permutations of the training examples, int64,
       concatenated (the list and its concatenation: twice that); one permutation for a
-      pass.
+      pass, and ``rnnlab.data.windows.on_device``'s one-piece copy beside it (twice that
+      too).
     - training batch: (B, T, features) of ``input_itemsize`` plus the (B, T) int64 index a
       window batch is gathered with (an IMDB batch is gathered by rows: over by its ids).
     - activations: per recurrent layer ``(gates + 2) x width x steps x B`` float32: its
@@ -158,7 +159,7 @@ def estimate_bytes(*, params: int, layers: Sequence[tuple[int, int, int]], batch
     keys = dict(keys or {})
     if steps_per_epoch is None:
         b = min(batch, train_examples)
-        order_rows, copies = train_examples, 1
+        order_rows, copies = train_examples, 2
     else:
         b = batch
         order_rows = -(-steps_per_epoch * batch // max(train_examples, 1)) * train_examples
