@@ -19,7 +19,7 @@ import os
 import pickle
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -44,6 +44,16 @@ from rnnlab.training.tasks import build_task
 from rnnlab.training.threads import resolve_threads, thread_control
 
 log = logging.getLogger(__name__)
+
+
+class _SeedRun(NamedTuple):
+    """One seed's training run of a stage: what names it and what its checkpoint holds."""
+    seed: int
+    config: TrainConfig
+    params: dict[str, Any]          # logged to MLflow
+    fingerprint: str                # the checkpoint's: resume only with the same
+    checkpoint: Path
+    desc: str                       # in log lines and errors
 
 
 @dataclass(frozen=True)
@@ -117,9 +127,13 @@ def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: Tr
     if torch_model:   # before any array is loaded: a run the machine cannot hold is one line
         check_fits(estimate_training(variant, spec, data, train, prepared, windows),
                    f"train@{variant}")
+    several = len(common.seed_list) > 1
+
+    def checkpoint_of(seed: int) -> Path:
+        return checkpoints / (f"{variant}.seed{seed}.pt" if several else f"{variant}.pt")
+
     for seed in common.seed_list:   # before any MLflow run opens: where its checkpoint goes
-        suffix = "" if len(common.seed_list) == 1 else f".seed{seed}"
-        check_checkpoint_path(checkpoints / f"{variant}{suffix}.pt", variant)
+        check_checkpoint_path(checkpoint_of(seed), variant)
     prep = build_task(spec, data, train, prepared, windows)
     task = prep.task
     device = resolve_device(common.device) if torch_model else torch.device("cpu")
@@ -143,7 +157,7 @@ def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: Tr
                    "device": str(device), "seeds": seeds, "threads": policy.threads,
                    "threads_source": policy.source + (", tuned" if policy.tuned else "")}
 
-    runs = []                                     # per seed: config, params, fingerprint
+    runs: list[_SeedRun] = []
     for seed in seeds:
         config = replace(config, seed=seed)
         run_params = base_params | {"seed": seed, "train": asdict(config) | {
@@ -152,10 +166,8 @@ def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: Tr
             {**run_params, "threads": None, "threads_source": None,
              "data_stats": prep.data_stats}, sort_keys=True,
             default=str).encode()).hexdigest()
-        suffix = "" if len(seeds) == 1 else f".seed{seed}"
-        desc = variant if len(seeds) == 1 else f"{variant} seed {seed}"
-        runs.append((seed, config, run_params, fingerprint, checkpoints / f"{variant}{suffix}.pt",
-                     desc))
+        runs.append(_SeedRun(seed, config, run_params, fingerprint, checkpoint_of(seed),
+                             f"{variant} seed {seed}" if several else variant))
     together = torch_model and seeds_together(device, len(seeds))
     if together:
         log.info("%s: seeds %s side by side on %s (RNNLAB_SEEDS_TOGETHER: %s)", variant,
@@ -190,13 +202,14 @@ def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: Tr
             if together and n == 1:
                 # Every seed trains now, inside the first seed's run (its epochs logged as
                 # they end; the others' when their runs open below).
-                built = [build(s) for s, *_ in runs]
+                built = [build(r.seed) for r in runs]
                 try:
                     results = fit_together(
-                        built, task, [r[1] for r in runs], device,
-                        checkpoints=[r[4] for r in runs], fingerprints=[r[3] for r in runs],
+                        built, task, [r.config for r in runs], device,
+                        checkpoints=[r.checkpoint for r in runs],
+                        fingerprints=[r.fingerprint for r in runs],
                         on_epochs=[on_epoch] + [None] * (len(runs) - 1),
-                        descs=[r[5] for r in runs], progress=progress,
+                        descs=[r.desc for r in runs], progress=progress,
                         threads=thread_control(policy))
                 except Exception as e:
                     # This run ends FAILED for every seed's failure: its tag says whose.
