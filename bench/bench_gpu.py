@@ -37,9 +37,12 @@ part) starts, and ``skipped`` lists what did not run. The parts, in this order
    evaluation are timed apart, and the variant's stage extrapolated from them:
    warm-up + seeds x (epochs x (steps x step + validation pass) + final evaluation).
    ``--steps`` and ``--eval-batches`` cap the timed parts of the variants not in
-   ``--full`` (the caps are extrapolated linearly; each row says what was); the halves
-   (Jena, IMDB) are the sums of their stages. Not counted: a stage's process start,
-   imports, tracking and model files (bench_speed.py's ``--stage-seconds``).
+   ``--full`` (the caps are extrapolated linearly, evaluation by rows; each row says what
+   was); the halves (Jena, IMDB) are the sums of their stages. Not counted: a stage's
+   process start, imports, tracking and model files (bench_speed.py's
+   ``--stage-seconds``). Evaluation on a GPU joins ``engine.eval_join`` batches per
+   forward pass (``GPU_EVAL_ROWS`` rows); ``val_pass_seconds`` times one validation pass
+   (as capped) after the epochs with one batch per pass and joined.
 4. ``seeds``: per variant of ``--seed-variants`` (default: every one, the recurrent-dropout
    ones first), what ``--seeds`` seeds trained side by side cost against one (issue 25,
    item 5): the training passes of one epoch of ``--round-steps`` steps, one model through
@@ -339,18 +342,19 @@ class TimedTask:
         return getattr(self._task, name)
 
     def _timed(self, kind: str, batches):
-        began, n = time.perf_counter(), 0
+        began, n, rows = time.perf_counter(), 0, 0
         for batch in batches:
             yield batch
-            n += 1
+            n, rows = n + 1, rows + len(batch[1])
         sync(self._device)
-        self.passes.append({"pass": kind, "batches": n, "seconds": time.perf_counter() - began})
+        self.passes.append({"pass": kind, "batches": n, "rows": rows,
+                            "seconds": time.perf_counter() - began})
 
     def train_batches(self, epoch: int, steps, seed: int):
         return self._timed("train", self._task.train_batches(epoch, steps, seed))
 
-    def eval_batches(self, split: str, max_batches):
-        return self._timed(split, self._task.eval_batches(split, max_batches))
+    def eval_batches(self, split: str, max_batches, join: int = 1):
+        return self._timed(split, self._task.eval_batches(split, max_batches, join))
 
 
 def time_variant(params, name: str, data: Data, device: torch.device, epochs: int,
@@ -362,6 +366,7 @@ def time_variant(params, name: str, data: Data, device: torch.device, epochs: in
     full_eval = {s: math.ceil(task.eval_size(s) / eval_size) for s in ("val", "test")}
     if params.train.max_eval_batches is not None:
         full_eval = {s: min(n, params.train.max_eval_batches) for s, n in full_eval.items()}
+    full_rows = {s: min(task.eval_size(s), n * eval_size) for s, n in full_eval.items()}
     caps = [c for c in (eval_cap, params.train.max_eval_batches) if c is not None]
 
     began = time.perf_counter()                  # warm-up on a throwaway model
@@ -371,8 +376,9 @@ def time_variant(params, name: str, data: Data, device: torch.device, epochs: in
         opt.zero_grad(set_to_none=True)
         task.loss(warm(x.to(device)), y.to(device)).backward()
         opt.step()
+    join = engine.eval_join(device, task.eval_batch_size)      # a joined pass's shape
     with torch.no_grad():
-        warm.eval()(next(iter(task.eval_batches("val", 1)))[0].to(device))
+        warm.eval()(next(iter(task.eval_batches("val", join, join)))[0].to(device))
     sync(device)
     warmup = time.perf_counter() - began
     del warm, opt
@@ -392,12 +398,14 @@ def time_variant(params, name: str, data: Data, device: torch.device, epochs: in
     val = [p for p in passes if p["pass"] == "val"]
     test = [p for p in passes if p["pass"] == "test"]
 
-    def per(p: dict) -> float:
-        return p["seconds"] / max(p["batches"], 1)
+    def per(p: dict, unit: str = "batches") -> float:
+        return p["seconds"] / max(p[unit], 1)
 
-    step_s, val_batch_s = per(train[-1]), per(val[len(train) - 1])
-    epoch_est = default_steps * step_s + full_eval["val"] * val_batch_s
-    final_est = full_eval["val"] * per(val[-1]) + full_eval["test"] * per(test[-1])
+    # Evaluation by rows: on a GPU a pass joins eval_join batches (engine.GPU_EVAL_ROWS).
+    step_s, val_row_s = per(train[-1]), per(val[len(train) - 1], "rows")
+    epoch_est = default_steps * step_s + full_rows["val"] * val_row_s
+    final_est = (full_rows["val"] * per(val[-1], "rows")
+                 + full_rows["test"] * per(test[-1], "rows"))
     seeds = len(params.seed_list)
     stage = warmup + seeds * (spec.epochs * epoch_est + final_est)
     row: dict = {
@@ -412,18 +420,34 @@ def time_variant(params, name: str, data: Data, device: torch.device, epochs: in
         "final_eval_seconds_extrapolated": round(final_est, 2),
         "stage_seconds_extrapolated": round(stage, 1),
         "capped": {"steps": train[-1]["batches"] < default_steps,
-                   "val": val[-1]["batches"] < full_eval["val"],
-                   "test": test[-1]["batches"] < full_eval["test"]},
+                   "val": val[-1]["rows"] < full_rows["val"],
+                   "test": test[-1]["rows"] < full_rows["test"]},
+        "eval_join": engine.eval_join(device, eval_size),
         "train_loss": [round(r["train_loss"], 6) for r in result.history],
         "val": {k: round(v, 6) for k, v in result.val.items()},
     }
     if device.type == "cuda":
         row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    row["val_pass_seconds"] = val_pass_by_join(model, task, device, min(caps) if caps else None)
     print(f"[epochs {elapsed():5.0f} s] {name:18s} warm-up {warmup:.1f} s, "
           f"{row['ms_per_step']:.2f} ms/step, epoch ~{epoch_est:.1f} s, stage "
           f"~{stage:.0f} s, val {row['val']}", flush=True)
     del model
     return row
+
+
+def val_pass_by_join(model, task, device: torch.device, cap: int | None) -> dict:
+    """One validation pass timed two ways, in this order after the epochs: one evaluation
+    batch per forward pass, then ``engine.eval_join`` of them (what ``fit`` does)."""
+    times = {}
+    for label, join in (("one_batch_at_a_time", 1),
+                        ("joined", engine.eval_join(device, task.eval_batch_size))):
+        sync(device)
+        began = time.perf_counter()
+        engine.evaluate(model, task, "val", device, cap, join=join)
+        sync(device)
+        times[label] = round(time.perf_counter() - began, 3)
+    return times | {"join": engine.eval_join(device, task.eval_batch_size), "cap": cap}
 
 
 # ---------------------------------------------------------------------------------- seeds

@@ -320,3 +320,28 @@ def test_an_epochs_row_numbers_cross_to_the_gpu_in_one_copy(task):
             torch.cuda.synchronize()
         copies = [e for e in prof.events() if "HtoD" in e.name]
         assert n > 1 and len(copies) == 1, [e.name for e in copies]
+
+
+@pytest.mark.parametrize("arch,kw", [
+    ("gru", {"units": (32, 64), "activations": ("tanh", "relu"), "dropout": 0.1,
+             "recurrent_dropout": 0.5}),
+    ("lstm", {}),
+])
+def test_evaluation_on_cuda_joins_batches_and_changes_no_figure(task, arch, kw):
+    """On a GPU one forward pass takes ``eval_join`` evaluation batches (2048 rows): the
+    persistent relu layer of gru_stacked and cuDNN's LSTM give the figures of one batch
+    at a time."""
+    from rnnlab.training.engine import eval_join, evaluate
+    seed_everything(3)
+    model = build_model(ModelSpec(dataset="jena", arch=arch, epochs=1, **kw), 14, 20).to(CUDA)
+    task.to_device(CUDA)
+    sizes = []
+    hook = model.register_forward_hook(lambda m, args, out: sizes.append(len(args[0])))
+    joined = evaluate(model, task, "val", CUDA, None)
+    hook.remove()
+    join = eval_join(CUDA, task.eval_batch_size)
+    assert join > 1 and sizes[0] == min(task.eval_size("val"), join * task.eval_batch_size)
+    assert len(sizes) == -(-task.eval_size("val") // (join * task.eval_batch_size))
+    alone = evaluate(model, task, "val", CUDA, None, join=1)
+    for key in alone:
+        assert joined[key] == pytest.approx(alone[key], rel=1e-5), key

@@ -305,6 +305,11 @@ def test_the_task_holds_the_ids_as_stored_and_batches_them_as_int64(tmp_path):
         for rows in shuffled_batches(np.arange(10), 2, None, 4, 1)]
     batches = list(task.eval_batches("test", None))
     assert [len(y) for _, y in batches] == [3, 3, 3, 1]
+    assert [len(y) for _, y in task.eval_batches("test", None, join=2)] == [6, 4]
+    assert [len(y) for _, y in task.eval_batches("test", 3, join=2)] == [6, 3]   # 3 batches
+    assert [len(y) for _, y in task.eval_batches("test", 0, join=2)] == []
+    assert np.array_equal(torch.cat([x for x, _ in task.eval_batches("test", None, 3)]).numpy(),
+                          stored["test"])
     assert all(x.dtype == torch.int64 for x, _ in batches)
     assert np.array_equal(torch.cat([x for x, _ in batches]).numpy(), stored["test"])
 

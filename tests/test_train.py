@@ -247,6 +247,31 @@ def test_evaluation_batch_size_changes_no_figure(task, arch, kw):
         assert large[key] == pytest.approx(small[key], rel=1e-6), key
 
 
+@pytest.mark.parametrize("arch, kw", [("gru", {"dropout": 0.2, "recurrent_dropout": 0.3}),
+                                      ("lstm", {})])
+def test_evaluation_batches_joined_change_no_figure(task, arch, kw):
+    """A GPU evaluates several evaluation batches per forward pass (``eval_join``): the
+    same figures, a cap still counted in batches of ``eval_batch_size``."""
+    from rnnlab.training.engine import evaluate
+    model = make(arch, **kw)
+    assert task.eval_size("val") > 3 * task.eval_batch_size
+    figures = {}
+    for cap in (None, 3):
+        alone = evaluate(model, task, "val", torch.device("cpu"), cap, join=1)
+        figures[cap] = joined = evaluate(model, task, "val", torch.device("cpu"), cap, join=4)
+        assert joined.keys() == alone.keys()
+        for key in alone:
+            assert joined[key] == pytest.approx(alone[key], rel=1e-6), (cap, key)
+    assert figures[3]["mae"] != figures[None]["mae"]          # the cap cut the rows
+
+
+def test_a_gpu_evaluates_about_2048_rows_per_pass():
+    from rnnlab.training.engine import eval_join
+    cuda = torch.device("cuda")          # a device object: no GPU needed to build one
+    assert [eval_join(cuda, n) for n in (128, 1000, 2048, 4096)] == [16, 2, 1, 1]
+    assert eval_join(torch.device("cpu"), 128) == 1
+
+
 def test_evaluation_caps_count_batches_of_the_evaluation_size(task):
     from rnnlab.training.engine import evaluate
     capped = JenaTask(task.windows["train"].features.numpy(), task.spec, batch_size=32,

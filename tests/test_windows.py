@@ -80,6 +80,22 @@ def test_ordered_visits_every_window_once(features):
     assert len(list(w.ordered(batch_size=128, max_batches=2))) == 2
 
 
+def test_ordered_joins_batches_without_changing_the_rows(features):
+    """``join`` batches per pass (evaluation on a GPU): the same windows in the same order,
+    a cap still counted in batches of ``batch_size``."""
+    w = JenaWindows(features, spec_for(), "val")
+    for cap in (None, 5, 0):
+        alone = list(w.ordered(batch_size=50, max_batches=cap))
+        joined = list(w.ordered(batch_size=50, max_batches=cap, join=4))
+        n = sum(len(y) for _, y in alone)
+        assert [len(y) for _, y in joined] == [min(200, n - s) for s in range(0, n, 200)]
+        for i in (0, 1):
+            np.testing.assert_array_equal(
+                torch.cat([b[i] for b in joined]).numpy() if joined else [],
+                torch.cat([b[i] for b in alone]).numpy() if alone else [])
+    assert sum(len(y) for _, y in w.ordered(batch_size=50, max_batches=5, join=4)) == 250
+
+
 def test_epoch_batches_are_seeded_by_epoch(features):
     spec = spec_for()
     w = JenaWindows(features, spec, "train")

@@ -197,13 +197,15 @@ class JenaWindows:
         y = self._target.index_select(0, r + self.spec.delay)          # (B,)
         return x, y
 
-    def ordered(self, batch_size: int, max_batches: int | None = None
+    def ordered(self, batch_size: int, max_batches: int | None = None, join: int = 1
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Every window exactly once, in row order (validation and test); the row numbers
-        go to the matrix's device in one copy."""
-        starts = range(0, len(self.rows), batch_size)[
-            :None if max_batches is None else max(max_batches, 0)]
-        for r in on_device((self.rows[start:start + batch_size] for start in starts),
+        """Every window exactly once, in row order (validation and test), or the first
+        ``max_batches`` batches' windows; ``join`` batches at a time (one batch of
+        ``join * batch_size`` rows, the last one shorter). The row numbers go to the
+        matrix's device in one copy."""
+        rows = self.rows[:None if max_batches is None else max(max_batches, 0) * batch_size]
+        size = batch_size * join
+        for r in on_device((rows[start:start + size] for start in range(0, len(rows), size)),
                            self.features.device):
             yield self._gather(r)
 

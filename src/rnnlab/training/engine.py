@@ -54,7 +54,9 @@ class Task(Protocol):
     eval_batch_size: int  # examples per evaluation batch
 
     def train_batches(self, epoch: int, steps: int | None, seed: int) -> Iterator[Batch]: ...
-    def eval_batches(self, split: str, max_batches: int | None) -> Iterator[Batch]: ...
+    # The first ``max_batches`` batches of eval_batch_size (all: None), ``join`` at a time.
+    def eval_batches(self, split: str, max_batches: int | None, join: int = 1
+                     ) -> Iterator[Batch]: ...
     def eval_size(self, split: str) -> int: ...          # examples in the split
     def loss(self, output: Tensor, target: Tensor) -> Tensor: ...
     def metrics(self, outputs: Tensor, targets: Tensor) -> dict[str, float]: ...
@@ -194,23 +196,40 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little")
 
 
+# On a GPU a batch of 128 keeps few of its multiprocessors busy: the persistent recurrence
+# runs one program per 16 rows (8 of an H100's 132), cuDNN's per-step products are as thin.
+# Evaluation there runs this many rows at once (whole evaluation batches joined): the same
+# rows in the same order, the caps still counted in batches of train.eval_batch_size, and
+# each row's output a function of that row alone (no layer mixes rows), so the figures are
+# the same but for float32 rounding where cuDNN picks another algorithm for the larger
+# batch. Training batches keep their size: it is the lecture's.
+GPU_EVAL_ROWS = 2048
+
+
+def eval_join(device: torch.device, eval_batch_size: int) -> int:
+    """How many evaluation batches one forward pass takes on ``device``."""
+    return max(1, GPU_EVAL_ROWS // eval_batch_size) if device.type == "cuda" else 1
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, split: str, device: torch.device,
-             max_batches: int | None, *, progress: bool = False, desc: str = "") -> dict[str, float]:
+             max_batches: int | None, *, progress: bool = False, desc: str = "",
+             join: int | None = None) -> dict[str, float]:
     """The task's metrics over ``split`` (every example once, or ``max_batches`` batches):
-    no gradients, in the task's evaluation batches; only the (n,) outputs are kept."""
+    no gradients, in the task's evaluation batches, ``join`` of them per forward pass
+    (default: ``eval_join``); only the (n,) outputs are kept."""
     model.eval()
+    join = eval_join(device, task.eval_batch_size) if join is None else join
     n = task.eval_size(split)
-    batches = -(-n // task.eval_batch_size)
     if max_batches is not None:
-        batches = min(batches, max_batches)
-        n = min(n, batches * task.eval_batch_size)
+        n = min(n, max(max_batches, 0) * task.eval_batch_size)
+    passes = -(-n // (task.eval_batch_size * join))
     # Filled in place: small tensors kept between the batches' large freed buffers would
     # fragment the heap (a validation pass held 1.4 GB of RSS that way).
     # On a GPU the outputs stay there until the last batch: one copy back, not one a batch.
     outputs, targets = torch.empty(n, device=device), torch.empty(n, device=device)
     done = 0
-    bar = tqdm(task.eval_batches(split, max_batches), total=batches, disable=not progress,
+    bar = tqdm(task.eval_batches(split, max_batches, join), total=passes, disable=not progress,
                desc=f"{desc} {split}".strip(), file=sys.stderr, leave=False, mininterval=1.0)
     for x, y in bar:
         outputs[done:done + len(y)] = model(x.to(device, non_blocking=True)).float()

@@ -66,8 +66,9 @@ class JenaTask:
     def train_batches(self, epoch: int, steps: int | None, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
         return self.windows["train"].epoch_batches(epoch, steps, self.batch_size, seed)
 
-    def eval_batches(self, split: str, max_batches: int | None) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.windows[split].ordered(self.eval_batch_size, max_batches)
+    def eval_batches(self, split: str, max_batches: int | None, join: int = 1
+                     ) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.windows[split].ordered(self.eval_batch_size, max_batches, join)
 
     def eval_size(self, split: str) -> int:
         return len(self.windows[split])
@@ -117,13 +118,14 @@ class ImdbTask:
                                               seed), x.device):
             yield x[idx].long(), y[idx]
 
-    def eval_batches(self, split: str, max_batches: int | None) -> Iterator[tuple[Tensor, Tensor]]:
+    def eval_batches(self, split: str, max_batches: int | None, join: int = 1
+                     ) -> Iterator[tuple[Tensor, Tensor]]:
         x, y = self.data[split]
-        size = self.eval_batch_size
-        for i, start in enumerate(range(0, len(y), size)):
-            if max_batches is not None and i >= max_batches:
-                return
-            yield x[start:start + size].long(), y[start:start + size]
+        n = len(y) if max_batches is None else min(len(y), max(max_batches, 0)
+                                                    * self.eval_batch_size)
+        size = self.eval_batch_size * join
+        for start in range(0, n, size):
+            yield x[start:min(start + size, n)].long(), y[start:min(start + size, n)]
 
     def eval_size(self, split: str) -> int:
         return len(self.data[split][1])
