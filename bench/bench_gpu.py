@@ -37,12 +37,13 @@ part) starts, and ``skipped`` lists what did not run. The parts, in this order
    evaluation are timed apart, and the variant's stage extrapolated from them:
    warm-up + seeds x (epochs x (steps x step + validation pass) + final evaluation).
    ``--steps`` and ``--eval-batches`` cap the timed parts of the variants not in
-   ``--full`` (the caps are extrapolated linearly, evaluation by rows; each row says what
+   ``--full`` (the caps are extrapolated linearly; each row says what
    was); the halves (Jena, IMDB) are the sums of their stages. Not counted: a stage's
    process start, imports, tracking and model files (bench_speed.py's
    ``--stage-seconds``). Evaluation on a GPU joins ``engine.eval_join`` batches per
-   forward pass (``GPU_EVAL_ROWS`` rows); ``val_pass_seconds`` times one validation pass
-   (as capped) after the epochs with one batch per pass and joined.
+   forward pass (``GPU_EVAL_ROWS`` rows) and is extrapolated by passes;
+   ``val_pass_seconds`` times a validation pass (as capped) after the epochs with one
+   batch per forward pass and joined (``val_pass_by_join``).
 4. ``seeds``: per variant of ``--seed-variants`` (default: every one, the recurrent-dropout
    ones first), what ``--seeds`` seeds trained side by side cost against one (issue 25,
    item 5): the training passes of one epoch of ``--round-steps`` steps, one model through
@@ -367,6 +368,8 @@ def time_variant(params, name: str, data: Data, device: torch.device, epochs: in
     if params.train.max_eval_batches is not None:
         full_eval = {s: min(n, params.train.max_eval_batches) for s, n in full_eval.items()}
     full_rows = {s: min(task.eval_size(s), n * eval_size) for s, n in full_eval.items()}
+    join = engine.eval_join(device, eval_size)           # evaluation batches per pass
+    full_passes = {s: math.ceil(n / (join * eval_size)) for s, n in full_rows.items()}
     caps = [c for c in (eval_cap, params.train.max_eval_batches) if c is not None]
 
     began = time.perf_counter()                  # warm-up on a throwaway model
@@ -376,8 +379,7 @@ def time_variant(params, name: str, data: Data, device: torch.device, epochs: in
         opt.zero_grad(set_to_none=True)
         task.loss(warm(x.to(device)), y.to(device)).backward()
         opt.step()
-    join = engine.eval_join(device, task.eval_batch_size)      # a joined pass's shape
-    with torch.no_grad():
+    with torch.no_grad():                                       # a joined pass's shape
         warm.eval()(next(iter(task.eval_batches("val", join, join)))[0].to(device))
     sync(device)
     warmup = time.perf_counter() - began
@@ -398,14 +400,15 @@ def time_variant(params, name: str, data: Data, device: torch.device, epochs: in
     val = [p for p in passes if p["pass"] == "val"]
     test = [p for p in passes if p["pass"] == "test"]
 
-    def per(p: dict, unit: str = "batches") -> float:
-        return p["seconds"] / max(p[unit], 1)
+    def per(p: dict) -> float:
+        return p["seconds"] / max(p["batches"], 1)
 
-    # Evaluation by rows: on a GPU a pass joins eval_join batches (engine.GPU_EVAL_ROWS).
-    step_s, val_row_s = per(train[-1]), per(val[len(train) - 1], "rows")
-    epoch_est = default_steps * step_s + full_rows["val"] * val_row_s
-    final_est = (full_rows["val"] * per(val[-1], "rows")
-                 + full_rows["test"] * per(test[-1], "rows"))
+    # Evaluation by forward passes (a GPU's joins eval_join batches, engine.GPU_EVAL_ROWS):
+    # a latency-bound pass costs about the same whatever its rows, so a capped run's
+    # short pass counts as a full one.
+    step_s, val_pass_s = per(train[-1]), per(val[len(train) - 1])
+    epoch_est = default_steps * step_s + full_passes["val"] * val_pass_s
+    final_est = full_passes["val"] * per(val[-1]) + full_passes["test"] * per(test[-1])
     seeds = len(params.seed_list)
     stage = warmup + seeds * (spec.epochs * epoch_est + final_est)
     row: dict = {
@@ -422,7 +425,7 @@ def time_variant(params, name: str, data: Data, device: torch.device, epochs: in
         "capped": {"steps": train[-1]["batches"] < default_steps,
                    "val": val[-1]["rows"] < full_rows["val"],
                    "test": test[-1]["rows"] < full_rows["test"]},
-        "eval_join": engine.eval_join(device, eval_size),
+        "eval_join": join, "default_eval_passes": full_passes,
         "train_loss": [round(r["train_loss"], 6) for r in result.history],
         "val": {k: round(v, 6) for k, v in result.val.items()},
     }
@@ -436,18 +439,26 @@ def time_variant(params, name: str, data: Data, device: torch.device, epochs: in
     return row
 
 
-def val_pass_by_join(model, task, device: torch.device, cap: int | None) -> dict:
-    """One validation pass timed two ways, in this order after the epochs: one evaluation
-    batch per forward pass, then ``engine.eval_join`` of them (what ``fit`` does)."""
-    times = {}
-    for label, join in (("one_batch_at_a_time", 1),
-                        ("joined", engine.eval_join(device, task.eval_batch_size))):
-        sync(device)
-        began = time.perf_counter()
-        engine.evaluate(model, task, "val", device, cap, join=join)
-        sync(device)
-        times[label] = round(time.perf_counter() - began, 3)
-    return times | {"join": engine.eval_join(device, task.eval_batch_size), "cap": cap}
+def val_pass_by_join(model, task, device: torch.device, cap: int | None,
+                     rounds: int = 2) -> dict:
+    """A validation pass (as capped) timed two ways after the epochs, alternating over
+    ``rounds`` rounds, each after an untimed pass of its shape (the one-batch shape is new
+    to a GPU run, whose evaluation joined): one evaluation batch per forward pass, and
+    ``engine.eval_join`` of them (what ``fit`` does); the median of each."""
+    join = engine.eval_join(device, task.eval_batch_size)
+    ways = {"one_batch_at_a_time": 1, "joined": join}
+    for j in ways.values():
+        engine.evaluate(model, task, "val", device, j, join=j)
+    times: dict[str, list[float]] = {label: [] for label in ways}
+    for _ in range(rounds):
+        for label, j in ways.items():
+            sync(device)
+            began = time.perf_counter()
+            engine.evaluate(model, task, "val", device, cap, join=j)
+            sync(device)
+            times[label].append(time.perf_counter() - began)
+    return {label: round(statistics.median(t), 3) for label, t in times.items()} | {
+        "join": join, "cap": cap, "rounds": rounds}
 
 
 # ---------------------------------------------------------------------------------- seeds

@@ -254,15 +254,23 @@ def test_evaluation_batches_joined_change_no_figure(task, arch, kw):
     same figures, a cap still counted in batches of ``eval_batch_size``."""
     from rnnlab.training.engine import evaluate
     model = make(arch, **kw)
-    assert task.eval_size("val") > 3 * task.eval_batch_size
-    figures = {}
+    n, size = task.eval_size("val"), task.eval_batch_size
+    assert n > 4 * size and n % (4 * size)
+    figures, passes = {}, []
+    hook = model.register_forward_hook(lambda m, args, out: passes.append(len(args[0])))
     for cap in (None, 3):
         alone = evaluate(model, task, "val", torch.device("cpu"), cap, join=1)
+        passes.clear()
         figures[cap] = joined = evaluate(model, task, "val", torch.device("cpu"), cap, join=4)
+        rows = n if cap is None else cap * size
+        assert passes == [min(4 * size, rows - s) for s in range(0, rows, 4 * size)], cap
         assert joined.keys() == alone.keys()
         for key in alone:
             assert joined[key] == pytest.approx(alone[key], rel=1e-6), (cap, key)
+    hook.remove()
     assert figures[3]["mae"] != figures[None]["mae"]          # the cap cut the rows
+    with pytest.raises(ValueError, match="join 0"):
+        evaluate(model, task, "val", torch.device("cpu"), None, join=0)
 
 
 def test_a_gpu_evaluates_about_2048_rows_per_pass():

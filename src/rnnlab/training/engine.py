@@ -220,6 +220,8 @@ def evaluate(model: nn.Module, task: Task, split: str, device: torch.device,
     (default: ``eval_join``); only the (n,) outputs are kept."""
     model.eval()
     join = eval_join(device, task.eval_batch_size) if join is None else join
+    if join < 1:
+        raise ValueError(f"evaluate: join {join}: evaluation batches per forward pass, >= 1")
     n = task.eval_size(split)
     if max_batches is not None:
         n = min(n, max(max_batches, 0) * task.eval_batch_size)

@@ -26,7 +26,10 @@ prepared data (the window spec, IMDB's counts).
 On a GPU (``device.type == "cuda"``) the weights, activations and evaluation live in the
 GPU's memory and the arrays and the epoch's order in the host's: check
 ``estimate.on_host()`` with ``check_fits`` as above, and ``estimate.on_device()`` with
-``available=(torch.cuda.mem_get_info(device)[0], f"free on {device}")``.
+``available=(torch.cuda.mem_get_info(device)[0], f"free on {device}")``. (Only the host is
+checked by the stages. A GPU evaluates ``engine.eval_join`` batches of
+``train.eval_batch_size`` per forward pass, so a device check would pass that many rows
+as ``eval_batch``.)
 
 ``train.steps_per_epoch: 1000000000`` is a matter of time, not memory, except for one
 term: ``rnnlab.data.windows.shuffled_batches`` draws an epoch's whole order up front
