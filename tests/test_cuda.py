@@ -349,3 +349,30 @@ def test_evaluation_on_cuda_joins_batches_and_changes_no_figure(task, arch, kw,
     alone = evaluate(model, task, "val", CUDA, None, join=1)
     for key in alone:
         assert joined[key] == pytest.approx(alone[key], rel=1e-5), key
+
+
+def test_layers_too_large_for_the_persistent_kernels_take_another_path():
+    """Past persistent.MAX_HIDDEN units (weights no longer on chip): a GRU with recurrent
+    dropout or relu takes the CUDA-graphed loop, an LSTM or SimpleRNN without a state mask
+    cuDNN, and one with recurrent dropout is one line naming the limit and the fixes."""
+    from rnnlab.core.errors import RnnlabError
+    from rnnlab.nn import persistent
+    units = persistent.MAX_HIDDEN + 32
+    x = torch.randn(8, 6, 5, device=CUDA)
+
+    def layer(cell, recurrent_dropout=0.0, activation="tanh"):
+        return RecurrentLayer(cell, 5, units, dropout=0.0, recurrent_dropout=recurrent_dropout,
+                              activation=activation, return_sequences=False).to(CUDA).train()
+
+    assert layer("gru", 0.3).path(x, True) == "graph"
+    assert layer("gru", activation="relu").path(x, False) == "graph"
+    assert layer("rnn", activation="relu").path(x, False) == "torch"
+    assert layer("lstm").path(x, False) == "torch"
+    for cell in ("lstm", "rnn"):
+        with pytest.raises(RnnlabError, match=f"a {cell} layer with recurrent_dropout on CUDA: "
+                           f"{units} units: the persistent recurrences keep a layer's weights "
+                           "on chip up to 64 units, and cuDNN has no recurrent dropout"):
+            layer(cell, 0.3)(x)
+    before = dict(persistent.calls)
+    layer("gru", 0.3)(x).sum().backward()
+    assert persistent.calls == before

@@ -197,17 +197,43 @@ def test_an_unknown_loop_is_an_error(loop):
         layer(torch.randn(2, 5, 3))
 
 
-@pytest.mark.parametrize("capability", [90, 80], ids=["hopper", "ampere"])
-def test_the_kernels_compile_for_the_gpu_with_everything_on_chip(capability):
+@pytest.mark.parametrize("capability,hidden", [(90, 32), (90, 64), (80, 64)],
+                         ids=["hopper-32", "hopper-64", "ampere-64"])
+def test_the_kernels_compile_for_the_gpu_with_everything_on_chip(capability, hidden):
     """Without a GPU: Triton compiles every kernel for the card as it would at the first
-    call there, and ptxas reports no spill to local memory at the lecture's 32 units (the
-    weights and the state tile stay in registers and shared memory for all 240 steps)."""
-    report = persistent.compile_report(capability, hidden=32, steps=240)
+    call there, and ptxas reports no spill to local memory at the lecture's 32 units and at
+    64, the most these kernels take (gru_stacked's second layer): the weights and the
+    state tile stay in registers and shared memory for all 240 steps."""
+    assert hidden <= persistent.MAX_HIDDEN
+    report = persistent.compile_report(capability, hidden=hidden, steps=240)
     assert len(report) == 12                 # 3 cells x forward/backward x mask or not
     for row in report:
         assert row["registers"] is not None and row["registers"] <= 255, row
         assert row["spills"] == 0, row
         assert 0 < row["shared"] <= 99 * 1024, row
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+def test_a_layer_too_large_for_the_kernels_is_named(loop, cell):
+    """Past MAX_HIDDEN units the weights no longer fit on chip (the LSTM's shared memory
+    overflows an H100 block at 128): RNNLAB_CUDA_LOOP=persistent refuses such a layer in
+    one line, before any kernel is built."""
+    from rnnlab.nn.models import Recurrent
+    loop("persistent")
+    units = persistent.MAX_HIDDEN + 1
+    layer = Recurrent(cell, 5, units, dropout=0.0, recurrent_dropout=0.3, activation="tanh",
+                      bidirectional=False, return_sequences=False).to(DEVICE)
+    before = dict(persistent.calls)
+    with pytest.raises(RnnlabError, match=f"a {cell} layer of {units} units: the persistent "
+                       f"recurrences keep a layer's weights on chip up to 64 units; unset "
+                       f"RNNLAB_CUDA_LOOP or use at most 64 units"):
+        layer(torch.randn(4, 6, 5, device=DEVICE))
+    assert persistent.calls == before
+    small = Recurrent(cell, 5, persistent.MAX_HIDDEN, dropout=0.0, recurrent_dropout=0.3,
+                      activation="tanh", bidirectional=False,
+                      return_sequences=False).to(DEVICE)
+    small(torch.randn(4, 6, 5, device=DEVICE))
+    assert persistent.calls[cell] == before[cell] + 1
 
 
 @pytest.mark.fast

@@ -44,6 +44,13 @@ from torch import Tensor
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}
 SAVED = {"gru": 4, "lstm": 5, "rnn": 0}    # per-step gate tensors the backward reads, in H
 BLOCK_B = 16                               # rows per program: tl.dot's smallest tile
+# The most units a layer may have here: its recurrent weights (and the tiles tl.dot reads)
+# must stay on chip for all steps. At 64 every kernel compiles for Hopper and Ampere with
+# no spill to local memory (8 warps; at 4 ptxas reported 0.7-1.9 KB of spill stores and
+# loads in the forward kernels); at 128 the LSTM kernels need 264-312 KiB of shared memory
+# (an H100 block has 227 KiB) and the forward kernels spill even with 16 warps
+# (compile_report; tests/test_persistent.py).
+MAX_HIDDEN = 64
 calls = {"gru": 0, "lstm": 0, "rnn": 0}    # launches by cell: a test checks a path really ran
 
 
@@ -80,9 +87,17 @@ def _block_h(hidden: int) -> int:
 
 def _launch_args(hidden: int) -> dict:
     bh = _block_h(hidden)
-    # One warp holds a 16 x 32 tile in a register per element per thread; bigger tiles
-    # spread over more warps.
-    return {"H": hidden, "BH": bh, "BB": BLOCK_B, "num_warps": 4 if bh <= 64 else 8}
+    # Four warps hold the 32-unit weight tiles in registers; 64 units take eight (with four
+    # the forward kernels spill: see MAX_HIDDEN).
+    return {"H": hidden, "BH": bh, "BB": BLOCK_B, "num_warps": 4 if bh <= 32 else 8}
+
+
+def too_large(hidden: int) -> Optional[str]:
+    """Why a layer of ``hidden`` units cannot take these kernels, or None."""
+    if hidden > MAX_HIDDEN:
+        return (f"{hidden} units: the persistent recurrences keep a layer's weights on chip "
+                f"up to {MAX_HIDDEN} units")
+    return None
 
 
 def forward(cell: str, gi: Tensor, w_hh: Tensor, b_hh: Tensor, mask: Optional[Tensor],

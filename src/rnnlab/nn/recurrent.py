@@ -21,9 +21,13 @@ cpu      gru (any options)            not built              ``loop``: the Pytho
                                                              backward written by hand
 cpu      lstm, rnn; no rec. dropout   not built              ``torch``: PyTorch's own loop
 cpu      lstm, rnn; rec. dropout      not built              an error naming the build failure
-cuda     rec. dropout or relu         (CPU only)             ``persistent``:
-                                                             ``rnnlab.nn.persistent``, one
+cuda     rec. dropout or relu,        (CPU only)             ``persistent``:
+         up to 64 units                                      ``rnnlab.nn.persistent``, one
                                                              Triton launch for all steps
+cuda     gru, rec. dropout or relu,   (CPU only)             ``graph``: the loop below as
+         more than 64 units                                  one CUDA graph per shape
+cuda     lstm, rnn; rec. dropout,     (CPU only)             an error naming the limit
+         more than 64 units
 cuda     any other                    (CPU only)             ``torch``: cuDNN
 =======  ===========================  =====================  ==============================
 
@@ -419,22 +423,37 @@ class RecurrentLayer(nn.Module):
         """Which code runs the time loop over ``x`` (the table in the module docstring):
         ``cpp``, ``persistent``, ``loop``, ``graph`` or ``torch``."""
         choice = cuda_loop()
+        too_large = None                    # a layer too large for the persistent kernels
         if x.is_cuda or (choice == "persistent" and _interpreting()):
             cudnn_cannot = state_mask or self.activation == "relu"
             if choice == "persistent" or (choice == "auto" and cudnn_cannot):
                 from rnnlab.nn import persistent
-                if persistent.available() and x.dtype in (torch.float32, torch.float64):
+                too_large = persistent.too_large(self.hidden_size)
+                if too_large and choice == "persistent":
+                    raise RnnlabError(f"RNNLAB_CUDA_LOOP=persistent: a {self.cell} layer of "
+                                      f"{too_large}; unset RNNLAB_CUDA_LOOP or use at most "
+                                      f"{persistent.MAX_HIDDEN} units")
+                if too_large:
+                    pass                    # below: a GRU's graphed loop, cuDNN, or an error
+                elif persistent.available() and x.dtype in (torch.float32, torch.float64):
                     return "persistent"
-                if choice == "persistent":
+                elif choice == "persistent":
                     raise RnnlabError(f"RNNLAB_CUDA_LOOP=persistent: the Triton recurrences "
                                       f"cannot run ({persistent.unavailable_reason()}); "
                                       f"install triton or unset RNNLAB_CUDA_LOOP")
-                _warn_no_triton(persistent.unavailable_reason())
+                else:
+                    _warn_no_triton(persistent.unavailable_reason())
         if self.native and _use_fused(x):
             return "cpp"
         gru_only = self.cell == "gru" and (state_mask or self.activation == "relu")
         if x.device.type == "cpu" and self.cell == "gru" or gru_only:
             return "graph" if x.is_cuda else "loop"
+        if state_mask and x.is_cuda and too_large:
+            from rnnlab.nn.persistent import MAX_HIDDEN
+            raise RnnlabError(f"a {self.cell} layer with recurrent_dropout on CUDA: {too_large}, "
+                              f"and cuDNN has no recurrent dropout; use at most {MAX_HIDDEN} "
+                              f"units, recurrent_dropout 0, a gru (a slower CUDA-graphed "
+                              f"loop) or device: cpu")
         if state_mask and x.is_cuda:
             raise RnnlabError(f"a {self.cell} layer with recurrent_dropout on CUDA needs the "
                               f"persistent Triton recurrences (rnnlab.nn.persistent): install "
