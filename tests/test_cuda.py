@@ -351,11 +351,12 @@ def test_evaluation_on_cuda_joins_batches_and_changes_no_figure(task, arch, kw,
         assert joined[key] == pytest.approx(alone[key], rel=1e-5), key
 
 
-def test_layers_too_large_for_the_persistent_kernels_take_another_path():
+def test_layers_too_large_for_the_persistent_kernels_take_another_path(monkeypatch):
     """Past persistent.MAX_HIDDEN units (weights no longer on chip): a GRU with recurrent
     dropout or relu takes the CUDA-graphed loop, an LSTM or SimpleRNN without a state mask
     cuDNN, and one with recurrent dropout is one line naming the limit and the fixes."""
     from rnnlab.core.errors import RnnlabError
+    monkeypatch.delenv("RNNLAB_CUDA_LOOP", raising=False)
     from rnnlab.nn import persistent
     units = persistent.MAX_HIDDEN + 32
     x = torch.randn(8, 6, 5, device=CUDA)

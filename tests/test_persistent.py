@@ -197,8 +197,8 @@ def test_an_unknown_loop_is_an_error(loop):
         layer(torch.randn(2, 5, 3))
 
 
-@pytest.mark.parametrize("capability,hidden", [(90, 32), (90, 64), (80, 64)],
-                         ids=["hopper-32", "hopper-64", "ampere-64"])
+@pytest.mark.parametrize("capability,hidden", [(90, 32), (90, 64), (80, 32), (80, 64)],
+                         ids=["hopper-32", "hopper-64", "ampere-32", "ampere-64"])
 def test_the_kernels_compile_for_the_gpu_with_everything_on_chip(capability, hidden):
     """Without a GPU: Triton compiles every kernel for the card as it would at the first
     call there, and ptxas reports no spill to local memory at the lecture's 32 units and at
@@ -234,6 +234,60 @@ def test_a_layer_too_large_for_the_kernels_is_named(loop, cell):
                       return_sequences=False).to(DEVICE)
     small(torch.randn(4, 6, 5, device=DEVICE))
     assert persistent.calls[cell] == before[cell] + 1
+
+
+# What RecurrentLayer.path picks for a CUDA tensor (stood in for: no GPU here; path reads
+# only is_cuda, dtype and device): (loop, cell, activation, state mask, units) -> path or
+# the start of the error.
+ROUTES = [
+    ("auto", "gru", "tanh", True, 64, "persistent"),
+    ("auto", "gru", "tanh", True, 65, "graph"),
+    ("auto", "gru", "relu", False, 65, "graph"),
+    ("auto", "lstm", "tanh", False, 65, "torch"),
+    ("auto", "rnn", "relu", False, 65, "torch"),
+    ("auto", "lstm", "tanh", True, 65, "error: a lstm layer with recurrent_dropout on CUDA: "
+     "65 units: the persistent recurrences keep a layer's weights on chip up to 64 units"),
+    ("auto", "rnn", "tanh", True, 128, "error: a rnn layer with recurrent_dropout on CUDA: "
+     "128 units"),
+    ("cudnn", "lstm", "tanh", True, 65, "error: a lstm layer with recurrent_dropout on CUDA: "
+     "65 units"),
+    ("cudnn", "lstm", "tanh", True, 64, "error: a lstm layer with recurrent_dropout on CUDA "
+     "needs the persistent Triton recurrences"),
+    ("cudnn", "gru", "tanh", True, 65, "graph"),
+    ("persistent", "lstm", "tanh", False, 64, "persistent"),
+    ("persistent", "gru", "tanh", False, 65, "error: RNNLAB_CUDA_LOOP=persistent: a gru layer "
+     "of 65 units"),
+]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("choice,cell,activation,state_mask,units,want", ROUTES)
+def test_the_path_of_a_cuda_layer_by_its_size(loop, monkeypatch, choice, cell, activation,
+                                               state_mask, units, want):
+    """Up to MAX_HIDDEN units the persistent kernels; past it a GRU takes the graphed loop
+    (with one warning), a layer without a state mask cuDNN, an LSTM or SimpleRNN with
+    recurrent dropout is one error naming the limit, whatever RNNLAB_CUDA_LOOP says."""
+    import types
+    import warnings
+
+    from rnnlab.nn import recurrent
+    loop(choice)
+    monkeypatch.setattr(persistent, "available", lambda: True)
+    monkeypatch.setattr(recurrent, "_warned", set())
+    x = types.SimpleNamespace(is_cuda=True, dtype=torch.float32, device=torch.device("cuda"))
+    layer = RecurrentLayer(cell, 5, units, recurrent_dropout=0.3, activation=activation)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if want.startswith("error: "):
+            with pytest.raises(RnnlabError) as error:
+                layer.path(x, state_mask)
+            assert str(error.value).startswith(want.removeprefix("error: ")), str(error.value)
+        else:
+            assert layer.path(x, state_mask) == want
+    slower = [str(w.message) for w in caught if "slower CUDA-graphed loop" in str(w.message)]
+    assert slower == ([f"a gru layer of {units} units: the persistent recurrences keep a "
+                       "layer's weights on chip up to 64 units; it takes the slower "
+                       "CUDA-graphed loop"] if want == "graph" and choice == "auto" else [])
 
 
 @pytest.mark.fast

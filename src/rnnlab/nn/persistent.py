@@ -47,7 +47,7 @@ BLOCK_B = 16                               # rows per program: tl.dot's smallest
 # The most units a layer may have here: its recurrent weights (and the tiles tl.dot reads)
 # must stay on chip for all steps. At 64 every kernel compiles for Hopper and Ampere with
 # no spill to local memory (8 warps; at 4 ptxas reported 0.7-1.9 KB of spill stores and
-# loads in the forward kernels); at 128 the LSTM kernels need 264-312 KiB of shared memory
+# loads in the forward kernels for Hopper, up to 17 KB for Ampere); at 128 the LSTM kernels need 264-312 KiB of shared memory
 # (an H100 block has 227 KiB) and the forward kernels spill even with 16 warps
 # (compile_report; tests/test_persistent.py).
 MAX_HIDDEN = 64

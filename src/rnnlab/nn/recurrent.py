@@ -31,8 +31,9 @@ cuda     lstm, rnn; rec. dropout,     (CPU only)             an error naming the
 cuda     any other                    (CPU only)             ``torch``: cuDNN
 =======  ===========================  =====================  ==============================
 
-On CUDA, ``RNNLAB_CUDA_LOOP`` (``cuda_loop``) changes the last two rows: ``persistent``
-runs every layer on the Triton kernels; ``cudnn`` is the path before them (cuDNN, and for
+On CUDA, ``RNNLAB_CUDA_LOOP`` (``cuda_loop``) changes the CUDA rows: ``persistent``
+runs every layer of up to 64 units on the Triton kernels (a larger one is an error);
+``cudnn`` is the path before them (cuDNN, and for
 a GRU's recurrent dropout or relu the Python loop below captured as one CUDA graph per
 shape; an LSTM or RNN with recurrent dropout is then an error). Without Triton, ``auto``
 takes that path too, after one warning. With ``TRITON_INTERPRET=1`` and
@@ -295,9 +296,10 @@ CUDA_LOOPS = ("auto", "persistent", "cudnn")
 def cuda_loop() -> str:
     """``RNNLAB_CUDA_LOOP``, read at every call: which code runs a layer's loop on CUDA.
     ``auto`` (the default): the persistent Triton kernels where cuDNN cannot run the layer
-    (a recurrent-dropout mask, a relu GRU or RNN), cuDNN elsewhere; ``persistent``: the
-    Triton kernels for every layer; ``cudnn``: cuDNN, and the CUDA-graphed Python loop for
-    what cuDNN cannot run (the path before the persistent kernels)."""
+    (a recurrent-dropout mask, a relu GRU or RNN) and the layer has at most
+    ``persistent.MAX_HIDDEN`` units, cuDNN elsewhere; ``persistent``: the Triton kernels
+    for every layer (a larger one is an error); ``cudnn``: cuDNN, and the CUDA-graphed
+    Python loop for what cuDNN cannot run (the path before the persistent kernels)."""
     value = os.environ.get("RNNLAB_CUDA_LOOP", "auto").strip().lower() or "auto"
     if value not in CUDA_LOOPS:
         raise RnnlabError(f"RNNLAB_CUDA_LOOP={value!r}: choose one of {', '.join(CUDA_LOOPS)}")
@@ -311,16 +313,18 @@ def _interpreting() -> bool:
     return persistent.interpreting()
 
 
-_warned_no_triton = False
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _warn_no_triton(reason: str | None) -> None:
-    global _warned_no_triton
-    if not _warned_no_triton:
-        _warned_no_triton = True
-        warnings.warn(f"the persistent CUDA recurrences cannot run ({reason}); recurrent "
-                      f"dropout and relu GRUs take the slower CUDA-graphed loop",
-                      RuntimeWarning, stacklevel=3)
+    _warn_once(f"the persistent CUDA recurrences cannot run ({reason}); recurrent dropout "
+               f"and relu GRUs take the slower CUDA-graphed loop")
 
 
 def _use_fused(x: Tensor) -> bool:
@@ -425,16 +429,18 @@ class RecurrentLayer(nn.Module):
         choice = cuda_loop()
         too_large = None                    # a layer too large for the persistent kernels
         if x.is_cuda or (choice == "persistent" and _interpreting()):
+            from rnnlab.nn import persistent
+            too_large = persistent.too_large(self.hidden_size)
             cudnn_cannot = state_mask or self.activation == "relu"
             if choice == "persistent" or (choice == "auto" and cudnn_cannot):
-                from rnnlab.nn import persistent
-                too_large = persistent.too_large(self.hidden_size)
                 if too_large and choice == "persistent":
                     raise RnnlabError(f"RNNLAB_CUDA_LOOP=persistent: a {self.cell} layer of "
                                       f"{too_large}; unset RNNLAB_CUDA_LOOP or use at most "
                                       f"{persistent.MAX_HIDDEN} units")
-                if too_large:
-                    pass                    # below: a GRU's graphed loop, cuDNN, or an error
+                if too_large:               # below: a GRU's graphed loop, cuDNN, or an error
+                    if self.cell == "gru":
+                        _warn_once(f"a gru layer of {too_large}; it takes the slower "
+                                   "CUDA-graphed loop")
                 elif persistent.available() and x.dtype in (torch.float32, torch.float64):
                     return "persistent"
                 elif choice == "persistent":
