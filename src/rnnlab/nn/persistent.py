@@ -144,26 +144,33 @@ def backward(cell: str, grad: Tensor, w_hh: Tensor, mask: Optional[Tensor], hs: 
         flat.sum(1)
 
 
-def compile_report(capability: int = 90, hidden: int = 32, steps: int = 240) -> list[dict]:
+def compile_report(capability: int = 90, hidden: int = 32, steps: int = 240,
+                   every_option: bool = False) -> list[dict]:
     """Compiles every kernel ahead of time for a CUDA ``capability`` (90: Hopper, 80:
     Ampere) without a GPU, as Triton would at the first call on one, and reads ptxas'
     resource report: one dict per kernel and mask option with ``registers``, ``spills``
     (bytes spilled to local memory: 0 means the weights and states stay on chip) and
-    ``shared`` (bytes). Needs Triton's bundled ptxas; no CUDA device or driver. Runs in a
-    child process without ``TRITON_INTERPRET`` (in the interpreter there is nothing to
-    compile)."""
+    ``shared`` (bytes). The other options are training's (tanh, every state kept, the
+    gates saved) unless ``every_option``: then every combination of relu, the last state
+    or all, and saved gates or not (evaluation), one dict each with its ``options``
+    (several times slower). Needs Triton's bundled ptxas; no CUDA device or driver. Runs
+    in a child process without ``TRITON_INTERPRET`` (in the interpreter there is nothing
+    to compile)."""
     import json
     import subprocess
     import sys
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = ("import json; from rnnlab.nn.persistent import _compile_here; "
-            f"print(json.dumps(_compile_here({capability}, {hidden}, {steps})))")
+            f"print(json.dumps(_compile_here({capability}, {hidden}, {steps}, "
+            f"{every_option})))")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _compile_here(capability: int, hidden: int, steps: int) -> list[dict]:
+def _compile_here(capability: int, hidden: int, steps: int,
+                  every_option: bool = False) -> list[dict]:
+    import itertools
     import re
     import subprocess
     import tempfile
@@ -178,13 +185,19 @@ def _compile_here(capability: int, hidden: int, steps: int) -> list[dict]:
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     args = _launch_args(hidden)
     report = []
-    for pair in KERNELS.values():
+    choices = (False, True) if every_option else None
+    for cell, pair in KERNELS.items():
         for kernel in pair:
-            for masked in (False, True):
+            options = itertools.product(
+                (False, True), choices or (False,), choices or (True,),
+                choices if choices and "SAVE" in kernel.arg_names else (True,))
+            for masked, relu, seq, save in options:
+                if relu and cell == "lstm":
+                    continue                      # an LSTM is tanh only
                 consts = {"T": steps, "H": hidden, "BH": args["BH"], "BB": args["BB"],
-                          "RELU": False, "HAS_MASK": masked, "SEQ": True}
+                          "RELU": relu, "HAS_MASK": masked, "SEQ": seq}
                 if "SAVE" in kernel.arg_names:
-                    consts["SAVE"] = True
+                    consts["SAVE"] = save
                 signature = {name: "*fp32" if name.endswith("_ptr") else
                              "i32" if name == "B" else "constexpr" for name in kernel.arg_names}
                 compiled = triton.compile(
@@ -200,6 +213,8 @@ def _compile_here(capability: int, hidden: int, steps: int) -> list[dict]:
                 registers = re.search(r"Used (\d+) registers", info)
                 spills = re.findall(r"(\d+) bytes spill (?:stores|loads)", info)
                 report.append({"kernel": kernel.__name__, "masked": masked,
+                               **({"options": {"relu": relu, "seq": seq, "save": save}}
+                                  if every_option else {}),
                                "registers": int(registers.group(1)) if registers else None,
                                "spills": sum(int(n) for n in spills),
                                "shared": int(compiled.metadata.shared)})
