@@ -52,6 +52,11 @@ part) starts, and ``skipped`` lists what did not run. The parts, in this order
    of their medians. With the epochs part, ``seeds_halves`` extrapolates each half with
    ``--seeds`` seeds, one after another and side by side (``seeds_halves``' docstring).
 
+Last, ``targets`` holds issue 25's targets against this run's figures under the default
+CUDA path (each variant's step at most 0.5x Keras + JAX's, ``gru_dropout`` at most 2 ms,
+the Jena half at most 180 s and IMDB's 30 s, the val MAE within 1e-3 of the CPU path's):
+met, missed, or null where the run did not measure it; the log's last lines count them.
+
 Jena inputs are the arrays in ``--jena`` (bench/gpu_prepare.sh: copied from data/prepared
 or made from a generated full-size file; ``jena_data`` says which). IMDB inputs are random
 word ids with the real shapes (20,000 / 5,000 / 25,000 reviews of 500 ids, vocabulary
@@ -555,6 +560,41 @@ def versions(keras_path: Path | None) -> dict:
     return out
 
 
+def targets(report: dict, halves: dict[str, list[str]]) -> list[dict]:
+    """Issue 25's targets against what this run measured, under the default CUDA path
+    (``RNNLAB_CUDA_LOOP=auto``, no whole-step graph): ``met`` true or false, or null where
+    this run did not measure it (a part skipped, a variant missing, no Keras, no CPU
+    reference to compare with). ``halves``: every torch variant of each half, all of
+    which a half's figure needs."""
+    rows: list[dict] = []
+
+    def add(target: str, measured, at_most: float, note: str | None = None) -> None:
+        rows.append({"target": target, "measured": measured, "at_most": at_most,
+                     "met": None if measured is None else measured <= at_most}
+                    | ({"note": note} if note else {}))
+
+    steps = {r["variant"]: r for r in report.get("steps", []) if "ms" in r}
+    for name, r in steps.items():
+        ms = r["ms"]
+        ratio = round(ms["auto"] / ms[KERAS], 3) if "auto" in ms and KERAS in ms else None
+        add(f"{name}: training step, ours (auto) over the lecture's Keras 3 + JAX", ratio,
+            0.5, f"best of ours: {r.get('fastest_loop')} {r.get('ratio_best_ours_to_keras')}"
+            if r.get("ratio_best_ours_to_keras") is not None else None)
+    add("gru_dropout: ms per training step (auto)",
+        steps.get("gru_dropout", {}).get("ms", {}).get("auto"), 2.0)
+    for half, limit in (("jena", 180.0), ("imdb", 30.0)):
+        h = report.get("halves", {}).get(half)
+        missing = [n for n in halves[half] if not h or n not in h["stages"]]
+        add(f"the {half} half's training stages, s extrapolated from measured epochs",
+            None if missing else h["training_stages_seconds_extrapolated"], limit,
+            f"not measured: {', '.join(missing)}" if missing else None)
+    for name in FULL:
+        c = report.get("compare", {}).get(name)
+        add(f"{name}: one default epoch's val MAE, difference from the CPU path",
+            c["abs_diff"].get("mae") if c else None, 1e-3)
+    return rows
+
+
 def compare(report: dict, path: Path) -> dict:
     """This run's val metrics beside another run's on the same data (the CPU path's)."""
     other = {r["variant"]: r for r in json.loads(path.read_text()).get("epochs", [])
@@ -645,8 +685,9 @@ def main() -> None:
                      "sync per round, Keras timed per batch inside fit() (speed_worker.py)",
             "epochs": "one default epoch per variant under RNNLAB_CUDA_LOOP=auto after an "
                       "untimed warm-up; stage = warm-up + seeds x (epochs x (steps x "
-                      "measured step + validation batches x measured batch) + final val + "
-                      "test): every stage is extrapolated from epochs_timed epochs, and "
+                      "measured step + validation passes x measured pass) + final val + "
+                      "test; a pass on a GPU joins eval_join evaluation batches): every "
+                      "stage is extrapolated from epochs_timed epochs, and "
                       "from capped parts where `capped` says so; process start, imports, "
                       "tracking and model files are not counted",
             "seeds": "per variant, the training passes of one epoch of --round-steps steps: "
@@ -758,6 +799,15 @@ def main() -> None:
                 print("[seeds] halves with " + str(args.seeds) + " seeds (s): " + json.dumps(
                     {h: {k: v[k] for k in ("one_after_another", "side_by_side")}
                      for h, v in report["seeds_halves"].items()}), flush=True)
+    report["targets"] = targets(report, {
+        half: [n for n, m in params.models.items()
+               if ARCHITECTURES[m.arch].torch and m.dataset == half] for half in ("jena", "imdb")})
+    met = [r["met"] for r in report["targets"]]
+    print(f"[targets] met {met.count(True)} of {len(met)}, missed {met.count(False)}, "
+          f"not measured {met.count(None)}", flush=True)
+    for r in report["targets"]:
+        if r["met"] is False:
+            print(f"  missed: {r['target']}: {r['measured']} > {r['at_most']}", flush=True)
     write_json(args.out, report)
     print(f"bench_gpu: done in {elapsed():.0f} s"
           + (f"; skipped {len(report['skipped'])}" if report["skipped"] else ""), flush=True)
