@@ -102,6 +102,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from bench_speed import Worker  # noqa: E402  (bench/ is this script's folder)
 
 from rnnlab.data.imdb import FILES  # noqa: E402
+from rnnlab.data.windows import capped_rows  # noqa: E402
 from rnnlab.nn import recurrent  # noqa: E402
 from rnnlab.nn.models import build_model  # noqa: E402
 from rnnlab.nn.recurrent import prepare_native  # noqa: E402
@@ -372,7 +373,8 @@ def time_variant(params, name: str, data: Data, device: torch.device, epochs: in
     full_eval = {s: math.ceil(task.eval_size(s) / eval_size) for s in ("val", "test")}
     if params.train.max_eval_batches is not None:
         full_eval = {s: min(n, params.train.max_eval_batches) for s, n in full_eval.items()}
-    full_rows = {s: min(task.eval_size(s), n * eval_size) for s, n in full_eval.items()}
+    full_rows = {s: capped_rows(task.eval_size(s), eval_size, params.train.max_eval_batches)
+                 for s in full_eval}
     join = engine.eval_join(device, eval_size)           # evaluation batches per pass
     full_passes = {s: math.ceil(n / (join * eval_size)) for s, n in full_rows.items()}
     caps = [c for c in (eval_cap, params.train.max_eval_batches) if c is not None]
@@ -574,7 +576,8 @@ def targets(report: dict, halves: dict[str, list[str]]) -> list[dict]:
                     | ({"note": note} if note else {}))
 
     steps = {r["variant"]: r for r in report.get("steps", []) if "ms" in r}
-    for name, r in steps.items():
+    for name in [n for h in halves.values() for n in h]:
+        r = steps.get(name, {"ms": {}})
         ms = r["ms"]
         ratio = round(ms["auto"] / ms[KERAS], 3) if "auto" in ms and KERAS in ms else None
         add(f"{name}: training step, ours (auto) over the lecture's Keras 3 + JAX", ratio,

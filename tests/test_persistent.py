@@ -224,9 +224,10 @@ def test_a_layer_too_large_for_the_kernels_is_named(loop, cell):
     layer = Recurrent(cell, 5, units, dropout=0.0, recurrent_dropout=0.3, activation="tanh",
                       bidirectional=False, return_sequences=False).to(DEVICE)
     before = dict(persistent.calls)
+    fix = ("unset RNNLAB_CUDA_LOOP or use at most 64 units" if cell == "gru" else
+           "use at most 64 units, recurrent_dropout 0, a gru")   # unset: no CUDA path masks
     with pytest.raises(RnnlabError, match=f"a {cell} layer of {units} units: the persistent "
-                       f"recurrences keep a layer's weights on chip up to 64 units; unset "
-                       f"RNNLAB_CUDA_LOOP or use at most 64 units"):
+                       f"recurrences keep a layer's weights on chip up to 64 units; {fix}"):
         layer(torch.randn(4, 6, 5, device=DEVICE))
     assert persistent.calls == before
     small = Recurrent(cell, 5, persistent.MAX_HIDDEN, dropout=0.0, recurrent_dropout=0.3,
@@ -250,11 +251,20 @@ ROUTES = [
     ("auto", "rnn", "tanh", True, 128, "error: a rnn layer with recurrent_dropout on CUDA: "
      "128 units"),
     ("cudnn", "lstm", "tanh", True, 65, "error: a lstm layer with recurrent_dropout on CUDA: "
-     "65 units"),
+     "65 units: the persistent recurrences keep a layer's weights on chip up to 64 units, "
+     "and cuDNN has no recurrent dropout; use at most 64 units with RNNLAB_CUDA_LOOP unset, "
+     "recurrent_dropout 0"),
     ("cudnn", "lstm", "tanh", True, 64, "error: a lstm layer with recurrent_dropout on CUDA "
      "needs the persistent Triton recurrences"),
     ("cudnn", "gru", "tanh", True, 65, "graph"),
     ("persistent", "lstm", "tanh", False, 64, "persistent"),
+    ("persistent", "lstm", "tanh", False, 65, "error: RNNLAB_CUDA_LOOP=persistent: a lstm "
+     "layer of 65 units: the persistent recurrences keep a layer's weights on chip up to 64 "
+     "units; unset RNNLAB_CUDA_LOOP or use at most 64 units"),
+    ("persistent", "rnn", "tanh", True, 65, "error: RNNLAB_CUDA_LOOP=persistent: a rnn layer "
+     "of 65 units: the persistent recurrences keep a layer's weights on chip up to 64 units; "
+     "use at most 64 units, recurrent_dropout 0, a gru (a slower CUDA-graphed loop) or "
+     "device: cpu"),
     ("persistent", "gru", "tanh", False, 65, "error: RNNLAB_CUDA_LOOP=persistent: a gru layer "
      "of 65 units"),
 ]

@@ -203,7 +203,7 @@ class JenaWindows:
         ``max_batches`` batches' windows; ``join`` batches at a time (one batch of
         ``join * batch_size`` rows, the last one shorter). The row numbers go to the
         matrix's device in one copy."""
-        rows = self.rows[:None if max_batches is None else max(max_batches, 0) * batch_size]
+        rows = self.rows[:capped_rows(len(self.rows), batch_size, max_batches)]
         size = batch_size * join
         for r in on_device((rows[start:start + size] for start in range(0, len(rows), size)),
                            self.features.device):
@@ -218,6 +218,12 @@ class JenaWindows:
         for r in on_device(shuffled_batches(self.rows, epoch, steps, batch_size, seed),
                            self.features.device):
             yield self._gather(r)
+
+
+def capped_rows(n: int, batch_size: int, max_batches: int | None) -> int:
+    """How many of ``n`` examples the first ``max_batches`` batches of ``batch_size`` hold
+    (all of them: None; none: a cap of 0 or less), the evaluation caps' one reading."""
+    return n if max_batches is None else min(n, max(max_batches, 0) * batch_size)
 
 
 def on_device(batches: Iterator[np.ndarray], device: torch.device) -> Iterator[torch.Tensor]:

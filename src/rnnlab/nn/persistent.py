@@ -48,8 +48,8 @@ BLOCK_B = 16                               # rows per program: tl.dot's smallest
 # must stay on chip for all steps. At 64 every kernel compiles for Hopper and Ampere with
 # no spill to local memory (8 warps; at 4 ptxas reported 0.7-1.9 KB of spill stores and
 # loads in the forward kernels for Hopper, up to 17 KB for Ampere); at 128 the LSTM kernels need 264-312 KiB of shared memory
-# (an H100 block has 227 KiB) and the forward kernels spill even with 16 warps
-# (compile_report; tests/test_persistent.py).
+# (an H100 block has 227 KiB), and a one-off compile at 16 warps still spilled in the
+# forward kernels (compile_report; tests/test_persistent.py).
 MAX_HIDDEN = 64
 calls = {"gru": 0, "lstm": 0, "rnn": 0}    # launches by cell: a test checks a path really ran
 
@@ -92,7 +92,7 @@ def _launch_args(hidden: int) -> dict:
     return {"H": hidden, "BH": bh, "BB": BLOCK_B, "num_warps": 4 if bh <= 32 else 8}
 
 
-def too_large(hidden: int) -> Optional[str]:
+def why_too_large(hidden: int) -> Optional[str]:
     """Why a layer of ``hidden`` units cannot take these kernels, or None."""
     if hidden > MAX_HIDDEN:
         return (f"{hidden} units: the persistent recurrences keep a layer's weights on chip "

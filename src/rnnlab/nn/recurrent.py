@@ -417,6 +417,15 @@ class RecurrentLayer(nn.Module):
             return out.transpose(0, 1) if self.return_sequences else out
         return self._recur(gi, mask_h, relu)
 
+    def _no_mask_fix(self) -> str:
+        """The fixes for an LSTM or SimpleRNN with recurrent dropout too large for the
+        persistent kernels (the only CUDA code that masks their state)."""
+        from rnnlab.nn.persistent import MAX_HIDDEN
+        loop = cuda_loop()
+        return (f"use at most {MAX_HIDDEN} units"
+                + (" with RNNLAB_CUDA_LOOP unset" if loop == "cudnn" else "")
+                + ", recurrent_dropout 0, a gru (a slower CUDA-graphed loop) or device: cpu")
+
     def _projected(self, x: Tensor, mask_x: Tensor | None) -> Tensor:
         """The input projections of every step of x (B, T, I), the input mask applied, in
         one product, time-major for the loop: (T, B, G*H)."""
@@ -427,16 +436,19 @@ class RecurrentLayer(nn.Module):
         """Which code runs the time loop over ``x`` (the table in the module docstring):
         ``cpp``, ``persistent``, ``loop``, ``graph`` or ``torch``."""
         choice = cuda_loop()
-        too_large = None                    # a layer too large for the persistent kernels
+        too_large = None                    # why the persistent kernels cannot take it
         if x.is_cuda or (choice == "persistent" and _interpreting()):
             from rnnlab.nn import persistent
-            too_large = persistent.too_large(self.hidden_size)
+            too_large = persistent.why_too_large(self.hidden_size)
             cudnn_cannot = state_mask or self.activation == "relu"
             if choice == "persistent" or (choice == "auto" and cudnn_cannot):
                 if too_large and choice == "persistent":
                     raise RnnlabError(f"RNNLAB_CUDA_LOOP=persistent: a {self.cell} layer of "
-                                      f"{too_large}; unset RNNLAB_CUDA_LOOP or use at most "
-                                      f"{persistent.MAX_HIDDEN} units")
+                                      f"{too_large}; " + (
+                                          self._no_mask_fix() if state_mask and
+                                          self.cell != "gru" else
+                                          f"unset RNNLAB_CUDA_LOOP or use at most "
+                                          f"{persistent.MAX_HIDDEN} units"))
                 if too_large:               # below: a GRU's graphed loop, cuDNN, or an error
                     if self.cell == "gru":
                         _warn_once(f"a gru layer of {too_large}; it takes the slower "
@@ -455,11 +467,8 @@ class RecurrentLayer(nn.Module):
         if x.device.type == "cpu" and self.cell == "gru" or gru_only:
             return "graph" if x.is_cuda else "loop"
         if state_mask and x.is_cuda and too_large:
-            from rnnlab.nn.persistent import MAX_HIDDEN
             raise RnnlabError(f"a {self.cell} layer with recurrent_dropout on CUDA: {too_large}, "
-                              f"and cuDNN has no recurrent dropout; use at most {MAX_HIDDEN} "
-                              f"units, recurrent_dropout 0, a gru (a slower CUDA-graphed "
-                              f"loop) or device: cpu")
+                              f"and cuDNN has no recurrent dropout; {self._no_mask_fix()}")
         if state_mask and x.is_cuda:
             raise RnnlabError(f"a {self.cell} layer with recurrent_dropout on CUDA needs the "
                               f"persistent Triton recurrences (rnnlab.nn.persistent): install "

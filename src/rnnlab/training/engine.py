@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from rnnlab.core.atomic import atomic_output
 from rnnlab.core.errors import RnnlabError
+from rnnlab.data.windows import capped_rows
 from rnnlab.training.checkpoints import check_checkpoint_path
 from rnnlab.training.process import denormals_flushed, keep_freed_buffers
 from rnnlab.training.results import FitResult
@@ -222,9 +223,7 @@ def evaluate(model: nn.Module, task: Task, split: str, device: torch.device,
     join = eval_join(device, task.eval_batch_size) if join is None else join
     if join < 1:
         raise ValueError(f"evaluate: join {join}: evaluation batches per forward pass, >= 1")
-    n = task.eval_size(split)
-    if max_batches is not None:
-        n = min(n, max(max_batches, 0) * task.eval_batch_size)
+    n = capped_rows(task.eval_size(split), task.eval_batch_size, max_batches)
     passes = -(-n // (task.eval_batch_size * join))
     # Filled in place: small tensors kept between the batches' large freed buffers would
     # fragment the heap (a validation pass held 1.4 GB of RSS that way).

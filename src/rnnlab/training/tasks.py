@@ -26,6 +26,7 @@ from rnnlab.data.windows import (
     SPEC_FILE,
     JenaWindows,
     WindowSpec,
+    capped_rows,
     load_spec,
     on_device,
     shuffled_batches,
@@ -121,8 +122,7 @@ class ImdbTask:
     def eval_batches(self, split: str, max_batches: int | None, join: int = 1
                      ) -> Iterator[tuple[Tensor, Tensor]]:
         x, y = self.data[split]
-        n = len(y) if max_batches is None else min(len(y), max(max_batches, 0)
-                                                    * self.eval_batch_size)
+        n = capped_rows(len(y), self.eval_batch_size, max_batches)
         size = self.eval_batch_size * join
         for start in range(0, n, size):
             yield x[start:min(start + size, n)].long(), y[start:min(start + size, n)]
