@@ -47,9 +47,10 @@ BLOCK_B = 16                               # rows per program: tl.dot's smallest
 # The most units a layer may have here: its recurrent weights (and the tiles tl.dot reads)
 # must stay on chip for all steps. At 64 every kernel compiles for Hopper and Ampere with
 # no spill to local memory (8 warps; at 4 ptxas reported 0.7-1.9 KB of spill stores and
-# loads in the forward kernels for Hopper, up to 17 KB for Ampere); at 128 the LSTM kernels need 264-312 KiB of shared memory
-# (an H100 block has 227 KiB), and a one-off compile at 16 warps still spilled in the
-# forward kernels (compile_report; tests/test_persistent.py).
+# loads in the forward kernels for Hopper, up to 17 KB for Ampere); at 128 the LSTM
+# kernels need 264-312 KiB of shared memory (an H100 block has 227 KiB), and a one-off
+# compile at 16 warps still spilled in the forward kernels (compile_report;
+# tests/test_persistent.py).
 MAX_HIDDEN = 64
 calls = {"gru": 0, "lstm": 0, "rnn": 0}    # launches by cell: a test checks a path really ran
 

@@ -417,13 +417,13 @@ class RecurrentLayer(nn.Module):
             return out.transpose(0, 1) if self.return_sequences else out
         return self._recur(gi, mask_h, relu)
 
-    def _no_mask_fix(self) -> str:
+    def _no_mask_fix(self, choice: str) -> str:
         """The fixes for an LSTM or SimpleRNN with recurrent dropout too large for the
-        persistent kernels (the only CUDA code that masks their state)."""
+        persistent kernels (the only CUDA code that masks their state); ``choice``: the
+        RNNLAB_CUDA_LOOP in force."""
         from rnnlab.nn.persistent import MAX_HIDDEN
-        loop = cuda_loop()
         return (f"use at most {MAX_HIDDEN} units"
-                + (" with RNNLAB_CUDA_LOOP unset" if loop == "cudnn" else "")
+                + (" with RNNLAB_CUDA_LOOP unset" if choice == "cudnn" else "")
                 + ", recurrent_dropout 0, a gru (a slower CUDA-graphed loop) or device: cpu")
 
     def _projected(self, x: Tensor, mask_x: Tensor | None) -> Tensor:
@@ -445,7 +445,7 @@ class RecurrentLayer(nn.Module):
                 if too_large and choice == "persistent":
                     raise RnnlabError(f"RNNLAB_CUDA_LOOP=persistent: a {self.cell} layer of "
                                       f"{too_large}; " + (
-                                          self._no_mask_fix() if state_mask and
+                                          self._no_mask_fix(choice) if state_mask and
                                           self.cell != "gru" else
                                           f"unset RNNLAB_CUDA_LOOP or use at most "
                                           f"{persistent.MAX_HIDDEN} units"))
@@ -468,7 +468,7 @@ class RecurrentLayer(nn.Module):
             return "graph" if x.is_cuda else "loop"
         if state_mask and x.is_cuda and too_large:
             raise RnnlabError(f"a {self.cell} layer with recurrent_dropout on CUDA: {too_large}, "
-                              f"and cuDNN has no recurrent dropout; {self._no_mask_fix()}")
+                              f"and cuDNN has no recurrent dropout; {self._no_mask_fix(choice)}")
         if state_mask and x.is_cuda:
             raise RnnlabError(f"a {self.cell} layer with recurrent_dropout on CUDA needs the "
                               f"persistent Triton recurrences (rnnlab.nn.persistent): install "
