@@ -456,6 +456,15 @@ def val_pass_by_join(model, task, device: torch.device, cap: int | None,
     ways = {"one_batch_at_a_time": 1, "joined": join}
     for j in ways.values():
         engine.evaluate(model, task, "val", device, j, join=j)
+    times = timed_passes(model, task, device, cap, ways, rounds)
+    return {label: round(t, 3) for label, t in times.items()} | {
+        "join": join, "cap": cap, "rounds": rounds}
+
+
+def timed_passes(model, task, device: torch.device, cap: int | None, ways: dict,
+                 rounds: int) -> dict:
+    """label -> the median seconds of a validation pass (``cap`` batches) with ``ways[label]``
+    evaluation batches per forward pass, over ``rounds`` rounds alternating between them."""
     times: dict[str, list[float]] = {label: [] for label in ways}
     for _ in range(rounds):
         for label, j in ways.items():
@@ -464,8 +473,7 @@ def val_pass_by_join(model, task, device: torch.device, cap: int | None,
             engine.evaluate(model, task, "val", device, cap, join=j)
             sync(device)
             times[label].append(time.perf_counter() - began)
-    return {label: round(statistics.median(t), 3) for label, t in times.items()} | {
-        "join": join, "cap": cap, "rounds": rounds}
+    return {label: statistics.median(t) for label, t in times.items()}
 
 
 # ---------------------------------------------------------------------------------- seeds
