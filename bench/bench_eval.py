@@ -1,16 +1,15 @@
 """A validation pass at several sizes of forward pass: what ``train.eval_batch_size`` and
 the GPU's joined passes (``engine.GPU_EVAL_ROWS``) rest on.
 
-Run by hand, on a quiet machine (a full-size Jena validation split: about a second per
-pass and variant on a 2-core CPU):
+Run by hand, on a quiet machine (a full-size Jena validation split: 0.2-2.5 s per pass on
+a 2-core CPU, about a minute for the three default variants):
 
     PYTHONPATH=src python bench/bench_eval.py [--jena data/prepared] [--variants gru dense]
         [--rows 128 1024 2048] [--rounds 3] [--device cpu]
 
 ``--jena`` holds ``jena/`` and ``jena_windows/`` as the pipeline prepares them (default:
 the project's ``data/prepared``; a generated full-size file serves: ``rnnlab-synthetic
-jena``). Each variant is built from
-params.yaml with its seed and untrained. Each size is ``train.eval_batch_size`` batches
+jena``). Each variant is built from params.yaml with its seed and untrained. Each size is ``train.eval_batch_size`` batches
 joined into passes of that many rows (``engine.evaluate(..., join=rows // batch)``): the
 same rows, in the same order. One untimed pass per size first, then ``--rounds`` rounds
 alternating between the sizes; per size the median seconds of a whole pass, and the
