@@ -370,11 +370,9 @@ def time_variant(params, name: str, data: Data, device: torch.device, epochs: in
     spec = params.variant(name)
     task, default_steps = data.task(name)
     eval_size = task.eval_batch_size
-    full_eval = {s: math.ceil(task.eval_size(s) / eval_size) for s in ("val", "test")}
-    if params.train.max_eval_batches is not None:
-        full_eval = {s: min(n, params.train.max_eval_batches) for s, n in full_eval.items()}
     full_rows = {s: capped_rows(task.eval_size(s), eval_size, params.train.max_eval_batches)
-                 for s in full_eval}
+                 for s in ("val", "test")}
+    full_eval = {s: math.ceil(n / eval_size) for s, n in full_rows.items()}   # batches
     join = engine.eval_join(device, eval_size)           # evaluation batches per pass
     full_passes = {s: math.ceil(n / (join * eval_size)) for s, n in full_rows.items()}
     caps = [c for c in (eval_cap, params.train.max_eval_batches) if c is not None]
