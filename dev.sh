@@ -137,7 +137,7 @@ case "$cmd" in
   repro)   install; dvc repro "$@" ;;
   # Two workers (`-n 0`: one process); a module's tests, and all that read the tiny
   # pipeline, share a worker (tests/conftest.py), so each shared fixture is built once.
-  test)    install dev,team; python -m pytest -n 2 --dist loadgroup "$@" ;;
+  test)    install dev,team; python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder "$@" ;;
   demo)    install; exec rnnlab-demo "$@" ;;
   runs)    install; exec rnnlab-runs "$@" ;;
   leaderboard) install; exec rnnlab-leaderboard "$@" ;;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from collections import defaultdict
@@ -130,18 +131,34 @@ LANES = {"test_pipeline": "e2e", "test_dvc_graph": "e2e", "test_demo": "e2e",
 PIPELINE_FIXTURES = {"tiny_pipeline", "pipeline_copy"}
 
 
+# The order the workers take the modules in (``./dev.sh test`` passes pytest-xdist
+# ``--no-loadscope-reorder``, which keeps this order): the longest first, so that no worker
+# starts one in the last minutes while the other idles; the tiny pipeline's first reader
+# starts its build at once, and the team's modules keep the other worker busy meanwhile.
+# From `./dev.sh test --durations=0` on 2026-12-07 (seconds on a busy two-core machine).
+FIRST = ("test_browser",        # 385, the tiny pipeline's build (~170) included
+         "test_team_ray",       # 172
+         "test_team_server",    # 150
+         "test_pipeline",       # 159
+         "test_leaderboard",    # 76
+         "test_tracking",       # 52
+         "test_persistent",     # 43
+         "test_fused")          # 28
+
+
 @pytest.hookimpl(tryfirst=True)      # before pytest-xdist's own hook reads the marks
 def pytest_collection_modifyitems(config, items):
     """Each test's lane (``LANES``; a test that reads the tiny pipeline is ``e2e``), and
-    which tests share a worker under ``-n 2 --dist loadgroup`` (pyproject's addopts): a
-    module's tests stay together, so a module-scoped fixture is built once, and every test
-    that reads the session's ``tiny_pipeline`` joins one group, so it is built once."""
+    which tests share a worker under ``-n 2 --dist loadgroup``: a module's tests stay
+    together, so a module-scoped fixture is built once (the tiny pipeline is built once for
+    every worker by ``tiny_pipeline`` itself), and the modules come in ``FIRST``'s order."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         lane = LANES.get(item.path.stem) or ("e2e" if fixtures & PIPELINE_FIXTURES else "fast")
         item.add_marker(getattr(pytest.mark, lane))
-        group = "tiny_pipeline" if "tiny_pipeline" in fixtures else item.path.stem
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    rank = {name: n for n, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(FIRST)))   # stable
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -158,37 +175,94 @@ def readme_example_variant() -> dict:
     return yaml.safe_load(block)
 
 
+@contextmanager
+def locked(path: Path):
+    """An exclusive lock on ``path`` (created) across processes; the system frees it when
+    its holder dies."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def session_folder(tmp_path_factory) -> Path:
+    """The folder every worker of this pytest session shares (pytest-xdist gives each
+    worker its own base folder inside it); without workers, the session's own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(folder: Path, build) -> Path:
+    """``build(folder / "build")``, once for every worker of the session: the first to ask
+    builds under a lock while the others wait; returns the folder it built. A build that
+    failed is not tried again: the next to ask fails with its error. One that died midway
+    (no mark either way) is removed and built again."""
+    where = folder / "build"
+    with locked(folder / "build.lock"):
+        if (folder / "built").exists():
+            return where
+        if (folder / "failed").exists():
+            pytest.fail(f"building {where} failed on another worker:\n"
+                        + (folder / "failed").read_text(), pytrace=False)
+        shutil.rmtree(where, ignore_errors=True)
+        try:
+            build(where)
+        except BaseException as error:
+            (folder / "failed").write_text(f"{type(error).__name__}: {error}")
+            raise
+        (folder / "built").touch()
+        return where
+
+
+def relocated_copy(repo: Path, dest: Path) -> Path:
+    """A copy of a built project at ``dest``, its MLflow store's paths moved with it."""
+    import sqlite3
+
+    copy = Path(shutil.copytree(repo, dest, symlinks=True))
+    with sqlite3.connect(copy / "mlflow.db") as db:
+        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                              ("logged_models", "artifact_location"),
+                              ("datasets", "dataset_source")):
+            db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)",
+                       (str(repo), str(copy)))
+    return copy
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory, small_jena_zip):
-    """The whole pipeline, `dvc repro` once per session, in a fresh copy on tiny data:
-    every variant (plus the README's example one) for one short epoch (``TRAIN_CAPS``), the
-    gradients stage and the report. Read-only: a test that changes things takes
+    """The whole pipeline, `dvc repro` once per session (for every worker: ``built_once``),
+    in a fresh copy on tiny data: every variant (plus the README's example one) for one
+    short epoch (``TRAIN_CAPS``), the gradients stage and the report. Each worker reads its
+    own copy, so no worker's DVC or MLflow command meets another's in one repository. The
+    server its params' URLs name lives only while it is built: a test that needs the data
+    again takes ``small_jena_zip``. Read-only: a test that changes things takes
     ``pipeline_copy``."""
     from _project import TRAIN_CAPS, set_params, sh, small_project
 
-    base = tmp_path_factory.mktemp("tiny")
-    with serving(base / "served") as server:
-        repo = small_project(base / "clone", server, small_jena_zip)
-        models = yaml.safe_load((repo / "params.yaml").read_text())["models"]
-        set_params(repo, **TRAIN_CAPS, models__conv_gru__lookback=120,
-                   models=models | readme_example_variant())
-        sh(repo, "git", "commit", "-qam", "the README's example variant")
-        sh(repo, "dvc", "repro")
-        yield repo
+    def build(where: Path) -> None:
+        with serving(where / "served") as server:
+            repo = small_project(where / "clone", server, small_jena_zip)
+            models = yaml.safe_load((repo / "params.yaml").read_text())["models"]
+            set_params(repo, **TRAIN_CAPS, models__conv_gru__lookback=120,
+                       models=models | readme_example_variant())
+            sh(repo, "git", "commit", "-qam", "the README's example variant")
+            sh(repo, "dvc", "repro")
+
+    shared = session_folder(tmp_path_factory) / "tiny_pipeline"
+    shared.mkdir(exist_ok=True)
+    built = built_once(shared, build) / "clone"
+    return relocated_copy(built, tmp_path_factory.mktemp("tiny") / "clone")
 
 
 @pytest.fixture
 def pipeline_copy(tiny_pipeline, tmp_path):
     """A private copy of the tiny pipeline to change (the session's one stays as built);
     its MLflow store points at its own artifact folder."""
-    import sqlite3
-
-    repo = Path(shutil.copytree(tiny_pipeline, tmp_path / "repo", symlinks=True))
-    with sqlite3.connect(repo / "mlflow.db") as db:
-        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
-            db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)",
-                       (str(tiny_pipeline), str(repo)))
-    return repo
+    return relocated_copy(tiny_pipeline, tmp_path / "repo")
 
 
 def pytest_configure(config):

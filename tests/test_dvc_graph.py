@@ -4,6 +4,7 @@ a data URL, and real DVC reruns what an edit touches and nothing else."""
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -135,15 +136,18 @@ def test_adding_an_architecture_reruns_only_training_and_the_report(pipeline_cop
     assert changed_stages(repo) == set()
 
 
-def test_a_mirror_with_the_same_checksum_reruns_only_its_download(pipeline_copy):
+def test_a_mirror_with_the_same_checksum_reruns_only_its_download(pipeline_copy,
+                                                                  small_jena_zip):
+    """The tiny pipeline's Jena zip from another URL (a local copy: the server that served
+    it lived only while the pipeline was built)."""
     repo = pipeline_copy
     params = yaml.safe_load((repo / "params.yaml").read_text())
     served = params["data"]["jena"]["url"]                 # http://127.0.0.1:<port>/jena.zip
+    zip_path, md5 = small_jena_zip
+    assert params["data"]["jena"]["md5"] == md5            # the zip the pipeline was built on
     mirror = repo.parent / "mirror" / "jena.zip"
     mirror.parent.mkdir()
-    import urllib.request
-    with urllib.request.urlopen(served) as resp:
-        mirror.write_bytes(resp.read())
+    shutil.copy(zip_path, mirror)
     set_params(repo, data__jena__url=mirror.as_uri())
     try:
         assert changed_stages(repo) == {"download_jena"}
