@@ -83,11 +83,19 @@ def mlflow_ui(tiny_pipeline):
 @contextmanager
 def ui_over(repo: Path):
     """The UI over ``repo``'s store until the block ends; its output in ``../ui.log``."""
+    with ui_process(repo) as (url, _):
+        yield url
+
+
+@contextmanager
+def ui_process(repo: Path, env: dict[str, str] | None = None):
+    """``ui_over``'s UI and its process (the leader of its own process group); ``env``: more
+    environment for it."""
     port = free_port()
     log_path = repo.parent / "ui.log"                   # outside the repository
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "rnnlab.tracking.ui", "--port", str(port)],
-                            cwd=repo, env=env_for_tools(), stdout=log,
+                            cwd=repo, env=env_for_tools() | (env or {}), stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -103,11 +111,30 @@ def ui_over(repo: Path):
                 raise AssertionError("the MLflow UI did not start:\n"
                                      + log_path.read_text()[-3000:])
             time.sleep(0.5)
-        yield url
+        yield url, proc
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         log.close()
+
+
+def group_commands(leader: int) -> list[str]:
+    """The command line of every process in ``leader``'s process group."""
+    return subprocess.run(["ps", "-o", "args=", "-g", str(leader)], capture_output=True,
+                          text=True, check=True).stdout.splitlines()
+
+
+def test_the_ui_starts_without_mlflows_job_runner_unless_asked(tiny_pipeline):
+    """MLflow's server starts a job runner and its huey consumers (GenAI jobs) unless
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION is false: the UI sets it false, and a user's own
+    setting wins. (The runner starts just after the server's process, before it answers.)"""
+    with ui_process(tiny_pipeline) as (_, proc):
+        plain = group_commands(proc.pid)
+    assert not [c for c in plain if "jobs._job_runner" in c or "huey" in c], plain
+    assert len(plain) == 2 and "mlflow ui" in plain[0] and "uvicorn" in plain[1], plain
+    with ui_process(tiny_pipeline, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true"}) as (_, proc):
+        asked = group_commands(proc.pid)
+    assert [c for c in asked if "jobs._job_runner" in c], asked
 
 
 def wait_for_text(driver, predicate, timeout: float = 60) -> str:

@@ -338,3 +338,26 @@ def test_a_port_out_of_range_is_one_line(tmp_path, args, env, message):
     assert proc.returncode == 1
     assert proc.stderr.strip() == message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_server_starts_without_mlflows_job_runner(team, tmp_path, monkeypatch):
+    """As the UI (test_browser): `mlflow server` started by rnnlab.tools.server has no job
+    runner or huey consumers (GenAI jobs), unless MLFLOW_SERVER_ENABLE_JOB_EXECUTION says
+    otherwise in the environment."""
+    from rnnlab.tools import server
+
+    def group(leader: int) -> list[str]:
+        return subprocess.run(["ps", "-o", "args=", "-g", str(leader)], capture_output=True,
+                              text=True, check=True).stdout.splitlines()
+
+    monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
+    with server.mlflow_server(team.backend, tmp_path / "plain", log=tmp_path / "plain.log") \
+            as served:
+        plain = group(served.process.pid)
+    assert not [c for c in plain if "jobs._job_runner" in c or "huey" in c], plain
+    assert [c for c in plain if "mlflow server" in c], plain
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")
+    with server.mlflow_server(team.backend, tmp_path / "asked", log=tmp_path / "asked.log") \
+            as served:
+        asked = group(served.process.pid)
+    assert [c for c in asked if "jobs._job_runner" in c], asked

@@ -41,6 +41,7 @@ from pathlib import Path
 from rnnlab.core.errors import RnnlabError, redact
 from rnnlab.core.process import configure_process
 from rnnlab.tracking.paths import repo_root
+from rnnlab.tracking.ui import server_environment
 
 DATABASE = "mlflow"
 PG_USER = "postgres"            # the cluster's superuser (and, as root, the OS user running it)
@@ -292,8 +293,8 @@ def mlflow_server(backend_uri: str, artifacts: Path, host: str = "127.0.0.1",
     else:
         check_port_free(host, port, "--port")
     Path(artifacts).mkdir(parents=True, exist_ok=True)
-    env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true",
-                        "MLFLOW_BACKEND_STORE_URI": backend_uri}
+    env = server_environment() | {"MLFLOW_DISABLE_TELEMETRY": "true",
+                                  "MLFLOW_BACKEND_STORE_URI": backend_uri}
     out = open(log, "ab") if log else None
     process = subprocess.Popen(server_command(artifacts, host, port, extra), env=env,
                                stdout=out, stderr=subprocess.STDOUT if out else None,

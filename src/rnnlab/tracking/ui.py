@@ -11,6 +11,11 @@ starts nothing.
 MLflow 3.17's UI opens an experiment on its GenAI overview unless the URL asks for the
 model-training view (``?workflowType=machine_learning``; the browser then remembers the
 choice): every link rnnlab prints carries it.
+
+MLflow's server also starts a job runner and seven ``huey`` consumers, each a Python that
+imports MLflow, for GenAI jobs rnnlab never submits: about 17 CPU-seconds and 3 s more at
+every start on a 2-core machine. The UI and ``rnnlab.tools.server`` start it without them
+(``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``) unless that variable is set already.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ from rnnlab.tracking.paths import repo_root
 from rnnlab.tracking.store import EXPERIMENTS, TrackingError, experiment_id, tracking_uri
 
 VIEW = "workflowType=machine_learning"      # the UI's model-training view, not GenAI's
+# What an MLflow server rnnlab starts gets unless the environment says otherwise.
+SERVER_DEFAULTS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def server_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """``environ`` (default: this process's) with ``SERVER_DEFAULTS`` for what it lacks."""
+    return SERVER_DEFAULTS | dict(os.environ if environ is None else environ)
 
 
 def runs_url(base: str, experiment: str) -> str:
@@ -112,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, exp in ids.items():
         print(f"  {name} (experiment {exp}), runs: {runs_url(base, exp)}")
     print("  one DVC experiment's runs, side by side: `./dev.sh runs --links`", flush=True)
-    os.execv(command[0], command)
+    os.execve(command[0], command, server_environment())
 
 
 if __name__ == "__main__":
