@@ -9,11 +9,11 @@ a 2-core CPU, about a minute for the three default variants):
 
 ``--jena`` holds ``jena/`` and ``jena_windows/`` as the pipeline prepares them (default:
 the project's ``data/prepared``; a generated full-size file serves: ``rnnlab-synthetic
-jena``). Each variant is built from params.yaml with its seed and untrained. Each size is ``train.eval_batch_size`` batches
-joined into passes of that many rows (``engine.evaluate(..., join=rows // batch)``): the
-same rows, in the same order. One untimed pass per size first, then ``--rounds`` rounds
-alternating between the sizes; per size the median seconds of a whole pass, and the
-largest difference in val MAE from the first size (no layer mixes rows, so it is float32
+jena``). Each variant is built from params.yaml with its seed and untrained. Each size
+is ``train.eval_batch_size`` batches joined into passes of that many rows
+(``engine.evaluate(..., join=rows // batch)``): the same rows, in the same order. One
+untimed pass per size first, then ``--rounds`` rounds alternating between the sizes; per
+size the median seconds of a whole pass, and the largest difference in val MAE from the first size (no layer mixes rows, so it is float32
 rounding at most).
 """
 

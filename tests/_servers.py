@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,3 +57,9 @@ def mlflow_server(backend_uri: str, artifacts_dir: Path,
     log = log or Path(artifacts_dir).parent / "mlflow-server.log"
     with server.mlflow_server(backend_uri, artifacts_dir, log=log) as served:
         yield served.url
+
+
+def group_commands(leader: int) -> list[str]:
+    """The command line of every process in ``leader``'s process group."""
+    return subprocess.run(["ps", "-o", "args=", "-g", str(leader)], capture_output=True,
+                          text=True, check=True).stdout.splitlines()

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from _project import ROOT, env_for_tools, sh
+from _servers import group_commands
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -116,12 +117,6 @@ def ui_process(repo: Path, env: dict[str, str] | None = None):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         log.close()
-
-
-def group_commands(leader: int) -> list[str]:
-    """The command line of every process in ``leader``'s process group."""
-    return subprocess.run(["ps", "-o", "args=", "-g", str(leader)], capture_output=True,
-                          text=True, check=True).stdout.splitlines()
 
 
 def test_the_ui_starts_without_mlflows_job_runner_unless_asked(tiny_pipeline):

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from _project import TRAIN_CAPS, run_queue, set_params, sh, small_project
-from _servers import mlflow_server, need_postgres, postgres_cluster
+from _servers import group_commands, mlflow_server, need_postgres, postgres_cluster
 from conftest import serving
 
 VARIANTS = {"dense": "jena", "gru_dropout": "jena", "imdb_dense": "imdb"}
@@ -346,18 +346,14 @@ def test_the_server_starts_without_mlflows_job_runner(team, tmp_path, monkeypatc
     otherwise in the environment."""
     from rnnlab.tools import server
 
-    def group(leader: int) -> list[str]:
-        return subprocess.run(["ps", "-o", "args=", "-g", str(leader)], capture_output=True,
-                              text=True, check=True).stdout.splitlines()
-
     monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
     with server.mlflow_server(team.backend, tmp_path / "plain", log=tmp_path / "plain.log") \
             as served:
-        plain = group(served.process.pid)
+        plain = group_commands(served.process.pid)
     assert not [c for c in plain if "jobs._job_runner" in c or "huey" in c], plain
     assert [c for c in plain if "mlflow server" in c], plain
     monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")
     with server.mlflow_server(team.backend, tmp_path / "asked", log=tmp_path / "asked.log") \
             as served:
-        asked = group(served.process.pid)
+        asked = group_commands(served.process.pid)
     assert [c for c in asked if "jobs._job_runner" in c], asked

@@ -36,9 +36,9 @@ VIEW = "workflowType=machine_learning"      # the UI's model-training view, not 
 SERVER_DEFAULTS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-def server_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """``environ`` (default: this process's) with ``SERVER_DEFAULTS`` for what it lacks."""
-    return SERVER_DEFAULTS | dict(os.environ if environ is None else environ)
+def server_environment() -> dict[str, str]:
+    """This process's environment with ``SERVER_DEFAULTS`` for what it lacks."""
+    return SERVER_DEFAULTS | dict(os.environ)
 
 
 def runs_url(base: str, experiment: str) -> str:
