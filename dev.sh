@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set-up and everyday commands. Each one creates .venv on first use (Python 3.11+).
 #   ./dev.sh repro   install, then `dvc repro` the whole pipeline
+#   ./dev.sh install the environment alone (`install dev,team`: what `test` installs)
 #   ./dev.sh test    install, then run the test suite (`test -m fast`: the inner loop)
 #   ./dev.sh lint    ruff on the code, mypy on the library
 #   ./dev.sh lock    requirements*.lock again from pyproject.toml (hashes; then commit them)
@@ -148,10 +149,11 @@ case "$cmd" in
   browser) install_browser ;;
   postgres) install_postgres ;;
   keras)   install_keras ;;
-  bench)   install   # `bench NAME ARGS`: bench/bench_NAME.py alone; else all but ab, fidelity
+  bench)   install dev   # `bench NAME ARGS`: bench/bench_NAME.py alone; else all but ab, fidelity, gpu
     if [ $# -gt 0 ] && [ -f "bench/bench_$1.py" ]; then b=$1; shift; python "bench/bench_$b.py" "$@"
     else for b in bench/bench_*.py; do
-      case "$b" in bench/bench_ab.py|bench/bench_fidelity.py) ;; *) python "$b" "$@" ;; esac
+      case "$b" in bench/bench_ab.py|bench/bench_fidelity.py|bench/bench_gpu.py) ;;
+        *) python "$b" "$@" ;; esac
     done; fi ;;
-  *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
+  *) sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; [ "$cmd" = help ] ;;
 esac

@@ -9,8 +9,9 @@ step; masks are scaled by 1/(1-p) in training and absent in eval mode.
 ``RecurrentLayer`` (GRU, LSTM or simple RNN, one direction) keeps ``nn.GRU``'s parameter
 names and gate layout (for the GRU: r, z, n, the "reset after" form that Keras' GRU also
 uses), so with both rates at 0 it computes exactly what ``nn.GRU``/``nn.LSTM``/``nn.RNN``
-compute with the same weights. The input projection of all time steps is one matmul
-before the loop; the loop itself runs on one of these paths (``RecurrentLayer.path``):
+compute with the same weights. On the persistent, graphed and TorchScript paths the input
+projection of all time steps is one matmul before the loop (the C++ path projects each
+step inside it); the loop itself runs on one of these paths (``RecurrentLayer.path``):
 
 =======  ===========================  =====================  ==============================
 device   layer                        C++ recurrences        path
