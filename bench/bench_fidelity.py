@@ -223,14 +223,18 @@ def main() -> None:
             raise SystemExit("no --keras-python (or RNNLAB_KERAS_PYTHON): `./dev.sh keras` "
                              "makes .venv-keras with the lecture's Keras")
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        have = {(r["side"], r["variant"], r["seed"], json.dumps(r["setup"], sort_keys=True))
-                for r in done_runs(args.out)}
+        # A run counts as done for the same setup and the same stored order of the data
+        # (``layout``): the pairs' sides must see the same batches. Rows written before the
+        # layout was recorded are kept in the table but never skip a run.
+        have = {(r["side"], r["variant"], r["seed"], json.dumps(r["setup"], sort_keys=True),
+                 r.get("layout")) for r in done_runs(args.out)}
         pairs = [(seed, variant) for seed in args.seeds for variant in args.variants]
         plan = [(seed, variant, side) for k, (seed, variant) in enumerate(pairs)   # which
                 for side in (args.sides if k % 2 == 0 else args.sides[::-1])]     # side first
-        digests = {ds: data_digest(json.loads(
-                       (args.root / "data" / "prepared" / ds / "stats.json").read_text()))
-                   for ds in {params.variant(v).dataset for v in args.variants}}
+        stats = {ds: json.loads((args.root / "data" / "prepared" / ds / "stats.json").read_text())
+                 for ds in {params.variant(v).dataset for v in args.variants}}
+        digests = {ds: data_digest(s) for ds, s in stats.items()}
+        layouts = {ds: data_digest(s, ordered=True) for ds, s in stats.items()}
         for i, (seed, variant, side) in enumerate(plan):
             spec = params.variant(variant)
             prepared = args.root / "data" / "prepared" / spec.dataset
@@ -242,7 +246,8 @@ def main() -> None:
                    "eval_batch_size": params.train.eval_batch_size, **budget(args, params, spec)}
             job["setup"] = run_setup(params, spec, digests[spec.dataset]) | {
                 k: job[k] for k in ("epochs", "steps", "max_eval_batches")}
-            if (side, variant, seed, json.dumps(job["setup"], sort_keys=True)) in have:
+            if (side, variant, seed, json.dumps(job["setup"], sort_keys=True),
+                    layouts[spec.dataset]) in have:
                 continue
             if spec.dataset == "jena":
                 from rnnlab.data.jena import JenaStats
@@ -256,6 +261,7 @@ def main() -> None:
             result = run_keras(job, args.keras_python) if side == "keras" else \
                 run_ours(job, params, args.threads, OURS[side])
             row = {"side": side, "variant": variant, "seed": seed, "setup": job["setup"],
+                   "layout": layouts[spec.dataset],
                    "threads": args.threads, "data": data_label(args.root, spec.dataset),
                    "machine": platform.machine(), "date": time.strftime("%Y-%m-%d"), **result}
             with open(args.out, "a") as f:

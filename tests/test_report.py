@@ -11,7 +11,13 @@ import pytest
 from rnnlab.core.errors import RnnlabError
 from rnnlab.data.imdb import CANONICAL_MD5 as IMDB_MD5
 from rnnlab.data.jena import CANONICAL_MD5 as JENA_MD5
-from rnnlab.lecture.report import DataSource, ReportParams, data_sources, write_report
+from rnnlab.lecture.report import (
+    DataSource,
+    ReportParams,
+    data_digest,
+    data_sources,
+    write_report,
+)
 from rnnlab.tools.params import ModelSpec, load_params
 from rnnlab.training.seeds import RunParams
 
@@ -219,6 +225,25 @@ def test_a_curve_that_dwarfs_the_others_gets_a_zoomed_panel():
            (("a", [0.5, 0.52]), ("b", [0.86, 0.88]), ("c", [0.87, 0.89]))]
     low, high = zoom_range(acc, "val_accuracy", lower_is_better=False)
     assert 0.52 < low < 0.86 and high > 0.89
+
+
+def test_the_data_digest_names_what_the_data_holds_not_how_it_is_stored():
+    """The IMDB splits were stored anew with the classes interleaved (same reviews, split and
+    vocabulary), and stats.json gained ``not_utf8``: Keras figures measured on the earlier
+    layout still stand beside a run on the new one. Other reviews in the validation split,
+    or reviews that were not UTF-8, make other data; ``ordered`` also tells layouts apart."""
+    before = {"archive_md5": "m", "vocab_size": 10002, "counts": {"train": 3, "val": 2},
+              "val_ids": ["train/neg/1_2", "train/pos/7_9"], "seconds": 10.8}
+    after = before | {"val_ids": ["train/pos/7_9", "train/neg/1_2"], "not_utf8": [],
+                      "seconds": 8.7}
+    assert data_digest(after) == data_digest(before) is not None
+    assert data_digest(after, ordered=True) != data_digest(before, ordered=True)
+    assert data_digest(before, ordered=True) == data_digest(before | {"seconds": 1.0},
+                                                            ordered=True)
+    assert data_digest(after | {"val_ids": ["train/pos/7_9", "train/neg/3_1"]}) \
+        != data_digest(before)
+    assert data_digest(after | {"not_utf8": ["train/neg/1_2.txt"]}) != data_digest(before)
+    assert data_digest({}) is None
 
 
 def test_the_lecture_keras_figure_stands_beside_a_run_with_the_same_data_and_setup(outputs):

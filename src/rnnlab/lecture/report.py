@@ -36,12 +36,20 @@ LECTURE_IMDB_ACCURACY = {"imdb_dense": 0.88, "imdb_simplernn": 0.85, "imdb_lstm"
 
 
 KERAS_NOTE = ("*Keras here*: the lecture's own Keras code trained on this same prepared "
-              "data with the same budget by `bench/bench_fidelity.py` (mean ± std over its "
-              "seeds, from `docs/fidelity.json`); – where no such run matches this one's "
-              "data and setup.")
+              "data (the same rows or reviews, split and vocabulary, whatever order they "
+              "were stored in) with the same budget by `bench/bench_fidelity.py` (mean ± std "
+              "over its seeds, from `docs/fidelity.json`); – where no such run matches this "
+              "one's data and setup.")
 
 # Keys of the prepared data's stats.json that change from run to run of the same data.
 VOLATILE_STATS = ("seconds",)
+# Lists whose order is only the order the data is stored in: the digest takes them as sets.
+# (Since ce52e3f the IMDB splits are stored with the classes interleaved; the validation
+# reviews are the same ones, the vocabulary and the tokens the same.)
+UNORDERED_STATS = ("val_ids",)
+# Keys added to stats.json later, with the value that every earlier file meant by leaving
+# them out: stats written before and after the key was added digest the same.
+ADDED_STATS: dict[str, Any] = {"not_utf8": []}
 
 
 @dataclass(frozen=True)
@@ -55,14 +63,18 @@ class ReportParams:
     distance: int              # gradients.distance: the vanishing ratio's distance
 
 
-def data_digest(stats: Mapping[str, Any]) -> str | None:
+def data_digest(stats: Mapping[str, Any], *, ordered: bool = False) -> str | None:
     """A digest of what the prepared data holds, from its stats.json (source file digest,
     normalization, vocabulary and split counts, validation ids) without timings; None
     when the data was not prepared (no stats). Two runs with the same digest read the
-    same data."""
+    same data: the same rows or reviews, split, normalization or vocabulary, whatever order
+    they are stored in (``UNORDERED_STATS``); ``ordered``: the same, stored in the same order
+    too (what makes the same batches of a seed: bench_fidelity's pairs)."""
     if not stats:
         return None
-    kept = {k: v for k, v in stats.items() if k not in VOLATILE_STATS}
+    kept = {k: sorted(v) if k in UNORDERED_STATS and not ordered else v
+            for k, v in stats.items()
+            if k not in VOLATILE_STATS and not (k in ADDED_STATS and v == ADDED_STATS[k])}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
