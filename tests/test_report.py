@@ -174,6 +174,29 @@ def test_one_epoch_charts_have_integer_epoch_ticks(outputs, monkeypatch):
                      "IMDB: validation accuracy per epoch": ["1"]}
 
 
+def test_a_mean_curves_label_says_its_best_is_the_means(outputs, monkeypatch):
+    """With several seeds a curve is their mean per epoch; its best is not the table's figure
+    (each seed's best epoch, averaged), and its label says so. One seed: just "best"."""
+    from matplotlib.figure import Figure
+    labels: list[str] = []
+    savefig = Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        for ax in fig.axes:
+            if ax.get_legend() is not None:
+                labels.extend(t.get_text() for t in ax.get_legend().get_texts())
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    write_report(params_with(), outputs / "metrics", outputs / "plots", outputs / "reports",
+                 sources(real=False))
+    gru = json.loads((outputs / "metrics" / "gru.json").read_text())
+    lstm = json.loads((outputs / "metrics" / "imdb_lstm.json").read_text())
+    assert gru.get("n_seeds", 1) > 1 and lstm.get("n_seeds", 1) == 1
+    assert any(t.startswith("gru: best of the mean 0.") for t in labels), labels
+    assert any(t.startswith("imdb_lstm: best 0.") for t in labels), labels
+
+
 def test_capped_figures_are_marked_in_the_tables(outputs):
     """A variant whose metrics name caps is marked in its table, with a note; the others not."""
     gru = json.loads((outputs / "metrics" / "gru.json").read_text())

@@ -373,7 +373,9 @@ def zoom_range(variants: list[Variant], column: str, *, lower_is_better: bool,
 def curves_chart(path: Path, variants: list[Variant], column: str, ylabel: str, title: str,
                  hline: tuple[float, str] | None = None, *, lower_is_better: bool) -> None:
     """The validation curves of ``variants`` overlaid, one line per variant, each labelled
-    with its best value; when one curve dwarfs the others, a second panel zooms on the rest."""
+    with its best value; when one curve dwarfs the others, a second panel zooms on the rest.
+    A variant of several seeds draws their mean per epoch, and its label says that its best
+    is the mean curve's (the tables average each seed's best epoch: another figure)."""
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
     zoom = zoom_range(variants, column, lower_is_better=lower_is_better,
@@ -393,6 +395,7 @@ def curves_chart(path: Path, variants: list[Variant], column: str, ylabel: str, 
             best = min(values) if lower_is_better else max(values)
             twin = seen.setdefault(tuple(values), v.name)
             same = f" (same curve as {twin})" if twin != v.name else ""
+            of = " of the mean" if v.metrics and int(v.metrics.get("n_seeds", 1)) > 1 else ""
             if v.arch == "tfidf_logreg":              # one fit, no epochs: a reference line
                 ax.axhline(values[-1], color="grey", linestyle=":", linewidth=1.2,
                            label=f"{v.name} (one fit): {values[-1]:.3f}")
@@ -400,7 +403,7 @@ def curves_chart(path: Path, variants: list[Variant], column: str, ylabel: str, 
             ax.plot([r["epoch"] for r in v.history], values, color=colours[i % 10],
                     marker=MARKERS[i % len(MARKERS)], linestyle=DASHES[i % len(DASHES)],
                     markersize=max(3, 9 - i), linewidth=max(1.0, 3.2 - 0.3 * i),
-                    alpha=0.9, label=f"{v.name}: best {best:.3f}{same}")
+                    alpha=0.9, label=f"{v.name}: best{of} {best:.3f}{same}")
         if hline is not None:
             ax.axhline(hline[0], color="black", linestyle="--", linewidth=1,
                        label=f"{hline[1]}: {hline[0]:.3f}")
