@@ -79,3 +79,9 @@ def run_stage(main: Callable[[], None]) -> None:
         # The messages redact the URLs they name; this is the net under them.
         print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        # Outputs are written to temp files and renamed: nothing half-written is left.
+        print("interrupted: the stage's outputs were not written (its MLflow run, if one "
+              "was open, is marked KILLED); `dvc repro` runs it again, and training resumes "
+              "from its last checkpoint", file=sys.stderr)
+        sys.exit(130)

@@ -53,6 +53,19 @@ def repo_params() -> dict:
 
 
 @pytest.mark.hostile
+def test_exponent_floats_read_as_dvc_reads_them(tmp_path):
+    """``lr: 5e-2`` is 0.05 to DVC (YAML 1.2) and was text to PyYAML (YAML 1.1), so the
+    stage refused a value DVC took; now both read a number. Quoted, it stays text."""
+    from rnnlab.core.config import read_yaml_mapping
+
+    path = tmp_path / "params.yaml"
+    path.write_text("a: 5e-2\nb: -1E3\nc: .5e1\nd: '5e-2'\ne: 7\nf: 1.5\n")
+    assert read_yaml_mapping(path) == {"a": 0.05, "b": -1000.0, "c": 5.0, "d": "5e-2", "e": 7,
+                                       "f": 1.5}
+    assert yaml.safe_load("a: 5e-2") == {"a": "5e-2"}     # PyYAML's own loader is untouched
+
+
+@pytest.mark.hostile
 def test_stage_rejects_unknown_key_in_one_line(tmp_path):
     params = repo_params()
     params["jena"]["lookbak"] = 720

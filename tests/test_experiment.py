@@ -94,6 +94,22 @@ def test_a_figure_that_is_not_a_number_is_refused(imdb, tmp_path, monkeypatch):
 
 
 @pytest.mark.hostile
+def test_a_model_the_params_cannot_build_is_refused_before_the_run_opens(imdb, tmp_path,
+                                                                        monkeypatch):
+    """The model is built once before any MLflow run opens: params it cannot be built
+    from (a conv_gru with too few time steps) leave no FAILED run behind."""
+    from rnnlab.core.errors import RnnlabError
+
+    def refuse(*args, **kwargs):
+        raise RnnlabError("cannot build")
+
+    monkeypatch.setattr("rnnlab.lecture.experiment.build_model", refuse)
+    with pytest.raises(RnnlabError, match="cannot build"):
+        train(imdb, tmp_path, monkeypatch, QUICK)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.hostile
 @pytest.mark.parametrize("spec, where", [
     (ModelSpec("imdb", "embed_rnn", epochs=1, units=(100_000,)), "models.imdb_lstm.units"),
     (replace(DENSE, units=(4,)), "imdb.batch_size"),

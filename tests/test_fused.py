@@ -314,6 +314,26 @@ def test_build_failure_falls_back_with_one_warning(tmp_path):
     assert "RNNLAB_REQUIRE_CPP=1 requires them" in required.stderr
 
 
+@pytest.mark.hostile
+def test_rnnlab_no_fused_0_keeps_the_kernels_and_1_says_it_turned_them_off(tmp_path):
+    """RNNLAB_NO_FUSED=0 read as "off" and blamed a missing compiler: 0 and empty keep the
+    kernels; any other value turns them off with a note that says so, not a build error."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from rnnlab.nn import fused\nprint(fused.available())\n"
+    kept = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, RNNLAB_NO_FUSED="0"))
+    assert kept.returncode == 0 and kept.stdout.split() == ["True"], kept.stderr
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, RNNLAB_NO_FUSED="1"))
+    assert off.returncode == 0 and off.stdout.split() == ["False"], off.stderr
+    warnings = [line for line in off.stderr.splitlines() if "Warning" in line]
+    assert len(warnings) == 1 and "RNNLAB_NO_FUSED=1 turns the C++ recurrences off" in \
+        warnings[0] and "compiler" not in warnings[0], off.stderr
+
+
 def test_training_on_the_cpu_runs_the_cpp_recurrences():
     """Every recurrent cell's training step and evaluation on the CPU goes through the C++
     recurrences: a silent fall back to another path fails here."""

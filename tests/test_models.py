@@ -462,3 +462,14 @@ def test_conv_gru_with_the_fused_front_trains_as_with_pytorch_ops(monkeypatch):
         grads.append([loss.detach()] + [p.grad for p in copy_.parameters()])
     for got, want in zip(*grads):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.hostile
+def test_a_conv_gru_with_too_few_time_steps_says_the_least_it_needs():
+    """Two kernels of 5 and pooling by 3 need 19 time steps (lookback / step): 18 is refused
+    with that figure and the keys to change; 19 builds."""
+    conv = spec_of("conv_gru")
+    with pytest.raises(RnnlabError, match=r"18 time steps .* needs at least 19; raise the "
+                                          r"variant's lookback \(models.<variant>.lookback"):
+        build_model(conv, n_features=14, timesteps=18)
+    assert count_parameters(build_model(conv, n_features=14, timesteps=19)) > 0

@@ -109,6 +109,18 @@ def test_variant_names_are_plain_identifiers(tmp_path, name):
 
 
 @pytest.mark.hostile
+@pytest.mark.parametrize("name", ["naive", "gradients_exploding"])
+def test_a_variant_may_not_take_another_stages_files(tmp_path, name):
+    """train@naive would write metrics/naive.json beside the naive stage: DVC then refuses
+    every command, and its advice (dvc remove) deletes a stage."""
+    def edit(params):
+        params["models"][name] = params["models"]["gru"]
+    with pytest.raises(ConfigError, match=rf"'{name}': a variant of that name would write "
+                                          rf"the .* stage's .*; choose another name"):
+        load_with(tmp_path, edit)
+
+
+@pytest.mark.hostile
 def test_missing_section_names_it(tmp_path):
     with pytest.raises(ConfigError, match=r"params.yaml: missing key 'gradients'"):
         load_with(tmp_path, lambda p: p.pop("gradients"))

@@ -611,3 +611,91 @@ def test_a_failed_run_whose_end_the_store_refuses_ends_failed_at_the_next_run(
         pass
     assert client.get_run(run.id).info.status == "FAILED"
     assert not (root / "checkpoints").exists()
+
+
+# --- Third round (hostile inputs): what the environment says about MLflow, and Ctrl-C.
+
+@pytest.mark.hostile
+def test_a_leftover_mlflow_run_id_is_refused_before_any_run_is_touched(with_store, tmp_path):
+    """MLflow's start_run resumes the run MLFLOW_RUN_ID names: a stage would rename another
+    variant's run and mix their figures. One line, and that run as it was."""
+    from mlflow.tracking import MlflowClient
+
+    folder = Path(shutil.copytree(with_store, tmp_path / "stage"))
+    uri = f"sqlite:///{folder}/mlflow.db"
+    with tracked_run(experiment="rnnlab-jena", run_name="dense", params={"a": 1},
+                     tags={"variant": "dense"}, root=folder) as other:
+        other.log_metrics({"val_mae": 0.3}, step=1)
+    before = files(folder)
+    proc, _ = run_naive_stage(folder, MLFLOW_RUN_ID=other.id, MLFLOW_TRACKING_URI=uri)
+    assert_one_line_and_nothing_written(proc, folder, before, f"MLFLOW_RUN_ID={other.id}",
+                                        "unset MLFLOW_RUN_ID")
+    run = MlflowClient(uri).get_run(other.id)
+    assert (run.info.run_name, run.data.tags["variant"]) == ("dense", "dense")
+    assert set(run.data.metrics) == {"val_mae"}
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize(("uri", "says"), [
+    ("mlflow.db", "is a folder or file path"),
+    ("file:///tmp/mlruns", "is a folder or file path"),
+    ("ftp://127.0.0.1/x", "ftp:// is not a store"),
+    ("sqlite:///", "names no database file"),
+    ("http://127.0.0.1:99999", "its port is not a number"),
+    ("http:/127.0.0.1:5000", "names no host"),
+])
+def test_a_tracking_uri_mlflow_cannot_use_is_one_line(naive_dir, tmp_path, uri, says):
+    """Each of these gave MLflow's page of traceback (the retired file store, an unknown
+    scheme, an empty SQLite path, a bad port or host)."""
+    folder = Path(shutil.copytree(naive_dir, tmp_path / "stage"))
+    before = files(folder)
+    proc, _ = run_naive_stage(folder, MLFLOW_TRACKING_URI=uri)
+    assert_one_line_and_nothing_written(proc, folder, before, f"MLFLOW_TRACKING_URI={uri}",
+                                        says, "unset MLFLOW_TRACKING_URI")
+
+
+@pytest.mark.hostile
+def test_a_server_wait_that_is_no_whole_number_is_one_line(naive_dir, tmp_path):
+    folder = Path(shutil.copytree(naive_dir, tmp_path / "stage"))
+    before = files(folder)
+    proc, _ = run_naive_stage(folder, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{closed_port()}",
+                              MLFLOW_HTTP_REQUEST_TIMEOUT="5s")
+    assert_one_line_and_nothing_written(proc, folder, before,
+                                        "MLFLOW_HTTP_REQUEST_TIMEOUT='5s'", "whole number")
+
+
+@pytest.mark.hostile
+def test_ctrl_c_in_a_stage_ends_its_run_killed_in_one_line(with_store, tmp_path):
+    """SIGINT while the naive stage's run is open: the run ends KILLED (not FAILED), the
+    stage prints one line and exits 130, and writes no metrics file."""
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    folder = Path(shutil.copytree(with_store, tmp_path / "stage"))
+    uri = f"sqlite:///{folder}/mlflow.db"
+    # The stage's own code, with a pause inside its run so the signal lands there.
+    code = ("import os, runpy, signal, sys, time; import rnnlab.tracking.store as s; "
+            "real = s.Run.log_metrics\n"
+            "def slow(self, *a, **k):\n"
+            "    print('in-run', flush=True); time.sleep(60)\n"
+            "s.Run.log_metrics = slow\n"
+            f"sys.argv = ['naive.py', 'prepared', 'windows', 'metrics/naive.json']\n"
+            f"sys.path.insert(0, {str(ROOT / 'stages')!r})\n"
+            f"runpy.run_path({str(ROOT / 'stages' / 'naive.py')!r}, run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=folder, text=True,
+                            env=env_for_tools() | {"MLFLOW_TRACKING_URI": uri},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == "in-run", proc.stderr.read()[-3000:]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: "), err[-3000:]
+    assert not (folder / "metrics" / "naive.json").exists()
+    runs = MlflowClient(uri).search_runs([experiment_id("rnnlab-jena", folder)],
+                                         filter_string="tags.variant = 'naive'")
+    assert [r.info.status for r in runs] == ["KILLED"]

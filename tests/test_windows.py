@@ -168,3 +168,21 @@ def test_a_split_past_the_end_is_named_as_params_yaml_writes_it():
                          splits={"train": (0, 500), "val": (501, 800), "test": (990, None)})
     assert "jena.test_rows [990, null]" in str(caught.value)
     assert "None" not in str(caught.value)
+
+
+@pytest.mark.hostile
+def test_a_variants_own_lookback_and_step_are_named_in_its_errors():
+    """models.<v>.lookback/step override jena's: an error about them names the variant's
+    keys, not jena.lookback (which the user did not set to that value)."""
+    from rnnlab.data.windows import variant_spec
+
+    base = spec_for()
+    with pytest.raises(RnnlabError, match=r"^params.yaml: models.gru.lookback \(2\) must be "
+                                          r">= params.yaml: models.gru.step \(6\)$"):
+        variant_spec(base, 2, 6, name="gru")
+    with pytest.raises(RnnlabError, match=r"^params.yaml: models.gru.lookback \(3\) must be "
+                                          r">= jena.step \(6\)$"):
+        variant_spec(base, 3, None, name="gru")
+    with pytest.raises(RnnlabError, match=r"shorten params.yaml: models.gru.lookback$"):
+        variant_spec(base, 6000, None, name="gru")
+    assert variant_spec(base, 288, None, name="gru").lookback == 288

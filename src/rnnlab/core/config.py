@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import math
 import os
+import re
 import stat
 import types
 import typing
@@ -334,6 +335,15 @@ class _ParamsLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {show(key)} appears twice in one mapping; keep one",
                     key_node.start_mark)
+
+
+# YAML 1.2's floats, as DVC reads params.yaml (ruamel): ``5e-2`` and ``1e3`` are numbers
+# there, text to PyYAML's YAML 1.1 rule (which wants a dot: ``5.0e-2``). Integers and the
+# forms with a dot still resolve by the rules before this one.
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def _too_many() -> str:

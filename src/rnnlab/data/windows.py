@@ -84,12 +84,15 @@ class WindowSpec:
 
 
 def make_window_spec(*, n_rows: int, lookback: int, step: int, delay: int, target_index: int,
-                     splits: dict[str, tuple[int, int | None]]) -> WindowSpec:
-    """Target-row ranges per split under the window convention; errors name the field."""
+                     splits: dict[str, tuple[int, int | None]],
+                     lookback_key: str = "jena.lookback", step_key: str = "jena.step"
+                     ) -> WindowSpec:
+    """Target-row ranges per split under the window convention; errors name the field
+    (``lookback_key``, ``step_key``: where a variant's own values come from)."""
     if step < 1:
-        raise RnnlabError(f"jena.step must be >= 1, got {step}")
+        raise RnnlabError(f"{step_key} must be >= 1, got {step}")
     if lookback < step:
-        raise RnnlabError(f"jena.lookback ({lookback}) must be >= jena.step ({step})")
+        raise RnnlabError(f"{lookback_key} ({lookback}) must be >= {step_key} ({step})")
     if delay < 0:
         raise RnnlabError(f"jena.delay must be >= 0, got {delay}")
     ranges = {}
@@ -102,7 +105,7 @@ def make_window_spec(*, n_rows: int, lookback: int, step: int, delay: int, targe
             raise RnnlabError(
                 f"jena.{split}_rows {show(list(splits[split]))} holds no window with lookback "
                 f"{lookback} and delay {delay} in {n_rows:,} rows; widen the split or "
-                "shorten jena.lookback")
+                f"shorten {lookback_key}")
         if stop - 1 + delay > n_rows - 1:
             raise RnnlabError(
                 f"jena.{split}_rows {show(list(splits[split]))}: targets up to row {stop - 1 + delay} "
@@ -114,16 +117,20 @@ def make_window_spec(*, n_rows: int, lookback: int, step: int, delay: int, targe
                       **ranges)
 
 
-def variant_spec(spec: WindowSpec, lookback: int | None = None, step: int | None = None
-                 ) -> WindowSpec:
+def variant_spec(spec: WindowSpec, lookback: int | None = None, step: int | None = None,
+                 *, name: str | None = None) -> WindowSpec:
     """The windows of a variant with its own ``lookback``/``step`` (``models.<v>.lookback``):
-    the one place such overrides are resolved; the rest (delay, splits) is the stage's."""
+    the one place such overrides are resolved; the rest (delay, splits) is the stage's.
+    ``name``: the variant, so that an error names the key its value came from."""
     if (lookback or spec.lookback) == spec.lookback and (step or spec.step) == spec.step:
         return spec
+    own = f"params.yaml: models.{name or '<variant>'}"
     return make_window_spec(n_rows=spec.n_rows, lookback=lookback or spec.lookback,
                             step=step or spec.step, delay=spec.delay,
                             target_index=spec.target_index,
-                            splits=dict(zip(SPLITS, spec.split_rows)))
+                            splits=dict(zip(SPLITS, spec.split_rows)),
+                            lookback_key=f"{own}.lookback" if lookback else "jena.lookback",
+                            step_key=f"{own}.step" if step else "jena.step")
 
 
 def save_spec(spec: WindowSpec, out_dir: Path) -> Path:

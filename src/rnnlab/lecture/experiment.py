@@ -136,6 +136,8 @@ def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: Tr
         check_checkpoint_path(checkpoint_of(seed), variant)
     prep = build_task(spec, data, train, prepared, windows)
     task = prep.task
+    if torch_model:   # a model the params cannot build is one line before any run opens
+        build_model(spec, n_features=task.n_inputs, timesteps=task.timesteps, init=train.init)
     device = resolve_device(common.device) if torch_model else torch.device("cpu")
     epochs = min(spec.epochs, train.max_epochs or spec.epochs)
     config = TrainConfig(epochs=epochs, steps_per_epoch=prep.steps_per_epoch, seed=common.seed,

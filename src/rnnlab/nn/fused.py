@@ -150,14 +150,20 @@ def _build():
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
+def disabled() -> bool:
+    """``RNNLAB_NO_FUSED`` set to anything but empty or 0: the C++ recurrences are off."""
+    return os.environ.get("RNNLAB_NO_FUSED", "").strip() not in ("", "0")
+
+
 def extension():
-    """The compiled module, or None (after one warning) when it cannot be built."""
+    """The compiled module, or None (after one warning) when it cannot be built; None,
+    with one note, when ``RNNLAB_NO_FUSED`` turns it off."""
     global _ext, _error
     if _ext is not None or _error is not None:
         return _ext
     with _lock:
         if _ext is None and _error is None:
-            if os.environ.get("RNNLAB_NO_FUSED"):
+            if disabled():
                 _error = "disabled by RNNLAB_NO_FUSED"
             else:
                 try:
@@ -167,9 +173,13 @@ def extension():
                     if len(reason) > 400:   # a build log: its start is the command line
                         reason = reason[:150] + " ... " + reason[-250:]
                     _error = f"{type(exc).__name__}: {reason}"
-            if _error is not None:
-                if os.environ.get("RNNLAB_REQUIRE_CPP") == "1" and \
-                        not os.environ.get("RNNLAB_NO_FUSED"):
+            if _error is not None and disabled():
+                warnings.warn(f"rnnlab: RNNLAB_NO_FUSED={os.environ['RNNLAB_NO_FUSED']} turns "
+                              "the C++ recurrences off: training runs the slower Python "
+                              "loops; unset it (or set it to 0) to use "
+                              "them", RuntimeWarning, stacklevel=3)
+            elif _error is not None:
+                if os.environ.get("RNNLAB_REQUIRE_CPP") == "1":
                     raise RuntimeError(f"rnnlab.nn.fused: the C++ recurrences did not build "
                                        f"and RNNLAB_REQUIRE_CPP=1 requires them: {_error}")
                 warnings.warn(f"rnnlab: the C++ recurrences did not build, so training "

@@ -262,8 +262,12 @@ def build_conv_gru(spec: ModelSpec, n_features: int, timesteps: int) -> nn.Modul
     """The lecture's "combining CNNs and RNNs": a 1D convnet shortens the sequence for a GRU."""
     remaining = (timesteps - spec.conv_kernel + 1) // spec.pool_size - spec.conv_kernel + 1
     if remaining < 1:
-        raise RnnlabError(f"conv_gru: {timesteps} time steps are too few for two kernels of "
-                          f"{spec.conv_kernel} and pooling by {spec.pool_size}")
+        k, p = spec.conv_kernel, spec.pool_size
+        raise RnnlabError(
+            f"conv_gru: {timesteps} time steps (lookback / step) are too few for two "
+            f"kernels of {k} and pooling by {p}: it needs at least {k * p + k - 1}; raise "
+            "the variant's lookback (models.<variant>.lookback, else jena.lookback), lower "
+            "its step, or lower conv_kernel or pool_size")
     front = ConvFront(n_features, spec.conv_filters, spec.conv_kernel, spec.pool_size)
     body, size = _recurrent_stack(spec, "gru", spec.conv_filters)
     return Head(nn.Sequential(front, body), size)

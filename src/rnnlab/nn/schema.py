@@ -123,12 +123,25 @@ def load_models(data: Any, where: str) -> dict[str, ModelSpec]:
     return models
 
 
+# Names whose metrics/<name>.json or plots/<name>.csv another stage writes (dvc.yaml):
+# a variant of that name makes two stages write one file, and DVC refuses every command.
+RESERVED_NAMES = {"naive": "the naive stage's metrics/naive.json",
+                  "gradients": "the gradients stage's metrics/gradients.json",
+                  "gradients_vanishing": "the gradients stage's plots/gradients_vanishing.csv",
+                  "gradients_exploding": "the gradients stage's plots/gradients_exploding.csv"}
+
+
 def check_variant_names(names: Iterable[str], where: str) -> None:
-    """Variant names become file, stage and run names and shell arguments: plain ones only."""
+    """Variant names become file, stage and run names and shell arguments: plain ones only,
+    and none whose files another stage writes."""
     for name in names:
         if not NAME.match(name):
             raise ConfigError(f"{where}: {show(name)}: a variant name is a lowercase "
                               "identifier (a-z, 0-9, _; starting with a letter)")
+        if name in RESERVED_NAMES:
+            raise ConfigError(f"{where}: {show(name)}: a variant of that name would write "
+                              f"{RESERVED_NAMES[name]} too; choose another name "
+                              f"(e.g. {name}_model)")
 
 
 def variant_spec(models: Mapping[str, ModelSpec], name: str) -> ModelSpec:

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from rnnlab.core.atomic import remove_if_empty, write_json
 from rnnlab.core.errors import RnnlabError, redact
@@ -56,8 +57,58 @@ EXPERIMENTS = ("rnnlab-jena", "rnnlab-imdb")     # one per data set (conventions
 
 
 def tracking_uri(root: Path) -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
-    return with_postgres_driver(uri)
+    """The store: ``MLFLOW_TRACKING_URI`` when set (checked: ``check_uri``), else the
+    project's SQLite file ``mlflow.db`` at ``root``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        check_uri(uri)
+    return with_postgres_driver(uri or f"sqlite:///{Path(root).resolve()}/mlflow.db")
+
+
+# What rnnlab logs to: a database MLflow's SQLAlchemy store opens, or a tracking server.
+STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https")
+_URI_FIX = ("write a database URI (sqlite:////absolute/path/mlflow.db, "
+            "postgresql://user@host:5432/db) or a tracking server's (http://host:5000), or "
+            "unset MLFLOW_TRACKING_URI to use the project's store (mlflow.db at the "
+            "repository root)")
+
+
+def check_uri(uri: str) -> None:
+    """One line for a ``MLFLOW_TRACKING_URI`` that MLflow would answer with a page of
+    traceback: a plain path or ``file://`` (MLflow 3's file store is retired for tracking),
+    a scheme that is no store, a SQLite URI without a file, a server URI without a host or
+    with a port past 65535."""
+    if uri.lower().startswith("databricks"):         # "databricks", "databricks://profile"
+        return
+    where = f"MLFLOW_TRACKING_URI={redact(uri)}"
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower().partition("+")[0]
+    if scheme in ("", "file"):
+        raise TrackingError(f"{where} is a folder or file path: MLflow 3 no longer tracks "
+                            f"runs in a file store; {_URI_FIX}")
+    if scheme not in STORE_SCHEMES:
+        raise TrackingError(f"{where}: {parts.scheme}:// is not a store MLflow tracks runs "
+                            f"in; {_URI_FIX}")
+    if scheme == "sqlite":
+        db = _sqlite_path(uri)
+        if db is None or not db.name:
+            raise TrackingError(f"{where} names no database file (sqlite:///mlflow.db is "
+                                f"one relative to the folder a stage runs in); {_URI_FIX}")
+    if scheme in ("http", "https"):
+        for name in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
+            value = os.environ.get(name, "0")
+            if not value.strip().isdigit():
+                raise TrackingError(f"{name}={value!r}: MLflow reads it as a whole number "
+                                    f"(seconds, or a count): write e.g. {name}=5, or unset it")
+        try:
+            _ = parts.port          # urllib raises ValueError for a port past 65535
+        except ValueError:
+            raise TrackingError(f"{where}: its port is not a number from 1 to 65535; "
+                                f"{_URI_FIX}") from None
+        if not parts.hostname:
+            raise TrackingError(f"{where} names no host ({parts.scheme}://host:port); "
+                                f"{_URI_FIX}")
 
 
 def _installed(module: str) -> bool:
@@ -512,6 +563,13 @@ def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
     """
     import mlflow
 
+    if os.environ.get("MLFLOW_RUN_ID"):
+        # MLflow's start_run would resume that run (any variant's) and write this one into it.
+        raise TrackingError(
+            f"MLFLOW_RUN_ID={os.environ['MLFLOW_RUN_ID']} is set in the environment: MLflow "
+            f"would log this {run_name} run into that existing run, renaming it and mixing "
+            "their figures. Each stage opens its own run: unset MLFLOW_RUN_ID (unset "
+            "MLFLOW_RUN_ID) and rerun")
     root = Path(root).resolve()
     uri = tracking_uri(root)
     exp_id = experiment_id(experiment, root)
@@ -540,8 +598,9 @@ def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
                                        "pid": os.getpid(), "host": socket.gethostname()})
                 mlflow.log_params(flatten(params))
                 yield Run(run_id)
-        except BaseException:
-            ended = _end_failed(run_id, uri, claim)
+        except BaseException as e:
+            ended = _end_failed(run_id, uri, claim,
+                                "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
             raise
         with store_errors(uri):
             mlflow.end_run("FINISHED")
@@ -552,15 +611,15 @@ def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
             remove_if_empty(claim.parent)
 
 
-def _end_failed(run_id: str, uri: str, claim: Path | None) -> bool:
-    """End the run FAILED; True when the store took it. Never raises: the stage's own
-    error is the one to show. When the store refuses, one warning, and the claim (if any)
+def _end_failed(run_id: str, uri: str, claim: Path | None, status: str = "FAILED") -> bool:
+    """End the run FAILED (or ``status``: KILLED for Ctrl-C); True when the store took it.
+    Never raises: the stage's own error is the one to show. When the store refuses, one warning, and the claim (if any)
     is marked FAILED in place (a rewrite inside the file's block needs no free space), so
     the next tracked run ends the run FAILED."""
     import mlflow
 
     try:
-        mlflow.end_run("FAILED")
+        mlflow.end_run(status)
         return True
     except Exception as e:  # noqa: BLE001 (whatever the store raises, the stage's error wins)
         reason = store_problem(uri, e) or redact(
@@ -582,5 +641,5 @@ def _end_failed(run_id: str, uri: str, claim: Path | None) -> bool:
     else:
         fate = ("it stays RUNNING: end it by hand "
                 f"(MlflowClient().set_terminated('{run_id}', 'FAILED'))")
-    log.warning("MLflow run %s could not be marked FAILED (%s); %s", run_id, reason, fate)
+    log.warning("MLflow run %s could not be marked %s (%s); %s", run_id, status, reason, fate)
     return False

@@ -307,7 +307,7 @@ def estimate_training(variant: str, spec: ModelSpec, data: JenaParams | ImdbPara
 
     keys: dict[str, str]
     if spec.dataset == "jena":
-        window = variant_spec(load_spec(windows), spec.lookback, spec.step)
+        window = variant_spec(load_spec(windows), spec.lookback, spec.step, name=variant)
         n_inputs, timesteps, itemsize = len(FEATURES), window.timesteps, FLOAT
         train_examples = window.count("train")
         eval_examples = max(window.count("val"), window.count("test"))
