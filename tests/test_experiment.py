@@ -110,6 +110,27 @@ def test_a_model_the_params_cannot_build_is_refused_before_the_run_opens(imdb, t
 
 
 @pytest.mark.hostile
+def test_a_batch_larger_than_the_training_split_is_refused(imdb, tmp_path, monkeypatch):
+    """A batch past the training examples (90 reviews here) would repeat reviews to fill
+    up: one line naming the key and the most it may be, before the run opens."""
+    from rnnlab.core.errors import RnnlabError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(RnnlabError) as caught:
+        train_variant("imdb_dense", DENSE, common=RunParams(seed=1, device="cpu"), train=QUICK,
+                      data=replace(IMDB, batch_size=91), prepared=imdb / "prepared",
+                      windows=imdb / "windows",
+                      outputs=Outputs(metrics=tmp_path / "m.json", plots=tmp_path / "p.csv",
+                                      model=tmp_path / "m.pt"),
+                      checkpoints=tmp_path / "checkpoints")
+    assert str(caught.value) == (
+        "imdb_dense: params.yaml: imdb.batch_size (91) is larger than the 90 training "
+        "reviews: each batch would repeat examples; lower imdb.batch_size to at most 90")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.hostile
 @pytest.mark.parametrize("spec, where", [
     (ModelSpec("imdb", "embed_rnn", epochs=1, units=(100_000,)), "models.imdb_lstm.units"),
     (replace(DENSE, units=(4,)), "imdb.batch_size"),

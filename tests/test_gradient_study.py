@@ -163,6 +163,24 @@ def test_a_ratio_that_is_not_finite_is_refused(tmp_path, monkeypatch):
 
 
 @pytest.mark.hostile
+def test_a_batch_larger_than_the_validation_windows_is_one_line(tmp_path, monkeypatch):
+    """The study's fixed batches start at linspace(0, len(val) - batch): a batch past the
+    validation windows gave overlapping batches of other sizes, without a word."""
+    from rnnlab.core.errors import RnnlabError
+    from rnnlab.data.windows import load_spec
+
+    prepared, windows = small_study(tmp_path)
+    n_val = load_spec(windows).count("val")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RnnlabError, match=rf"jena.batch_size \({n_val + 1:,}\) is larger than "
+                                          rf"the {n_val:,} validation windows .* at most "
+                                          rf"{n_val:,}$"):
+        run_gradient_study(study_params(), prepared, windows, outputs_in(tmp_path), seed=1,
+                           batch_size=n_val + 1, clip_norm=None)
+    assert not (tmp_path / "metrics").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.hostile
 @pytest.mark.parametrize("hidden, batch", [(100_000, 128), (32, 10_000_000)])
 def test_sizes_past_the_machine_are_one_line_before_the_study(hidden, batch):
     """``gradients.hidden: 100000`` (an LSTM's recurrent weights alone are 160 GB) or
