@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import torch
 
 from rnnlab.core.atomic import atomic_output, remove_if_empty, write_json
-from rnnlab.core.errors import RnnlabError, redact
+from rnnlab.core.errors import redact
 from rnnlab.data.imdb import ImdbParams
 from rnnlab.data.jena import JenaParams
 from rnnlab.lecture.baselines import count_tfidf_parameters, fit_tfidf
@@ -139,12 +139,13 @@ def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: Tr
     if torch_model:   # a model the params cannot build is one line before any run opens
         build_model(spec, n_features=task.n_inputs, timesteps=task.timesteps, init=train.init)
         n_train = task.eval_size("train")
-        if data.batch_size > n_train:      # batches would repeat examples to fill up
-            raise RnnlabError(
-                f"{variant}: params.yaml: {spec.dataset}.batch_size ({data.batch_size:,}) is "
-                f"larger than the {n_train:,} training "
-                f"{'windows' if spec.dataset == 'jena' else 'reviews'}: each batch would "
-                f"repeat examples; lower {spec.dataset}.batch_size to at most {n_train:,}")
+        if data.batch_size > n_train:      # a tiny data set: said, not refused
+            log.warning("%s: params.yaml: %s.batch_size (%s) is larger than the %s training "
+                        "%s: each batch repeats examples to fill up (Keras would train on "
+                        "one batch of %s); lower %s.batch_size to at most %s for that",
+                        variant, spec.dataset, f"{data.batch_size:,}", f"{n_train:,}",
+                        "windows" if spec.dataset == "jena" else "reviews", f"{n_train:,}",
+                        spec.dataset, f"{n_train:,}")
     device = resolve_device(common.device) if torch_model else torch.device("cpu")
     epochs = min(spec.epochs, train.max_epochs or spec.epochs)
     config = TrainConfig(epochs=epochs, steps_per_epoch=prep.steps_per_epoch, seed=common.seed,
