@@ -82,6 +82,7 @@ KNOWN_TOP = "known keys are seed, device, data, jena, imdb, train, gradients, mo
     ("seeds", [1, 1], "params.yaml: seeds: [1, 1] repeats a seed"),
     ("seed", "x", "params.yaml: seed: expected an integer, got 'x'"),
     ("device", None, "params.yaml: device: expected a string, got null"),
+    ("device", "tpu", "params.yaml: device: 'tpu' is not one of auto, cpu, cuda, cuda:N, mps"),
 ])
 def test_one_clear_error_per_mistake(tmp_path, dotted, value, message):
     with pytest.raises(ConfigError) as caught:

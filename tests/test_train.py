@@ -208,10 +208,10 @@ def test_clip_norm_bounds_each_update(task, monkeypatch):
 def test_device_resolution():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
-    with pytest.raises(RnnlabError, match=r"device 'tpu' is not one of auto, cpu, cuda, cuda:N, mps; this machine has cpu"):
+    with pytest.raises(RnnlabError, match=r"params.yaml: device 'tpu' is not one of auto, cpu, cuda, cuda:N, mps; this machine has cpu"):
         resolve_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(RnnlabError, match=r"device 'cuda:0' is not available here; this machine has cpu"):
+        with pytest.raises(RnnlabError, match=r"params.yaml: device 'cuda:0' is not available here; this machine has cpu"):
             resolve_device("cuda")
         with pytest.raises(RnnlabError, match=r"device 'cuda:3' is not available"):
             resolve_device("cuda:3")

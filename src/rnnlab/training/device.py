@@ -29,9 +29,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda":
         name = "cuda:0"
     if not re.fullmatch(r"cpu|mps|cuda:\d+", name):
-        raise RnnlabError(f"device {name!r} is not one of auto, cpu, cuda, "
+        raise RnnlabError(f"params.yaml: device {name!r} is not one of auto, cpu, cuda, "
                           f"cuda:N, mps; this machine has {', '.join(available)}")
     if name not in available:
-        raise RnnlabError(f"device {name!r} is not available here; this machine "
+        raise RnnlabError(f"params.yaml: device {name!r} is not available here; this machine "
                           f"has {', '.join(available)} (use device: auto to take the best one)")
     return torch.device(name)

@@ -4,6 +4,7 @@ seeding every generator, and several seeds of one variant folded into one result
 from __future__ import annotations
 
 import random
+import re
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,9 @@ class RunParams:
                 raise ConfigError(f"{where}: {name}: {show(seed)} is not a seed: seeds run "
                                   "from 0 to 4294967295 (2**32 - 1, NumPy's range); choose "
                                   "one in it")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device.strip().lower()):
+            raise ConfigError(f"{where}: device: {show(self.device)} is not one of auto, cpu, "
+                              "cuda, cuda:N, mps")
         if self.seeds and len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"{where}: seeds: {show(self.seeds)} repeats a seed; "
                               "list each once")
