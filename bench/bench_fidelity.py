@@ -128,16 +128,28 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return m, var ** 0.5
 
 
+def layout_of(run: dict) -> str | None:
+    """The stored order a run saw: its ``layout``; a row written before that field has the
+    setup's data digest, which then took the order into account too."""
+    return run.get("layout") or run["setup"].get("data")
+
+
 def summarize(runs: list[dict]) -> dict:
-    """Per (variant, budget): each side's mean ± std of the figures, over its seeds."""
+    """Per (variant, budget, stored order): each side's mean ± std of the figures, over its
+    seeds; a (side, seed) recorded twice counts once (the first)."""
     groups: dict[tuple, dict[str, list[dict]]] = {}
+    seen: set[tuple] = set()
     for run in runs:
-        key = (run["variant"], json.dumps(run["setup"], sort_keys=True))
+        key = (run["variant"], json.dumps(run["setup"], sort_keys=True), layout_of(run))
+        if (key, run["side"], run["seed"]) in seen:
+            continue
+        seen.add((key, run["side"], run["seed"]))
         groups.setdefault(key, {}).setdefault(run["side"], []).append(run)
     summary = []
-    for (variant, setup), sides in sorted(groups.items()):
+    for (variant, setup, layout), sides in sorted(groups.items(), key=lambda g: str(g[0])):
         some = next(iter(sides.values()))[0]
-        row = {"variant": variant, "setup": json.loads(setup), "data": some["data"],
+        row = {"variant": variant, "setup": json.loads(setup), "layout": layout,
+               "data": some["data"],
                "dates": sorted({r["date"] for rs in sides.values() for r in rs})}
         for side, side_runs in sides.items():
             figures = {}
@@ -224,10 +236,9 @@ def main() -> None:
                              "makes .venv-keras with the lecture's Keras")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         # A run counts as done for the same setup and the same stored order of the data
-        # (``layout``): the pairs' sides must see the same batches. Rows written before the
-        # layout was recorded are kept in the table but never skip a run.
+        # (``layout_of``): the pairs' sides must see the same batches.
         have = {(r["side"], r["variant"], r["seed"], json.dumps(r["setup"], sort_keys=True),
-                 r.get("layout")) for r in done_runs(args.out)}
+                 layout_of(r)) for r in done_runs(args.out)}
         pairs = [(seed, variant) for seed in args.seeds for variant in args.variants]
         plan = [(seed, variant, side) for k, (seed, variant) in enumerate(pairs)   # which
                 for side in (args.sides if k % 2 == 0 else args.sides[::-1])]     # side first
@@ -246,6 +257,8 @@ def main() -> None:
                    "eval_batch_size": params.train.eval_batch_size, **budget(args, params, spec)}
             job["setup"] = run_setup(params, spec, digests[spec.dataset]) | {
                 k: job[k] for k in ("epochs", "steps", "max_eval_batches")}
+            if job["max_eval_batches"] is not None:   # capped: the first batches, in order
+                job["setup"]["data"] = layouts[spec.dataset]
             if (side, variant, seed, json.dumps(job["setup"], sort_keys=True),
                     layouts[spec.dataset]) in have:
                 continue

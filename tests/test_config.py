@@ -59,9 +59,9 @@ def test_exponent_floats_read_as_dvc_reads_them(tmp_path):
     from rnnlab.core.config import read_yaml_mapping
 
     path = tmp_path / "params.yaml"
-    path.write_text("a: 5e-2\nb: -1E3\nc: .5e1\nd: '5e-2'\ne: 7\nf: 1.5\n")
-    assert read_yaml_mapping(path) == {"a": 0.05, "b": -1000.0, "c": 5.0, "d": "5e-2", "e": 7,
-                                       "f": 1.5}
+    path.write_text("a: 5e-2\nb: -1E3\nc: .5e1\nd: '5e-2'\ne: 7\nf: 1.5\ng: .5e+1\n")
+    assert read_yaml_mapping(path) == {"a": 0.05, "b": -1000.0, "c": ".5e1", "d": "5e-2",
+                                       "e": 7, "f": 1.5, "g": 5.0}   # c: text to DVC too
     assert yaml.safe_load("a: 5e-2") == {"a": "5e-2"}     # PyYAML's own loader is untouched
 
 

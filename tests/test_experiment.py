@@ -113,14 +113,15 @@ def test_a_model_the_params_cannot_build_is_refused_before_the_run_opens(imdb, t
 def test_a_batch_larger_than_the_training_split_is_said(imdb, tmp_path, monkeypatch, caplog):
     """A batch past the training examples (90 reviews here) repeats reviews to fill up, where
     Keras trains on one smaller batch: said in one warning naming the key and the most it
-    may be (not refused: a small mirror or the tests' tiny data may want it). 90 is quiet."""
-    def fit(batch_size: int) -> list[str]:
+    may be (not refused: a small mirror or the tests' tiny data may want it). 90 is quiet,
+    and so is a full pass (steps null: one batch of all 90, as Keras)."""
+    def fit(batch_size: int, train: TrainParams = QUICK) -> list[str]:
         caplog.clear()
         monkeypatch.chdir(tmp_path)
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
         with caplog.at_level("WARNING", logger="rnnlab.lecture.experiment"):
             train_variant("imdb_dense", DENSE, common=RunParams(seed=1, device="cpu"),
-                          train=QUICK, data=replace(IMDB, batch_size=batch_size),
+                          train=train, data=replace(IMDB, batch_size=batch_size),
                           prepared=imdb / "prepared", windows=imdb / "windows",
                           outputs=Outputs(metrics=tmp_path / "m.json", plots=tmp_path / "p.csv",
                                           model=tmp_path / "m.pt"),
@@ -132,6 +133,7 @@ def test_a_batch_larger_than_the_training_split_is_said(imdb, tmp_path, monkeypa
         "each batch repeats examples to fill up (Keras would train on one batch of 90); lower "
         "imdb.batch_size to at most 90 for that"]
     assert fit(90) == []
+    assert fit(91, replace(QUICK, imdb_steps_per_epoch=None)) == []
 
 
 @pytest.mark.hostile

@@ -16,6 +16,7 @@ from rnnlab.lecture.report import (
     ReportParams,
     data_digest,
     data_sources,
+    run_setup,
     write_report,
 )
 from rnnlab.tools.params import ModelSpec, load_params
@@ -267,6 +268,13 @@ def test_the_data_digest_names_what_the_data_holds_not_how_it_is_stored():
         != data_digest(before)
     assert data_digest(after | {"not_utf8": ["train/neg/1_2.txt"]}) != data_digest(before)
     assert data_digest({}) is None
+    # A capped evaluation reads the first batches in stored order: then the setup names
+    # the ordered digest, and figures from another order no longer stand beside it.
+    lstm = MODELS["imdb_lstm"]
+    full = params_with()
+    capped = replace(full, train=replace(full.train, max_eval_batches=2))
+    assert run_setup(full, lstm, "free", "ordered")["data"] == "free"
+    assert run_setup(capped, lstm, "free", "ordered")["data"] == "ordered"
 
 
 def test_the_lecture_keras_figure_stands_beside_a_run_with_the_same_data_and_setup(outputs):

@@ -645,8 +645,8 @@ def test_a_leftover_mlflow_run_id_is_refused_before_any_run_is_touched(with_stor
     ("http:/127.0.0.1:5000", "names no host"),
 ])
 def test_a_tracking_uri_mlflow_cannot_use_is_one_line(naive_dir, tmp_path, uri, says):
-    """Each of these gave MLflow's page of traceback (the retired file store, an unknown
-    scheme, an empty SQLite path, a bad port or host)."""
+    """Each of these gave MLflow's page of traceback (the file store in maintenance mode, an
+    unknown scheme, an empty SQLite path, a bad port or host)."""
     folder = Path(shutil.copytree(naive_dir, tmp_path / "stage"))
     before = files(folder)
     proc, _ = run_naive_stage(folder, MLFLOW_TRACKING_URI=uri)
@@ -675,8 +675,10 @@ def test_ctrl_c_in_a_stage_ends_its_run_killed_in_one_line(with_store, tmp_path)
     folder = Path(shutil.copytree(with_store, tmp_path / "stage"))
     uri = f"sqlite:///{folder}/mlflow.db"
     # The stage's own code, with a pause inside its run so the signal lands there.
+    # A shell that starts the suite in the background (`cmd &`) passes SIGINT on ignored,
+    # and Python then never raises KeyboardInterrupt: the handler a terminal would give.
     code = ("import os, runpy, signal, sys, time; import rnnlab.tracking.store as s; "
-            "real = s.Run.log_metrics\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "def slow(self, *a, **k):\n"
             "    print('in-run', flush=True); time.sleep(60)\n"
             "s.Run.log_metrics = slow\n"

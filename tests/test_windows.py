@@ -177,12 +177,12 @@ def test_a_variants_own_lookback_and_step_are_named_in_its_errors():
     from rnnlab.data.windows import variant_spec
 
     base = spec_for()
-    with pytest.raises(RnnlabError, match=r"^params.yaml: models.gru.lookback \(2\) must be "
-                                          r">= params.yaml: models.gru.step \(6\)$"):
+    with pytest.raises(RnnlabError, match=r"^models.gru.lookback \(2\) must be "
+                                          r">= models.gru.step \(6\)$"):
         variant_spec(base, 2, 6, name="gru")
-    with pytest.raises(RnnlabError, match=r"^params.yaml: models.gru.lookback \(3\) must be "
+    with pytest.raises(RnnlabError, match=r"^models.gru.lookback \(3\) must be "
                                           r">= jena.step \(6\)$"):
         variant_spec(base, 3, None, name="gru")
-    with pytest.raises(RnnlabError, match=r"shorten params.yaml: models.gru.lookback$"):
+    with pytest.raises(RnnlabError, match=r"shorten models.gru.lookback$"):
         variant_spec(base, 6000, None, name="gru")
     assert variant_spec(base, 288, None, name="gru").lookback == 288

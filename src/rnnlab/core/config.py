@@ -339,11 +339,12 @@ class _ParamsLoader(yaml.SafeLoader):
 
 # YAML 1.2's floats, as DVC reads params.yaml (ruamel): ``5e-2`` and ``1e3`` are numbers
 # there, text to PyYAML's YAML 1.1 rule (which wants a dot: ``5.0e-2``). Integers and the
-# forms with a dot still resolve by the rules before this one.
+# forms with a dot still resolve by the rules before this one; a leading dot with an
+# unsigned exponent (``.5e1``) is text to both, and stays so.
 _ParamsLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 def _too_many() -> str:

@@ -124,7 +124,7 @@ def variant_spec(spec: WindowSpec, lookback: int | None = None, step: int | None
     ``name``: the variant, so that an error names the key its value came from."""
     if (lookback or spec.lookback) == spec.lookback and (step or spec.step) == spec.step:
         return spec
-    own = f"params.yaml: models.{name or '<variant>'}"
+    own = f"models.{name or '<variant>'}"
     return make_window_spec(n_rows=spec.n_rows, lookback=lookback or spec.lookback,
                             step=step or spec.step, delay=spec.delay,
                             target_index=spec.target_index,

@@ -139,7 +139,9 @@ def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: Tr
     if torch_model:   # a model the params cannot build is one line before any run opens
         build_model(spec, n_features=task.n_inputs, timesteps=task.timesteps, init=train.init)
         n_train = task.eval_size("train")
-        if data.batch_size > n_train:      # a tiny data set: said, not refused
+        # Fixed steps per epoch draw full batches, repeating examples past the split (a
+        # full pass, steps null, gives one batch of them all, as Keras): said, not refused.
+        if data.batch_size > n_train and prep.steps_per_epoch is not None:
             log.warning("%s: params.yaml: %s.batch_size (%s) is larger than the %s training "
                         "%s: each batch repeats examples to fill up (Keras would train on "
                         "one batch of %s); lower %s.batch_size to at most %s for that",

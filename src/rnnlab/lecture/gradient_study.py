@@ -285,12 +285,11 @@ def _study(cfg: GradientsParams, prepared: Path, windows: Path, out: StudyOutput
     check_study_memory(cfg, batch_size, spec.timesteps, features.shape[1])
     train = JenaWindows(features, spec, "train")
     val = JenaWindows(features, spec, "val")
-    for split, windows_of in (("training", train), ("validation", val)):
-        if batch_size > len(windows_of):   # its batches would repeat (or run off) windows
-            raise RnnlabError(
-                f"params.yaml: jena.batch_size ({batch_size:,}) is larger than the "
-                f"{len(windows_of):,} {split} windows the gradients stage draws batches from; "
-                f"lower jena.batch_size to at most {len(windows_of):,}")
+    if batch_size > len(val):   # the fixed batches below would run off the split
+        raise RnnlabError(
+            f"params.yaml: jena.batch_size ({batch_size:,}) is larger than the {len(val):,} "
+            "validation windows the gradients stage draws its fixed batches from; lower "
+            f"jena.batch_size to at most {len(val):,}")
     # A fixed set of validation batches, spread over the split.
     picks = np.linspace(0, len(val) - batch_size, cfg.batches).astype(int)
     fixed = [val.batch(val.rows[i:i + batch_size]) for i in picks]

@@ -78,9 +78,15 @@ def data_digest(stats: Mapping[str, Any], *, ordered: bool = False) -> str | Non
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_setup(params: ReportParams, spec: ModelSpec, digest: str | None) -> dict[str, Any]:
+def run_setup(params: ReportParams, spec: ModelSpec, digest: str | None,
+              layout: str | None = None) -> dict[str, Any]:
     """What a side-by-side figure (bench/bench_fidelity.py) must share with a run to stand
-    beside it: the data, the variant's windows or tokens, batch size and training budget."""
+    beside it: the data, the variant's windows or tokens, batch size and training budget.
+    A capped evaluation (``train.max_eval_batches``) reads the first batches in stored
+    order: then the data must be stored in the same order too (``layout``, the ordered
+    digest, when given)."""
+    if params.train.max_eval_batches is not None and layout is not None:
+        digest = layout
     if spec.dataset == "jena":
         j = params.jena
         data = {"lookback": spec.lookback or j.lookback, "step": spec.step or j.step,
@@ -116,6 +122,7 @@ class DataSource:
     canonical_md5: str
     content_check: str | None = None
     digest: str | None = None        # data_digest of the prepared data
+    layout: str | None = None        # the same, ordered=True: the order it is stored in
 
     @property
     def real(self) -> bool:
@@ -485,7 +492,8 @@ def write_report(params: ReportParams, metrics_dir: Path, plots_dir: Path, out: 
     with the same setup (``run_setup``)."""
     variants = load_variants(params.models, metrics_dir, plots_dir)
     keras = {name: keras_figures(fidelity, name,
-                                 run_setup(params, spec, sources[spec.dataset].digest))
+                                 run_setup(params, spec, sources[spec.dataset].digest,
+                                           sources[spec.dataset].layout))
              for name, spec in params.models.items() if spec.dataset in sources}
     jena = [v for v in variants if v.dataset == "jena"]
     imdb = [v for v in variants if v.dataset == "imdb"]
@@ -609,6 +617,8 @@ def data_sources(*, jena: Path, imdb: Path) -> dict[str, DataSource]:
                  f"digest (sha256 `{imdb_stats['reviews_sha256'][:16]}…`, `rnnlab.data.imdb."
                  "reviews_digest`)")
     return {"jena": DataSource("jena", jena_stats.get("csv_md5"), JENA_MD5,
-                               digest=data_digest(jena_stats)),
+                               digest=data_digest(jena_stats),
+                               layout=data_digest(jena_stats, ordered=True)),
             "imdb": DataSource("imdb", imdb_stats.get("archive_md5"), IMDB_MD5, check,
-                               digest=data_digest(imdb_stats))}
+                               digest=data_digest(imdb_stats),
+                               layout=data_digest(imdb_stats, ordered=True))}

@@ -277,7 +277,13 @@ def task_env(root: Path) -> tuple[dict[str, str], str]:
     from rnnlab.tracking import store as tracking
 
     env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
-    env.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(root))
+    if env.get("MLFLOW_RUN_ID"):     # every point's stages would refuse it, after its clone
+        raise SweepError(f"MLFLOW_RUN_ID={env['MLFLOW_RUN_ID']} is set in the environment: "
+                         "each stage opens its own run; unset MLFLOW_RUN_ID and rerun")
+    try:
+        env.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(root))
+    except tracking.TrackingError as e:
+        raise SweepError(str(e)) from None
     # rnnlab's experiments made here, once, before the points start: points creating them
     # at once on a new server collide (RESOURCE_ALREADY_EXISTS fails all but one), and in
     # this repository's own store the artifacts stay at this root (not in a clone's folder,

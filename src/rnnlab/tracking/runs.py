@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="print the UI's comparison link of each line (BASE: where "
                              "./dev.sh ui serves it, default %(const)s)")
     args = parser.parse_args(argv)
-    uri = tracking_uri(repo_root())
     try:
+        uri = tracking_uri(repo_root())
         with store_errors(uri), store_lock(uri):
             rows = summarize(uri)
             found = sweeps(uri) if args.links else []

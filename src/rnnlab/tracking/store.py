@@ -75,17 +75,20 @@ _URI_FIX = ("write a database URI (sqlite:////absolute/path/mlflow.db, "
 
 def check_uri(uri: str) -> None:
     """One line for a ``MLFLOW_TRACKING_URI`` that MLflow would answer with a page of
-    traceback: a plain path or ``file://`` (MLflow 3's file store is retired for tracking),
-    a scheme that is no store, a SQLite URI without a file, a server URI without a host or
-    with a port past 65535."""
+    traceback: a plain path or ``file://`` (MLflow's file store, in maintenance mode,
+    unless ``MLFLOW_ALLOW_FILE_STORE`` opts in), a scheme that is no store, a SQLite URI
+    without a file, a server URI without a host or with a port past 65535."""
     if uri.lower().startswith("databricks"):         # "databricks", "databricks://profile"
         return
     where = f"MLFLOW_TRACKING_URI={redact(uri)}"
     parts = urlsplit(uri)
     scheme = parts.scheme.lower().partition("+")[0]
     if scheme in ("", "file"):
-        raise TrackingError(f"{where} is a folder or file path: MLflow 3 no longer tracks "
-                            f"runs in a file store; {_URI_FIX}")
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("1", "true"):
+            return                                     # the user opted in, as MLflow asks
+        raise TrackingError(f"{where} is a folder or file path: MLflow's file store is in "
+                            "maintenance mode and refuses it unless MLFLOW_ALLOW_FILE_STORE="
+                            f"true; {_URI_FIX}")
     if scheme not in STORE_SCHEMES:
         raise TrackingError(f"{where}: {parts.scheme}:// is not a store MLflow tracks runs "
                             f"in; {_URI_FIX}")
@@ -568,8 +571,7 @@ def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
         raise TrackingError(
             f"MLFLOW_RUN_ID={os.environ['MLFLOW_RUN_ID']} is set in the environment: MLflow "
             f"would log this {run_name} run into that existing run, renaming it and mixing "
-            "their figures. Each stage opens its own run: unset MLFLOW_RUN_ID (unset "
-            "MLFLOW_RUN_ID) and rerun")
+            "their figures. Each stage opens its own run: unset MLFLOW_RUN_ID and rerun")
     root = Path(root).resolve()
     uri = tracking_uri(root)
     exp_id = experiment_id(experiment, root)

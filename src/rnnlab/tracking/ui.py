@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the address to listen on (default 127.0.0.1: this machine only)")
     args = parser.parse_args(argv)
     root = repo_root()
-    uri = tracking_uri(root)
     try:
+        uri = tracking_uri(root)
         # the links before any run; experiment_id creates the store and the experiments
         # under the store's lock (the UI may be the store's first user)
         ids = {name: experiment_id(name, root) for name in EXPERIMENTS}
