@@ -644,14 +644,23 @@ def test_a_leftover_mlflow_run_id_is_refused_before_any_run_is_touched(with_stor
     ("http://127.0.0.1:99999", "its port is not a number"),
     ("http:/127.0.0.1:5000", "names no host"),
 ])
-def test_a_tracking_uri_mlflow_cannot_use_is_one_line(naive_dir, tmp_path, uri, says):
+def test_a_tracking_uri_mlflow_cannot_use_is_one_line(naive_dir, tmp_path, monkeypatch, uri,
+                                                      says):
     """Each of these gave MLflow's page of traceback (the file store in maintenance mode, an
-    unknown scheme, an empty SQLite path, a bad port or host)."""
-    folder = Path(shutil.copytree(naive_dir, tmp_path / "stage"))
-    before = files(folder)
-    proc, _ = run_naive_stage(folder, MLFLOW_TRACKING_URI=uri)
-    assert_one_line_and_nothing_written(proc, folder, before, f"MLFLOW_TRACKING_URI={uri}",
-                                        says, "unset MLFLOW_TRACKING_URI")
+    unknown scheme, an empty SQLite path, a bad port or host). Each is one TrackingError
+    line; the first also through the naive stage (exit 1, that line, nothing written)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(TrackingError) as caught:
+        tracking_uri(tmp_path)
+    line = str(caught.value)
+    assert "\n" not in line and line.startswith(f"MLFLOW_TRACKING_URI={uri}")
+    assert says in line and "unset MLFLOW_TRACKING_URI" in line
+    if uri == "mlflow.db":
+        folder = Path(shutil.copytree(naive_dir, tmp_path / "stage"))
+        before = files(folder)
+        proc, _ = run_naive_stage(folder, MLFLOW_TRACKING_URI=uri)
+        assert_one_line_and_nothing_written(proc, folder, before, line)
 
 
 @pytest.mark.hostile

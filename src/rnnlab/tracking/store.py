@@ -68,7 +68,7 @@ def tracking_uri(root: Path) -> str:
 # What rnnlab logs to: a database MLflow's SQLAlchemy store opens, or a tracking server.
 STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https")
 _URI_FIX = ("write a database URI (sqlite:////absolute/path/mlflow.db, "
-            "postgresql://user@host:5432/db) or a tracking server's (http://host:5000), or "
+            "postgresql://host:5432/db) or a tracking server's (http://host:5000), or "
             "unset MLFLOW_TRACKING_URI to use the project's store (mlflow.db at the "
             "repository root)")
 
