@@ -13,8 +13,8 @@ jena``). Each variant is built from params.yaml with its seed and untrained. Eac
 is ``train.eval_batch_size`` batches joined into passes of that many rows
 (``engine.evaluate(..., join=rows // batch)``): the same rows, in the same order. One
 untimed pass per size first, then ``--rounds`` rounds alternating between the sizes; per
-size the median seconds of a whole pass, and the largest difference in val MAE from the first size (no layer mixes rows, so it is float32
-rounding at most).
+size the median seconds of a whole pass, and the largest difference in val MAE from the
+first size (no layer mixes rows, so it is float32 rounding at most).
 """
 
 from __future__ import annotations

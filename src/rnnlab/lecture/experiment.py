@@ -142,12 +142,12 @@ def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: Tr
         # Fixed steps per epoch draw full batches, repeating examples past the split (a
         # full pass, steps null, gives one batch of them all, as Keras): said, not refused.
         if data.batch_size > n_train and prep.steps_per_epoch is not None:
-            log.warning("%s: params.yaml: %s.batch_size (%s) is larger than the %s training "
-                        "%s: each batch repeats examples to fill up (Keras would train on "
-                        "one batch of %s); lower %s.batch_size to at most %s for that",
-                        variant, spec.dataset, f"{data.batch_size:,}", f"{n_train:,}",
-                        "windows" if spec.dataset == "jena" else "reviews", f"{n_train:,}",
-                        spec.dataset, f"{n_train:,}")
+            key, what = f"{spec.dataset}.batch_size", \
+                "windows" if spec.dataset == "jena" else "reviews"
+            log.warning(f"{variant}: params.yaml: {key} ({data.batch_size:,}) is larger than "
+                        f"the {n_train:,} training {what}: each batch repeats examples to fill "
+                        f"up (Keras would train on one batch of {n_train:,}); lower {key} to "
+                        f"at most {n_train:,} for that")
     device = resolve_device(common.device) if torch_model else torch.device("cpu")
     epochs = min(spec.epochs, train.max_epochs or spec.epochs)
     config = TrainConfig(epochs=epochs, steps_per_epoch=prep.steps_per_epoch, seed=common.seed,

@@ -165,6 +165,10 @@ def extension():
         if _ext is None and _error is None:
             if disabled():
                 _error = "disabled by RNNLAB_NO_FUSED"
+                warnings.warn(f"rnnlab: RNNLAB_NO_FUSED={os.environ['RNNLAB_NO_FUSED']} turns "
+                              "the C++ recurrences off: training runs the slower Python "
+                              "loops; unset it (or set it to 0) to use them",
+                              RuntimeWarning, stacklevel=3)
             else:
                 try:
                     _ext = _build()
@@ -173,19 +177,14 @@ def extension():
                     if len(reason) > 400:   # a build log: its start is the command line
                         reason = reason[:150] + " ... " + reason[-250:]
                     _error = f"{type(exc).__name__}: {reason}"
-            if _error is not None and disabled():
-                warnings.warn(f"rnnlab: RNNLAB_NO_FUSED={os.environ['RNNLAB_NO_FUSED']} turns "
-                              "the C++ recurrences off: training runs the slower Python "
-                              "loops; unset it (or set it to 0) to use "
-                              "them", RuntimeWarning, stacklevel=3)
-            elif _error is not None:
-                if os.environ.get("RNNLAB_REQUIRE_CPP") == "1":
-                    raise RuntimeError(f"rnnlab.nn.fused: the C++ recurrences did not build "
-                                       f"and RNNLAB_REQUIRE_CPP=1 requires them: {_error}")
-                warnings.warn(f"rnnlab: the C++ recurrences did not build, so training "
-                              f"runs the slower Python loops ({_error}); install a C++ "
-                              f"compiler (g++) and run ./dev.sh install again",
-                              RuntimeWarning, stacklevel=3)
+                    if os.environ.get("RNNLAB_REQUIRE_CPP") == "1":
+                        raise RuntimeError(f"rnnlab.nn.fused: the C++ recurrences did not "
+                                           f"build and RNNLAB_REQUIRE_CPP=1 requires them: "
+                                           f"{_error}") from None
+                    warnings.warn(f"rnnlab: the C++ recurrences did not build, so training "
+                                  f"runs the slower Python loops ({_error}); install a C++ "
+                                  f"compiler (g++) and run ./dev.sh install again",
+                                  RuntimeWarning, stacklevel=3)
     return _ext
 
 

@@ -277,10 +277,8 @@ def task_env(root: Path) -> tuple[dict[str, str], str]:
     from rnnlab.tracking import store as tracking
 
     env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
-    if env.get("MLFLOW_RUN_ID"):     # every point's stages would refuse it, after its clone
-        raise SweepError(f"MLFLOW_RUN_ID={env['MLFLOW_RUN_ID']} is set in the environment: "
-                         "each stage opens its own run; unset MLFLOW_RUN_ID and rerun")
     try:
+        tracking.refuse_run_id("every point's runs")   # before any point is cloned
         env.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(root))
     except tracking.TrackingError as e:
         raise SweepError(str(e)) from None

@@ -549,6 +549,16 @@ def _digest(uri: str) -> str:
     return hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
+def refuse_run_id(what: str) -> None:
+    """MLflow's ``start_run`` resumes the run ``MLFLOW_RUN_ID`` names (any variant's) and
+    would write ``what`` into it: one line instead."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        raise TrackingError(
+            f"MLFLOW_RUN_ID={os.environ['MLFLOW_RUN_ID']} is set in the environment: MLflow "
+            f"would log {what} into that existing run, renaming it and mixing their figures. "
+            "Each stage opens its own run: unset MLFLOW_RUN_ID and rerun")
+
+
 @contextmanager
 def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
                 tags: Mapping[str, Any], root: Path, claim: Path | None = None
@@ -566,12 +576,7 @@ def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
     """
     import mlflow
 
-    if os.environ.get("MLFLOW_RUN_ID"):
-        # MLflow's start_run would resume that run (any variant's) and write this one into it.
-        raise TrackingError(
-            f"MLFLOW_RUN_ID={os.environ['MLFLOW_RUN_ID']} is set in the environment: MLflow "
-            f"would log this {run_name} run into that existing run, renaming it and mixing "
-            "their figures. Each stage opens its own run: unset MLFLOW_RUN_ID and rerun")
+    refuse_run_id(f"this {run_name} run")
     root = Path(root).resolve()
     uri = tracking_uri(root)
     exp_id = experiment_id(experiment, root)
@@ -615,9 +620,9 @@ def tracked_run(*, experiment: str, run_name: str, params: Mapping[str, Any],
 
 def _end_failed(run_id: str, uri: str, claim: Path | None, status: str = "FAILED") -> bool:
     """End the run FAILED (or ``status``: KILLED for Ctrl-C); True when the store took it.
-    Never raises: the stage's own error is the one to show. When the store refuses, one warning, and the claim (if any)
-    is marked FAILED in place (a rewrite inside the file's block needs no free space), so
-    the next tracked run ends the run FAILED."""
+    Never raises: the stage's own error is the one to show. When the store refuses, one
+    warning, and the claim (if any) is marked FAILED in place (a rewrite inside the file's
+    block needs no free space), so the next tracked run ends the run FAILED."""
     import mlflow
 
     try:
