@@ -3,13 +3,17 @@ project (the whole demo takes minutes; its overrides are checked against params.
 
 from __future__ import annotations
 
+import ast
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import yaml
 
+from rnnlab.core.process import this_python_first
 from rnnlab.tools import demo
 from rnnlab.tools.params import load_params
 
@@ -83,6 +87,20 @@ def test_params_yaml_is_restored_when_the_run_fails(tmp_path, capfd):
     assert code != 0
     assert (root / "params.yaml").read_text() == PARAMS
     assert "put back as it was" in last
+
+
+def test_the_demo_runs_dvc_and_the_stages_on_its_own_python_unactivated(tmp_path, capfd):
+    """`.venv/bin/python -m rnnlab.tools.demo` with the venv not on PATH: `dvc` and the
+    stages' `python` are found beside that interpreter (a bare PATH found no `dvc` and
+    ended in a FileNotFoundError traceback)."""
+    root = tiny_dvc_project(tmp_path)
+    bare = env_for_tools() | {"PATH": os.pathsep.join(("/usr/bin", "/bin"))}
+    with pytest.raises(FileNotFoundError):
+        subprocess.run(["dvc", "--version"], env=bare, capture_output=True)
+    code = demo.run_experiment(root, ["dvc", "exp", "run", "-n", "demo", "-S", "a=2"],
+                               env=this_python_first(bare))
+    assert code == 0, capfd.readouterr().err[-2000:]
+    assert ast.literal_eval((root / "out.txt").read_text())["a"] == 2
 
 
 def test_params_yaml_is_restored_when_the_demo_is_terminated(tmp_path):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from pathlib import Path
 
 # A tracking server's waits: at most 3 tries of 5 s each, 2 s of back-off between the
 # last two; a server that never answers fails a stage after about 17 s, a refused port at
@@ -39,3 +41,14 @@ def configure_process() -> None:
         sql.addFilter(_QUIET)
     # urllib3 logs each retry with the full URL (credentials included) and the socket error.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+
+def this_python_first(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) with this interpreter's folder first on ``PATH``,
+    for a child that runs ``dvc`` and, through the stages' ``cmd``, ``python``: both are
+    then this Python's, with rnnlab installed, even where its venv is not activated
+    (``.venv/bin/python -m rnnlab.tools.demo``)."""
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent),
+                                              env.get("PATH")) if p)
+    return env

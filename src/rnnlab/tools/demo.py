@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rnnlab.core.atomic import atomic_output
-from rnnlab.core.process import configure_process
+from rnnlab.core.process import configure_process, this_python_first
 from rnnlab.data.synthetic import write_imdb_tarball, write_jena_zip
 from rnnlab.tracking.paths import repo_root
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         command += ["-S", pair]
     command += rest
     print(shlex.join(command), flush=True)
-    return run_experiment(root, command)
+    return run_experiment(root, command, env=this_python_first())
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rnnlab.core.atomic import atomic_output
 from rnnlab.core.errors import RnnlabError
-from rnnlab.core.process import configure_process
+from rnnlab.core.process import configure_process, this_python_first
 from rnnlab.tracking.paths import repo_root
 
 # vega-lite 5 specs as DVC 3 writes them; versions resolved from the npm registry in 2026-11.
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return subprocess.run(["dvc", "plots", *argv, "--html-template", str(template)],
-                          cwd=root).returncode
+                          cwd=root, env=this_python_first()).returncode
 
 
 if __name__ == "__main__":

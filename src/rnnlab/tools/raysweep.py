@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rnnlab.core.errors import redact
-from rnnlab.core.process import configure_process
+from rnnlab.core.process import configure_process, this_python_first
 
 INSTALL_HINT = "rnnlab.tools.raysweep needs Ray: pip install -e '.[team]'"
 SWEEP_REFS = "refs/rnnlab-sweeps"   # where a commit no branch of the remote holds is pushed
@@ -75,12 +75,10 @@ def run_point(point: dict) -> dict:
         threads = _assigned_cpus()
         result["threads"] = threads
         clone = work / "repo"
-        env = dict(os.environ) | point["env"] | {
+        # The stages call `python` and import rnnlab: this worker's Python, and the
+        # sweep's commit's rnnlab (the clone's src), whatever version is installed.
+        env = this_python_first() | point["env"] | {
             "OMP_NUM_THREADS": str(threads),
-            # The stages call `python` and import rnnlab: this worker's Python, and the
-            # sweep's commit's rnnlab (the clone's src), whatever version is installed.
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent),
-                                     os.environ.get("PATH", "")]),
             "PYTHONPATH": os.pathsep.join(p for p in (str(clone / "src"),
                                                       os.environ.get("PYTHONPATH")) if p),
             "DVC_NO_ANALYTICS": "1"}
