@@ -83,7 +83,8 @@ def run_ours(job: dict, params, threads: int, rmsprop: str = "keras2") -> dict:
 
     torch.set_num_threads(threads)
     spec = params.variant(job["variant"])
-    data = build_task(params, spec, Path(job["prepared"]), Path(job["windows_dir"]))
+    data = build_task(spec, getattr(params, spec.dataset), params.train,
+                      Path(job["prepared"]), Path(job["windows_dir"]))
     config = TrainConfig(epochs=job["epochs"], steps_per_epoch=job["steps"], seed=job["seed"],
                          max_eval_batches=job["max_eval_batches"], rmsprop=rmsprop)
     seed_everything(job["seed"])

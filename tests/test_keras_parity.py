@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from test_models import IMDB_TORCH_VARIANTS, JENA_VARIANTS, assert_keras_initialized, spec_of
 from torch import nn
 
@@ -196,3 +197,44 @@ def test_keras3_rmsprop_is_keras_own_and_the_default_is_the_books(tmp_path):
     np.testing.assert_allclose(book[:, 0], keras_w[:, 0], atol=1e-6)
     assert (moved_book[:, 3] > 1e-3).all() and (moved_keras[:, 3] < 1e-4).all()
     assert (book[:, 4] == w0[:, 4]).all() and (keras_w[:, 4] == w0[:, 4]).all()
+
+
+def test_bench_fidelity_trains_both_sides_of_a_pair(tmp_path):
+    """bench/bench_fidelity.py end to end on generated reviews, one short epoch of two
+    IMDB variants a side: rnnlab's engine here, the lecture's Keras in the Keras Python,
+    the same batches (the Keras worker draws them with rnnlab.data.windows); then its table.
+    Both sides had broken unseen: ours on a changed ``build_task``, Keras' on a yaml import
+    the Keras venv did not have."""
+    python = keras_python()
+    if python is None:
+        pytest.skip(f"no Keras to compare with: {ENABLE}")
+    from rnnlab.data.download import download_imdb
+    from rnnlab.data.imdb import prepare_imdb, save_sequence_spec
+    from rnnlab.data.synthetic import write_imdb_tarball
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["imdb"] |= {"max_features": 200, "maxlen": 30, "val_fraction": 0.25, "batch_size": 16}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    prepared = tmp_path / "data" / "prepared"
+    write_imdb_tarball(tmp_path / "a.tar.gz", per_class=40, seed=3)
+    download_imdb((tmp_path / "a.tar.gz").as_uri(), tmp_path / "raw", md5=None, progress=False)
+    stats = prepare_imdb(tmp_path / "raw", prepared / "imdb", max_features=200, maxlen=30,
+                         val_fraction=0.25, seed=1)
+    save_sequence_spec(stats, prepared / "imdb_windows")
+    out = tmp_path / "fidelity.jsonl"
+    command = [sys.executable, str(ROOT / "bench" / "bench_fidelity.py"), "--out", str(out)]
+    done = subprocess.run([*command, "--root", str(tmp_path), "--keras-python", python,
+                           "--variants", "imdb_dense", "imdb_lstm", "--seeds", "7",
+                           "--imdb-epochs", "1"],
+                          capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["side"], r["variant"]) for r in runs) == [
+        ("keras", "imdb_dense"), ("keras", "imdb_lstm"), ("ours", "imdb_dense"),
+        ("ours", "imdb_lstm")]
+    for run in runs:
+        assert 0.0 <= run["val"]["accuracy"] <= 1.0 and run["seed"] == 7, run
+    table = subprocess.run([*command, "--table"], capture_output=True, text=True, check=True,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT / "src"))).stdout
+    assert "| imdb_dense | 1 epochs" in table and "| imdb_lstm | 1 epochs" in table, table
