@@ -19,6 +19,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-bench/.cache/gpu}
 PY=${PYTHON:-.venv/bin/python}
+if [ ! -x "$PY" ] && ! command -v "$PY" >/dev/null; then
+    echo "gpu_prepare: no $PY: run ./dev.sh install first, or set PYTHON to a Python with rnnlab" >&2
+    exit 1
+fi
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 rm -rf "$DIR"
