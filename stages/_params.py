@@ -80,8 +80,9 @@ def run_stage(main: Callable[[], None]) -> None:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        # Outputs are written to temp files and renamed: nothing half-written is left.
-        print("interrupted: the stage's outputs were not written (its MLflow run, if one "
-              "was open, is marked KILLED); `dvc repro` runs it again, and training resumes "
-              "from its last checkpoint", file=sys.stderr)
+        # Outputs are written to temp files and renamed: each is whole, the new one or the
+        # old, or absent. One line for every stage (a download has no checkpoint).
+        print("interrupted: nothing half-written is left (each output is the new one, the "
+              "old one or none; an open MLflow run is marked KILLED); `dvc repro` runs the "
+              "stage again, a training stage from its last checkpoint", file=sys.stderr)
         sys.exit(130)

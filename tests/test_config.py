@@ -106,12 +106,18 @@ def test_repo_root_sees_through_dvc_temp_copies(tmp_path):
     ("train", {"steps_per_epoch": 5, "threads": 2**40},
      "error: params.yaml: train.threads: must be auto or a number of threads from 1 to 1024, "
      "got 1099511627776"),
-], ids=["seed -1", "threads 2**40"])
+    ("jena", {"target": "T (degF)"},
+     "error: params.yaml: jena.target: 'T (degF)' is not a Jena column; choose one of "
+     "('p (mbar)', 'T (degC)', 'Tpot (K)', 'Tdew (degC)', 'rh (%)', 'VPmax (mbar)', "
+     "'VPact (mbar)', 'VPdef (mbar)', 'sh (g/kg)', 'H2OC (mmol/mol)', 'rho (g/m**3)', "
+     "'wv (m/s)', 'max. wv (m/s)', 'wd (deg)')"),
+], ids=["seed -1", "threads 2**40", "target T (degF)"])
 def test_stage_refuses_a_value_out_of_range_before_any_run(tmp_path, key, value, message):
     """A negative seed was a traceback from NumPy inside the MLflow run, 2**40 threads one
-    from torch: both are one line now, before the stage opens a run or writes a file."""
+    from torch, a target that is no column a line without its key, from the normalize
+    stage: each is one line now, before the stage opens a run or writes a file."""
     params = repo_params()
-    params[key] = value
+    params[key] = params[key] | value if isinstance(value, dict) else value
     proc = run_stage(tmp_path, params, "train.py", "gru", "--prepared", "prep", "--windows",
                      "windows.json", "--metrics", "gru.json", "--plots", "gru.csv", "--model",
                      "gru.pt")

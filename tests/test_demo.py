@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -86,7 +87,53 @@ def test_params_yaml_is_restored_when_the_run_fails(tmp_path, capfd):
     code, last = run(root, "a=9", capfd=capfd)
     assert code != 0
     assert (root / "params.yaml").read_text() == PARAMS
-    assert "put back as it was" in last
+    assert "put back as it was" in last and f"the run failed (dvc exited {code}" in last
+    assert "results stay in the workspace" not in last
+
+
+def test_a_second_demo_of_the_same_name_says_it_failed_and_what_to_do(tmp_path, capfd):
+    root = tiny_dvc_project(tmp_path)
+    assert run(root, "a=2", capfd=capfd)[0] == 0
+    code, last = run(root, "a=3", capfd=capfd)
+    assert code != 0 and "`--name NEW` or dvc's `-f`" in last, last
+
+
+@pytest.mark.hostile
+def test_ctrl_c_in_the_demo_reaches_dvc_and_ends_in_one_line(tmp_path):
+    """SIGINT to the demo alone (not its process group): it is passed on to the run, which
+    ends as it ends on Ctrl-C; the demo waits for it, restores params.yaml and says so in
+    one line, exit 130 (it was a KeyboardInterrupt traceback, the run killed midway)."""
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    child = textwrap.dedent(f"""\
+        import signal, sys, time
+        from pathlib import Path
+        Path("params.yaml").write_text("rewritten: true\\n")
+        def stop(*_):
+            Path({str(tmp_path / "child_stopped")!r}).touch()
+            sys.exit(1)
+        signal.signal(signal.SIGINT, stop)
+        print("ready", flush=True)
+        time.sleep(60)
+        """)
+    script = textwrap.dedent(f"""\
+        import signal, sys
+        signal.signal(signal.SIGINT, signal.default_int_handler)   # a background shell's
+        from pathlib import Path                                     # child ignores it
+        from rnnlab.tools.demo import run_experiment
+        sys.exit(run_experiment(Path({str(tmp_path)!r}), [sys.executable, "-c", {child!r}]))
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env_for_tools())
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert (tmp_path / "child_stopped").exists()
+    assert (tmp_path / "params.yaml").read_text() == PARAMS
+    assert out.strip().splitlines()[-1].startswith(
+        "demo: params.yaml put back as it was before the demo"), out
+    assert "interrupted: the run stopped where it was" in out
 
 
 def test_the_demo_runs_dvc_and_the_stages_on_its_own_python_unactivated(tmp_path, capfd):
@@ -121,6 +168,16 @@ def test_params_yaml_is_restored_when_the_demo_is_terminated(tmp_path):
                           env=env_for_tools())
     assert proc.returncode == 128 + 15, proc.stderr
     assert path.read_text() == PARAMS
+
+
+def test_the_demos_data_is_the_same_bytes_at_every_run(tmp_path):
+    """Two runs of the demo (here: two clones) write the same files, so the same md5s: the
+    IMDB tarball's gzip header had held its temporary name and the time, so a second demo
+    run broke the md5 of experiments queued by the first and retrained the IMDB half."""
+    first, second = (demo.overrides(tmp_path / name) for name in ("a", "b"))
+    assert [p for p in first if ".md5=" in p] == [p for p in second if ".md5=" in p]
+    assert (tmp_path / "a/data/demo/aclImdb_demo.tar.gz").read_bytes() == \
+        (tmp_path / "b/data/demo/aclImdb_demo.tar.gz").read_bytes()
 
 
 def test_the_demo_overrides_only_keys_params_yaml_has(tmp_path):

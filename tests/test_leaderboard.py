@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import yaml
 
 from rnnlab.tools.leaderboard import Row, leaderboard
 
-from _project import sh
+from _project import env_for_tools, sh
 
 
 def cells(text: str, name: str) -> list[str]:
@@ -166,3 +170,41 @@ def test_a_real_sweep_marks_what_each_experiment_did_not_rerun(pipeline_copy, sm
     best = [ln for ln in lines if ln.startswith("best model: imdb")]
     assert best[0].endswith(", in every row that computed it"), text
     assert "^ not computed at its row's params" in text
+
+
+def leaderboard_in(folder: Path, stdout: int = subprocess.PIPE) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "rnnlab-leaderboard")], cwd=folder,
+                          env=env_for_tools(), stdout=stdout, stderr=subprocess.PIPE, text=True,
+                          timeout=300)
+
+
+@pytest.mark.hostile
+def test_the_leaderboard_outside_a_repository_is_one_line(tmp_path):
+    """Outside a clone it ended in DVC's 64-line NotDvcRepoError traceback."""
+    proc = leaderboard_in(tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        f"error: {tmp_path} is not inside an rnnlab repository (no dvc.yaml and params.yaml "
+        "above it); run this from your clone"]
+    assert proc.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.hostile
+def test_the_leaderboard_into_a_pipe_closed_early_ends_quietly(tmp_path):
+    """`rnnlab-leaderboard | head` with a reader gone before the table is written: quiet,
+    141 as a command killed by SIGPIPE (a BrokenPipeError traceback and exit 1 before:
+    DVC's colorama wrapper writes stdout through)."""
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    sh(tmp_path, "git", "init", "-q")
+    sh(tmp_path, "dvc", "init", "-q")
+    sh(tmp_path, "git", "add", "-A")
+    sh(tmp_path, "git", "commit", "-qm", "initial")
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = leaderboard_in(tmp_path, stdout=write)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141, proc.stderr[-3000:]
+    assert proc.stderr == ""

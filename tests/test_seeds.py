@@ -30,6 +30,8 @@ def test_several_seeds_mean_spread_and_per_seed():
     assert m["test_mae_std"] == pytest.approx(statistics.stdev([0.4, 0.5]))
     assert "n_params_std" not in m and "best_epoch_std" not in m      # spreads of results only
     assert m["best_epoch"] == 1.5 and m["n_params"] == 10
+    # A count every seed shares stays a count (metrics/<v>.json said 4641.0 parameters).
+    assert isinstance(m["n_params"], int) and isinstance(m["best_epoch"], float)
     assert m["device"] == "cpu" and m["mlflow_run_id"] == "a" and m["n_seeds"] == 2
     assert m["per_seed"] == {"1": {"val_mae": 0.3, "test_mae": pytest.approx(0.4),
                                    "best_epoch": 2, "mlflow_run_id": "a"},

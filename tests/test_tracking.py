@@ -710,3 +710,95 @@ def test_ctrl_c_in_a_stage_ends_its_run_killed_in_one_line(with_store, tmp_path)
     runs = MlflowClient(uri).search_runs([experiment_id("rnnlab-jena", folder)],
                                          filter_string="tags.variant = 'naive'")
     assert [r.info.status for r in runs] == ["KILLED"]
+
+
+# --- The tools outside a repository, on a port in use, into a pipe closed early.
+
+NOT_A_REPOSITORY = {
+    "an empty folder": ((), ""),
+    # what the plots tool left outside a clone before: later tools took it for a root
+    "a stray .dvc": ((".dvc/tmp",), ""),
+    "a git repository of something else": ((".git", "notebooks"), "notebooks"),
+}
+
+
+def tool(folder: Path, *argv: str, **env: str) -> subprocess.CompletedProcess:
+    """A console script of this venv run in ``folder``."""
+    return subprocess.run([str(Path(sys.executable).parent / argv[0]), *argv[1:]], cwd=folder,
+                          env=env_for_tools() | env, capture_output=True, text=True, timeout=120)
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("layout", NOT_A_REPOSITORY)
+@pytest.mark.parametrize("argv", [["rnnlab-runs"], ["rnnlab-ui"], ["rnnlab-plots", "show"],
+                                  ["rnnlab-demo"]], ids=lambda argv: argv[0])
+def test_the_tools_outside_a_repository_refuse_in_one_line(tmp_path, argv, layout):
+    """Outside a clone the tools took the folder for the repository: an empty store and
+    table (exit 0), a UI over it, a `.dvc/tmp` written there, the demo's data written and
+    then a traceback. One line now, nothing written."""
+    folders, inner = NOT_A_REPOSITORY[layout]
+    for name in folders:
+        (tmp_path / name).mkdir(parents=True)
+    before = listing(tmp_path)
+    proc = tool(tmp_path / inner, *argv)
+    where = ("above it" if layout != "a git repository of something else"
+             else f"in {tmp_path}, the repository holding it")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: {tmp_path / inner} is not inside an rnnlab repository (no dvc.yaml and "
+        f"params.yaml {where}); run this from your clone"]
+    assert proc.stdout == "" and listing(tmp_path) == before
+
+
+def bare_repository(folder: Path) -> Path:
+    """The files that make ``folder`` an rnnlab repository to the tools."""
+    (folder / ".dvc").mkdir()
+    (folder / "dvc.yaml").write_text("stages: {}\n")
+    (folder / "params.yaml").write_text("seed: 1\n")
+    return folder
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("how", ["--port", "PORT="])
+def test_the_ui_on_a_port_in_use_is_one_line(tmp_path, how):
+    """A port in use printed the UI's links to it, then MLflow's `[Errno 98]` amid its INFO
+    lines, and exit 0. The port is tried first now: one line, no link, no store made."""
+    repo = bare_repository(tmp_path)
+    before = listing(repo)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = (tool(repo, "rnnlab-ui", "--port", str(port)) if how == "--port"
+                else tool(repo, "rnnlab-ui", PORT=str(port)))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: port {port} on 127.0.0.1 cannot be listened on (Address already in use): "
+        "stop what listens there, or choose another with --port or PORT="]
+    assert proc.stdout == "" and listing(repo) == before
+
+
+def into_closed_pipe(folder: Path, *argv: str) -> subprocess.CompletedProcess:
+    """A console script whose reader is gone before it writes (``| head`` that has read
+    its lines, at once)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([str(Path(sys.executable).parent / argv[0]), *argv[1:]],
+                              cwd=folder, env=env_for_tools(), stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+
+
+@pytest.mark.hostile
+def test_the_runs_listing_into_a_pipe_closed_early_ends_quietly(tmp_path):
+    """`rnnlab-runs --links | head -3` ended in a BrokenPipeError traceback, exit 1; now it
+    stops quietly, 141 as a command killed by SIGPIPE."""
+    proc = into_closed_pipe(bare_repository(tmp_path), "rnnlab-runs", "--links")
+    assert proc.returncode == 141, proc.stderr[-3000:]
+    assert "Error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]

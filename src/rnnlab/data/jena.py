@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rnnlab.core.atomic import atomic_output, file_md5, write_json
-from rnnlab.core.config import ConfigError, at_least
+from rnnlab.core.config import ConfigError, at_least, show
 from rnnlab.core.errors import DataFormatError
 
 if TYPE_CHECKING:   # polars parses the CSV only: training stages load .npy files without it
@@ -394,6 +394,9 @@ class JenaParams:
         if self.lookback < self.step:
             raise ConfigError(f"{where}.lookback: {self.lookback} is shorter than jena.step "
                               f"({self.step}); a window needs lookback >= step")
+        if self.target not in FEATURES:
+            raise ConfigError(f"{where}.target: {show(self.target)} is not a Jena column; "
+                              f"choose one of {FEATURES}")
         if self.train_rows[1] is None:
             raise ConfigError(f"{where}.train_rows: the end must be a row number, not null "
                               "(the statistics are taken over these rows)")

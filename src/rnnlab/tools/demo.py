@@ -27,9 +27,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rnnlab.core.atomic import atomic_output
+from rnnlab.core.errors import RnnlabError
 from rnnlab.core.process import configure_process, this_python_first
 from rnnlab.data.synthetic import write_imdb_tarball, write_jena_zip
-from rnnlab.tracking.paths import repo_root
+from rnnlab.tracking.paths import require_repo_root
 
 JENA_ROWS = 30_000
 SETTINGS = {
@@ -42,7 +43,8 @@ SETTINGS = {
 
 
 def overrides(root) -> list[str]:
-    """Write the demo data (once) and return the ``-S key=value`` pairs that use it."""
+    """Write the demo data and return the ``-S key=value`` pairs that use it. The files
+    are the same bytes at every run, so their md5s in experiments queued earlier hold."""
     demo = root / "data" / "demo"
     demo.mkdir(parents=True, exist_ok=True)
     jena, imdb = demo / "jena_climate_2009_2016.csv.zip", demo / "aclImdb_demo.tar.gz"
@@ -77,6 +79,25 @@ def file_restored(path: Path) -> Iterator[list[bool]]:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _run_to_the_end(command: list[str], root: Path, env: dict[str, str] | None) -> int:
+    """``command``'s exit status; Ctrl-C is passed on to it (a terminal's reaches it anyway)
+    and waited out, so dvc ends its run and cleans up as it does when interrupted: 130."""
+    child = subprocess.Popen(command, cwd=root, env=env)
+    interrupted = False
+    while True:
+        try:
+            # In short waits: a signal that lands on another thread (polars starts a pool)
+            # leaves a blocking wait asleep until the child ends; Python raises it after.
+            returncode = child.wait(timeout=0.2)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+        except KeyboardInterrupt:
+            interrupted = True
+            child.send_signal(signal.SIGINT)
+    return 130 if interrupted else returncode
+
+
 def run_experiment(root: Path, command: list[str], env: dict[str, str] | None = None) -> int:
     """Run ``command`` (a ``dvc exp run``) in ``root`` and leave ``params.yaml`` as it was;
     the last line printed says what was restored and what the run left in the workspace."""
@@ -84,15 +105,23 @@ def run_experiment(root: Path, command: list[str], env: dict[str, str] | None = 
     returncode, restored = 1, [False]
     try:
         with file_restored(params) as restored:
-            returncode = subprocess.run(command, cwd=root, env=env).returncode
+            returncode = _run_to_the_end(command, root, env)
     finally:
         what = ("put back as it was before the demo (`dvc exp run -S` had rewritten it)"
                 if restored[0] else "unchanged")
-        left = ("the queued experiments run on the demo's settings (`dvc queue start`)"
-                if "--queue" in command else
-                "the demo's results stay in the workspace (dvc.lock, metrics/, plots/, "
-                "reports/) and in its DVC experiment; the next `dvc repro` or `./dev.sh "
-                "repro` runs on params.yaml's own values")
+        if returncode == 130:
+            left = "interrupted: the run stopped where it was (dvc's lines above)"
+        elif returncode != 0:
+            left = (f"the run failed (dvc exited {returncode}; its error is above"
+                    + ("" if "--queue" in command else
+                       "; a demo named like an earlier one needs `--name NEW` or dvc's `-f`")
+                    + ")")
+        elif "--queue" in command:
+            left = "the queued experiments run on the demo's settings (`dvc queue start`)"
+        else:
+            left = ("the demo's results stay in the workspace (dvc.lock, metrics/, plots/, "
+                    "reports/) and in its DVC experiment; the next `dvc repro` or `./dev.sh "
+                    "repro` runs on params.yaml's own values")
         print(f"demo: {params.name} {what}; {left}.", flush=True)
     return returncode
 
@@ -101,9 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     configure_process()
     parser = argparse.ArgumentParser(prog="python -m rnnlab.tools.demo",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--name", default="demo", help="the DVC experiment's name")
+    parser.add_argument("--name", default="demo",
+                        help="the DVC experiment's name (default demo; a second demo needs "
+                             "another, or `-f` to overwrite it)")
     args, rest = parser.parse_known_args(argv)
-    root = repo_root()
+    try:
+        root = require_repo_root()
+    except RnnlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     command = ["dvc", "exp", "run", "-n", args.name]
     for pair in overrides(root):
         command += ["-S", pair]

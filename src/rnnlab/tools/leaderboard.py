@@ -24,15 +24,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
+import signal
+import sys
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rnnlab.core.errors import RnnlabError
 from rnnlab.core.process import configure_process
-from rnnlab.tracking.paths import repo_root
+from rnnlab.tracking.paths import require_repo_root
 
 # The headline figure of each data set's variants: (metric key stem, label, lower is better).
 HEADLINE = {"jena": ("mae", "MAE (normalized units)", True),
@@ -409,8 +413,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-A", "--all-commits", action="store_true",
                         help="the experiments of every commit")
     args = parser.parse_args(argv)
-    rows = read_experiments(repo_root(), num=args.num, all_commits=args.all_commits)
-    print(leaderboard(rows, split=args.split, width=max(args.width, 40)))
+    try:
+        root = require_repo_root()
+    except RnnlabError as e:
+        sys.exit(f"error: {e}")
+    rows = read_experiments(root, num=args.num, all_commits=args.all_commits)
+    try:
+        print(leaderboard(rows, split=args.split, width=max(args.width, 40)), flush=True)
+    except BrokenPipeError:                  # `| head` read what it wanted: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
 
 
 if __name__ == "__main__":

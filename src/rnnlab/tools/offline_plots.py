@@ -20,7 +20,7 @@ from pathlib import Path
 from rnnlab.core.atomic import atomic_output
 from rnnlab.core.errors import RnnlabError
 from rnnlab.core.process import configure_process, this_python_first
-from rnnlab.tracking.paths import repo_root
+from rnnlab.tracking.paths import require_repo_root
 
 # vega-lite 5 specs as DVC 3 writes them; versions resolved from the npm registry in 2026-11.
 VEGA = {"vega": "5.33.1", "vega-lite": "5.23.0", "vega-embed": "6.29.0"}
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in ("show", "diff"):
         print(usage, file=sys.stderr)
         return 2
-    root = repo_root()
     try:
+        root = require_repo_root()
         template = write_template(root / ".dvc" / "tmp" / "offline_plots.html", ensure_assets())
     except RnnlabError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from collections import defaultdict
 from typing import Any
 
-from rnnlab.core.errors import redact
+from rnnlab.core.errors import RnnlabError, redact
 from rnnlab.core.process import configure_process
-from rnnlab.tracking.paths import repo_root
-from rnnlab.tracking.store import EXPERIMENTS, TrackingError, store_errors, store_lock, tracking_uri
+from rnnlab.tracking.paths import repo_root, require_repo_root
+from rnnlab.tracking.store import EXPERIMENTS, store_errors, store_lock, tracking_uri
 from rnnlab.tracking.ui import (
     HEADLINE,
     SHARED_VIEW_TAG,
@@ -118,28 +120,15 @@ def save_views(uri: str, found: list[dict]) -> None:
                                   json.dumps(sweep["view"]))
 
 
-def main(argv: list[str] | None = None) -> None:
-    configure_process()
-    parser = argparse.ArgumentParser(prog="python -m rnnlab.tracking.runs",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--links", nargs="?", const="http://127.0.0.1:5000", metavar="BASE",
-                        help="print the UI's comparison link of each line (BASE: where "
-                             "./dev.sh ui serves it, default %(const)s)")
-    args = parser.parse_args(argv)
-    try:
-        uri = tracking_uri(repo_root())
-        with store_errors(uri), store_lock(uri):
-            rows = summarize(uri)
-            found = sweeps(uri) if args.links else []
-            save_views(uri, found)
-    except TrackingError as e:
-        sys.exit(f"error: {e}")
+def show(uri: str, rows: list, found: list[dict], links: str) -> None:
+    """The listing, printed once the store is read and its lock let go: a reader that
+    stops early (``| head``) cuts nothing but the output."""
     print(f"store: {redact(uri)}")
     print(f"{'dvc experiment':<24} {'MLflow experiment':<17} {'runs':>5} {'finished':>8}  variants")
     for dvc_exp, exp, n, done, variants, run_ids, exp_id in rows:
         print(f"{dvc_exp:<24} {exp:<17} {n:>5} {done:>8}  {', '.join(variants)}")
-        if args.links:
-            print(f"  compare: {compare_url(args.links, run_ids, [exp_id])}")
+        if links:
+            print(f"  compare: {compare_url(links, run_ids, [exp_id])}")
     print(f"{'total':<24} {'':<17} {sum(r[2] for r in rows):>5} {sum(r[3] for r in rows):>8}")
     if found:
         print("\nsweeps: a variant run in several DVC experiments of one commit, its latest "
@@ -149,11 +138,37 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{sweep['variant']} @ {sweep['commit'][:7]} ({sweep['experiment']}), "
               f"{len(sweep['points'])} points: {', '.join(sweep['points'])}; they differ in "
               f"{differ}")
-        print(f"  compare: {compare_url(args.links, sweep['run_ids'], [sweep['experiment_id']])}")
+        print(f"  compare: {compare_url(links, sweep['run_ids'], [sweep['experiment_id']])}")
         key = view_key(sweep["view"])
-        print(f"  runs:    {shared_view_url(args.links, sweep['experiment_id'], key)}")
-        charts = shared_view_url(args.links, sweep["experiment_id"], key, charts=True)
+        print(f"  runs:    {shared_view_url(links, sweep['experiment_id'], key)}")
+        charts = shared_view_url(links, sweep["experiment_id"], key, charts=True)
         print(f"  charts:  {charts}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    configure_process()
+    parser = argparse.ArgumentParser(prog="python -m rnnlab.tracking.runs",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--links", nargs="?", const="http://127.0.0.1:5000", metavar="BASE",
+                        help="print the UI's comparison link of each line (BASE: where "
+                             "./dev.sh ui serves it, default %(const)s)")
+    args = parser.parse_args(argv)
+    try:
+        # the repository matters only when the store is its own mlflow.db
+        root = repo_root() if os.environ.get("MLFLOW_TRACKING_URI") else require_repo_root()
+        uri = tracking_uri(root)
+        with store_errors(uri), store_lock(uri):
+            rows = summarize(uri)
+            found = sweeps(uri) if args.links else []
+            save_views(uri, found)
+    except RnnlabError as e:
+        sys.exit(f"error: {e}")
+    try:
+        show(uri, rows, found, args.links or "")
+        sys.stdout.flush()
+    except BrokenPipeError:                  # `| head` read what it wanted: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
-from rnnlab.core.errors import redact
+from rnnlab.core.errors import RnnlabError, redact
 from rnnlab.core.process import configure_process
-from rnnlab.tracking.paths import repo_root
-from rnnlab.tracking.store import EXPERIMENTS, TrackingError, experiment_id, tracking_uri
+from rnnlab.tracking.paths import repo_root, require_repo_root
+from rnnlab.tracking.store import EXPERIMENTS, experiment_id, tracking_uri
 
 VIEW = "workflowType=machine_learning"      # the UI's model-training view, not GenAI's
 # What an MLflow server rnnlab starts gets unless the environment says otherwise.
@@ -96,6 +97,24 @@ def ui_command(root: Path, port: int, host: str = "127.0.0.1") -> list[str]:
             "--host", host, "--port", str(port), "--workers", "1"]
 
 
+def check_port(host: str, port: int) -> None:
+    """One line unless the server can listen on ``host:port``: bound here as uvicorn binds
+    it (``SO_REUSEADDR``) and let go. A port in use was MLflow's ``[Errno 98]`` amid its log,
+    after the links to it, and exit 0."""
+    fix = "choose another with --port or PORT="
+    if not 1 <= port <= 65535:
+        raise RnnlabError(f"--port {port} is not a port number (1 to 65535): {fix}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(address)
+    except OSError as e:
+        raise RnnlabError(f"port {port} on {host} cannot be listened on ({e.strerror}): stop "
+                          f"what listens there, or {fix}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     configure_process()
     parser = argparse.ArgumentParser(prog="python -m rnnlab.tracking.ui", description=__doc__.split("\n")[0])
@@ -103,15 +122,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="the address to listen on (default 127.0.0.1: this machine only)")
     args = parser.parse_args(argv)
-    root = repo_root()
     try:
+        root = repo_root()
         uri = tracking_uri(root)
+        server = uri.startswith(("http://", "https://"))      # a tracking server is its own UI
+        if not server:                                        # the store, mlruns and the port
+            root = require_repo_root()
+            check_port(args.host, args.port)
         # the links before any run; experiment_id creates the store and the experiments
         # under the store's lock (the UI may be the store's first user)
         ids = {name: experiment_id(name, root) for name in EXPERIMENTS}
-    except TrackingError as e:
+    except RnnlabError as e:
         sys.exit(f"error: {e}")
-    if uri.startswith(("http://", "https://")):      # a tracking server is its own UI
+    if server:
         base = uri.rstrip("/")
         print(f"MLFLOW_TRACKING_URI is a tracking server: its UI is the server itself, "
               f"{redact(base)}")

@@ -74,6 +74,9 @@ def combine_seeds(results: list[SeedResult]) -> tuple[dict[str, Any], list[dict[
             metrics[key] = value
             continue
         values = [m[key] for _, m, _ in results]
+        if isinstance(value, int) and all(v == value for v in values):
+            metrics[key] = value        # the same count for every seed (n_params) stays one
+            continue
         metrics[key] = float(statistics.fmean(values))
         if key.startswith(("val_", "test_")):
             metrics[f"{key}_std"] = float(statistics.stdev(values))
