@@ -802,3 +802,30 @@ def test_the_runs_listing_into_a_pipe_closed_early_ends_quietly(tmp_path):
     proc = into_closed_pipe(bare_repository(tmp_path), "rnnlab-runs", "--links")
     assert proc.returncode == 141, proc.stderr[-3000:]
     assert "Error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_a_sweeps_summary_says_when_its_points_ran_on_other_data(tmp_path, capsys):
+    """Points of one variant and commit that differ in the data only (the demo's generated
+    reviews beside the real ones) read as differing "in no param"; the data's digest is a
+    tag, and the summary now names it. Points alike in both read as reruns of one setup."""
+    from mlflow.tracking import MlflowClient
+
+    from rnnlab.tracking import runs
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("rnnlab-imdb")
+    for variant, point, md5 in [("imdb_lstm", "workspace", "real"), ("imdb_lstm", "demo", "gen"),
+                                ("imdb_dense", "workspace", "gen"), ("imdb_dense", "demo", "gen")]:
+        run = client.create_run(experiment, tags={"variant": variant, "git_commit": "abc1234",
+                                                  "dvc_exp_name": point, "data_md5": md5})
+        client.log_param(run.info.run_id, "imdb.maxlen", "500")
+        client.set_terminated(run.info.run_id)
+    found = runs.sweeps(uri)
+    runs.show(uri, [], found, "")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "@ abc1234" in line]
+    assert lines == [
+        "imdb_dense @ abc1234 (rnnlab-imdb), 2 points: workspace, demo; they differ in no "
+        "param nor data: reruns of one setup (a change this variant ignores)",
+        "imdb_lstm @ abc1234 (rnnlab-imdb), 2 points: workspace, demo; they differ in the "
+        "data (tag data_md5)"], lines

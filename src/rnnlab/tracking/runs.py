@@ -104,7 +104,10 @@ def sweeps(uri: str) -> list[dict]:
             out.append({"experiment": name, "experiment_id": exp.experiment_id,
                         "variant": variant, "commit": commit, "points": points,
                         "run_ids": [r.info.run_id for r in runs],
-                        "params": differ, "view": view})
+                        "params": differ, "view": view,
+                        # the data is no param: its digest is a tag (a demo's generated
+                        # reviews beside the real ones, the same params)
+                        "data_differs": len({r.data.tags.get("data_md5") for r in runs}) > 1})
     return out
 
 
@@ -134,7 +137,9 @@ def show(uri: str, rows: list, found: list[dict], links: str) -> None:
         print("\nsweeps: a variant run in several DVC experiments of one commit, its latest "
               "run in each")
     for sweep in found:
-        differ = ", ".join(sweep["params"]) or "no param"
+        differ = ", ".join(sweep["params"] + (["the data (tag data_md5)"]
+                                              if sweep.get("data_differs") else []))
+        differ = differ or "no param nor data: reruns of one setup (a change this variant ignores)"
         print(f"{sweep['variant']} @ {sweep['commit'][:7]} ({sweep['experiment']}), "
               f"{len(sweep['points'])} points: {', '.join(sweep['points'])}; they differ in "
               f"{differ}")
