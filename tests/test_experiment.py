@@ -261,3 +261,49 @@ def test_a_seed_failing_side_by_side_fails_the_first_run_and_says_whose(imdb, tm
     assert run.data.tags["side_by_side_failure"].startswith(
         "imdb_dense seed 9: the loss became nan at epoch 1, step 1")
     assert not any(p.exists() for p in (outputs.metrics, outputs.plots, outputs.model))
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("case", ["jena variant, IMDB folders", "IMDB variant, Jena spec",
+                                  "no such folder"])
+def test_a_stage_given_another_data_sets_folders_is_one_line(imdb, tmp_path, monkeypatch, case):
+    """`python stages/train.py` by hand with the other data set's --prepared/--windows (or a
+    folder that is not there) ended in KeyError: 'counts' or FileNotFoundError deep in the
+    memory estimate; one line now naming the flag, the folder and `dvc repro train@<v>`,
+    before any run opens or file is written."""
+    from rnnlab.core.errors import RnnlabError
+    from rnnlab.data.jena import JenaParams
+
+    jena_spec = tmp_path / "jena_windows"
+    jena_spec.mkdir()
+    (jena_spec / "windows.json").write_text(json.dumps({"lookback": 1440, "step": 6}))
+    spec, data, prepared, windows, message = {
+        "jena variant, IMDB folders": (
+            ModelSpec("jena", "gru", epochs=1, units=(4,)),
+            JenaParams(lookback=1440, step=6, delay=144, batch_size=16, train_rows=(0, 10),
+                       val_rows=(11, 20), test_rows=(21, None), target="T (degC)"),
+            imdb / "prepared", imdb / "windows",
+            f"--prepared {imdb / 'prepared'}: no jena data there (no features.npy and "
+            "stats.json); train@v reads data/prepared/jena and data/prepared/jena_windows: "
+            "run it as `dvc repro train@v`, which passes them"),
+        "IMDB variant, Jena spec": (
+            DENSE, IMDB, imdb / "prepared", jena_spec,
+            f"--windows {jena_spec}: no imdb window spec there (windows.json with "
+            "'vocab_size'); train@v reads data/prepared/imdb and data/prepared/imdb_windows: "
+            "run it as `dvc repro train@v`, which passes them"),
+        "no such folder": (
+            DENSE, IMDB, tmp_path / "nowhere", imdb / "windows",
+            f"--prepared {tmp_path / 'nowhere'}: no imdb data there (no x_train.npy and "
+            "stats.json); train@v reads data/prepared/imdb and data/prepared/imdb_windows: "
+            "run it as `dvc repro train@v`, which passes them"),
+    }[case]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    outputs = Outputs(metrics=tmp_path / "m.json", plots=tmp_path / "p.csv",
+                      model=tmp_path / "m.pt")
+    with pytest.raises(RnnlabError) as error:
+        train_variant("v", spec, common=RunParams(seed=1, device="cpu"), train=QUICK,
+                      data=data, prepared=prepared, windows=windows, outputs=outputs,
+                      checkpoints=tmp_path / "checkpoints")
+    assert str(error.value) == message
+    assert not (tmp_path / "mlflow.db").exists() and not outputs.metrics.exists()

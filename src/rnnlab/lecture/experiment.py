@@ -40,7 +40,7 @@ from rnnlab.training.engine import TrainConfig, fit, fit_together, seed_everythi
 from rnnlab.training.memory import check_fits, estimate_training
 from rnnlab.training.params import TrainParams
 from rnnlab.training.seeds import RunParams, combine_seeds
-from rnnlab.training.tasks import build_task
+from rnnlab.training.tasks import build_task, check_inputs
 from rnnlab.training.threads import resolve_threads, thread_control
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ def train_variant(variant: str, spec: ModelSpec, *, common: RunParams, train: Tr
     """Train ``variant`` (its ``spec``) once per seed of ``run``, log each seed, write
     ``outputs``; return the metrics. ``common``: seed(s) and device; ``data``: the params
     section of its data set."""
+    check_inputs(spec.dataset, prepared, windows, f"train@{variant}")
     torch_model = ARCHITECTURES[spec.arch].torch
     if torch_model:   # before any array is loaded: a run the machine cannot hold is one line
         check_fits(estimate_training(variant, spec, data, train, prepared, windows),

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnlab.core.errors import RnnlabError
 from rnnlab.data.imdb import ImdbParams, load_imdb
 from rnnlab.data.imdb import data_source as imdb_data_source
 from rnnlab.data.jena import JenaParams, load_features
@@ -165,6 +166,29 @@ class Prepared:
         self.data_source = data_source     # canonical, real (IMDB re-packed) or other
         self.data_params = data_params     # logged to MLflow as ``<dataset>.*``
         self.data_stats = data_stats       # part of the resume fingerprint
+
+
+# What a data set's prepared folder and window spec hold that the other's does not.
+_INPUTS = {"jena": ("features.npy", "lookback"), "imdb": ("x_train.npy", "vocab_size")}
+
+
+def check_inputs(dataset: str, prepared: Path, windows: Path, stage: str) -> None:
+    """``prepared`` and ``windows`` hold ``dataset``'s arrays and window spec, or one line.
+    Under ``dvc repro`` they always do; a stage run by hand with the other data set's
+    folders ended in a ``KeyError`` deep in the memory estimate."""
+    marker, key = _INPUTS[dataset]
+    fix = (f"{stage} reads data/prepared/{dataset} and data/prepared/{dataset}_windows: run "
+           f"it as `dvc repro {stage}`, which passes them")
+    if not (Path(prepared) / marker).is_file() or not (Path(prepared) / "stats.json").is_file():
+        raise RnnlabError(f"--prepared {prepared}: no {dataset} data there (no {marker} and "
+                          f"stats.json); {fix}")
+    try:
+        spec = json.loads((Path(windows) / SPEC_FILE).read_text())
+    except (OSError, ValueError):
+        spec = None
+    if not isinstance(spec, dict) or key not in spec:
+        raise RnnlabError(f"--windows {windows}: no {dataset} window spec there "
+                          f"({SPEC_FILE} with {key!r}); {fix}")
 
 
 def build_task(spec: ModelSpec, data: JenaParams | ImdbParams, train: TrainParams,
