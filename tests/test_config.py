@@ -90,6 +90,19 @@ def test_stage_rejects_bad_url_and_md5(tmp_path):
     assert not (tmp_path / "out.csv").exists()
 
 
+def test_the_download_stage_draws_its_bar_on_a_terminal_only(tmp_path, small_jena_zip):
+    """Under `dvc queue` or with stderr redirected to a log, the download wrote tqdm's
+    carriage-return frames into it (the training stages already drew bars on a terminal
+    only); now the log holds the stage's lines alone."""
+    zip_path, md5 = small_jena_zip
+    params = repo_params()
+    params["data"]["jena"] |= {"url": zip_path.as_uri(), "md5": md5}
+    proc = run_stage(tmp_path, params, "download.py", "jena", "out.csv")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out.csv").is_file()
+    assert "\r" not in proc.stderr and "download jena" not in proc.stderr, proc.stderr
+
+
 def test_repo_root_sees_through_dvc_temp_copies(tmp_path):
     (tmp_path / ".dvc").mkdir()
     inner = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc123"
