@@ -37,9 +37,18 @@ VIEW = "workflowType=machine_learning"      # the UI's model-training view, not 
 SERVER_DEFAULTS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
+# MLflow 3.17's server imports Starlette's deprecated WSGI middleware: a warning of its own
+# code at every start, two lines among the server's log that no user can act on.
+QUIET_WARNINGS = "ignore:starlette.middleware.wsgi is deprecated"
+
+
 def server_environment() -> dict[str, str]:
-    """This process's environment with ``SERVER_DEFAULTS`` for what it lacks."""
-    return SERVER_DEFAULTS | dict(os.environ)
+    """This process's environment with ``SERVER_DEFAULTS`` for what it lacks, and
+    ``QUIET_WARNINGS`` before the user's own ``PYTHONWARNINGS`` (theirs, later, win)."""
+    env = SERVER_DEFAULTS | dict(os.environ)
+    env["PYTHONWARNINGS"] = ",".join(w for w in (QUIET_WARNINGS, env.get("PYTHONWARNINGS"))
+                                     if w)
+    return env
 
 
 def runs_url(base: str, experiment: str) -> str:
