@@ -95,7 +95,7 @@ def test_a_second_demo_of_the_same_name_says_it_failed_and_what_to_do(tmp_path, 
     root = tiny_dvc_project(tmp_path)
     assert run(root, "a=2", capfd=capfd)[0] == 0
     code, last = run(root, "a=3", capfd=capfd)
-    assert code != 0 and "`--name NEW` or dvc's `-f`" in last, last
+    assert code != 0 and "`--name NEW` or pass dvc's `-f`" in last, last
 
 
 @pytest.mark.hostile

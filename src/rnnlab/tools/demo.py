@@ -18,6 +18,7 @@ data is generated and the training is a few steps long.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import subprocess
@@ -80,29 +81,36 @@ def file_restored(path: Path) -> Iterator[list[bool]]:
 
 
 def _run_to_the_end(command: list[str], root: Path, env: dict[str, str] | None) -> int:
-    """``command``'s exit status; Ctrl-C is passed on to it (a terminal's reaches it anyway)
-    and waited out, so dvc ends its run and cleans up as it does when interrupted: 130."""
-    child = subprocess.Popen(command, cwd=root, env=env)
+    """``command``'s exit status. It runs in its own process group, so a Ctrl-C reaches it
+    once, from here, to dvc and its stage alike (dvc alone ignores SIGINT while a stage
+    runs); it is waited out: 130 when it then failed. SIGTERM (``_terminate``'s
+    SystemExit) is passed on the same way and waited out before the exit goes on."""
+    child = subprocess.Popen(command, cwd=root, env=env, process_group=0)
     interrupted = False
-    while True:
-        try:
-            # In short waits: a signal that lands on another thread (polars starts a pool)
-            # leaves a blocking wait asleep until the child ends; Python raises it after.
-            returncode = child.wait(timeout=0.2)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-        except KeyboardInterrupt:
-            interrupted = True
-            child.send_signal(signal.SIGINT)
-    return 130 if interrupted else returncode
+    try:
+        while True:
+            try:
+                # Short waits: a signal that lands on another thread (polars starts a pool)
+                # leaves a blocking wait asleep until the child ends; Python raises it after.
+                returncode = child.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+            except KeyboardInterrupt:
+                interrupted = True
+                os.killpg(child.pid, signal.SIGINT)
+    except BaseException:
+        os.killpg(child.pid, signal.SIGTERM)
+        child.wait()
+        raise
+    return 130 if interrupted and returncode != 0 else returncode
 
 
 def run_experiment(root: Path, command: list[str], env: dict[str, str] | None = None) -> int:
     """Run ``command`` (a ``dvc exp run``) in ``root`` and leave ``params.yaml`` as it was;
     the last line printed says what was restored and what the run left in the workspace."""
     params = root / "params.yaml"
-    returncode, restored = 1, [False]
+    returncode, restored = 143, [False]     # what a SIGTERM that ends the wait leaves
     try:
         with file_restored(params) as restored:
             returncode = _run_to_the_end(command, root, env)
@@ -111,10 +119,13 @@ def run_experiment(root: Path, command: list[str], env: dict[str, str] | None = 
                 if restored[0] else "unchanged")
         if returncode == 130:
             left = "interrupted: the run stopped where it was (dvc's lines above)"
+        elif returncode == 143:
+            left = "terminated: the run was stopped and waited for (dvc's lines above)"
         elif returncode != 0:
             left = (f"the run failed (dvc exited {returncode}; its error is above"
                     + ("" if "--queue" in command else
-                       "; a demo named like an earlier one needs `--name NEW` or dvc's `-f`")
+                       "; if it says the experiment exists, name this demo with `--name NEW` "
+                       "or pass dvc's `-f`")
                     + ")")
         elif "--queue" in command:
             left = "the queued experiments run on the demo's settings (`dvc queue start`)"
