@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # A tracking server's waits: at most 3 tries of 5 s each, 2 s of back-off between the
@@ -52,3 +56,27 @@ def this_python_first(env: dict[str, str] | None = None) -> dict[str, str]:
     env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent),
                                               env.get("PATH")) if p)
     return env
+
+
+@contextmanager
+def output_for_a_reader_that_may_stop() -> Iterator[None]:
+    """A tool's printing, flushed at the end: a reader gone early (``| head`` read what it
+    wanted) ends the tool quietly with SIGPIPE's status, 141, not a BrokenPipeError."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
+
+
+def why_port_taken(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host:port``, or None: bound here as uvicorn binds
+    (IPv6 where the host holds ``:``, else IPv4; ``SO_REUSEADDR``) and let go."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e.strerror or str(e)
+    return None

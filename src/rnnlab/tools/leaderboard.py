@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
-import signal
 import sys
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -35,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnlab.core.errors import RnnlabError
-from rnnlab.core.process import configure_process
+from rnnlab.core.process import configure_process, output_for_a_reader_that_may_stop
 from rnnlab.tracking.paths import require_repo_root
 
 # The headline figure of each data set's variants: (metric key stem, label, lower is better).
@@ -418,11 +416,8 @@ def main(argv: list[str] | None = None) -> None:
     except RnnlabError as e:
         sys.exit(f"error: {e}")
     rows = read_experiments(root, num=args.num, all_commits=args.all_commits)
-    try:
-        print(leaderboard(rows, split=args.split, width=max(args.width, 40)), flush=True)
-    except BrokenPipeError:                  # `| head` read what it wanted: not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(128 + signal.SIGPIPE)
+    with output_for_a_reader_that_may_stop():
+        print(leaderboard(rows, split=args.split, width=max(args.width, 40)))
 
 
 if __name__ == "__main__":

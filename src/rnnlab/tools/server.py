@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rnnlab.core.errors import RnnlabError, redact
-from rnnlab.core.process import configure_process
+from rnnlab.core.process import configure_process, why_port_taken
 from rnnlab.tracking.paths import repo_root
 from rnnlab.tracking.ui import server_environment
 
@@ -116,13 +116,9 @@ def port_number(text: str, option: str) -> int:
 
 
 def check_port_free(host: str, port: int, option: str) -> None:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise ServerError(f"port {port} on {host} is busy ({e.strerror}): stop what "
-                              f"listens there, or choose another with {option}") from None
+    if why := why_port_taken(host, port):
+        raise ServerError(f"port {port} on {host} is busy ({why}): stop what "
+                          f"listens there, or choose another with {option}")
 
 
 def init_cluster(datadir: Path) -> bool:

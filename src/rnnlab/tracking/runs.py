@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from collections import defaultdict
 from typing import Any
 
 from rnnlab.core.errors import RnnlabError, redact
-from rnnlab.core.process import configure_process
+from rnnlab.core.process import configure_process, output_for_a_reader_that_may_stop
 from rnnlab.tracking.paths import repo_root, require_repo_root
 from rnnlab.tracking.store import EXPERIMENTS, store_errors, store_lock, tracking_uri
 from rnnlab.tracking.ui import (
@@ -168,12 +167,8 @@ def main(argv: list[str] | None = None) -> None:
             save_views(uri, found)
     except RnnlabError as e:
         sys.exit(f"error: {e}")
-    try:
+    with output_for_a_reader_that_may_stop():
         show(uri, rows, found, args.links or "")
-        sys.stdout.flush()
-    except BrokenPipeError:                  # `| head` read what it wanted: not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(128 + signal.SIGPIPE)
 
 
 if __name__ == "__main__":

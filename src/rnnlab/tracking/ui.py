@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
 from rnnlab.core.errors import RnnlabError, redact
-from rnnlab.core.process import configure_process
+from rnnlab.core.process import configure_process, why_port_taken
 from rnnlab.tracking.paths import repo_root, require_repo_root
 from rnnlab.tracking.store import EXPERIMENTS, experiment_id, tracking_uri
 
@@ -107,21 +106,14 @@ def ui_command(root: Path, port: int, host: str = "127.0.0.1") -> list[str]:
 
 
 def check_port(host: str, port: int) -> None:
-    """One line unless the server can listen on ``host:port``: bound here as uvicorn binds
-    it (``SO_REUSEADDR``) and let go. A port in use was MLflow's ``[Errno 98]`` amid its log,
-    after the links to it, and exit 0."""
+    """One line unless the server can listen on ``host:port`` (``why_port_taken``). A port
+    in use was MLflow's ``[Errno 98]`` amid its log, after the links to it, and exit 0."""
     fix = "choose another with --port or PORT="
     if not 1 <= port <= 65535:
         raise RnnlabError(f"--port {port} is not a port number (1 to 65535): {fix}")
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port,
-                                                             type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(address)
-    except OSError as e:
-        raise RnnlabError(f"port {port} on {host} cannot be listened on ({e.strerror}): stop "
-                          f"what listens there, or {fix}") from None
+    if why := why_port_taken(host, port):
+        raise RnnlabError(f"port {port} on {host} cannot be listened on ({why}): stop "
+                          f"what listens there, or {fix}")
 
 
 def main(argv: list[str] | None = None) -> None:
